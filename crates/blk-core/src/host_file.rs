@@ -1,0 +1,590 @@
+//! The host-file layer formats are written against: a file or block device with positioned vectored I/O,
+//! punch hole and zero range, allocation queries, advisory locks and O_DIRECT alignment handled inside.
+//!
+//! A format translates guest offsets to host ranges and calls these methods; it never names io_uring or AIO
+//! (asynchronous submission is a backend's job, added on top of the same file).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::buffer::{IoBuf, IoBufMut};
+use crate::direct_io::{DirectIo, DirectIoAlignment};
+use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::sys;
+use crate::topology::DiskTopology;
+
+/// Which advisory lock to hold on an open file, as qemu-img does (OFD locks, so they belong to the open file
+/// description and are shared by [`HostFile::try_clone`] handles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LockMode {
+    /// Shared lock for read-only opens, exclusive for writable ones.
+    #[default]
+    Auto,
+    /// No lock at all (qemu-img `-U`, force-share).
+    None,
+}
+
+/// How to open a host file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostOpenOptions {
+    /// Open without write access.
+    pub read_only: bool,
+    /// Bypass the host page cache (`O_DIRECT`); unaligned requests are bounced.
+    pub direct: bool,
+    /// Advisory locking.
+    pub lock: LockMode,
+}
+
+/// An open host file or block device.
+#[derive(Debug)]
+pub struct HostFile {
+    file: File,
+    path: Arc<Path>,
+    read_only: bool,
+    block_device: bool,
+    direct: Option<DirectIo>,
+}
+
+impl HostFile {
+    /// Opens `path` as `options` say, taking the advisory lock.
+    pub fn open(path: impl AsRef<Path>, options: HostOpenOptions) -> Result<HostFile> {
+        let path = path.as_ref();
+        let ctx = |e: Error| e.with_path(path).with_operation(Operation::Open);
+        let meta = std::fs::metadata(path).map_err(|e| ctx(Error::io(e)))?;
+        if meta.is_dir() {
+            return Err(ctx(Error::new(
+                ErrorKind::InvalidInput,
+                "is a directory, not an image file",
+            )));
+        }
+        let mut oo = OpenOptions::new();
+        oo.read(true)
+            .write(!options.read_only)
+            .custom_flags(libc::O_CLOEXEC);
+        let file = oo.open(path).map_err(|e| ctx(Error::io(e)))?;
+        HostFile::from_file(file, path, options)
+    }
+
+    /// Creates (or truncates) a regular file at `path` for writing, locked exclusively.
+    pub fn create(path: impl AsRef<Path>, options: HostOpenOptions) -> Result<HostFile> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| {
+                Error::io(e)
+                    .with_path(path)
+                    .with_operation(Operation::Create)
+            })?;
+        HostFile::from_file(
+            file,
+            path,
+            HostOpenOptions {
+                read_only: false,
+                ..options
+            },
+        )
+    }
+
+    /// Wraps an already open file (e.g. a memfd in a fuzz target); `path` is used in error messages.
+    pub fn from_file(
+        file: File,
+        path: impl AsRef<Path>,
+        options: HostOpenOptions,
+    ) -> Result<HostFile> {
+        let path: Arc<Path> = Arc::from(path.as_ref());
+        let ctx = |e: Error| e.with_path(&path).with_operation(Operation::Open);
+        let meta = file.metadata().map_err(|e| ctx(Error::io(e)))?;
+        let block_device = meta.file_type().is_block_device();
+        if !block_device && !meta.is_file() {
+            return Err(ctx(Error::new(
+                ErrorKind::InvalidInput,
+                "not a regular file or block device",
+            )));
+        }
+        let mut host = HostFile {
+            file,
+            path,
+            read_only: options.read_only,
+            block_device,
+            direct: None,
+        };
+        if options.lock == LockMode::Auto {
+            host.lock()?;
+        }
+        if options.direct {
+            host.set_direct()?;
+        }
+        Ok(host)
+    }
+
+    fn lock(&self) -> Result<()> {
+        let lock_type = if self.read_only {
+            libc::F_RDLCK
+        } else {
+            libc::F_WRLCK
+        };
+        sys::ofd_lock(self.file.as_fd(), lock_type).map_err(|e| {
+            let err = match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EACCES) => Error::new(
+                    ErrorKind::Locked,
+                    if self.read_only {
+                        "failed to get a shared lock: is another process writing the image? (-U skips locking)"
+                    } else {
+                        "failed to get an exclusive write lock: is another process using the image? (-U skips locking)"
+                    },
+                ),
+                _ => Error::io_while(e, "taking the advisory lock"),
+            };
+            err.with_path(&self.path).with_operation(Operation::Lock)
+        })
+    }
+
+    fn set_direct(&mut self) -> Result<()> {
+        let fd = self.file.as_raw_fd();
+        let ctx = |e: io::Error| Error::io_while(e, "enabling O_DIRECT").with_path(&self.path);
+        // SAFETY: F_GETFL/F_SETFL take and return plain integers on a descriptor we own.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(ctx(io::Error::last_os_error()));
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_DIRECT) } < 0 {
+            return Err(ctx(io::Error::last_os_error()));
+        }
+        let alignment = match sys::dio_alignment(self.file.as_fd()) {
+            Some((memory, offset)) => DirectIoAlignment { memory, offset },
+            None if self.block_device => {
+                let (logical, ..) = sys::block_device_geometry(self.file.as_fd()).map_err(ctx)?;
+                DirectIoAlignment {
+                    memory: logical.max(512),
+                    offset: logical.max(512),
+                }
+            }
+            None => DirectIoAlignment {
+                memory: 4096,
+                offset: 4096,
+            },
+        };
+        self.direct = Some(DirectIo::new(alignment));
+        Ok(())
+    }
+
+    /// The path the file was opened by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path as a shared handle, cheap to clone into errors and other handles.
+    pub fn path_arc(&self) -> Arc<Path> {
+        self.path.clone()
+    }
+
+    /// Whether the file was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether the file is a block device.
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    /// The O_DIRECT alignment, when the file was opened with `direct`.
+    pub fn direct_io_alignment(&self) -> Option<DirectIoAlignment> {
+        self.direct.as_ref().map(DirectIo::alignment)
+    }
+
+    /// An independent handle (its own descriptor, `dup(2)`), sharing the lock and the O_DIRECT state.
+    pub fn try_clone(&self) -> Result<HostFile> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| self.err(e, "duplicating the descriptor", None))?;
+        Ok(HostFile {
+            file,
+            path: self.path.clone(),
+            read_only: self.read_only,
+            block_device: self.block_device,
+            direct: self.direct.clone(),
+        })
+    }
+
+    fn err(&self, e: io::Error, what: &str, offset: Option<u64>) -> Error {
+        let err = Error::io_while(e, what).with_path(&self.path);
+        match offset {
+            Some(o) => err.with_offset(o),
+            None => err,
+        }
+    }
+
+    /// The file's length (a block device's size).
+    pub fn len(&self) -> Result<u64> {
+        if self.block_device {
+            return sys::block_device_size(self.file.as_fd())
+                .map_err(|e| self.err(e, "querying the block device size", None));
+        }
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| self.err(e, "querying the file size", None))?;
+        Ok(meta.len())
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Sets the length of a regular file (extending sparsely).
+    pub fn set_len(&self, len: u64) -> Result<()> {
+        self.writable(Operation::Resize)?;
+        self.file
+            .set_len(len)
+            .map_err(|e| self.err(e, "resizing the file", Some(len)))
+    }
+
+    /// Host bytes allocated to the file (`st_blocks * 512`); a block device's size.
+    pub fn allocated_size(&self) -> Result<u64> {
+        if self.block_device {
+            return self.len();
+        }
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| self.err(e, "querying the allocated size", None))?;
+        Ok(meta.blocks() * 512)
+    }
+
+    /// The geometry to show a guest: the device's for a block device; 512-byte sectors for a file, with the
+    /// file system block as discard granularity. O_DIRECT alignment never changes it.
+    pub fn topology(&self) -> DiskTopology {
+        if self.block_device {
+            if let Ok((logical, physical, min, opt)) = sys::block_device_geometry(self.file.as_fd())
+            {
+                return DiskTopology {
+                    logical_block_size: logical.max(512),
+                    physical_block_size: physical.max(logical).max(512),
+                    minimum_io_size: min.max(logical).max(512),
+                    optimal_io_size: opt,
+                    discard_granularity: physical.max(logical).max(512),
+                };
+            }
+        }
+        let fs_block = self
+            .file
+            .metadata()
+            .map(|m| m.blksize() as u32)
+            .unwrap_or(4096);
+        DiskTopology {
+            discard_granularity: fs_block.max(512),
+            ..DiskTopology::default()
+        }
+    }
+
+    /// Reads into `bufs` at `offset` until they are full or the file ends; returns the bytes read.
+    pub fn read_vectored_at(&self, offset: u64, bufs: &[IoBufMut<'_>]) -> Result<usize> {
+        if let Some(direct) = &self.direct {
+            if !direct.is_aligned_mut(offset, bufs) {
+                return direct.bounce_read(self, offset, bufs);
+            }
+        }
+        self.read_vectored_raw(offset, bufs)
+    }
+
+    /// Positioned vectored read without alignment handling: loops over short reads and `IOV_MAX`.
+    pub(crate) fn read_vectored_raw(&self, offset: u64, bufs: &[IoBufMut<'_>]) -> Result<usize> {
+        let mut done = 0usize;
+        let mut index = 0usize;
+        let mut skip = 0usize; // bytes of bufs[index] already filled
+        while index < bufs.len() {
+            let n = if skip == 0 {
+                sys::preadv(self.file.as_fd(), &bufs[index..], offset + done as u64)
+            } else {
+                let first = bufs[index].subslice(skip, bufs[index].len() - skip);
+                let rest: &[IoBufMut<'_>] = match first {
+                    Some(ref b) => std::slice::from_ref(b),
+                    None => &[],
+                };
+                sys::preadv(self.file.as_fd(), rest, offset + done as u64)
+            };
+            let n = match n {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.err(e, "reading", Some(offset + done as u64))),
+            };
+            done += n;
+            let mut left = n + skip;
+            while index < bufs.len() && left >= bufs[index].len() {
+                left -= bufs[index].len();
+                index += 1;
+            }
+            skip = left;
+        }
+        Ok(done)
+    }
+
+    /// Reads exactly enough bytes to fill `bufs` at `offset`; the end of the file first is an error.
+    pub fn read_exact_vectored_at(&self, offset: u64, bufs: &[IoBufMut<'_>]) -> Result<()> {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        let got = self.read_vectored_at(offset, bufs)?;
+        if got < want {
+            return Err(Error::new(
+                ErrorKind::CorruptImage,
+                format!("unexpected end of file: wanted {want} bytes, the file ends after {got}"),
+            )
+            .with_path(&self.path)
+            .with_offset(offset));
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; the end of the file first is an error.
+    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_exact_vectored_at(offset, &[IoBufMut::from(buf)])
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many (fewer only at the end of the file).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_vectored_at(offset, &[IoBufMut::from(buf)])
+    }
+
+    /// Writes all of `bufs` at `offset`.
+    pub fn write_vectored_at(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        self.writable(Operation::Write)?;
+        if let Some(direct) = &self.direct {
+            if !direct.is_aligned(offset, bufs) {
+                return direct.bounce_write(self, offset, bufs);
+            }
+        }
+        self.write_vectored_raw(offset, bufs)
+    }
+
+    /// Positioned vectored write without alignment handling: loops over short writes and `IOV_MAX`.
+    pub(crate) fn write_vectored_raw(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        let mut done = 0usize;
+        let mut index = 0usize;
+        let mut skip = 0usize;
+        while index < bufs.len() {
+            let n = if skip == 0 {
+                sys::pwritev(self.file.as_fd(), &bufs[index..], offset + done as u64)
+            } else {
+                let first = bufs[index].subslice(skip, bufs[index].len() - skip);
+                let rest: &[IoBuf<'_>] = match first {
+                    Some(ref b) => std::slice::from_ref(b),
+                    None => &[],
+                };
+                sys::pwritev(self.file.as_fd(), rest, offset + done as u64)
+            };
+            let n = match n {
+                Ok(0) => {
+                    return Err(self.err(
+                        io::Error::from(io::ErrorKind::WriteZero),
+                        "writing",
+                        Some(offset),
+                    ));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.err(e, "writing", Some(offset + done as u64))),
+            };
+            done += n;
+            let mut left = n + skip;
+            while index < bufs.len() && left >= bufs[index].len() {
+                left -= bufs[index].len();
+                index += 1;
+            }
+            skip = left;
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub fn write_all_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.write_vectored_at(offset, &[IoBuf::from(buf)])
+    }
+
+    fn writable(&self, operation: Operation) -> Result<()> {
+        if self.read_only {
+            return Err(
+                Error::new(ErrorKind::ReadOnly, "the file is opened read-only")
+                    .with_path(&self.path)
+                    .with_operation(operation),
+            );
+        }
+        Ok(())
+    }
+
+    /// Deallocates `len` bytes at `offset`; they read as zeros afterwards. On a block device, `BLKDISCARD`
+    /// (which need not zero: use [`zero_range`](HostFile::zero_range) for that).
+    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+        self.writable(Operation::Discard)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let r = if self.block_device {
+            sys::block_device_range(self.file.as_fd(), offset, len, false)
+        } else {
+            sys::fallocate(
+                self.file.as_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        r.map_err(|e| self.err(e, "punching a hole", Some(offset)))
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros. With `keep_allocated`, the range stays allocated
+    /// (`FALLOC_FL_ZERO_RANGE`); otherwise it may be deallocated (punch hole). Falls back to the other
+    /// mechanism, then to writing zero buffers, when the file system lacks one; `no_fallback` makes it fail
+    /// with [`ErrorKind::Unsupported`] instead of writing buffers.
+    pub fn zero_range(
+        &self,
+        offset: u64,
+        len: u64,
+        keep_allocated: bool,
+        no_fallback: bool,
+    ) -> Result<()> {
+        self.writable(Operation::WriteZeroes)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let fd = self.file.as_fd();
+        let unsupported = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::EINVAL)
+            )
+        };
+        if self.block_device {
+            match sys::block_device_range(fd, offset, len, true) {
+                Ok(()) => return Ok(()),
+                Err(e) if !unsupported(&e) => {
+                    return Err(self.err(e, "zeroing a range", Some(offset)))
+                }
+                Err(_) => {}
+            }
+        } else {
+            let end = offset.saturating_add(len);
+            let size = self.len()?;
+            let modes = if keep_allocated {
+                [libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, -1]
+            } else {
+                [
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    libc::FALLOC_FL_ZERO_RANGE,
+                ]
+            };
+            for mode in modes.into_iter().filter(|&m| m >= 0) {
+                // Punching past the end keeps the size; zero range must not grow the file either.
+                let mode = if end > size {
+                    mode & !libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE
+                } else {
+                    mode
+                };
+                match sys::fallocate(fd, mode, offset, len) {
+                    Ok(()) => {
+                        if end > size {
+                            self.set_len(end)?;
+                        }
+                        return Ok(());
+                    }
+                    Err(e) if !unsupported(&e) => {
+                        return Err(self.err(e, "zeroing a range", Some(offset)))
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        if no_fallback {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "the host cannot zero a range without writing it",
+            )
+            .with_path(&self.path)
+            .with_offset(offset)
+            .with_operation(Operation::WriteZeroes));
+        }
+        self.write_zero_buffers(offset, len)
+    }
+
+    fn write_zero_buffers(&self, offset: u64, len: u64) -> Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK.min(len) as usize];
+        let mut pos = 0;
+        while pos < len {
+            let n = CHUNK.min(len - pos) as usize;
+            self.write_all_at(offset + pos, &zeros[..n])?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Allocates `len` bytes at `offset` (`fallocate` mode 0), growing the file if needed.
+    pub fn allocate(&self, offset: u64, len: u64) -> Result<()> {
+        self.writable(Operation::Write)?;
+        if len == 0 {
+            return Ok(());
+        }
+        sys::fallocate(self.file.as_fd(), 0, offset, len)
+            .map_err(|e| self.err(e, "allocating", Some(offset)))
+    }
+
+    /// The first offset at or after `offset` holding data (`SEEK_DATA`), or `None` past the last data.
+    pub fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+        sys::seek(self.file.as_fd(), offset, libc::SEEK_DATA)
+            .map_err(|e| self.err(e, "seeking data", Some(offset)))
+    }
+
+    /// The first hole at or after `offset` (`SEEK_HOLE`; the end of the file counts as one), or `None` when
+    /// `offset` is past the end.
+    pub fn next_hole(&self, offset: u64) -> Result<Option<u64>> {
+        sys::seek(self.file.as_fd(), offset, libc::SEEK_HOLE)
+            .map_err(|e| self.err(e, "seeking a hole", Some(offset)))
+    }
+
+    /// Makes written data durable (`fdatasync`).
+    pub fn sync_data(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|e| {
+            self.err(e, "flushing", None)
+                .with_operation(Operation::Flush)
+        })
+    }
+}
+
+impl AsFd for HostFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl AsRawFd for HostFile {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// Resolves `name` (a file named inside an image) against the directory of `image`: absolute names stay as they
+/// are, relative ones are relative to the image, never to the working directory.
+pub fn resolve_relative_to(image: &Path, name: &Path) -> PathBuf {
+    if name.is_absolute() {
+        return name.to_path_buf();
+    }
+    match image.parent() {
+        Some(dir) => dir.join(name),
+        None => name.to_path_buf(),
+    }
+}

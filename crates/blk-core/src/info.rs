@@ -1,0 +1,82 @@
+//! What `blk info` and `blk check` report about an image, in qemu-img's terms.
+
+use std::path::PathBuf;
+
+/// A value in an image's format-specific information (a JSON-like tree, rendered by the CLI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InfoValue {
+    /// A boolean.
+    Bool(bool),
+    /// An unsigned number.
+    U64(u64),
+    /// A string.
+    String(String),
+    /// A list of values.
+    List(Vec<InfoValue>),
+    /// Named values, in the order qemu-img prints them.
+    Map(Vec<(String, InfoValue)>),
+}
+
+/// An image's description, with the fields of `qemu-img info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The format name as qemu-img spells it: `raw`, `qcow2`, `vpc`, `vhdx`.
+    pub format: &'static str,
+    /// The image file.
+    pub filename: PathBuf,
+    /// The guest-visible size in bytes.
+    pub virtual_size: u64,
+    /// Host bytes allocated to the file (`st_blocks * 512`).
+    pub actual_size: u64,
+    /// The cluster or block size, for formats that have one.
+    pub cluster_size: Option<u64>,
+    /// Whether the image is marked dirty (needs a consistency repair before use).
+    pub dirty: bool,
+    /// The backing file as recorded in the image.
+    pub backing_filename: Option<String>,
+    /// The backing file resolved against the image's directory.
+    pub full_backing_filename: Option<PathBuf>,
+    /// The backing file's format as recorded in the image.
+    pub backing_format: Option<String>,
+    /// Format-specific data: qemu-img's `format-specific` `{type, data}`.
+    pub format_specific: Option<(String, Vec<(String, InfoValue)>)>,
+}
+
+/// How far `check` may go in repairing an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RepairMode {
+    /// Only report.
+    #[default]
+    None,
+    /// Repair leaks (qemu-img `-r leaks`).
+    Leaks,
+    /// Repair leaks and corruptions (qemu-img `-r all`).
+    All,
+}
+
+/// The result of a consistency check, with the counters of `qemu-img check --output=json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Corruptions found and left.
+    pub corruptions: u64,
+    /// Leaked clusters found and left.
+    pub leaks: u64,
+    /// Errors that stopped parts of the check.
+    pub check_errors: u64,
+    /// Corruptions repaired.
+    pub corruptions_fixed: u64,
+    /// Leaks repaired.
+    pub leaks_fixed: u64,
+    /// Where the image's used area ends.
+    pub image_end_offset: Option<u64>,
+    /// Clusters in the guest-visible range.
+    pub total_clusters: Option<u64>,
+    /// Clusters allocated.
+    pub allocated_clusters: Option<u64>,
+    /// Allocated clusters not contiguous with their predecessor.
+    pub fragmented_clusters: Option<u64>,
+    /// Compressed clusters.
+    pub compressed_clusters: Option<u64>,
+    /// One line per problem, for the human-readable output.
+    pub messages: Vec<String>,
+}

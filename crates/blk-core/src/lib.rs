@@ -1,0 +1,74 @@
+//! The contracts every blk crate shares.
+//!
+//! A VMM serves a virtio-blk queue with a [`DiskFile`] (synchronous, `&self`, one handle per thread via
+//! [`DiskFile::try_clone`]) or an [`AsyncIo`] queue from an [`AsyncDiskFile`]. Formats (`blk-raw`, `blk-qcow`, ...)
+//! implement these traits as translators from guest offsets to ranges of a [`HostFile`]; backends (`blk-uring`,
+//! `blk-aio`) provide asynchronous submission; `blk-factory` picks and wires them. Every fallible call returns the
+//! one [`Error`], which names the file, offset and operation.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`disk_file`] | [`DiskFile`], [`AsyncDiskFile`], range checks |
+//! | [`async_io`] | [`AsyncIo`], [`Request`], [`RequestFlags`], [`Completion`] |
+//! | [`sync_adaptor`] | [`SyncAdaptor`]: any `DiskFile` as an `AsyncIo` queue, with real batching |
+//! | [`buffer`] | [`IoBuf`], [`IoBufMut`]: byte slices or guest memory, laid out as `iovec` |
+//! | [`host_file`] | [`HostFile`]: the host file layer formats are written against |
+//! | [`direct_io`] | O_DIRECT alignment and bounce buffers |
+//! | [`topology`] | [`DiskTopology`]: guest-visible block geometry |
+//! | [`extent`] | [`Extent`]: where a guest range lives (data, zero, unallocated) |
+//! | [`info`] | [`ImageInfo`], [`CheckReport`]: what `info` and `check` report |
+//! | [`image_opener`] | [`ImageOpener`]: the gate for files named inside images |
+//! | [`error`] | [`Error`], [`ErrorKind`], [`Operation`] |
+//!
+//! # Example
+//!
+//! Serving a host file through the host-file layer and the queue model:
+//!
+//! ```
+//! use blk_core::{HostFile, HostOpenOptions, IoBuf, IoBufMut};
+//!
+//! # fn main() -> blk_core::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("disk.img");
+//! let file = HostFile::create(&path, HostOpenOptions::default())?;
+//! file.set_len(1 << 20)?;
+//! file.write_vectored_at(4096, &[IoBuf::from(&b"hello"[..]), IoBuf::from(&b" world"[..])])?;
+//! let mut back = [0u8; 11];
+//! file.read_exact_vectored_at(4096, &[IoBufMut::from(&mut back[..])])?;
+//! assert_eq!(&back, b"hello world");
+//! // Hosts zeros without writing them, and reports what is allocated.
+//! file.zero_range(0, 1 << 20, false, false)?;
+//! assert_eq!(file.next_data(0)?, None);
+//!
+//! let err = HostFile::open(dir.path().join("missing.img"), HostOpenOptions::default()).unwrap_err();
+//! assert_eq!(err.kind(), blk_core::ErrorKind::NotFound);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod async_io;
+pub mod buffer;
+pub mod direct_io;
+pub mod disk_file;
+pub mod error;
+pub mod extent;
+pub mod host_file;
+pub mod image_opener;
+pub mod info;
+pub mod sync_adaptor;
+mod sys;
+pub mod topology;
+
+pub use async_io::{AsyncIo, Completion, Request, RequestFlags, RequestOp};
+pub use buffer::{IoBuf, IoBufMut};
+pub use direct_io::DirectIoAlignment;
+pub use disk_file::{check_range, read_only_error, AsyncDiskFile, DiskFile};
+pub use error::{Error, ErrorKind, Operation, Result, ResultExt};
+pub use extent::{Extent, ExtentKind};
+pub use host_file::{resolve_relative_to, HostFile, HostOpenOptions, LockMode};
+pub use image_opener::{DenyNamedImages, ImageOpener, NamedImage, NamedImageRole};
+pub use info::{CheckReport, ImageInfo, InfoValue, RepairMode};
+pub use sync_adaptor::SyncAdaptor;
+pub use topology::DiskTopology;
+pub use vm_memory;
+pub use vmm_sys_util::eventfd::EventFd;
