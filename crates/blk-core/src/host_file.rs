@@ -444,10 +444,12 @@ impl HostFile {
         r.map_err(|e| self.err(e, "punching a hole", Some(offset)))
     }
 
-    /// Makes `len` bytes at `offset` read as zeros. With `keep_allocated`, the range stays allocated
-    /// (`FALLOC_FL_ZERO_RANGE`); otherwise it may be deallocated (punch hole). Falls back to the other
-    /// mechanism, then to writing zero buffers, when the file system lacks one; `no_fallback` makes it fail
-    /// with [`ErrorKind::Unsupported`] instead of writing buffers.
+    /// Makes `len` bytes at `offset` read as zeros, growing the file when the range ends past its end.
+    ///
+    /// With `keep_allocated` the range stays allocated (`FALLOC_FL_ZERO_RANGE`); otherwise it is deallocated
+    /// (punch hole). When the file system lacks one mechanism the other is tried, then writing zero buffers;
+    /// `no_fallback` makes that last step fail with [`ErrorKind::Unsupported`] instead. On a block device this is
+    /// `BLKZEROOUT`.
     pub fn zero_range(
         &self,
         offset: u64,
@@ -466,44 +468,50 @@ impl HostFile {
                 Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::EINVAL)
             )
         };
+        let fail = |e: io::Error| {
+            self.err(e, "zeroing a range", Some(offset))
+                .with_operation(Operation::WriteZeroes)
+        };
         if self.block_device {
             match sys::block_device_range(fd, offset, len, true) {
                 Ok(()) => return Ok(()),
-                Err(e) if !unsupported(&e) => {
-                    return Err(self.err(e, "zeroing a range", Some(offset)))
-                }
+                Err(e) if !unsupported(&e) => return Err(fail(e)),
                 Err(_) => {}
             }
         } else {
             let end = offset.saturating_add(len);
             let size = self.len()?;
-            let modes = if keep_allocated {
-                [libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, -1]
-            } else {
-                [
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    libc::FALLOC_FL_ZERO_RANGE,
-                ]
-            };
-            for mode in modes.into_iter().filter(|&m| m >= 0) {
-                // Punching past the end keeps the size; zero range must not grow the file either.
-                let mode = if end > size {
-                    mode & !libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE
-                } else {
-                    mode
-                };
-                match sys::fallocate(fd, mode, offset, len) {
-                    Ok(()) => {
-                        if end > size {
-                            self.set_len(end)?;
-                        }
-                        return Ok(());
-                    }
-                    Err(e) if !unsupported(&e) => {
-                        return Err(self.err(e, "zeroing a range", Some(offset)))
-                    }
-                    Err(_) => {}
+            // Punching never grows a file: punch what lies inside it and extend with a hole.
+            let punch = || -> io::Result<()> {
+                if offset < size {
+                    let inside = end.min(size) - offset;
+                    sys::fallocate(
+                        fd,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        offset,
+                        inside,
+                    )?;
                 }
+                if end > size {
+                    self.file.set_len(end)?;
+                }
+                Ok(())
+            };
+            let zero = || sys::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, offset, len);
+            let first = if keep_allocated { zero() } else { punch() };
+            match first {
+                Ok(()) => return Ok(()),
+                Err(e) if !unsupported(&e) => return Err(fail(e)),
+                Err(_) => {}
+            }
+            match if keep_allocated {
+                Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+            } else {
+                zero()
+            } {
+                Ok(()) => return Ok(()),
+                Err(e) if !unsupported(&e) => return Err(fail(e)),
+                Err(_) => {}
             }
         }
         if no_fallback {

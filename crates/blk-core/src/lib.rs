@@ -18,6 +18,7 @@
 //! | [`extent`] | [`Extent`]: where a guest range lives (data, zero, unallocated) |
 //! | [`info`] | [`ImageInfo`], [`CheckReport`]: what `info` and `check` report |
 //! | [`image_opener`] | [`ImageOpener`]: the gate for files named inside images |
+//! | [`size`] | [`parse_size`]: qemu-img's size syntax |
 //! | [`error`] | [`Error`], [`ErrorKind`], [`Operation`] |
 //!
 //! # Example
@@ -55,6 +56,7 @@ pub mod extent;
 pub mod host_file;
 pub mod image_opener;
 pub mod info;
+pub mod size;
 pub mod sync_adaptor;
 mod sys;
 pub mod topology;
@@ -68,6 +70,7 @@ pub use extent::{Extent, ExtentKind};
 pub use host_file::{resolve_relative_to, HostFile, HostOpenOptions, LockMode};
 pub use image_opener::{DenyNamedImages, ImageOpener, NamedImage, NamedImageRole};
 pub use info::{CheckReport, ImageInfo, InfoValue, RepairMode};
+pub use size::parse_size;
 pub use sync_adaptor::SyncAdaptor;
 pub use topology::DiskTopology;
 pub use vm_memory;

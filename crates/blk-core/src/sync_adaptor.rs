@@ -112,3 +112,134 @@ impl AsyncIo for SyncAdaptor {
         self.ring_depth
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::buffer::{IoBuf, IoBufMut};
+    use crate::disk_file::check_range;
+    use crate::error::ErrorKind;
+    use crate::info::ImageInfo;
+    use crate::topology::DiskTopology;
+
+    /// A disk in memory that counts flushes and can be told to fail them.
+    #[derive(Debug, Default, Clone)]
+    struct MemDisk {
+        data: Arc<Mutex<Vec<u8>>>,
+        flushes: Arc<AtomicU32>,
+        fail_flush: bool,
+    }
+
+    impl DiskFile for MemDisk {
+        fn logical_size(&self) -> u64 {
+            self.data.lock().unwrap().len() as u64
+        }
+        fn physical_size(&self) -> Result<u64> {
+            Ok(self.logical_size())
+        }
+        fn topology(&self) -> DiskTopology {
+            DiskTopology::default()
+        }
+        fn is_read_only(&self) -> bool {
+            false
+        }
+        fn try_clone(&self) -> Result<Box<dyn DiskFile>> {
+            Ok(Box::new(self.clone()))
+        }
+        fn read_at(&self, offset: u64, bufs: &[IoBufMut<'_>]) -> Result<()> {
+            let data = self.data.lock().unwrap();
+            check_range(offset, total_len_mut(bufs), data.len() as u64)?;
+            let mut pos = offset as usize;
+            for b in bufs {
+                pos += b.copy_from(&data[pos..pos + b.len()]);
+            }
+            Ok(())
+        }
+        fn write_at(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+            let mut data = self.data.lock().unwrap();
+            check_range(offset, total_len(bufs), data.len() as u64)?;
+            let mut pos = offset as usize;
+            for b in bufs {
+                pos += b.copy_to(&mut data[pos..pos + b.len()]);
+            }
+            Ok(())
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> Result<()> {
+            let mut data = self.data.lock().unwrap();
+            check_range(offset, len, data.len() as u64)?;
+            data[offset as usize..(offset + len) as usize].fill(0);
+            Ok(())
+        }
+        fn discard(&self, offset: u64, len: u64) -> Result<()> {
+            self.write_zeroes(offset, len, true)
+        }
+        fn flush(&self) -> Result<()> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            if self.fail_flush {
+                return Err(Error::new(ErrorKind::Io, "flush failed"));
+            }
+            Ok(())
+        }
+        fn image_info(&self) -> Result<ImageInfo> {
+            Err(Error::new(ErrorKind::Unsupported, "no info"))
+        }
+    }
+
+    fn leak(bytes: Vec<u8>) -> &'static mut [u8] {
+        Box::leak(bytes.into_boxed_slice())
+    }
+
+    #[test]
+    fn a_batch_completes_in_one_pass_with_one_signal() {
+        let disk = MemDisk { data: Arc::new(Mutex::new(vec![0; 8192])), ..MemDisk::default() };
+        let mut queue = SyncAdaptor::new(Box::new(disk.clone()), 8).unwrap();
+        let src: &'static [u8] = leak(vec![0x11; 512]);
+        let dst = leak(vec![0; 512]);
+        let dst_ptr = dst.as_ptr();
+        let write = [IoBuf::from(src)];
+        let read = [IoBufMut::from(dst)];
+        let batch = [
+            Request::new(1, RequestOp::Write { offset: 512, bufs: &write }).with_flags(RequestFlags::FUA),
+            Request::new(2, RequestOp::Read { offset: 512, bufs: &read }),
+            Request::new(3, RequestOp::Read { offset: 8000, bufs: &read }),
+            Request::new(4, RequestOp::WriteZeroes { offset: 512, len: 256 }),
+            Request::new(5, RequestOp::Flush),
+            Request::new(6, RequestOp::Flush),
+        ];
+        queue.submit(&batch).unwrap();
+        assert_eq!(queue.notifier().read().unwrap(), 1);
+        let done: Vec<Completion> = std::iter::from_fn(|| queue.next_completed_request()).collect();
+        let ids: Vec<u64> = done.iter().map(|c| c.user_data).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(done[0].result.as_ref().unwrap(), &512);
+        assert_eq!(done[1].result.as_ref().unwrap(), &512);
+        assert_eq!(done[2].result.as_ref().unwrap_err().kind(), ErrorKind::OutOfBounds);
+        // SAFETY: `dst` was leaked, so it is still valid; nothing writes it any more.
+        let read_back = unsafe { std::slice::from_raw_parts(dst_ptr, 512) };
+        assert!(read_back.iter().all(|&b| b == 0x11));
+        assert_eq!(&disk.data.lock().unwrap()[512..1024], [[0u8; 256], [0x11; 256]].concat());
+        // The FUA write is covered by the explicit flush; the second flush is free.
+        assert_eq!(disk.flushes.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn fua_writes_share_one_flush_and_fail_with_it() {
+        let disk = MemDisk { data: Arc::new(Mutex::new(vec![0; 4096])), fail_flush: true, ..MemDisk::default() };
+        let mut queue = SyncAdaptor::new(Box::new(disk.clone()), 4).unwrap();
+        let src: &'static [u8] = leak(vec![1; 8]);
+        let bufs = [IoBuf::from(src)];
+        let batch: Vec<Request<'_>> = (0..3)
+            .map(|i| Request::new(i, RequestOp::Write { offset: i * 8, bufs: &bufs }).with_flags(RequestFlags::FUA))
+            .chain([Request::new(9, RequestOp::Write { offset: 100, bufs: &bufs })])
+            .collect();
+        queue.submit(&batch).unwrap();
+        assert_eq!(disk.flushes.load(Ordering::SeqCst), 1);
+        let done: Vec<Completion> = std::iter::from_fn(|| queue.next_completed_request()).collect();
+        assert!(done[..3].iter().all(|c| c.result.is_err()));
+        assert!(done[3].result.is_ok());
+        assert_eq!(queue.ring_depth(), 4);
+    }
+}
