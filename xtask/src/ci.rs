@@ -1,0 +1,323 @@
+//! `cargo xtask ci`: everything CI checks, in order, stopping at the first failure.
+//!
+//! 1. the QEMU tools the tests compare against (`qemu-img`, `qemu-io`): installed with apt-get when missing
+//!    and running as root, so the README's test command sets up a fresh machine by itself
+//! 2. `cargo fmt --all -- --check`
+//! 3. `cargo clippy --workspace --all-targets -- -D warnings`
+//! 4. `cargo test --workspace` (unit, integration and doc tests; output shown)
+//! 5. `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-Dwarnings`
+//! 6. `blk-factory` built with `--no-default-features`, then with each of its features alone
+//! 7. the dependency-direction check ([`crate::deps`])
+//!
+//! All steps share the workspace's target directory, and nothing is cleaned, so a second run only rebuilds
+//! what changed.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cmd;
+
+/// The package whose feature matrix step 5 builds.
+pub const FACTORY: &str = "blk-factory";
+
+/// What one step does.
+#[derive(Debug)]
+enum Action {
+    /// A cargo command with extra environment variables.
+    Cargo {
+        args: &'static [&'static str],
+        env: &'static [(&'static str, &'static str)],
+    },
+    /// Step 1: makes sure `qemu-img` and `qemu-io` are on `PATH`.
+    QemuTools,
+    /// Step 6: builds `blk-factory` per feature (read from `cargo metadata` when the step starts).
+    FactoryFeatures,
+    /// Step 7: [`crate::deps::run`].
+    Deps,
+}
+
+/// One step of the pipeline.
+#[derive(Debug)]
+struct Step {
+    name: &'static str,
+    action: Action,
+}
+
+fn steps() -> Vec<Step> {
+    vec![
+        Step {
+            name: "qemu tools",
+            action: Action::QemuTools,
+        },
+        Step {
+            name: "format",
+            action: Action::Cargo {
+                args: &["fmt", "--all", "--", "--check"],
+                env: &[],
+            },
+        },
+        Step {
+            name: "clippy",
+            action: Action::Cargo {
+                args: &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+                env: &[],
+            },
+        },
+        Step {
+            name: "test",
+            action: Action::Cargo {
+                args: &["test", "--workspace"],
+                env: &[],
+            },
+        },
+        Step {
+            name: "doc",
+            action: Action::Cargo {
+                args: &["doc", "--workspace", "--no-deps"],
+                env: &[("RUSTDOCFLAGS", "-Dwarnings")],
+            },
+        },
+        Step {
+            name: "blk-factory feature builds",
+            action: Action::FactoryFeatures,
+        },
+        Step {
+            name: "dependency direction",
+            action: Action::Deps,
+        },
+    ]
+}
+
+/// The names of `package`'s features, `default` excluded, from `cargo metadata` JSON.
+pub fn features_of(metadata_json: &str, package: &str) -> Result<Vec<String>, String> {
+    let metadata: Value = serde_json::from_str(metadata_json)
+        .map_err(|e| format!("unexpected `cargo metadata` output: {e}"))?;
+    let found = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"].as_str() == Some(package))
+        .ok_or_else(|| format!("package {package} is not in the workspace"))?;
+    // serde_json's map is sorted, so the feature order is stable.
+    Ok(found["features"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, _)| name.clone())
+        .filter(|name| name != "default")
+        .collect())
+}
+
+/// The feature-matrix builds of `package`: `--no-default-features`, then each feature alone.
+pub fn feature_builds(package: &str, features: &[String]) -> Vec<Vec<String>> {
+    let base = || {
+        vec![
+            "build".to_string(),
+            "-p".to_string(),
+            package.to_string(),
+            "--no-default-features".to_string(),
+        ]
+    };
+    let mut builds = vec![base()];
+    for feature in features {
+        let mut args = base();
+        args.push("--features".to_string());
+        args.push(feature.clone());
+        builds.push(args);
+    }
+    builds
+}
+
+fn run_factory_features(root: &Path) -> Result<(), String> {
+    let features = features_of(
+        &cmd::cargo_metadata_no_deps(&root.join("Cargo.toml"))?,
+        FACTORY,
+    )?;
+    if features.is_empty() {
+        println!("{FACTORY} declares no features besides `default`: building it without default features only");
+    }
+    for args in feature_builds(FACTORY, &features) {
+        let mut command = cmd::cargo_command(root);
+        command.args(&args);
+        println!("--> {}", cmd::display(&command));
+        cmd::run(&mut command)?;
+    }
+    Ok(())
+}
+
+/// The QEMU tools the interop tests run, and the Debian package that has them.
+const QEMU_TOOLS: [&str; 2] = ["qemu-img", "qemu-io"];
+const QEMU_PACKAGE: &str = "qemu-utils";
+
+fn tool_works(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn ensure_qemu_tools() -> Result<(), String> {
+    let missing: Vec<&str> = QEMU_TOOLS.into_iter().filter(|t| !tool_works(t)).collect();
+    if missing.is_empty() {
+        println!("{} found", QEMU_TOOLS.join(" and "));
+        return Ok(());
+    }
+    if !is_root() || !tool_works("apt-get") {
+        return Err(format!(
+            "{} missing: install Debian's {QEMU_PACKAGE} (apt-get install {QEMU_PACKAGE}) and run again",
+            missing.join(" and ")
+        ));
+    }
+    println!(
+        "{} missing: installing {QEMU_PACKAGE}",
+        missing.join(" and ")
+    );
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", QEMU_PACKAGE])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    match QEMU_TOOLS.into_iter().find(|t| !tool_works(t)) {
+        Some(tool) => Err(format!(
+            "{tool} is still missing after installing {QEMU_PACKAGE}"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn run_step(root: &Path, step: &Step) -> Result<(), String> {
+    match &step.action {
+        Action::Cargo { args, env } => {
+            let mut command: Command = cmd::cargo_command(root);
+            command.args(args.iter());
+            for (key, value) in env.iter() {
+                let value = match std::env::var(key) {
+                    Ok(old) if !old.trim().is_empty() => format!("{old} {value}"),
+                    _ => value.to_string(),
+                };
+                command.env(key, value);
+            }
+            let shown = env
+                .iter()
+                .map(|(k, v)| format!("{k}={v} "))
+                .collect::<String>();
+            println!("--> {shown}{}", cmd::display(&command));
+            cmd::run(&mut command)
+        }
+        Action::QemuTools => ensure_qemu_tools(),
+        Action::FactoryFeatures => run_factory_features(root),
+        Action::Deps => crate::deps::run(root),
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// Runs every step in order in the workspace at `root`; the error names the first step that failed.
+pub fn run(root: &Path) -> Result<(), String> {
+    let steps = steps();
+    let total = steps.len();
+    let started = Instant::now();
+    let mut timings = Vec::with_capacity(total);
+    for (i, step) in steps.iter().enumerate() {
+        println!();
+        println!("==> [{}/{total}] {}", i + 1, step.name);
+        let t = Instant::now();
+        if let Err(e) = run_step(root, step) {
+            println!();
+            println!(
+                "==> xtask ci: FAILED at step {}/{total} ({}) after {}",
+                i + 1,
+                step.name,
+                secs(started.elapsed())
+            );
+            return Err(format!("ci step `{}` failed: {e}", step.name));
+        }
+        timings.push((step.name, t.elapsed()));
+    }
+    println!();
+    println!("==> xtask ci: all {total} steps passed");
+    for (name, d) in timings {
+        println!("    {:<28} {:>8}", name, secs(d));
+    }
+    println!("    {:<28} {:>8}", "total", secs(started.elapsed()));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_skip_default_and_may_be_empty() {
+        let json = r#"{"packages": [
+            {"name": "blk-factory", "features": {"default": ["raw"], "raw": [], "qcow": ["dep:blk-qcow"]}},
+            {"name": "blk-core", "features": {}}
+        ]}"#;
+        assert_eq!(features_of(json, "blk-factory").unwrap(), ["qcow", "raw"]);
+        assert!(features_of(json, "blk-core").unwrap().is_empty());
+        assert!(features_of(json, "blk-missing").is_err());
+        let only_default =
+            r#"{"packages": [{"name": "blk-factory", "features": {"default": []}}]}"#;
+        assert!(features_of(only_default, "blk-factory").unwrap().is_empty());
+    }
+
+    #[test]
+    fn feature_matrix() {
+        assert_eq!(
+            feature_builds("blk-factory", &[]),
+            vec![vec!["build", "-p", "blk-factory", "--no-default-features"]]
+        );
+        let builds = feature_builds("blk-factory", &["qcow".into(), "uring".into()]);
+        assert_eq!(builds.len(), 3);
+        assert_eq!(
+            builds[2],
+            [
+                "build",
+                "-p",
+                "blk-factory",
+                "--no-default-features",
+                "--features",
+                "uring"
+            ]
+        );
+    }
+
+    #[test]
+    fn steps_run_in_the_documented_order() {
+        let names: Vec<&str> = steps().iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                "qemu tools",
+                "format",
+                "clippy",
+                "test",
+                "doc",
+                "blk-factory feature builds",
+                "dependency direction"
+            ]
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! The blk workspace's task runner, run as `cargo xtask <command>` (the alias lives in `.cargo/config.toml`).
+//!
+//! | command | module | what it does |
+//! |---|---|---|
+//! | `cargo xtask ci` | [`ci`] | fmt, clippy, tests, docs, `blk-factory` feature builds, dependency check |
+//! | `cargo xtask deps` | [`deps`] | the dependency-direction check alone |
+//! | `cargo xtask bench` | [`bench`](mod@bench) | the benchmark suites (criterion today) |
+//! | `cargo xtask fuzz` | [`fuzz`] | every cargo-fuzz target under `fuzz/` for a bounded time |
+//!
+//! Every fallible function returns `Result<_, String>`: the message is printed as is by `main`, which exits
+//! with status 1.
+
+pub mod bench;
+pub mod ci;
+pub mod cmd;
+pub mod deps;
+pub mod fuzz;
