@@ -39,6 +39,28 @@ pub struct HostOpenOptions {
     pub lock: LockMode,
 }
 
+/// QEMU's lock byte bases: `100 + i` while holding permission `i`, `200 + i` while refusing to share it.
+const LOCK_PERM_BASE: u64 = 100;
+const LOCK_SHARED_BASE: u64 = 200;
+
+/// QEMU's permission bits (`BLK_PERM_*`), by bit index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Permission {
+    ConsistentRead = 0,
+    Write = 1,
+    Resize = 3,
+}
+
+impl Permission {
+    fn name(self) -> &'static str {
+        match self {
+            Permission::ConsistentRead => "consistent read",
+            Permission::Write => "write",
+            Permission::Resize => "resize",
+        }
+    }
+}
+
 /// An open host file or block device.
 #[derive(Debug)]
 pub struct HostFile {
@@ -69,14 +91,15 @@ impl HostFile {
         HostFile::from_file(file, path, options)
     }
 
-    /// Creates (or truncates) a regular file at `path` for writing, locked exclusively.
+    /// Creates (or truncates) a regular file at `path` for writing. The lock is taken before truncating, so an
+    /// image another process has open is refused, not wiped.
     pub fn create(path: impl AsRef<Path>, options: HostOpenOptions) -> Result<HostFile> {
         let path = path.as_ref();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| {
@@ -84,14 +107,17 @@ impl HostFile {
                     .with_path(path)
                     .with_operation(Operation::Create)
             })?;
-        HostFile::from_file(
+        let host = HostFile::from_file(
             file,
             path,
             HostOpenOptions {
                 read_only: false,
                 ..options
             },
-        )
+        )?;
+        host.set_len(0)
+            .map_err(|e| e.with_operation(Operation::Create))?;
+        Ok(host)
     }
 
     /// Wraps an already open file (e.g. a memfd in a fuzz target); `path` is used in error messages.
@@ -126,26 +152,66 @@ impl HostFile {
         Ok(host)
     }
 
+    /// Takes advisory locks the way QEMU does (`block/file-posix.c`), so blk and QEMU see each other: one-byte
+    /// OFD read locks at `100 + i` for each permission `i` held and at `200 + i` for each permission refused to
+    /// others, then a check that nobody refuses what we hold or holds what we refuse. A reader holds
+    /// consistent-read and refuses write and resize; a writer also holds write and resize.
     fn lock(&self) -> Result<()> {
-        let lock_type = if self.read_only {
-            libc::F_RDLCK
+        let held: &[Permission] = if self.read_only {
+            &[Permission::ConsistentRead]
         } else {
-            libc::F_WRLCK
+            &[
+                Permission::ConsistentRead,
+                Permission::Write,
+                Permission::Resize,
+            ]
         };
-        sys::ofd_lock(self.file.as_fd(), lock_type).map_err(|e| {
-            let err = match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EACCES) => Error::new(
-                    ErrorKind::Locked,
-                    if self.read_only {
-                        "failed to get a shared lock: is another process writing the image? (-U skips locking)"
-                    } else {
-                        "failed to get an exclusive write lock: is another process using the image? (-U skips locking)"
-                    },
-                ),
-                _ => Error::io_while(e, "taking the advisory lock"),
-            };
-            err.with_path(&self.path).with_operation(Operation::Lock)
-        })
+        let refused = [Permission::Write, Permission::Resize];
+        let fd = self.file.as_fd();
+        let io_err = |e: io::Error| {
+            Error::io_while(e, "taking the advisory lock")
+                .with_path(&self.path)
+                .with_operation(Operation::Lock)
+        };
+        let held_bytes = held.iter().map(|p| (LOCK_PERM_BASE + *p as u64, *p));
+        let refused_bytes = refused.iter().map(|p| (LOCK_SHARED_BASE + *p as u64, *p));
+        for (byte, permission) in held_bytes.clone().chain(refused_bytes.clone()) {
+            match sys::ofd_lock(fd, libc::F_RDLCK, byte, 1) {
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
+                    return Err(self.lock_conflict(permission));
+                }
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        // Someone refusing to share a permission we hold, or holding one we refuse.
+        for (byte, permission) in held_bytes {
+            if sys::ofd_lock_conflicts(fd, LOCK_SHARED_BASE + (byte - LOCK_PERM_BASE), 1)
+                .map_err(io_err)?
+            {
+                return Err(self.lock_conflict(permission));
+            }
+        }
+        for (byte, permission) in refused_bytes {
+            if sys::ofd_lock_conflicts(fd, LOCK_PERM_BASE + (byte - LOCK_SHARED_BASE), 1)
+                .map_err(io_err)?
+            {
+                return Err(self.lock_conflict(permission));
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_conflict(&self, permission: Permission) -> Error {
+        Error::new(
+            ErrorKind::Locked,
+            format!(
+                "failed to get the \"{}\" lock: is another process using the image? (-U skips locking)",
+                permission.name()
+            ),
+        )
+        .with_path(&self.path)
+        .with_operation(Operation::Lock)
     }
 
     fn set_direct(&mut self) -> Result<()> {
@@ -371,10 +437,11 @@ impl HostFile {
 
     /// Positioned vectored write without alignment handling: loops over short writes and `IOV_MAX`.
     pub(crate) fn write_vectored_raw(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
         let mut done = 0usize;
         let mut index = 0usize;
         let mut skip = 0usize;
-        while index < bufs.len() {
+        while done < total {
             let n = if skip == 0 {
                 sys::pwritev(self.file.as_fd(), &bufs[index..], offset + done as u64)
             } else {

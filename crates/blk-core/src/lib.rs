@@ -70,7 +70,7 @@ pub use extent::{Extent, ExtentKind};
 pub use host_file::{resolve_relative_to, HostFile, HostOpenOptions, LockMode};
 pub use image_opener::{DenyNamedImages, ImageOpener, NamedImage, NamedImageRole};
 pub use info::{CheckReport, ImageInfo, InfoValue, RepairMode};
-pub use size::parse_size;
+pub use size::{parse_size, parse_size_param};
 pub use sync_adaptor::SyncAdaptor;
 pub use topology::DiskTopology;
 pub use vm_memory;

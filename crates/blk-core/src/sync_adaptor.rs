@@ -194,7 +194,10 @@ mod tests {
 
     #[test]
     fn a_batch_completes_in_one_pass_with_one_signal() {
-        let disk = MemDisk { data: Arc::new(Mutex::new(vec![0; 8192])), ..MemDisk::default() };
+        let disk = MemDisk {
+            data: Arc::new(Mutex::new(vec![0; 8192])),
+            ..MemDisk::default()
+        };
         let mut queue = SyncAdaptor::new(Box::new(disk.clone()), 8).unwrap();
         let src: &'static [u8] = leak(vec![0x11; 512]);
         let dst = leak(vec![0; 512]);
@@ -202,10 +205,35 @@ mod tests {
         let write = [IoBuf::from(src)];
         let read = [IoBufMut::from(dst)];
         let batch = [
-            Request::new(1, RequestOp::Write { offset: 512, bufs: &write }).with_flags(RequestFlags::FUA),
-            Request::new(2, RequestOp::Read { offset: 512, bufs: &read }),
-            Request::new(3, RequestOp::Read { offset: 8000, bufs: &read }),
-            Request::new(4, RequestOp::WriteZeroes { offset: 512, len: 256 }),
+            Request::new(
+                1,
+                RequestOp::Write {
+                    offset: 512,
+                    bufs: &write,
+                },
+            )
+            .with_flags(RequestFlags::FUA),
+            Request::new(
+                2,
+                RequestOp::Read {
+                    offset: 512,
+                    bufs: &read,
+                },
+            ),
+            Request::new(
+                3,
+                RequestOp::Read {
+                    offset: 8000,
+                    bufs: &read,
+                },
+            ),
+            Request::new(
+                4,
+                RequestOp::WriteZeroes {
+                    offset: 512,
+                    len: 256,
+                },
+            ),
             Request::new(5, RequestOp::Flush),
             Request::new(6, RequestOp::Flush),
         ];
@@ -216,24 +244,49 @@ mod tests {
         assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
         assert_eq!(done[0].result.as_ref().unwrap(), &512);
         assert_eq!(done[1].result.as_ref().unwrap(), &512);
-        assert_eq!(done[2].result.as_ref().unwrap_err().kind(), ErrorKind::OutOfBounds);
+        assert_eq!(
+            done[2].result.as_ref().unwrap_err().kind(),
+            ErrorKind::OutOfBounds
+        );
         // SAFETY: `dst` was leaked, so it is still valid; nothing writes it any more.
         let read_back = unsafe { std::slice::from_raw_parts(dst_ptr, 512) };
         assert!(read_back.iter().all(|&b| b == 0x11));
-        assert_eq!(&disk.data.lock().unwrap()[512..1024], [[0u8; 256], [0x11; 256]].concat());
+        assert_eq!(
+            &disk.data.lock().unwrap()[512..1024],
+            [[0u8; 256], [0x11; 256]].concat()
+        );
         // The FUA write is covered by the explicit flush; the second flush is free.
         assert_eq!(disk.flushes.load(Ordering::SeqCst), 1);
     }
 
     #[test]
     fn fua_writes_share_one_flush_and_fail_with_it() {
-        let disk = MemDisk { data: Arc::new(Mutex::new(vec![0; 4096])), fail_flush: true, ..MemDisk::default() };
+        let disk = MemDisk {
+            data: Arc::new(Mutex::new(vec![0; 4096])),
+            fail_flush: true,
+            ..MemDisk::default()
+        };
         let mut queue = SyncAdaptor::new(Box::new(disk.clone()), 4).unwrap();
         let src: &'static [u8] = leak(vec![1; 8]);
         let bufs = [IoBuf::from(src)];
         let batch: Vec<Request<'_>> = (0..3)
-            .map(|i| Request::new(i, RequestOp::Write { offset: i * 8, bufs: &bufs }).with_flags(RequestFlags::FUA))
-            .chain([Request::new(9, RequestOp::Write { offset: 100, bufs: &bufs })])
+            .map(|i| {
+                Request::new(
+                    i,
+                    RequestOp::Write {
+                        offset: i * 8,
+                        bufs: &bufs,
+                    },
+                )
+                .with_flags(RequestFlags::FUA)
+            })
+            .chain([Request::new(
+                9,
+                RequestOp::Write {
+                    offset: 100,
+                    bufs: &bufs,
+                },
+            )])
             .collect();
         queue.submit(&batch).unwrap();
         assert_eq!(disk.flushes.load(Ordering::SeqCst), 1);

@@ -89,14 +89,24 @@ pub(crate) fn seek(
     Ok(Some(r as u64))
 }
 
-/// Takes (or with `F_UNLCK` drops) an OFD lock of type `lock_type` on the whole file, without waiting.
-pub(crate) fn ofd_lock(fd: BorrowedFd<'_>, lock_type: libc::c_int) -> io::Result<()> {
+fn flock_for(lock_type: libc::c_int, start: u64, len: u64) -> io::Result<libc::flock64> {
     // SAFETY: flock is a plain C struct for which all-zero is a valid value.
     let mut fl: libc::flock64 = unsafe { std::mem::zeroed() };
     fl.l_type = lock_type as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
-    fl.l_len = 0;
+    fl.l_start = offset_arg(start)?;
+    fl.l_len = offset_arg(len)?;
+    Ok(fl)
+}
+
+/// Takes (or with `F_UNLCK` drops) an OFD lock of `lock_type` on `len` bytes at `start`, without waiting.
+pub(crate) fn ofd_lock(
+    fd: BorrowedFd<'_>,
+    lock_type: libc::c_int,
+    start: u64,
+    len: u64,
+) -> io::Result<()> {
+    let mut fl = flock_for(lock_type, start, len)?;
     // SAFETY: F_OFD_SETLK reads the flock we pass by pointer, which lives across the call.
     let r = unsafe {
         libc::fcntl(
@@ -110,6 +120,23 @@ pub(crate) fn ofd_lock(fd: BorrowedFd<'_>, lock_type: libc::c_int) -> io::Result
     } else {
         Ok(())
     }
+}
+
+/// Whether another open file description holds any lock on `len` bytes at `start` (our own never conflict).
+pub(crate) fn ofd_lock_conflicts(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<bool> {
+    let mut fl = flock_for(libc::F_WRLCK, start, len)?;
+    // SAFETY: F_OFD_GETLK reads and rewrites the flock we pass by pointer, which lives across the call.
+    let r = unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_OFD_GETLK,
+            &mut fl as *mut libc::flock64,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 /// The O_DIRECT alignment `(memory, offset)` from `statx(STATX_DIOALIGN)`, when the file system reports one.
