@@ -1,1 +1,43 @@
+//! The raw disk-image format: the guest disk is the host file (or block device) byte for byte.
+//!
+//! ```
+//! use blk_core::{DiskFile, HostOpenOptions};
+//! use blk_raw::{Preallocation, Raw, RawCreateOptions};
+//!
+//! # fn main() -> blk_core::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("disk.img");
+//! let options = RawCreateOptions { size: 1 << 20, preallocation: Preallocation::Off };
+//! let disk = Raw::create(&path, &options)?;
+//! disk.write_all_at(4096, b"hello")?;
+//! let mut back = [0u8; 5];
+//! disk.read_exact_at(4096, &mut back)?;
+//! assert_eq!(&back, b"hello");
+//! drop(disk); // releases the exclusive lock
+//!
+//! let disk = Raw::open(&path, HostOpenOptions { read_only: true, ..HostOpenOptions::default() })?;
+//! assert_eq!(disk.logical_size(), 1 << 20);
+//! assert_eq!(disk.image_info()?.format, "raw");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`raw`] | [`Raw`]: opening, guest I/O ([`blk_core::DiskFile`]) and queues ([`blk_core::AsyncDiskFile`]) |
+//! | `map` | [`DiskFile::map`](blk_core::DiskFile::map) from `SEEK_DATA`/`SEEK_HOLE`, as `qemu-img map` shows it |
+//! | `create` | [`Raw::create`] with qemu's preallocation modes |
+//! | [`options`] | [`RawCreateOptions`], [`Preallocation`] and qemu-img `-o` parsing |
+//!
+//! Every error is a [`blk_core::Error`] naming the format `raw`, the file, the offset and the operation.
 
+mod create;
+mod map;
+pub mod options;
+pub mod raw;
+
+pub use options::{Preallocation, RawCreateOptions};
+pub use raw::Raw;
+
+/// The format name, as qemu-img spells it.
+pub const FORMAT_NAME: &str = "raw";
