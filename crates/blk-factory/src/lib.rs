@@ -1,1 +1,58 @@
+//! Opens and creates blk disk images: the one crate a VMM depends on.
+//!
+//! [`open_disk_file`] detects the format (unless given), opens the image with the right format crate and
+//! returns an [`AsyncDiskFile`](blk_core::AsyncDiskFile): synchronous I/O through its
+//! [`DiskFile`](blk_core::DiskFile) methods and one [`AsyncIo`](blk_core::AsyncIo) queue per virtio queue.
+//! [`create_disk_file`] makes new images. Each format and backend sits behind its own Cargo feature; raw is always
+//! there, so `default-features = false` builds a raw-only block layer.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`format`](mod@format) | [`ImageFormat`]: qemu-img's format names |
+//! | [`detect`] | [`detect_format`]: magic-number probing (read-only, side-effect free) |
+//! | [`open`] | [`DiskFileParams`], [`Backend`], [`open_disk_file`] |
+//! | [`create`] | [`CreateParams`], [`create_disk_file`] |
+//! | [`named`] | [`FactoryOpener`], [`NamedImagePolicy`]: the gate for files named inside images |
+//!
+//! # Example
+//!
+//! ```
+//! use blk_factory::{create_disk_file, open_disk_file, CreateParams, DiskFileParams, ImageFormat};
+//! use blk_core::{Request, RequestOp, IoBuf};
+//!
+//! # fn main() -> blk_core::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("disk.img");
+//! create_disk_file(&CreateParams::new(&path, ImageFormat::Raw, Some(1 << 20)))?;
+//!
+//! let disk = open_disk_file(&DiskFileParams::new(&path))?;
+//! disk.write_all_at(0, b"boot sector")?;
+//!
+//! // One queue per virtio queue: submit a batch, wait on the eventfd, reap completions.
+//! let mut queue = disk.create_async_io(32)?;
+//! static DATA: [u8; 512] = [0x5a; 512];
+//! let bufs = [IoBuf::from(&DATA[..])];
+//! queue.submit(&[Request::new(7, RequestOp::Write { offset: 4096, bufs: &bufs }), Request::new(8, RequestOp::Flush)])?;
+//! queue.notifier().read().unwrap();
+//! let done = queue.next_completed_request().unwrap();
+//! assert_eq!((done.user_data, done.result.unwrap()), (7, 512));
+//!
+//! let mut back = [0u8; 11];
+//! disk.read_exact_at(0, &mut back)?;
+//! assert_eq!(&back, b"boot sector");
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod create;
+pub mod detect;
+pub mod format;
+pub mod named;
+pub mod open;
+
+pub use blk_core::{parse_size, parse_size_param};
+pub use create::{create_disk_file, CreateParams};
+pub use detect::detect_format;
+pub use format::ImageFormat;
+pub use named::{FactoryOpener, NamedImagePolicy, MAX_CHAIN_DEPTH};
+pub use open::{open_disk_file, Backend, DiskFileParams};

@@ -1,0 +1,74 @@
+//! The gate for files named inside images: the factory's [`ImageOpener`].
+
+use blk_core::{DiskFile, Error, ErrorKind, ImageOpener, LockMode, NamedImage, Operation, Result};
+
+use crate::format::ImageFormat;
+use crate::open::{open_disk_file, DiskFileParams};
+
+/// The longest chain of named images (backing files of backing files ...) an opener follows, as a guard
+/// against loops and resource exhaustion.
+pub const MAX_CHAIN_DEPTH: u32 = 64;
+
+/// Whether files named inside an image may be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NamedImagePolicy {
+    /// Refuse them: the safe default for images from untrusted users.
+    #[default]
+    Deny,
+    /// Open them read-only, with the format the image records (never probed), up to [`MAX_CHAIN_DEPTH`] deep.
+    AllowRecordedFormat,
+}
+
+/// The factory's [`ImageOpener`]: applies a [`NamedImagePolicy`] and opens through the factory.
+#[derive(Debug, Clone)]
+pub struct FactoryOpener {
+    policy: NamedImagePolicy,
+    direct: bool,
+    lock: LockMode,
+}
+
+impl FactoryOpener {
+    /// An opener applying `policy`; named files inherit `direct` and `lock` from the image that names them.
+    pub fn new(policy: NamedImagePolicy, direct: bool, lock: LockMode) -> FactoryOpener {
+        FactoryOpener {
+            policy,
+            direct,
+            lock,
+        }
+    }
+
+    /// The opener for the files named inside the image `params` open.
+    pub fn for_params(params: &DiskFileParams) -> FactoryOpener {
+        FactoryOpener::new(params.named_images, params.direct, params.lock)
+    }
+}
+
+impl ImageOpener for FactoryOpener {
+    fn open_named(&self, image: &NamedImage) -> Result<Box<dyn DiskFile>> {
+        let ctx = |e: Error| e.with_path(&image.path).with_operation(Operation::Open);
+        if self.policy == NamedImagePolicy::Deny {
+            return blk_core::DenyNamedImages.open_named(image);
+        }
+        if image.depth > MAX_CHAIN_DEPTH {
+            return Err(ctx(Error::new(
+                ErrorKind::InvalidInput,
+                format!("the chain of images is deeper than {MAX_CHAIN_DEPTH} (a loop?)"),
+            )));
+        }
+        let Some(format_name) = image.format.as_deref() else {
+            return Err(ctx(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{:?} file has no recorded format; give it explicitly (formats of named files are never probed)", image.role),
+            )));
+        };
+        let format: ImageFormat = format_name.parse().map_err(ctx)?;
+        let params = DiskFileParams::new(&image.path)
+            .format(Some(format))
+            .read_only(image.read_only)
+            .direct(self.direct)
+            .lock(self.lock)
+            .named_images(self.policy);
+        let disk = open_disk_file(&params)?;
+        Ok(disk)
+    }
+}

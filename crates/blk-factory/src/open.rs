@@ -1,0 +1,124 @@
+//! Opening images: the parameters a VMM or the CLI gives, and the wiring of a format to a backend.
+
+use std::path::PathBuf;
+
+use blk_core::{AsyncDiskFile, HostOpenOptions, LockMode, Operation, Result};
+
+use crate::detect::detect_format;
+use crate::format::ImageFormat;
+use crate::named::NamedImagePolicy;
+
+/// Which I/O backend serves asynchronous queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The best one compiled in and working on this host (today: the synchronous adaptor).
+    #[default]
+    Auto,
+    /// Synchronous I/O behind [`blk_core::SyncAdaptor`]: works everywhere.
+    Sync,
+}
+
+/// What to open and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskFileParams {
+    /// The image file or block device.
+    pub path: PathBuf,
+    /// The format; `None` detects it from magic numbers (read-only, before the real open).
+    pub format: Option<ImageFormat>,
+    /// Open without write access.
+    pub read_only: bool,
+    /// Bypass the host page cache (O_DIRECT).
+    pub direct: bool,
+    /// Advisory locking (qemu-img's `-U` is [`LockMode::None`]).
+    pub lock: LockMode,
+    /// The backend for asynchronous queues.
+    pub backend: Backend,
+    /// Whether files named inside the image (backing files, data files, parents) may be opened.
+    pub named_images: NamedImagePolicy,
+}
+
+impl DiskFileParams {
+    /// Parameters for a writable, buffered, locked open of `path` with format detection, where files named
+    /// inside the image are refused.
+    pub fn new(path: impl Into<PathBuf>) -> DiskFileParams {
+        DiskFileParams {
+            path: path.into(),
+            format: None,
+            read_only: false,
+            direct: false,
+            lock: LockMode::Auto,
+            backend: Backend::Auto,
+            named_images: NamedImagePolicy::Deny,
+        }
+    }
+
+    /// Sets the format (`None`: detect).
+    pub fn format(mut self, format: Option<ImageFormat>) -> DiskFileParams {
+        self.format = format;
+        self
+    }
+
+    /// Sets read-only.
+    pub fn read_only(mut self, read_only: bool) -> DiskFileParams {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Sets O_DIRECT.
+    pub fn direct(mut self, direct: bool) -> DiskFileParams {
+        self.direct = direct;
+        self
+    }
+
+    /// Sets the locking mode.
+    pub fn lock(mut self, lock: LockMode) -> DiskFileParams {
+        self.lock = lock;
+        self
+    }
+
+    /// Sets the backend.
+    pub fn backend(mut self, backend: Backend) -> DiskFileParams {
+        self.backend = backend;
+        self
+    }
+
+    /// Sets whether files named inside the image may be opened.
+    pub fn named_images(mut self, policy: NamedImagePolicy) -> DiskFileParams {
+        self.named_images = policy;
+        self
+    }
+
+    pub(crate) fn host_options(&self) -> HostOpenOptions {
+        HostOpenOptions {
+            read_only: self.read_only,
+            direct: self.direct,
+            lock: self.lock,
+        }
+    }
+}
+
+/// Opens the image `params` describe, detecting its format unless one is given.
+///
+/// The returned disk serves synchronous I/O directly and one asynchronous queue per
+/// [`AsyncDiskFile::create_async_io`] call.
+pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>> {
+    let format = match params.format {
+        Some(format) => format,
+        None => detect_format(&params.path)?,
+    };
+    let ctx = |e: blk_core::Error| {
+        e.with_format(format.name())
+            .with_path(&params.path)
+            .with_operation(Operation::Open)
+    };
+    match format {
+        ImageFormat::Raw => {
+            let raw = blk_raw::Raw::open(&params.path, params.host_options()).map_err(ctx)?;
+            Ok(Box::new(raw))
+        }
+        ImageFormat::Qcow2 | ImageFormat::Vpc | ImageFormat::Vhdx => {
+            Err(ctx(format.not_compiled_in()))
+        }
+    }
+}
