@@ -1,0 +1,289 @@
+//! The command line: clap definitions, dispatch, exit codes, and the helpers every subcommand shares (opening
+//! an image through the factory, format names, cache modes, `-o` option lists, sizes).
+
+pub mod check;
+pub mod compare;
+pub mod convert;
+pub mod create;
+pub mod dd;
+pub mod demo;
+pub mod info;
+pub mod io;
+pub mod map;
+pub mod progress;
+pub mod scan;
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use blk_core::{AsyncDiskFile, DiskFile, Error, ErrorKind, Extent, LockMode, Operation, Result};
+use blk_factory::{DiskFileParams, ImageFormat, NamedImagePolicy};
+use clap::{Parser, Subcommand};
+
+/// The size of one copy or compare step: large enough for throughput, small enough to keep memory low.
+pub const CHUNK: u64 = 2 << 20;
+
+/// blk: disk-image tool with qemu-img's commands, flags, output and exit codes.
+#[derive(Debug, Parser)]
+#[command(name = "blk", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands, named as in qemu-img (`io` is qemu-io).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show information about an image (qemu-img info).
+    Info(info::InfoArgs),
+    /// Create a new image (qemu-img create).
+    Create(create::CreateArgs),
+    /// Copy one or more images into a new image, optionally changing the format (qemu-img convert).
+    Convert(convert::ConvertArgs),
+    /// Compare the guest-visible contents of two images (qemu-img compare).
+    Compare(compare::CompareArgs),
+    /// Show the allocation map of an image (qemu-img map).
+    Map(map::MapArgs),
+    /// Check an image's consistency (qemu-img check).
+    Check(check::CheckArgs),
+    /// Copy a part of an image into a new image, dd style (qemu-img dd).
+    Dd(dd::DdArgs),
+    /// Run qemu-io style commands against an image (qemu-io -c).
+    Io(io::IoArgs),
+    /// Demonstrate the tool on a temporary image.
+    Demo(demo::DemoArgs),
+}
+
+/// Parses `args` (including the program name), runs the subcommand and returns the process exit code.
+pub fn run_cli<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => match run(cli.command) {
+            Ok(code) => code,
+            Err(err) => {
+                report(&err);
+                1
+            }
+        },
+        Err(err) => clap_error(err),
+    }
+}
+
+fn run(command: Command) -> Result<u8> {
+    match command {
+        Command::Info(args) => info::run(args),
+        Command::Create(args) => create::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Map(args) => map::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Dd(args) => dd::run(args),
+        Command::Io(args) => io::run(args),
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+/// Prints `err` as the one error line: `blk: <error>`.
+pub fn report(err: &Error) {
+    eprintln!("blk: {err}");
+}
+
+/// Help and version go to stdout with code 0; usage errors become one `blk: ...` line with code 1, as every
+/// other error.
+fn clap_error(err: clap::Error) -> u8 {
+    use clap::error::ErrorKind as K;
+    match err.kind() {
+        K::DisplayHelp | K::DisplayVersion => {
+            print!("{}", err.render());
+            0
+        }
+        K::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprint!("{}", err.render());
+            1
+        }
+        _ => {
+            let text = err.render().to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid command line");
+            let line = line.strip_prefix("error: ").unwrap_or(line);
+            eprintln!("blk: {line}");
+            1
+        }
+    }
+}
+
+/// An error for bad command-line input.
+pub fn invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, message)
+}
+
+/// Parses an optional format name (`-f`, `-O`, `-F`): `raw`, `qcow2`, `vpc`/`vhd`, `vhdx`.
+pub fn parse_format(name: Option<&str>) -> Result<Option<ImageFormat>> {
+    name.map(str::parse::<ImageFormat>).transpose()
+}
+
+/// Parses a qemu cache mode (`-t`, `-T`) into whether to bypass the host page cache.
+pub fn parse_cache(mode: &str) -> Result<bool> {
+    match mode {
+        "none" | "directsync" => Ok(true),
+        "writeback" | "writethrough" | "unsafe" => Ok(false),
+        _ => Err(invalid(format!("Invalid cache option: {mode}"))),
+    }
+}
+
+/// Parses a size or offset in qemu's syntax (`16M`, `1.5G`, `4096`), naming `what` on error.
+pub fn parse_size_arg(what: &str, text: &str) -> Result<u64> {
+    blk_factory::parse_size(text)
+        .map_err(|_| invalid(format!("Invalid {what} specified: '{text}'.")))
+}
+
+/// How to open an image.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenSpec<'a> {
+    /// The format name given on the command line; `None` probes.
+    pub format: Option<&'a str>,
+    /// Open without write access.
+    pub read_only: bool,
+    /// qemu-img `-U`: take no lock.
+    pub force_share: bool,
+    /// Bypass the host page cache (`-t none`).
+    pub direct: bool,
+}
+
+impl<'a> OpenSpec<'a> {
+    /// A read-only open with format `format` (probed when `None`), sharing as `-U` says.
+    pub fn read_only(format: Option<&'a str>, force_share: bool) -> OpenSpec<'a> {
+        OpenSpec {
+            format,
+            read_only: true,
+            force_share,
+            direct: false,
+        }
+    }
+}
+
+/// Opens `path` through the factory as `spec` says. Backing files an image names are opened read-only with
+/// their recorded format, as qemu-img does; every error carries the path.
+pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<Box<dyn AsyncDiskFile>> {
+    let format = parse_format(spec.format).map_err(|e| e.with_path(path))?;
+    let params = DiskFileParams::new(path)
+        .format(format)
+        .read_only(spec.read_only)
+        .direct(spec.direct)
+        .lock(if spec.force_share {
+            LockMode::None
+        } else {
+            LockMode::Auto
+        })
+        .named_images(NamedImagePolicy::AllowRecordedFormat);
+    blk_factory::open_disk_file(&params).map_err(|e| e.with_path(path))
+}
+
+/// Parses qemu's `-o key=value,key2=value2` lists (several `-o` are joined; `,,` is a literal comma; a bare
+/// `key` means `key=on`).
+pub fn parse_options(lists: &[String]) -> Result<Vec<(String, String)>> {
+    let mut options = Vec::new();
+    for list in lists {
+        let mut items = Vec::new();
+        let mut current = String::new();
+        let mut chars = list.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    current.push(',');
+                } else {
+                    items.push(std::mem::take(&mut current));
+                }
+            } else {
+                current.push(c);
+            }
+        }
+        items.push(current);
+        for item in items.into_iter().filter(|i| !i.is_empty()) {
+            if item == "help" || item == "?" {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "listing a format's creation options (-o help) is not supported",
+                ));
+            }
+            match item.split_once('=') {
+                Some((key, value)) => options.push((key.to_string(), value.to_string())),
+                None => options.push((item, "on".to_string())),
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// The first run of `disk` at `offset` (at most `len` bytes, `len > 0`), checked so that callers always
+/// advance: an extent that starts elsewhere or is empty is reported as an error instead of looping forever.
+pub fn map_extent(disk: &dyn DiskFile, path: &Path, offset: u64, len: u64) -> Result<Extent> {
+    let mut extent = disk.map(offset, len).map_err(|e| e.with_path(path))?;
+    if extent.offset != offset || extent.length == 0 {
+        return Err(Error::new(
+            ErrorKind::CorruptImage,
+            format!(
+                "the format mapped the range at {offset} to {} bytes at {}",
+                extent.length, extent.offset
+            ),
+        )
+        .with_path(path)
+        .with_offset(offset)
+        .with_operation(Operation::Map));
+    }
+    extent.length = extent.length.min(len);
+    Ok(extent)
+}
+
+/// Refuses to create (truncate) `target` when it is one of `sources`: with `-U` no lock would stop that
+/// from destroying the source.
+pub fn refuse_overwriting_source(target: &Path, sources: &[impl AsRef<Path>]) -> Result<()> {
+    let Ok(canonical) = std::fs::canonicalize(target) else {
+        return Ok(());
+    };
+    if sources
+        .iter()
+        .any(|s| std::fs::canonicalize(s).is_ok_and(|s| s == canonical))
+    {
+        return Err(invalid("the target is also a source image").with_path(target));
+    }
+    Ok(())
+}
+
+/// The display form of a path argument (as the user typed it), for messages and `filename` fields.
+pub fn display_path(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_lists() {
+        let o = parse_options(&["a=1,b=x,,y".into(), "c".into()]).unwrap();
+        assert_eq!(
+            o,
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x,y".into()),
+                ("c".into(), "on".into())
+            ]
+        );
+        assert!(parse_options(&["help".into()]).is_err());
+    }
+
+    #[test]
+    fn cache_modes() {
+        assert!(parse_cache("none").unwrap());
+        assert!(!parse_cache("writeback").unwrap());
+        assert!(parse_cache("bogus").is_err());
+    }
+}

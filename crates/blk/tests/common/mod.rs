@@ -1,0 +1,129 @@
+//! Helpers for the integration tests: run `blk`, `qemu-img` and `qemu-io` in a temporary directory and build
+//! the QEMU-written reference image.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The qemu-io script that writes the reference image (data, a 9 KiB unaligned write, zeroes, a discard inside
+/// data, a write in the last MiB).
+pub const SCRIPT: &[&str] = &[
+    "write -P 0xa7 0 128k",
+    "write -P 0x5c 2M 512",
+    "write -P 0x3e 6295040 9k",
+    "write -z 7M 64k",
+    "write -P 0x81 9M 512k",
+    "discard 9502720 128k",
+    "write -P 0xf0 12581376 3k",
+];
+
+/// A scratch directory; every command runs with it as working directory, so file names stay relative.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(program)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program} (is it installed?): {e}"))
+    }
+
+    /// Runs the `blk` under test.
+    pub fn blk(&self, args: &[&str]) -> Output {
+        self.run(env!("CARGO_BIN_EXE_blk"), args)
+    }
+
+    /// Runs qemu-img.
+    pub fn qemu_img(&self, args: &[&str]) -> Output {
+        self.run("qemu-img", args)
+    }
+
+    /// Runs qemu-io.
+    pub fn qemu_io(&self, args: &[&str]) -> Output {
+        self.run("qemu-io", args)
+    }
+
+    /// Creates a 16 MiB raw image with qemu-img and writes [`SCRIPT`] into it with qemu-io.
+    pub fn reference_image(&self, name: &str) -> PathBuf {
+        ok(&self.qemu_img(&["create", "-q", "-f", "raw", name, "16M"]));
+        let mut args = vec!["-f", "raw"];
+        for c in SCRIPT {
+            args.extend(["-c", c]);
+        }
+        args.push(name);
+        ok(&self.qemu_io(&args));
+        self.path(name)
+    }
+
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"))
+    }
+
+    pub fn write(&self, name: &str, data: &[u8]) {
+        std::fs::write(self.path(name), data).unwrap_or_else(|e| panic!("writing {name}: {e}"));
+    }
+}
+
+/// The exit code (a signal counts as a failure distinct from every code).
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out)
+}
+
+/// Asserts the error contract: exit code `expected`, exactly one line on stderr, starting `blk: ` unless
+/// `prefix` says otherwise, naming `path`, and no panic.
+pub fn assert_one_line_error(out: &Output, expected: i32, prefix: &str, path: &str) -> String {
+    let err = stderr(out);
+    assert_eq!(code(out), expected, "exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "exactly one stderr line, got: {err:?}"
+    );
+    assert!(
+        err.starts_with(prefix),
+        "stderr should start with {prefix:?}: {err}"
+    );
+    assert!(err.contains(path), "stderr should name {path}: {err}");
+    err
+}
+
+/// The size of `path` on the host (allocated bytes).
+pub fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("metadata").blocks() * 512
+}
