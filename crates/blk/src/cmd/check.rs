@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use blk_core::{CheckReport, ErrorKind, RepairMode, Result};
 use clap::{Args, ValueEnum};
 
-use super::{display_path, open_image, parse_cache, OpenSpec};
+use super::{display_path, open_image, parse_cache, ImageArgs, OpenSpec};
 use crate::output::{to_json_pretty, Json, OutputFormat};
 
 /// Exit code for formats without a consistency check (qemu-img's).
@@ -24,26 +24,15 @@ pub enum Repair {
 /// Arguments of `blk check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Image format (probed when omitted).
-    #[arg(short = 'f', long = "format", value_name = "FMT")]
-    pub format: Option<String>,
-    /// Output format.
-    #[arg(
-        long = "output",
-        value_enum,
-        default_value_t,
-        value_name = "human|json"
-    )]
-    pub output: OutputFormat,
+    /// The image and how to show it.
+    #[command(flatten)]
+    pub image: ImageArgs,
     /// Repair what the check finds (opens the image writable).
     #[arg(short = 'r', long = "repair", value_enum)]
     pub repair: Option<Repair>,
     /// Print nothing; the exit code tells.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
-    /// Open the image without taking a lock.
-    #[arg(short = 'U', long = "force-share")]
-    pub force_share: bool,
     /// Cache mode.
     #[arg(short = 'T', long = "cache", value_name = "SRC_CACHE")]
     pub cache: Option<String>,
@@ -135,9 +124,9 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         Some(Repair::All) => RepairMode::All,
     };
     let spec = OpenSpec {
-        format: args.format.as_deref(),
+        format: args.image.format.as_deref(),
         read_only: mode == RepairMode::None,
-        force_share: args.force_share,
+        force_share: args.image.force_share,
         direct,
     };
     let disk = open_image(path, spec)?;
@@ -154,7 +143,7 @@ pub fn run(args: CheckArgs) -> Result<u8> {
     }
     if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {
         let (leaks_fixed, corruptions_fixed) = (report.leaks_fixed, report.corruptions_fixed);
-        if args.output == OutputFormat::Human && !args.quiet {
+        if args.image.output == OutputFormat::Human && !args.quiet {
             println!(
                 "The following inconsistencies were found and repaired:\n\n    {leaks_fixed} leaked clusters\n    {corruptions_fixed} corruptions\n\nDouble checking the fixed image now..."
             );
@@ -169,7 +158,7 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         report.corruptions_fixed = corruptions_fixed;
     }
     if !args.quiet {
-        match args.output {
+        match args.image.output {
             OutputFormat::Human => print!("{}", report_human(&report)),
             OutputFormat::Json => {
                 let format = disk.image_info().map_err(|e| e.with_path(path))?.format;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use blk_core::{Error, ErrorKind, ImageInfo, Operation, Result};
 use clap::Args;
 
-use super::{display_path, open_image, OpenSpec};
+use super::{display_path, open_image, ImageArgs, OpenSpec};
 use crate::output::{
     dump_human_map, map_from_info, size_to_str, to_json_pretty, Json, OutputFormat,
 };
@@ -23,20 +23,9 @@ const MAX_CHAIN: usize = 64;
 /// Arguments of `blk info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// Image format (probed when omitted).
-    #[arg(short = 'f', long = "format", value_name = "FMT")]
-    pub format: Option<String>,
-    /// Output format.
-    #[arg(
-        long = "output",
-        value_enum,
-        default_value_t,
-        value_name = "human|json"
-    )]
-    pub output: OutputFormat,
-    /// Open the image without taking a lock (shared with a running VM).
-    #[arg(short = 'U', long = "force-share")]
-    pub force_share: bool,
+    /// The image and how to show it.
+    #[command(flatten)]
+    pub image: ImageArgs,
     /// Show every image of the backing chain.
     #[arg(long = "backing-chain")]
     pub backing_chain: bool,
@@ -215,8 +204,8 @@ impl Described {
 pub fn run(args: InfoArgs) -> Result<u8> {
     let mut images = vec![Described::load(
         &args.filename,
-        args.format.as_deref(),
-        args.force_share,
+        args.image.format.as_deref(),
+        args.image.force_share,
     )?];
     if args.backing_chain {
         let mut seen: HashSet<PathBuf> = HashSet::new();
@@ -239,11 +228,11 @@ pub fn run(args: InfoArgs) -> Result<u8> {
             images.push(Described::load(
                 &backing,
                 format.as_deref(),
-                args.force_share,
+                args.image.force_share,
             )?);
         }
     }
-    match args.output {
+    match args.image.output {
         OutputFormat::Json => {
             let value = if args.backing_chain {
                 Json::List(images.iter().map(Described::json).collect())

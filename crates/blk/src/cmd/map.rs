@@ -7,26 +7,15 @@ use std::path::{Path, PathBuf};
 use blk_core::{Error, ErrorKind, Extent, ExtentKind, Result};
 use clap::Args;
 
-use super::{display_path, map_extent, open_image, parse_size_arg, OpenSpec};
+use super::{display_path, map_extent, open_image, parse_size_arg, ImageArgs, OpenSpec};
 use crate::output::{hex_alt, OutputFormat};
 
 /// Arguments of `blk map`.
 #[derive(Debug, Args)]
 pub struct MapArgs {
-    /// Image format (probed when omitted).
-    #[arg(short = 'f', long = "format", value_name = "FMT")]
-    pub format: Option<String>,
-    /// Output format.
-    #[arg(
-        long = "output",
-        value_enum,
-        default_value_t,
-        value_name = "human|json"
-    )]
-    pub output: OutputFormat,
-    /// Open the image without taking a lock.
-    #[arg(short = 'U', long = "force-share")]
-    pub force_share: bool,
+    /// The image and how to show it.
+    #[command(flatten)]
+    pub image: ImageArgs,
     /// Where to start (bytes, k/M/G suffixes allowed).
     #[arg(short = 's', long = "start-offset", value_name = "OFFSET")]
     pub start_offset: Option<String>,
@@ -226,26 +215,26 @@ pub fn run(args: MapArgs) -> Result<u8> {
         .transpose()?;
     let disk = open_image(
         path,
-        OpenSpec::read_only(args.format.as_deref(), args.force_share),
+        OpenSpec::read_only(args.image.format.as_deref(), args.image.force_share),
     )?;
     let size = disk.logical_size();
     let end = match max_length {
         Some(max) => start.saturating_add(max).min(size),
         None => size,
     };
-    let mut names = ChainNames::new(path, None, args.force_share);
-    if args.output == OutputFormat::Human {
+    let mut names = ChainNames::new(path, None, args.image.force_share);
+    if args.image.output == OutputFormat::Human {
         let info = disk.image_info().map_err(|e| e.with_path(path))?;
         names = ChainNames::new(
             path,
             info.full_backing_filename.map(|p| (p, info.backing_format)),
-            args.force_share,
+            args.image.force_share,
         );
     }
 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match args.output {
+    match args.image.output {
         OutputFormat::Human => writeln!(
             out,
             "{:<16}{:<16}{:<16}File",
@@ -263,12 +252,18 @@ pub fn run(args: MapArgs) -> Result<u8> {
             continue;
         }
         if curr.length > 0 {
-            dump(&mut out, args.output, &curr, Some(&mut next), &mut names)?;
+            dump(
+                &mut out,
+                args.image.output,
+                &curr,
+                Some(&mut next),
+                &mut names,
+            )?;
         }
         curr = next;
     }
-    dump(&mut out, args.output, &curr, None, &mut names)?;
-    if args.output == OutputFormat::Json {
+    dump(&mut out, args.image.output, &curr, None, &mut names)?;
+    if args.image.output == OutputFormat::Json {
         writeln!(out, "]")?;
     }
     out.flush()?;

@@ -143,6 +143,25 @@ pub fn parse_size_arg(what: &str, text: &str) -> Result<u64> {
         .map_err(|_| invalid(format!("Invalid {what} specified: '{text}'.")))
 }
 
+/// The options `info`, `map` and `check` share: the image's format, the output format and `-U`.
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// Image format (probed when omitted).
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    pub format: Option<String>,
+    /// Output format.
+    #[arg(
+        long = "output",
+        value_enum,
+        default_value_t,
+        value_name = "human|json"
+    )]
+    pub output: crate::output::OutputFormat,
+    /// Open the image without taking a lock (shared with a running VM).
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+}
+
 /// How to open an image.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenSpec<'a> {
