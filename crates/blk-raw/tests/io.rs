@@ -278,6 +278,13 @@ fn info_sizes_and_topology() {
 
     let err = disk.check(blk_core::RepairMode::None).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
+    drop(disk);
+
+    // O_DIRECT's host alignment (often 4 KiB) stays in the host layer: the guest still sees 512-byte sectors.
+    let direct = Raw::open(&path, direct()).unwrap();
+    let alignment = direct.host_file().direct_io_alignment().unwrap();
+    assert!(alignment.offset >= 512 && alignment.memory >= 1);
+    assert_eq!(direct.topology(), topology);
 }
 
 #[test]
