@@ -48,6 +48,7 @@ fn backing_file(dir: &Path, size: u64) -> PathBuf {
 
 #[test]
 fn raw_serves_a_block_device() {
+    let _serial = serial();
     let dir = tempdir();
     let size = 8 << 20;
     let file = backing_file(dir.path(), size);
@@ -95,6 +96,7 @@ fn raw_serves_a_block_device() {
 
 #[test]
 fn a_4k_device_shows_4k_sectors() {
+    let _serial = serial();
     let dir = tempdir();
     let file = backing_file(dir.path(), 4 << 20);
     let Some(device) = LoopDevice::attach(&file, 4096) else {

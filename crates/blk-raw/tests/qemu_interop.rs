@@ -149,6 +149,7 @@ fn blk_map(disk: &Raw) -> Vec<(u64, u64, bool, bool, u64)> {
 
 #[test]
 fn raw_and_qemu_agree() {
+    let _serial = serial();
     if !qemu_available() {
         return;
     }
@@ -245,6 +246,7 @@ fn raw_and_qemu_agree() {
 
 #[test]
 fn qemu_reads_what_raw_creates() {
+    let _serial = serial();
     if !qemu_available() {
         return;
     }
@@ -315,6 +317,7 @@ fn qemu_writer_gets_in(path: &Path) -> bool {
 
 #[test]
 fn blk_and_qemu_locks_see_each_other() {
+    let _serial = serial();
     if !qemu_available() {
         return;
     }

@@ -6,6 +6,17 @@ use std::path::{Path, PathBuf};
 use blk_core::{HostOpenOptions, LockMode};
 use blk_raw::{Preallocation, Raw, RawCreateOptions};
 
+/// Serializes the tests of one test binary that spawn processes (qemu-img, losetup) while holding images open.
+///
+/// A child process briefly holds a copy of every descriptor of its parent, between the fork and the exec that
+/// closes them (`O_CLOEXEC`). An image closed by one test thread while another thread spawns a process can so
+/// stay open, with its OFD locks, for a moment longer, and a test reopening it sees `Locked`. Tests that spawn
+/// processes and also lock images take this guard first.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A temporary directory on the target's file system (ext4 here), where O_DIRECT works, unlike tmpfs.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
