@@ -16,6 +16,7 @@
 //! | [`direct_io`] | O_DIRECT alignment and bounce buffers |
 //! | [`topology`] | [`DiskTopology`]: guest-visible block geometry |
 //! | [`extent`] | [`Extent`]: where a guest range lives (data, zero, unallocated) |
+//! | [`create_option`] | [`CreateOptionInfo`]: a format's creation options, for `-o help` |
 //! | [`info`] | [`ImageInfo`], [`CheckReport`]: what `info` and `check` report |
 //! | [`image_opener`] | [`ImageOpener`]: the gate for files named inside images |
 //! | [`size`] | [`parse_size`]: qemu-img's size syntax |
@@ -49,6 +50,7 @@
 
 pub mod async_io;
 pub mod buffer;
+pub mod create_option;
 pub mod direct_io;
 pub mod disk_file;
 pub mod error;
@@ -63,6 +65,7 @@ pub mod topology;
 
 pub use async_io::{AsyncIo, Completion, Request, RequestFlags, RequestOp};
 pub use buffer::{IoBuf, IoBufMut};
+pub use create_option::CreateOptionInfo;
 pub use direct_io::DirectIoAlignment;
 pub use disk_file::{check_range, read_only_error, AsyncDiskFile, DiskFile};
 pub use error::{Error, ErrorKind, Operation, Result, ResultExt};

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use blk_core::{Error, ErrorKind, Operation, Result};
+use blk_core::{CreateOptionInfo, Error, ErrorKind, Operation, Result};
 
 use crate::format::ImageFormat;
 
@@ -61,5 +61,13 @@ pub fn create_disk_file(params: &CreateParams) -> Result<()> {
         ImageFormat::Qcow2 | ImageFormat::Vpc | ImageFormat::Vhdx => {
             Err(ctx(format.not_compiled_in()))
         }
+    }
+}
+
+/// The creation options `format` accepts (what `create -o help` lists).
+pub fn create_options(format: ImageFormat) -> Result<&'static [CreateOptionInfo]> {
+    match format {
+        ImageFormat::Raw => Ok(blk_raw::CREATE_OPTIONS),
+        ImageFormat::Qcow2 | ImageFormat::Vpc | ImageFormat::Vhdx => Err(format.not_compiled_in()),
     }
 }

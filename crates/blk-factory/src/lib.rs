@@ -51,7 +51,7 @@ pub mod named;
 pub mod open;
 
 pub use blk_core::{parse_size, parse_size_param};
-pub use create::{create_disk_file, CreateParams};
+pub use create::{create_disk_file, create_options, CreateParams};
 pub use detect::detect_format;
 pub use format::ImageFormat;
 pub use named::{FactoryOpener, NamedImagePolicy, MAX_CHAIN_DEPTH};

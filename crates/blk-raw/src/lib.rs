@@ -36,7 +36,7 @@ mod map;
 pub mod options;
 pub mod raw;
 
-pub use options::{Preallocation, RawCreateOptions};
+pub use options::{Preallocation, RawCreateOptions, CREATE_OPTIONS};
 pub use raw::Raw;
 
 /// The format name, as qemu-img spells it.

@@ -3,10 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use blk_core::{Error, ErrorKind, Operation, Result};
+use blk_core::{parse_size_param, CreateOptionInfo, Error, ErrorKind, Operation, Result};
 
 use crate::FORMAT_NAME;
-use blk_core::parse_size_param;
 
 /// How much of a new raw image to allocate up front (qemu's `preallocation` for the file driver).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +76,30 @@ fn parse_bool(name: &str, value: &str) -> Result<bool> {
         _ => Err(invalid(format!("Parameter '{name}' expects 'on' or 'off'"))),
     }
 }
+
+/// The options `create -f raw -o ...` accepts, in qemu-img's `-o help` order and words.
+pub const CREATE_OPTIONS: &[CreateOptionInfo] = &[
+    CreateOptionInfo {
+        name: "extent_size_hint",
+        value_type: "size",
+        help: "Extent size hint for the image file, 0 to disable",
+    },
+    CreateOptionInfo {
+        name: "nocow",
+        value_type: "bool (on/off)",
+        help: "Turn off copy-on-write (valid only on btrfs)",
+    },
+    CreateOptionInfo {
+        name: "preallocation",
+        value_type: "str",
+        help: "Preallocation mode (allowed values: off, falloc, full)",
+    },
+    CreateOptionInfo {
+        name: "size",
+        value_type: "size",
+        help: "Virtual disk size",
+    },
+];
 
 impl RawCreateOptions {
     /// Parses qemu-img's `-o` options for raw, with `size` the positional size argument if one was given.

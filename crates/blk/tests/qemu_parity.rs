@@ -332,6 +332,18 @@ fn create_matches_qemu_img() {
     common::assert_one_line_error(&out, 1, "blk: ", "nosize.raw");
     let out = s.blk(&["create", "-f", "raw", "size.raw", "12x"]);
     common::assert_one_line_error(&out, 1, "blk: ", "12x");
+
+    // `-o help` (or `?`, anywhere in the list) lists the options and creates nothing.
+    for args in [
+        vec!["create", "-f", "raw", "-o", "help", "h.raw", "1M"],
+        vec!["create", "-f", "raw", "-o", "preallocation=full,?", "h.raw"],
+        vec!["convert", "-O", "raw", "-o", "help", "x.raw", "h.raw"],
+    ] {
+        let ours = ok(&s.blk(&args));
+        assert!(ours.starts_with("Supported options:\n"), "{args:?}: {ours}");
+        assert_eq!(ours, ok(&s.qemu_img(&args)), "{args:?}");
+        assert!(!s.path("h.raw").exists(), "{args:?}");
+    }
 }
 
 /// Test 9: `blk dd` makes the same output as `qemu-img dd` (qemu-img's count-before-skip semantics included).

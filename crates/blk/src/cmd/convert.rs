@@ -17,8 +17,8 @@ use indicatif::ProgressBar;
 use super::create::create_image;
 use super::scan::{is_zero, SECTOR};
 use super::{
-    invalid, map_extent, open_image, parse_cache, parse_options, progress,
-    refuse_overwriting_source, OpenSpec, CHUNK,
+    invalid, map_extent, open_image, parse_cache, parse_options, print_option_help, progress,
+    refuse_overwriting_source, wants_option_help, OpenSpec, CHUNK,
 };
 
 /// qemu-img's default `-S`: 8 sectors.
@@ -251,6 +251,10 @@ fn parse_sparse(text: Option<&str>) -> Result<u64> {
 
 /// Runs `blk convert`.
 pub fn run(args: ConvertArgs) -> Result<u8> {
+    if wants_option_help(&args.options) {
+        let format: ImageFormat = args.output_format.parse()?;
+        return print_option_help(format);
+    }
     let Some((target_path, sources)) = args.files.split_last() else {
         return Err(invalid("Expecting at least one source and a target file"));
     };

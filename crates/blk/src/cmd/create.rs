@@ -6,7 +6,9 @@ use blk_core::{Error, ErrorKind, Result};
 use blk_factory::{create_disk_file, CreateParams, ImageFormat};
 use clap::Args;
 
-use super::{display_path, parse_format, parse_options, parse_size_arg};
+use super::{
+    display_path, parse_format, parse_options, parse_size_arg, print_option_help, wants_option_help,
+};
 
 /// Arguments of `blk create`.
 #[derive(Debug, Args)]
@@ -76,6 +78,9 @@ pub fn run(args: CreateArgs) -> Result<u8> {
     let format: ImageFormat = args.format.parse().map_err(|e: Error| e.with_path(path))?;
     let backing_format =
         parse_format(args.backing_format.as_deref()).map_err(|e| e.with_path(path))?;
+    if wants_option_help(&args.options) {
+        return print_option_help(format);
+    }
     let mut options = parse_options(&args.options).map_err(|e| e.with_path(path))?;
     let mut size = args
         .size

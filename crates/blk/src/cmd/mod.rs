@@ -204,8 +204,26 @@ pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<Box<dyn AsyncDiskFi
     blk_factory::open_disk_file(&params).map_err(|e| e.with_path(path))
 }
 
+/// Whether an `-o` list asks for the format's options (`-o help` or `-o ?`), as qemu-img accepts anywhere in it.
+pub fn wants_option_help(lists: &[String]) -> bool {
+    lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .any(|item| item == "help" || item == "?")
+}
+
+/// Prints the creation options of `format` as `qemu-img create -o help` does.
+pub fn print_option_help(format: ImageFormat) -> Result<u8> {
+    let options = blk_factory::create_options(format)?;
+    println!("Supported options:");
+    for option in options {
+        println!("{}", option.help_line());
+    }
+    Ok(0)
+}
+
 /// Parses qemu's `-o key=value,key2=value2` lists (several `-o` are joined; `,,` is a literal comma; a bare
-/// `key` means `key=on`).
+/// `key` means `key=on`; `help` and `?` are left to [`wants_option_help`]).
 pub fn parse_options(lists: &[String]) -> Result<Vec<(String, String)>> {
     let mut options = Vec::new();
     for list in lists {
@@ -227,10 +245,7 @@ pub fn parse_options(lists: &[String]) -> Result<Vec<(String, String)>> {
         items.push(current);
         for item in items.into_iter().filter(|i| !i.is_empty()) {
             if item == "help" || item == "?" {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    "listing a format's creation options (-o help) is not supported",
-                ));
+                continue;
             }
             match item.split_once('=') {
                 Some((key, value)) => options.push((key.to_string(), value.to_string())),
@@ -296,7 +311,9 @@ mod tests {
                 ("c".into(), "on".into())
             ]
         );
-        assert!(parse_options(&["help".into()]).is_err());
+        assert!(parse_options(&["help".into()]).unwrap().is_empty());
+        assert!(wants_option_help(&["preallocation=full,?".into()]));
+        assert!(!wants_option_help(&["preallocation=full".into()]));
     }
 
     #[test]
