@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use blk_core::{CheckReport, ErrorKind, RepairMode, Result};
 use clap::{Args, ValueEnum};
 
-use super::{display_path, open_image, parse_cache, ImageArgs, OpenSpec};
+use super::{cache_is_direct, display_path, open_image, ImageArgs, OpenSpec};
 use crate::output::{to_json_pretty, Json, OutputFormat};
 
 /// Exit code for formats without a consistency check (qemu-img's).
@@ -112,12 +112,7 @@ pub fn report_human(r: &CheckReport) -> String {
 /// Runs `blk check`.
 pub fn run(args: CheckArgs) -> Result<u8> {
     let path = &args.filename;
-    let direct = args
-        .cache
-        .as_deref()
-        .map(parse_cache)
-        .transpose()?
-        .unwrap_or(false);
+    let direct = cache_is_direct(args.cache.as_deref())?;
     let mode = match args.repair {
         None => RepairMode::None,
         Some(Repair::Leaks) => RepairMode::Leaks,

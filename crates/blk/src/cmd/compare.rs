@@ -11,7 +11,7 @@ use blk_core::{DiskFile, Error, Extent, ExtentKind, Result};
 use clap::Args;
 
 use super::scan::{first_different_sector, first_nonzero_sector};
-use super::{map_extent, open_image, parse_cache, progress, report, OpenSpec, CHUNK};
+use super::{cache_is_direct, map_extent, open_image, progress, report, OpenSpec, CHUNK};
 
 /// Exit code: the images are different (or differ in size with `-s`).
 const DIFFERENT: u8 = 1;
@@ -184,12 +184,7 @@ impl Comparison {
 
 /// Runs `blk compare`.
 pub fn run(args: CompareArgs) -> Result<u8> {
-    let direct = args
-        .cache
-        .as_deref()
-        .map(parse_cache)
-        .transpose()?
-        .unwrap_or(false);
+    let direct = cache_is_direct(args.cache.as_deref())?;
     let open = |path: &Path, format: Option<&str>| {
         let spec = OpenSpec {
             format,

@@ -17,7 +17,7 @@ use indicatif::ProgressBar;
 use super::create::create_image;
 use super::scan::{is_zero, SECTOR};
 use super::{
-    invalid, map_extent, open_image, parse_cache, parse_options, print_option_help, progress,
+    cache_is_direct, invalid, map_extent, open_image, parse_options, print_option_help, progress,
     refuse_overwriting_source, wants_option_help, OpenSpec, CHUNK,
 };
 
@@ -270,18 +270,8 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
     if args.compress {
         return Err(compression_unsupported(out_format).with_path(target_path));
     }
-    let source_direct = args
-        .source_cache
-        .as_deref()
-        .map(parse_cache)
-        .transpose()?
-        .unwrap_or(false);
-    let target_direct = args
-        .target_cache
-        .as_deref()
-        .map(parse_cache)
-        .transpose()?
-        .unwrap_or(false);
+    let source_direct = cache_is_direct(args.source_cache.as_deref())?;
+    let target_direct = cache_is_direct(args.target_cache.as_deref())?;
 
     let mut opened = Vec::with_capacity(sources.len());
     for path in sources {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use blk_core::{DiskFile, Error, Result};
 use clap::Args;
 
-use super::{open_image, parse_cache, OpenSpec};
+use super::{cache_is_direct, open_image, OpenSpec};
 
 /// qemu-io's `BDRV_REQUEST_MAX_BYTES`: the largest single request.
 const MAX_REQUEST: u64 = (i32::MAX as u64) & !511;
@@ -383,13 +383,7 @@ pub fn execute(disk: &dyn DiskFile, command: &str) -> Outcome {
 /// Runs `blk io`.
 pub fn run(args: IoArgs) -> Result<u8> {
     let path = &args.filename;
-    let direct = args.nocache
-        || args
-            .cache
-            .as_deref()
-            .map(parse_cache)
-            .transpose()?
-            .unwrap_or(false);
+    let direct = args.nocache || cache_is_direct(args.cache.as_deref())?;
     let spec = OpenSpec {
         format: args.format.as_deref(),
         read_only: args.read_only,

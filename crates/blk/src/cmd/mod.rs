@@ -128,6 +128,13 @@ pub fn parse_format(name: Option<&str>) -> Result<Option<ImageFormat>> {
     name.map(str::parse::<ImageFormat>).transpose()
 }
 
+/// Whether an optional cache mode (`-t`, `-T`) bypasses the host page cache; no mode means the page cache.
+pub fn cache_is_direct(mode: Option<&str>) -> Result<bool> {
+    mode.map(parse_cache)
+        .transpose()
+        .map(|direct| direct.unwrap_or(false))
+}
+
 /// Parses a qemu cache mode (`-t`, `-T`) into whether to bypass the host page cache.
 pub fn parse_cache(mode: &str) -> Result<bool> {
     match mode {
