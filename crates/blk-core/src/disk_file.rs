@@ -75,6 +75,32 @@ pub trait DiskFile: Send + Sync + Debug {
         .with_operation(Operation::Check))
     }
 
+    /// The unit of [`write_compressed`](DiskFile::write_compressed) (the cluster size), or `None` when the
+    /// format cannot store compressed data.
+    fn compressed_write_size(&self) -> Option<u64> {
+        None
+    }
+
+    /// Stores one unit of guest data compressed (qemu-img `convert -c`): `offset` is a multiple of
+    /// [`compressed_write_size`](DiskFile::compressed_write_size) and `buf` is that long, or shorter only for
+    /// the last unit of the disk. Data that does not shrink may be stored uncompressed.
+    fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let _ = buf;
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this image format cannot store compressed data",
+        )
+        .with_offset(offset)
+        .with_operation(Operation::Write))
+    }
+
+    /// Whether every guest byte that was never written reads as zeros in this layer and below: true for a
+    /// freshly created image without backing file, so a copy into it may skip zeros (qemu's
+    /// `bdrv_has_zero_init`).
+    fn has_zero_init(&self) -> bool {
+        false
+    }
+
     /// Reads `buf.len()` guest bytes at `offset`: [`read_at`](DiskFile::read_at) for one plain buffer.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_at(offset, &[IoBufMut::from(buf)])

@@ -1,7 +1,7 @@
 //! Replays every input of the `open_image` fuzz corpus (`fuzz/corpus/open_image`) through the fuzz harness,
 //! so inputs that once crashed stay fixed without running the fuzzer.
 
-#[path = "../../../fuzz/src/lib.rs"]
+#[path = "../../../fuzz/src/open_image.rs"]
 #[allow(dead_code, missing_docs)]
 mod harness;
 

@@ -131,6 +131,11 @@ impl DiskFile for Raw {
         self.file.topology()
     }
 
+    fn has_zero_init(&self) -> bool {
+        // A new regular file is one hole; a block device keeps whatever it held.
+        !self.file.is_block_device()
+    }
+
     fn is_read_only(&self) -> bool {
         self.file.is_read_only()
     }
