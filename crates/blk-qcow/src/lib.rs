@@ -1,6 +1,144 @@
-//! The QCOW2 disk-image format (versions 2 and 3): clusters, L1/L2 tables, refcounts, compression and backing chains.
+//! The QCOW2 disk-image format (versions 2 and 3): clusters, L1/L2 tables, refcounts, compression and backing
+//! chains, read and written as QEMU 10 does.
 //!
-//! Work in progress: the format is being written; see the project's issues.
+//! ```
+//! use std::sync::Arc;
+//! use blk_core::{DenyNamedImages, DiskFile, HostOpenOptions};
+//! use blk_qcow::{Qcow2, Qcow2CreateOptions, Qcow2OpenOptions};
+//!
+//! # fn main() -> blk_core::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("disk.qcow2");
+//! let create = Qcow2CreateOptions::from_key_values(Some(16 << 20), &[])?;
+//! Qcow2::create(&path, &create, &DenyNamedImages)?;
+//!
+//! let options = Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DenyNamedImages));
+//! let disk = Qcow2::open(&path, &options)?;
+//! disk.write_all_at(70_000, b"hello")?;
+//! let mut back = [0u8; 5];
+//! disk.read_exact_at(70_000, &mut back)?;
+//! assert_eq!(&back, b"hello");
+//! assert_eq!(disk.image_info()?.cluster_size, Some(65536));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`qcow2`] | [`Qcow2`]: open, [`blk_core::DiskFile`] and [`blk_core::AsyncDiskFile`] |
+//! | [`options`] | [`Qcow2OpenOptions`], [`Qcow2CreateOptions`], [`CREATE_OPTIONS`] |
+//! | `header` | the header: parsing, validation against QEMU's caps, rewriting |
+//! | `extensions` | header extensions (backing format, feature names, unknown ones kept byte for byte) |
+//! | `features` | incompatible / compatible / autoclear feature bits |
+//! | `tables` | L1 and L2 entries and their decoding |
+//! | `cache` | the L2-table and refcount-block caches (LRU, write-back) |
+//! | `metadata` | `Metadata`: L1 table, caches, header state under one lock |
+//! | `refcount` | refcount reads and writes, new refcount blocks, refcount-table growth |
+//! | `allocator` | cluster and byte (compressed) allocation |
+//! | `compression` | deflate and zstd cluster compression |
+//! | `backing` | the backing file |
+//! | `io` | read, write, write-zeroes, discard |
+//! | `write_run` | multi-cluster writes in one host write |
+//! | `map` | `map` runs as `qemu-img map` shows them |
+//! | `create` | [`Qcow2::create`] with qemu-img's layout |
+//! | `check` | `check` and repair |
+//!
+//! # Locking
+//!
+//! Clones from `try_clone` share one `Arc` state and each own a [`blk_core::HostFile`] descriptor. The state has
+//! one metadata lock (`Mutex<Metadata>`): the L1 table, both caches, the header fields that change, the
+//! allocator and the table of clusters being allocated ("in flight"). Rules:
+//!
+//! 1. Guest data I/O never happens under the metadata lock: a request looks up (or allocates) under the lock,
+//!    drops it, moves the data, and takes the lock again to link newly written clusters into their L2 table.
+//! 2. A guest cluster being allocated is recorded in the in-flight table; another writer of the same cluster
+//!    waits on the state's condition variable (which releases the lock) until it is linked. Readers see the old
+//!    contents (backing file, zeros) until the link, which happens only after the data is written.
+//! 3. Metadata I/O (L2 tables, refcount blocks, header) happens under the lock.
+//! 4. The backing file is never called under the metadata lock (it has its own locks), so no lock order between
+//!    layers exists. There is no other lock in the crate.
+//!
+//! # Write ordering
+//!
+//! Data is written before the L2 entry pointing to it; refcount increments reach the disk before L2 tables
+//! (the L2 cache flushes the refcount cache and syncs first); a new L2 table is written and synced before the
+//! L1 entry pointing to it; for discards and overwritten compressed clusters the L2 change is written and
+//! synced before the refcounts are decremented and the host range punched. A crash leaves at most leaked
+//! clusters.
+//!
+//! # Limits
+//!
+//! QEMU's caps, enforced at open: L1 table <= 32 MiB, refcount table <= 8 MiB, `cluster_bits` 9..=21,
+//! `refcount_order` 0..=6, header length >= 104, a multiple of 8 and <= the cluster size (v3), backing file
+//! name <= 1023 bytes inside cluster 0, backing format extension < 16 bytes, snapshots <= 65536, table offsets
+//! cluster-aligned and below 2^56 with their start inside the file. Header extensions must lie inside the
+//! header area. At most one cluster (<= 2 MiB) of the file is read to parse the header.
+//!
+//! While running: an L2 table or refcount block must be cluster-aligned, end inside the used part of the file
+//! (the file length at open, grown by this process's allocations) and not overlap the header, the L1 table or
+//! the refcount table; a data cluster must lie inside the used part of the file; otherwise the request fails
+//! with `CorruptImage` and nothing is written. A refcount block missing for clusters inside the file (a lying
+//! refcount table) makes allocations there fail rather than hand out clusters that may be in use. Guest data
+//! is never written over the header, the L1 / refcount tables or a cached table.
+//!
+//! Caches: the L2 cache holds at most `l2_cache_size` bytes of tables (default 32 MiB, QEMU's maximum
+//! default; at least 2 tables), the refcount-block cache a quarter as many blocks (at least 4).
+//!
+//! Not implemented, refused with `UnsupportedFeature` at open or create: external data files, encryption
+//! (AES and LUKS), extended L2 entries (subclusters). Internal snapshots are kept but not read; persistent
+//! bitmaps are not maintained, so their autoclear bit (like every autoclear bit) is cleared on a writable open,
+//! as QEMU does for bits it does not know.
+
+//! # Internals for check/repair
+//!
+//! The `check` module walks and repairs the metadata through these `pub(crate)` items (kept stable):
+//!
+//! - `Qcow2::host_file`: the image's host file (metadata and data I/O).
+//! - `Qcow2::geometry`: the fixed layout (`Geometry`: cluster
+//!   bits/size, virtual size, L1 size and offset, refcount order, entries per refcount block, version).
+//! - `Qcow2::lock_metadata`: takes the one metadata lock and returns the
+//!   `Metadata` guard. Hold it for the whole check; do not call `DiskFile` methods of the
+//!   image while holding it (they take it too).
+//! - `Metadata::header()`: the current `Header` (refcount table offset/clusters, feature bits,
+//!   snapshots count and offset, backing name offset/size...).
+//! - `Metadata::l1_table()`: the L1 entries (raw, host order; use `tables::L1_OFFSET_MASK` and
+//!   `tables::COPIED`).
+//! - `Metadata::read_l2_table(&mut self, file, l2_offset) -> Result<Vec<u64>>`: an L2 table's raw entries
+//!   (through the cache); decode with `tables::L2Entry::decode(raw, &geometry)`.
+//! - `Metadata::refcount_table()`: the refcount table entries (raw).
+//! - `Metadata::refcount(&mut self, file, cluster_index) -> Result<u64>`,
+//!   `Metadata::set_refcount(&mut self, file, cluster_index, value) -> Result<()>`: a cluster's refcount;
+//!   setting adds refcount blocks and grows the refcount table as needed.
+//! - `Metadata::flush(&mut self, file)`: writes back both caches (refcounts first) and syncs;
+//!   `Metadata::invalidate_caches(&mut self)`: drops every cached table (call after `flush`, or after writing
+//!   tables directly to the file); `Metadata::reset_allocator()`: forget the free-space hint after refcounts
+//!   were rewritten.
+//! - `Metadata::update_incompatible(&mut self, file, set, clear)`: sets and clears incompatible bits in the
+//!   header on disk (bits in `features`: `INCOMPAT_DIRTY`, `INCOMPAT_CORRUPT`).
+
+pub mod options;
+pub mod qcow2;
+
+mod allocator;
+mod backing;
+mod cache;
+mod check;
+mod compression;
+mod create;
+mod extensions;
+mod features;
+mod header;
+mod io;
+mod map;
+mod metadata;
+mod refcount;
+mod tables;
+mod write_run;
+
+pub use options::{
+    CompressionType, Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS,
+};
+pub use qcow2::Qcow2;
 
 /// The format's name, as qemu-img spells it.
 pub const FORMAT_NAME: &str = "qcow2";

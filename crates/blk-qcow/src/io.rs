@@ -1,0 +1,546 @@
+//! Guest I/O: read, write (allocation and copy-on-write), write-zeroes, discard and compressed writes.
+
+use blk_core::buffer::{total_len, total_len_mut};
+use blk_core::{check_range, IoBuf, IoBufMut, Result};
+
+use crate::metadata::{corrupt, read_zero_filled, Metadata};
+use crate::qcow2::Qcow2;
+use crate::tables::{L2Entry, COPIED, ZERO};
+
+/// The `len` bytes at byte `start` of `bufs`, as buffers.
+pub(crate) fn sub_bufs_mut<'a>(
+    bufs: &[IoBufMut<'a>],
+    mut start: u64,
+    mut len: u64,
+) -> Vec<IoBufMut<'a>> {
+    let mut out = Vec::new();
+    for b in bufs {
+        let blen = b.len() as u64;
+        if len == 0 {
+            break;
+        }
+        if start >= blen {
+            start -= blen;
+            continue;
+        }
+        let n = (blen - start).min(len);
+        if let Some(s) = b.subslice(start as usize, n as usize) {
+            out.push(s);
+        }
+        len -= n;
+        start = 0;
+    }
+    out
+}
+
+/// The `len` bytes at byte `start` of `bufs`, as buffers.
+pub(crate) fn sub_bufs<'a>(bufs: &[IoBuf<'a>], mut start: u64, mut len: u64) -> Vec<IoBuf<'a>> {
+    let mut out = Vec::new();
+    for b in bufs {
+        let blen = b.len() as u64;
+        if len == 0 {
+            break;
+        }
+        if start >= blen {
+            start -= blen;
+            continue;
+        }
+        let n = (blen - start).min(len);
+        if let Some(s) = b.subslice(start as usize, n as usize) {
+            out.push(s);
+        }
+        len -= n;
+        start = 0;
+    }
+    out
+}
+
+/// Copies `src` into `bufs` in order.
+fn copy_into(bufs: &[IoBufMut<'_>], src: &[u8]) {
+    let mut at = 0;
+    for b in bufs {
+        if let Some(part) = src.get(at..) {
+            at += b.copy_from(part);
+        }
+    }
+}
+
+/// Copies `bufs` into `dst` in order.
+fn copy_from_bufs(bufs: &[IoBuf<'_>], dst: &mut [u8]) {
+    let mut at = 0;
+    for b in bufs {
+        if let Some(part) = dst.get_mut(at..) {
+            at += b.copy_to(part);
+        }
+    }
+}
+
+fn zero_fill(bufs: &[IoBufMut<'_>]) {
+    for b in bufs {
+        b.fill_zero_from(0);
+    }
+}
+
+/// Whether replacing an entry must drop a reference to what it pointed to.
+fn holds_reference(entry: L2Entry) -> bool {
+    matches!(
+        entry,
+        L2Entry::Data { .. } | L2Entry::Compressed { .. } | L2Entry::Zero { host: Some(_), .. }
+    )
+}
+
+impl Qcow2 {
+    fn cluster_size(&self) -> u64 {
+        self.shared.geometry.cluster_size
+    }
+
+    pub(crate) fn lookup(&self, meta: &mut Metadata, gc: u64) -> Result<L2Entry> {
+        let raw = meta.l2_entry(&self.shared.file, gc)?;
+        let entry = L2Entry::decode(raw, &self.shared.geometry);
+        if let L2Entry::Data { host, .. }
+        | L2Entry::Zero {
+            host: Some(host), ..
+        } = entry
+        {
+            if host % self.cluster_size() != 0 {
+                return Err(corrupt(
+                    format!(
+                        "L2 entry of guest cluster {gc} points to unaligned host offset {host:#x}"
+                    ),
+                    gc * self.cluster_size(),
+                ));
+            }
+            meta.check_data_location(host)?;
+        }
+        Ok(entry)
+    }
+
+    /// Decompresses the compressed cluster at `host` (`size` bytes) into `out` (one cluster).
+    pub(crate) fn read_compressed(&self, host: u64, size: u64, out: &mut [u8]) -> Result<()> {
+        let input = read_zero_filled(&self.file, host, size.min(2 * self.cluster_size()) as usize)?;
+        crate::compression::decompress(self.shared.geometry.compression_type, &input, out)
+    }
+
+    pub(crate) fn read_impl(&self, offset: u64, bufs: &[IoBufMut<'_>]) -> Result<()> {
+        let len = total_len_mut(bufs);
+        check_range(offset, len, self.shared.geometry.size)?;
+        let cs = self.cluster_size();
+        let end = offset + len;
+        let mut segments = Vec::new();
+        {
+            let mut meta = self.lock_metadata();
+            let mut pos = offset;
+            while pos < end {
+                let n = (cs - pos % cs).min(end - pos);
+                let entry = self.lookup(&mut meta, pos / cs)?;
+                segments.push((pos, n, entry));
+                pos += n;
+            }
+        }
+        let mut i = 0;
+        while i < segments.len() {
+            let (pos, n, entry) = segments[i];
+            let done = pos - offset;
+            match entry {
+                L2Entry::Data { host, .. } => {
+                    // Merge the following clusters that continue on the host.
+                    let start = host + pos % cs;
+                    let mut run = n;
+                    while let Some(&(p, m, L2Entry::Data { host: h, .. })) = segments.get(i + 1) {
+                        if h + p % cs != start + run {
+                            break;
+                        }
+                        run += m;
+                        i += 1;
+                    }
+                    let part = sub_bufs_mut(bufs, done, run);
+                    let got = self.file.read_vectored_at(start, &part)? as u64;
+                    if got < run {
+                        let rest = sub_bufs_mut(&part, got, run - got);
+                        zero_fill(&rest);
+                    }
+                }
+                L2Entry::Unallocated => {
+                    let mut run = n;
+                    while let Some(&(_, m, L2Entry::Unallocated)) = segments.get(i + 1) {
+                        run += m;
+                        i += 1;
+                    }
+                    let part = sub_bufs_mut(bufs, done, run);
+                    match &self.shared.backing {
+                        Some(b) => b.read(pos, &part)?,
+                        None => zero_fill(&part),
+                    }
+                }
+                L2Entry::Zero { .. } => zero_fill(&sub_bufs_mut(bufs, done, n)),
+                L2Entry::Compressed { host, size } => {
+                    let mut cluster = vec![0u8; cs as usize];
+                    self.read_compressed(host, size, &mut cluster)?;
+                    let at = (pos % cs) as usize;
+                    copy_into(&sub_bufs_mut(bufs, done, n), &cluster[at..at + n as usize]);
+                }
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_impl(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        let len = total_len(bufs);
+        check_range(offset, len, self.shared.geometry.size)?;
+        let cs = self.cluster_size();
+        let mut pos = offset;
+        while pos < offset + len {
+            let run = self.write_run(pos, offset + len, bufs, pos - offset)?;
+            if run > 0 {
+                pos += run;
+                continue;
+            }
+            let n = (cs - pos % cs).min(offset + len - pos);
+            let part = sub_bufs(bufs, pos - offset, n);
+            self.write_cluster(pos / cs, pos % cs, n, &part)?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Waits until guest cluster `gc` is not being allocated by someone else.
+    fn wait_cluster<'a>(
+        &'a self,
+        mut meta: std::sync::MutexGuard<'a, Metadata>,
+        gc: u64,
+    ) -> std::sync::MutexGuard<'a, Metadata> {
+        while meta.in_flight.contains(&gc) {
+            meta = self
+                .shared
+                .linked
+                .wait(meta)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        meta
+    }
+
+    /// Writes `n` bytes at byte `in_off` of guest cluster `gc`.
+    fn write_cluster(&self, gc: u64, in_off: u64, n: u64, data: &[IoBuf<'_>]) -> Result<()> {
+        let file = &self.shared.file;
+        let meta = self.lock_metadata();
+        let mut meta = self.wait_cluster(meta, gc);
+        let entry = self.lookup(&mut meta, gc)?;
+        if let L2Entry::Data { host, copied: true } = entry {
+            meta.check_data_write(host + in_off, n)?;
+            drop(meta);
+            return self.file.write_vectored_at(host + in_off, data);
+        }
+        let (target, fresh) = match entry {
+            L2Entry::Zero {
+                host: Some(h),
+                copied: true,
+            } => (h, false),
+            _ => {
+                // The L2 table first, so consecutive data clusters stay contiguous (qemu's layout).
+                meta.writable_l2_table(file, gc)?;
+                (meta.allocate_clusters(file, 1)?, true)
+            }
+        };
+        meta.check_data_write(target, self.cluster_size())?;
+        meta.in_flight.insert(gc);
+        drop(meta);
+        let written = self.fill_cluster(gc, entry, target, in_off, n, data);
+        self.link(gc, entry, target, fresh, written, target | COPIED)
+    }
+
+    /// Links a written cluster into the L2 table (or undoes the allocation on failure) and wakes waiters.
+    fn link(
+        &self,
+        gc: u64,
+        old: L2Entry,
+        target: u64,
+        fresh: bool,
+        written: Result<()>,
+        new_entry: u64,
+    ) -> Result<()> {
+        let file = &self.shared.file;
+        let mut meta = self.lock_metadata();
+        let result = match written.and_then(|()| meta.set_l2_entry(file, gc, new_entry)) {
+            Err(e) => {
+                // Nothing points to a fresh cluster yet: give it back.
+                if fresh {
+                    let _ = meta.change_refcount_range(file, target, 1, -1);
+                }
+                Err(e)
+            }
+            Ok(())
+                if holds_reference(old)
+                    && !matches!(old, L2Entry::Zero { host: Some(h), copied: true } if h == target) =>
+            {
+                // The old cluster loses its reference only once no L2 entry on disk points to it; a failure
+                // here leaves it leaked.
+                meta.flush(file).and_then(|()| meta.release(file, old))
+            }
+            Ok(()) => Ok(()),
+        };
+        meta.in_flight.remove(&gc);
+        drop(meta);
+        self.shared.linked.notify_all();
+        result
+    }
+
+    /// Writes a whole cluster at `target`: the guest data merged with the old contents (backing file, zeros,
+    /// shared or compressed data) in one write.
+    fn fill_cluster(
+        &self,
+        gc: u64,
+        old: L2Entry,
+        target: u64,
+        in_off: u64,
+        n: u64,
+        data: &[IoBuf<'_>],
+    ) -> Result<()> {
+        let cs = self.cluster_size();
+        if in_off == 0 && n == cs {
+            return self.file.write_vectored_at(target, data);
+        }
+        let mut cluster = vec![0u8; cs as usize];
+        match old {
+            L2Entry::Unallocated => {
+                if let Some(b) = &self.shared.backing {
+                    b.read(gc * cs, &[IoBufMut::from(&mut cluster[..])])?;
+                }
+            }
+            L2Entry::Zero { .. } => {}
+            L2Entry::Data { host, .. } => {
+                let old = read_zero_filled(&self.file, host, cs as usize)?;
+                cluster.copy_from_slice(&old);
+            }
+            L2Entry::Compressed { host, size } => self.read_compressed(host, size, &mut cluster)?,
+        }
+        let at = in_off as usize;
+        copy_from_bufs(data, &mut cluster[at..at + n as usize]);
+        self.file.write_all_at(target, &cluster)
+    }
+
+    /// Zeroes as QEMU does: whole clusters (and partial ones that already read as zeros, widened to the
+    /// cluster) get the zero flag (v3) or are deallocated (v2 without backing file, qemu's full discard);
+    /// everything else is written as zero buffers.
+    pub(crate) fn write_zeroes_impl(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        check_range(offset, len, self.shared.geometry.size)?;
+        let cs = self.cluster_size();
+        let size = self.shared.geometry.size;
+        let v3 = self.shared.geometry.version >= 3;
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let n = (cs - pos % cs).min(end - pos);
+            let whole = pos % cs == 0 && (n == cs || pos + n == size);
+            // A partial cluster is zeroed whole only if it still reads as zeros under the lock (a concurrent
+            // write may have allocated it since the check).
+            let zeroed = if !whole && !self.partial_zero_is_free(pos, n)? {
+                false
+            } else if v3 {
+                self.zero_clusters(pos / cs, may_unmap, false, !whole)?
+            } else if self.shared.backing.is_none() {
+                self.zero_clusters(pos / cs, true, true, !whole)?
+            } else {
+                false
+            };
+            if !zeroed {
+                self.write_zero_buffers(pos, n)?;
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Whether a partial zero write of `n` bytes at guest offset `pos` may zero its whole cluster (the rest of
+    /// the cluster already reads as zeros).
+    fn partial_zero_is_free(&self, pos: u64, n: u64) -> Result<bool> {
+        let cs = self.cluster_size();
+        let gc = pos / cs;
+        let entry = {
+            let mut meta = self.lock_metadata();
+            self.lookup(&mut meta, gc)?
+        };
+        Ok(match entry {
+            L2Entry::Zero { .. } => true,
+            // QEMU's is_zero: the rest of the cluster reads as zeros through the backing file (past its end,
+            // or zero / unallocated there), asked without the metadata lock (rule 4).
+            L2Entry::Unallocated => match &self.shared.backing {
+                None => true,
+                Some(backing) => {
+                    let start = gc * cs;
+                    let end = (start + cs).min(self.shared.geometry.size);
+                    backing.reads_zero(start, pos)? && backing.reads_zero(pos + n, end)?
+                }
+            },
+            _ => false,
+        })
+    }
+
+    fn write_zero_buffers(&self, offset: u64, len: u64) -> Result<()> {
+        let chunk = (1u64 << 20).min(len);
+        let zeros = vec![0u8; chunk as usize];
+        let mut pos = 0;
+        while pos < len {
+            let n = chunk.min(len - pos);
+            self.write_impl(offset + pos, &[IoBuf::from(&zeros[..n as usize])])?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Makes guest cluster `gc` read as zeros: the zero flag (keeping an allocation unless `may_unmap`), or
+    /// with `deallocate` (v2) an unallocated entry. With `only_if_zero`, does nothing and returns `false`
+    /// unless the cluster is unallocated or already a zero cluster.
+    fn zero_clusters(
+        &self,
+        gc: u64,
+        may_unmap: bool,
+        deallocate: bool,
+        only_if_zero: bool,
+    ) -> Result<bool> {
+        let file = &self.shared.file;
+        let meta = self.lock_metadata();
+        let mut meta = self.wait_cluster(meta, gc);
+        let raw = meta.l2_entry(file, gc)?;
+        let entry = self.lookup(&mut meta, gc)?;
+        if only_if_zero && !matches!(entry, L2Entry::Unallocated | L2Entry::Zero { .. }) {
+            return Ok(false);
+        }
+        let new = match entry {
+            _ if deallocate => 0,
+            L2Entry::Data { host, copied: true }
+            | L2Entry::Zero {
+                host: Some(host),
+                copied: true,
+            } if !may_unmap => host | COPIED | ZERO,
+            _ => ZERO,
+        };
+        if new == raw {
+            return Ok(true);
+        }
+        meta.set_l2_entry(file, gc, new)?;
+        let released = if holds_reference(entry) && new & crate::tables::L2_OFFSET_MASK == 0 {
+            vec![entry]
+        } else {
+            Vec::new()
+        };
+        self.release_all(&mut meta, released)?;
+        Ok(true)
+    }
+
+    /// Drops the references of replaced entries (after their L2 tables reached the disk) and punches the
+    /// freed host clusters. Runs under the lock, so no allocation can take a freed cluster before its punch.
+    fn release_all(&self, meta: &mut Metadata, released: Vec<L2Entry>) -> Result<()> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let file = &self.shared.file;
+        meta.flush(file)?;
+        for entry in released {
+            meta.release(file, entry)?;
+            if let L2Entry::Data { host, .. }
+            | L2Entry::Zero {
+                host: Some(host), ..
+            } = entry
+            {
+                if meta.refcount(file, host >> self.shared.geometry.cluster_bits)? == 0 {
+                    // A failed punch only leaves the freed cluster's old bytes on the host.
+                    let _ = file.punch_hole(host, self.cluster_size());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn discard_impl(&self, offset: u64, len: u64) -> Result<()> {
+        let size = self.shared.geometry.size;
+        check_range(offset, len, size)?;
+        let cs = self.cluster_size();
+        let start = offset.div_ceil(cs) * cs;
+        let mut end = (offset + len) / cs * cs;
+        if offset + len == size && size % cs != 0 && offset <= end {
+            end = size;
+        }
+        if start >= end {
+            return Ok(());
+        }
+        let file = &self.shared.file;
+        let v3 = self.shared.geometry.version >= 3;
+        if !v3 && self.shared.backing.is_some() {
+            // QEMU refuses discards on v2 images with a backing file (ENOTSUP, which its block layer turns
+            // into success): without the zero flag, unallocating would expose the backing file's data.
+            return Ok(());
+        }
+        let first = start / cs;
+        let last = end.div_ceil(cs);
+        let mut gc = first;
+        while gc < last {
+            let meta = self.lock_metadata();
+            let mut meta = self.wait_cluster(meta, gc);
+            let mut released = Vec::new();
+            // One L2 table's worth per lock hold.
+            let stop = ((gc / self.shared.geometry.l2_entries + 1)
+                * self.shared.geometry.l2_entries)
+                .min(last);
+            for c in gc..stop {
+                if meta.in_flight.contains(&c) {
+                    continue;
+                }
+                let entry = self.lookup(&mut meta, c)?;
+                let new = match entry {
+                    L2Entry::Unallocated if self.shared.backing.is_some() && v3 => ZERO,
+                    L2Entry::Data { .. } | L2Entry::Compressed { .. } => {
+                        if v3 {
+                            ZERO
+                        } else {
+                            0
+                        }
+                    }
+                    _ => continue,
+                };
+                meta.set_l2_entry(file, c, new)?;
+                if holds_reference(entry) {
+                    released.push(entry);
+                }
+            }
+            self.release_all(&mut meta, released)?;
+            gc = stop;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_compressed_impl(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let cs = self.cluster_size();
+        check_range(offset, buf.len() as u64, self.shared.geometry.size)?;
+        if offset % cs != 0
+            || buf.len() as u64 > cs
+            || (buf.len() as u64) < cs && offset + buf.len() as u64 != self.shared.geometry.size
+        {
+            return Err(blk_core::Error::new(
+                blk_core::ErrorKind::InvalidInput,
+                "a compressed write must cover exactly one cluster",
+            ));
+        }
+        let mut cluster = vec![0u8; cs as usize];
+        cluster[..buf.len()].copy_from_slice(buf);
+        let Some(compressed) =
+            crate::compression::compress(self.shared.geometry.compression_type, &cluster)?
+        else {
+            return self.write_impl(offset, &[IoBuf::from(buf)]);
+        };
+        let gc = offset / cs;
+        let file = &self.shared.file;
+        let meta = self.lock_metadata();
+        let mut meta = self.wait_cluster(meta, gc);
+        let old = self.lookup(&mut meta, gc)?;
+        let len = compressed.len() as u64;
+        let host = meta.allocate_bytes(file, len)?;
+        meta.check_data_write(host, len)?;
+        meta.in_flight.insert(gc);
+        drop(meta);
+        let written = self.file.write_all_at(host, &compressed);
+        let entry = L2Entry::compressed(host, len, &self.shared.geometry);
+        // The compressed bytes lie in one host cluster (see `allocate_bytes`): the undo of a fresh cluster.
+        self.link(gc, old, host, true, written, entry)
+    }
+}

@@ -1,0 +1,439 @@
+//! [`Metadata`]: everything that changes behind the metadata lock: the header's mutable fields, the L1 and
+//! refcount tables, both caches, the allocator state and the in-flight table.
+
+use std::collections::HashSet;
+
+use blk_core::{Error, ErrorKind, HostFile, IoBufMut, Result};
+
+use crate::cache::TableCache;
+use crate::header::{Header, INCOMPATIBLE_OFFSET};
+use crate::tables::{entry, set_entry, COPIED, L1_OFFSET_MASK};
+
+/// The image's fixed layout, readable without the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Geometry {
+    /// 2 or 3.
+    pub version: u32,
+    /// log2 of the cluster size.
+    pub cluster_bits: u32,
+    /// Cluster size in bytes.
+    pub cluster_size: u64,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Entries of the L1 table.
+    pub l1_size: u64,
+    /// Host offset of the L1 table.
+    pub l1_table_offset: u64,
+    /// Entries per L2 table.
+    pub l2_entries: u64,
+    /// log2 of the refcount width in bits.
+    pub refcount_order: u32,
+    /// Refcount entries per refcount block.
+    pub rb_entries: u64,
+    /// 0 zlib, 1 zstd.
+    pub compression_type: u8,
+}
+
+impl Geometry {
+    /// The layout described by `h`.
+    pub(crate) fn from_header(h: &Header) -> Geometry {
+        let cluster_size = 1u64 << h.cluster_bits;
+        Geometry {
+            version: h.version,
+            cluster_bits: h.cluster_bits,
+            cluster_size,
+            size: h.size,
+            l1_size: u64::from(h.l1_size),
+            l1_table_offset: h.l1_table_offset,
+            l2_entries: cluster_size / 8,
+            refcount_order: h.refcount_order,
+            rb_entries: (cluster_size * 8) >> h.refcount_order,
+            compression_type: h.compression_type,
+        }
+    }
+}
+
+/// The mutable metadata, behind the one metadata lock.
+#[derive(Debug)]
+pub struct Metadata {
+    pub(crate) g: Geometry,
+    pub(crate) header: Header,
+    pub(crate) l1: Vec<u64>,
+    pub(crate) refcount_table: Vec<u64>,
+    pub(crate) l2_cache: TableCache,
+    pub(crate) rb_cache: TableCache,
+    /// Lowest cluster index that may be free.
+    pub(crate) free_hint: u64,
+    /// Cluster index ranges `[start, end)` being handed out (not free although their refcount is still 0).
+    pub(crate) reserved: Vec<(u64, u64)>,
+    /// Guest clusters being allocated by some writer.
+    pub(crate) in_flight: HashSet<u64>,
+    /// Where the next compressed cluster may be packed (host byte offset, 0: start a new cluster).
+    pub(crate) compressed_tail: u64,
+    /// End of the used host area: the file length at open (cluster-rounded), grown by every allocation. No
+    /// table or data cluster may lie past it.
+    pub(crate) file_end: u64,
+    /// The file length at open (cluster-rounded): a refcount block missing for clusters below it means the
+    /// refcount table lies, and nothing there may be handed out.
+    pub(crate) open_end: u64,
+}
+
+/// An error for inconsistent metadata at `offset`.
+pub(crate) fn corrupt(message: impl Into<String>, offset: u64) -> Error {
+    Error::new(ErrorKind::CorruptImage, message).with_offset(offset)
+}
+
+/// Reads `len` bytes at `offset`, zeros past the end of the file.
+pub(crate) fn read_zero_filled(file: &HostFile, offset: u64, len: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let got = file.read_vectored_at(offset, &[IoBufMut::from(&mut buf[..])])?;
+    if let Some(rest) = buf.get_mut(got..) {
+        rest.fill(0);
+    }
+    Ok(buf)
+}
+
+impl Metadata {
+    /// Metadata for an opened image; caches of `l2_tables` and `refcount_blocks` tables.
+    pub(crate) fn new(
+        header: Header,
+        l1: Vec<u64>,
+        refcount_table: Vec<u64>,
+        l2_tables: usize,
+        refcount_blocks: usize,
+    ) -> Metadata {
+        Metadata {
+            g: Geometry::from_header(&header),
+            header,
+            l1,
+            refcount_table,
+            l2_cache: TableCache::new(l2_tables),
+            rb_cache: TableCache::new(refcount_blocks),
+            free_hint: 1,
+            reserved: Vec::new(),
+            in_flight: HashSet::new(),
+            compressed_tail: 0,
+            file_end: 0,
+            open_end: 0,
+        }
+    }
+
+    /// Records the file length at open.
+    pub(crate) fn set_file_len(&mut self, len: u64) {
+        let end = len.div_ceil(self.g.cluster_size) * self.g.cluster_size;
+        self.file_end = end;
+        self.open_end = end;
+    }
+
+    /// Checks where a metadata table read from the image lies: aligned, inside the used area, not over the
+    /// header or the L1 / refcount tables.
+    pub(crate) fn check_table_location(&self, offset: u64, what: &str) -> Result<()> {
+        self.check_table_offset(offset, what)?;
+        if offset.saturating_add(self.g.cluster_size) > self.file_end {
+            return Err(corrupt(
+                format!("{what} offset {offset:#x} lies past the end of the image"),
+                offset,
+            ));
+        }
+        self.check_metadata_write(offset, self.g.cluster_size)
+            .map_err(|_| {
+                corrupt(
+                    format!("{what} at {offset:#x} overlaps other metadata"),
+                    offset,
+                )
+            })
+    }
+
+    /// Checks that a data cluster from an L2 entry lies inside the used area.
+    pub(crate) fn check_data_location(&self, host: u64) -> Result<()> {
+        if host.saturating_add(self.g.cluster_size) > self.file_end {
+            return Err(corrupt(
+                format!("data cluster at {host:#x} lies past the end of the image"),
+                host,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The current header.
+    pub(crate) fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The L1 table's raw entries.
+    #[allow(dead_code)] // part of the check/repair interface (see the crate docs)
+    pub(crate) fn l1_table(&self) -> &[u64] {
+        &self.l1
+    }
+
+    /// The refcount table's raw entries.
+    #[allow(dead_code)] // part of the check/repair interface (see the crate docs)
+    pub(crate) fn refcount_table(&self) -> &[u64] {
+        &self.refcount_table
+    }
+
+    /// Checks that a table offset read from metadata is cluster aligned and below 2^56.
+    pub(crate) fn check_table_offset(&self, offset: u64, what: &str) -> Result<()> {
+        if offset % self.g.cluster_size != 0
+            || offset >= crate::header::MAX_HOST_OFFSET
+            || offset == 0
+        {
+            return Err(corrupt(
+                format!("{what} offset {offset:#x} is invalid"),
+                offset,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The L2 cache slot of the table at `offset`, loading it (and evicting another) as needed.
+    pub(crate) fn l2_slot(&mut self, file: &HostFile, offset: u64) -> Result<usize> {
+        if let Some(slot) = self.l2_cache.lookup(offset) {
+            return Ok(slot);
+        }
+        self.check_table_location(offset, "L2 table")?;
+        let data = read_zero_filled(file, offset, self.g.cluster_size as usize)?;
+        let replace = self.make_room_l2(file)?;
+        Ok(self
+            .l2_cache
+            .insert(offset, data.into_boxed_slice(), false, replace))
+    }
+
+    /// Frees a slot in a full L2 cache, writing the victim back (refcounts first) when dirty.
+    fn make_room_l2(&mut self, file: &HostFile) -> Result<Option<usize>> {
+        if !self.l2_cache.is_full() {
+            return Ok(None);
+        }
+        let victim = self.l2_cache.victim();
+        if let Some(v) = victim {
+            if self.l2_cache.slot(v).is_some_and(|s| s.dirty) {
+                self.write_back_refcounts(file, true)?;
+                self.write_back_l2_slot(file, v)?;
+            }
+        }
+        Ok(victim)
+    }
+
+    fn write_back_l2_slot(&mut self, file: &HostFile, slot: usize) -> Result<()> {
+        if let Some(s) = self.l2_cache.slot(slot) {
+            self.check_metadata_write(s.offset, self.g.cluster_size)?;
+            file.write_all_at(s.offset, &s.data)?;
+        }
+        self.l2_cache.mark_clean(slot);
+        Ok(())
+    }
+
+    /// Writes back every dirty refcount block, syncing afterwards when `sync` and something was written.
+    pub(crate) fn write_back_refcounts(&mut self, file: &HostFile, sync: bool) -> Result<()> {
+        let dirty = self.rb_cache.dirty_slots();
+        for &slot in &dirty {
+            if let Some(s) = self.rb_cache.slot(slot) {
+                self.check_metadata_write(s.offset, self.g.cluster_size)?;
+                file.write_all_at(s.offset, &s.data)?;
+            }
+            self.rb_cache.mark_clean(slot);
+        }
+        if sync && !dirty.is_empty() {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Writes back both caches in dependency order (refcounts, sync, L2 tables) and syncs.
+    pub(crate) fn flush(&mut self, file: &HostFile) -> Result<()> {
+        self.write_back_refcounts(file, self.l2_cache.has_dirty())?;
+        for slot in self.l2_cache.dirty_slots() {
+            self.write_back_l2_slot(file, slot)?;
+        }
+        file.sync_data()
+    }
+
+    /// Drops every cached table (flush first: dirty tables are lost).
+    pub(crate) fn invalidate_caches(&mut self) {
+        self.l2_cache.clear();
+        self.rb_cache.clear();
+    }
+
+    /// Forgets the allocator's free-space hint (after refcounts were rewritten).
+    pub(crate) fn reset_allocator(&mut self) {
+        self.free_hint = 1;
+        self.compressed_tail = 0;
+    }
+
+    /// An L2 table's raw entries (host byte order).
+    #[allow(dead_code)] // part of the check/repair interface (see the crate docs)
+    pub(crate) fn read_l2_table(&mut self, file: &HostFile, l2_offset: u64) -> Result<Vec<u64>> {
+        let slot = self.l2_slot(file, l2_offset)?;
+        let data = self.l2_cache.data(slot);
+        Ok((0..self.g.l2_entries as usize)
+            .map(|i| entry(data, i))
+            .collect())
+    }
+
+    /// The raw L2 entry of guest cluster `gc` (0 when its L2 table is not allocated).
+    pub(crate) fn l2_entry(&mut self, file: &HostFile, gc: u64) -> Result<u64> {
+        let l1_index = gc / self.g.l2_entries;
+        let l2_offset = self.l1.get(l1_index as usize).copied().unwrap_or(0) & L1_OFFSET_MASK;
+        if l2_offset == 0 {
+            return Ok(0);
+        }
+        let slot = self.l2_slot(file, l2_offset)?;
+        Ok(entry(
+            self.l2_cache.data(slot),
+            (gc % self.g.l2_entries) as usize,
+        ))
+    }
+
+    /// Writes L1 entry `index` to the disk and memory.
+    pub(crate) fn write_l1_entry(
+        &mut self,
+        file: &HostFile,
+        index: usize,
+        value: u64,
+    ) -> Result<()> {
+        let at = self.g.l1_table_offset + index as u64 * 8;
+        file.write_all_at(at, &value.to_be_bytes())?;
+        if let Some(e) = self.l1.get_mut(index) {
+            *e = value;
+        }
+        Ok(())
+    }
+
+    /// The host offset of guest cluster `gc`'s L2 table, made writable first: allocated when missing, copied
+    /// when shared with a snapshot.
+    pub(crate) fn writable_l2_table(&mut self, file: &HostFile, gc: u64) -> Result<u64> {
+        let l1_index = (gc / self.g.l2_entries) as usize;
+        let l1_entry = *self.l1.get(l1_index).ok_or_else(|| {
+            corrupt(
+                "guest cluster beyond the L1 table",
+                gc << self.g.cluster_bits,
+            )
+        })?;
+        if l1_entry & COPIED != 0 && l1_entry & L1_OFFSET_MASK != 0 {
+            Ok(l1_entry & L1_OFFSET_MASK)
+        } else {
+            self.new_l2_table(file, l1_index, l1_entry & L1_OFFSET_MASK)
+        }
+    }
+
+    /// Sets the raw L2 entry of guest cluster `gc` in the cache (written back later), first giving the guest
+    /// cluster a writable L2 table.
+    pub(crate) fn set_l2_entry(&mut self, file: &HostFile, gc: u64, value: u64) -> Result<()> {
+        let l2_offset = self.writable_l2_table(file, gc)?;
+        let slot = self.l2_slot(file, l2_offset)?;
+        set_entry(
+            self.l2_cache.data_mut(slot),
+            (gc % self.g.l2_entries) as usize,
+            value,
+        );
+        Ok(())
+    }
+
+    /// Gives L1 entry `l1_index` a new L2 table: zeros, or a copy of the shared table at `old` (0: none). The
+    /// refcounts reach the disk before the table, the table before the L1 entry.
+    fn new_l2_table(&mut self, file: &HostFile, l1_index: usize, old: u64) -> Result<u64> {
+        let cs = self.g.cluster_size;
+        let mut data = vec![0u8; cs as usize];
+        if old != 0 {
+            // Copy through the cache (it may hold newer entries), then drop the shared table from it.
+            let slot = self.l2_slot(file, old)?;
+            data.copy_from_slice(self.l2_cache.data(slot));
+            if self.l2_cache.slot(slot).is_some_and(|s| s.dirty) {
+                self.write_back_refcounts(file, true)?;
+                self.write_back_l2_slot(file, slot)?;
+            }
+            // Clusters referenced by the copy gain a reference.
+            for i in 0..self.g.l2_entries as usize {
+                let raw = entry(&data, i);
+                match crate::tables::L2Entry::decode(raw, &self.g) {
+                    crate::tables::L2Entry::Data { host, .. }
+                    | crate::tables::L2Entry::Zero {
+                        host: Some(host), ..
+                    } => {
+                        self.change_refcount(file, host >> self.g.cluster_bits, 1)?;
+                        set_entry(&mut data, i, raw & !COPIED);
+                    }
+                    crate::tables::L2Entry::Compressed { host, size } => {
+                        self.change_refcount_range(file, host, size, 1)?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let new = self.allocate_clusters(file, 1)?;
+        self.write_back_refcounts(file, true)?;
+        self.check_metadata_write(new, cs)?;
+        file.write_all_at(new, &data)?;
+        file.sync_data()?;
+        self.write_l1_entry(file, l1_index, new | COPIED)?;
+        let replace = self.make_room_l2(file)?;
+        self.l2_cache
+            .insert(new, data.into_boxed_slice(), false, replace);
+        if old != 0 {
+            file.sync_data()?;
+            self.l2_cache.forget(old);
+            self.change_refcount(file, old >> self.g.cluster_bits, -1)?;
+        }
+        Ok(new)
+    }
+
+    /// Checks that a metadata write of `len` bytes at `offset` does not hit the header or the L1 / refcount
+    /// tables (other than the table being written).
+    pub(crate) fn check_metadata_write(&self, offset: u64, len: u64) -> Result<()> {
+        let overlaps = |start: u64, size: u64| {
+            offset < start.saturating_add(size) && start < offset.saturating_add(len)
+        };
+        let cs = self.g.cluster_size;
+        if overlaps(0, cs)
+            || overlaps(self.g.l1_table_offset, self.g.l1_size * 8)
+            || overlaps(
+                self.header.refcount_table_offset,
+                u64::from(self.header.refcount_table_clusters) * cs,
+            )
+        {
+            return Err(corrupt(
+                format!("refusing to overwrite the header or a table at {offset:#x}"),
+                offset,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that guest data may be written at host `offset`: not over the header, the L1 or refcount table,
+    /// or a cached L2 table / refcount block.
+    pub(crate) fn check_data_write(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_metadata_write(offset, len)?;
+        let cs = self.g.cluster_size;
+        let mut c = offset / cs * cs;
+        while c < offset.saturating_add(len) {
+            if self.l2_cache.contains(c) || self.rb_cache.contains(c) {
+                return Err(corrupt(
+                    format!("refusing to write guest data over metadata at {c:#x}"),
+                    offset,
+                ));
+            }
+            c += cs;
+        }
+        Ok(())
+    }
+
+    /// Sets the bits `set` and clears the bits `clear` of the incompatible features, on disk (synced).
+    pub(crate) fn update_incompatible(
+        &mut self,
+        file: &HostFile,
+        set: u64,
+        clear: u64,
+    ) -> Result<()> {
+        if self.header.version < 3 {
+            return Ok(());
+        }
+        let value = (self.header.incompatible | set) & !clear;
+        if value != self.header.incompatible {
+            file.sync_data()?;
+            file.write_all_at(INCOMPATIBLE_OFFSET, &value.to_be_bytes())?;
+            file.sync_data()?;
+            self.header.incompatible = value;
+        }
+        Ok(())
+    }
+}

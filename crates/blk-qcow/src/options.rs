@@ -1,0 +1,352 @@
+//! Open and create options: [`Qcow2OpenOptions`], [`Qcow2CreateOptions`] (qemu-img's `-o` keys) and
+//! [`CREATE_OPTIONS`].
+
+use std::sync::Arc;
+
+use blk_core::{
+    parse_size_param, CreateOptionInfo, Error, ErrorKind, HostOpenOptions, ImageOpener, Operation,
+    Result,
+};
+
+use crate::FORMAT_NAME;
+
+/// The default L2 cache size: QEMU's maximum default (32 MiB, 256 GiB of guest space at 64 KiB clusters).
+pub const DEFAULT_L2_CACHE_SIZE: u64 = 32 << 20;
+
+/// How to open a QCOW2 image.
+#[derive(Debug, Clone)]
+pub struct Qcow2OpenOptions {
+    /// How to open the image file.
+    pub host: HostOpenOptions,
+    /// Opens the backing file (the gate for files named inside the image).
+    pub opener: Arc<dyn ImageOpener>,
+    /// The backing file's format, overriding the one recorded in the image (qemu's `backing.driver`); `None`
+    /// uses the recorded one.
+    pub backing_format: Option<String>,
+    /// Bytes of L2 tables to cache (rounded down to whole tables, at least 2).
+    pub l2_cache_size: u64,
+    /// qemu's `BDRV_O_CHECK`: skip the dirty-bit repair and allow a writable open of a corrupt image (for
+    /// `check -r`).
+    pub check_mode: bool,
+    /// This image's depth in a backing chain (0: the image the caller opens; an opener opening a backing file
+    /// passes [`NamedImage::depth`](blk_core::NamedImage::depth)). The backing file is requested at
+    /// `depth + 1`, so the opener can cap chains.
+    pub depth: u32,
+}
+
+impl Qcow2OpenOptions {
+    /// Options with the defaults: recorded backing format, 32 MiB L2 cache, normal open.
+    pub fn new(host: HostOpenOptions, opener: Arc<dyn ImageOpener>) -> Qcow2OpenOptions {
+        Qcow2OpenOptions {
+            host,
+            opener,
+            backing_format: None,
+            l2_cache_size: DEFAULT_L2_CACHE_SIZE,
+            check_mode: false,
+            depth: 0,
+        }
+    }
+}
+
+/// The compression method of a new image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompressionType {
+    /// Raw deflate (qemu's `zlib`).
+    #[default]
+    Zlib,
+    /// Zstandard.
+    Zstd,
+}
+
+/// How much of a new image to allocate up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preallocation {
+    /// Nothing beyond the header and tables.
+    #[default]
+    Off,
+    /// L2 tables and data clusters allocated (refcounted), not written.
+    Metadata,
+    /// As metadata, and the file's blocks reserved with `fallocate`.
+    Falloc,
+    /// As metadata, and zeros written.
+    Full,
+}
+
+/// What a new QCOW2 image looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2CreateOptions {
+    /// Virtual size; `None` takes the backing file's.
+    pub size: Option<u64>,
+    /// 2 (`compat=0.10`) or 3 (`compat=1.1`, the default).
+    pub version: u32,
+    /// Cluster size (a power of two, 512 B to 2 MiB; default 64 KiB).
+    pub cluster_size: u64,
+    /// Refcount width in bits (1 to 64, a power of two; default 16; v2 needs 16).
+    pub refcount_bits: u64,
+    /// The lazy-refcounts compatible bit (v3 only).
+    pub lazy_refcounts: bool,
+    /// The compression type (zstd needs v3).
+    pub compression_type: CompressionType,
+    /// Preallocation.
+    pub preallocation: Preallocation,
+    /// The backing file name, stored as given.
+    pub backing_file: Option<String>,
+    /// The backing file's format.
+    pub backing_format: Option<String>,
+}
+
+impl Default for Qcow2CreateOptions {
+    fn default() -> Qcow2CreateOptions {
+        Qcow2CreateOptions {
+            size: None,
+            version: 3,
+            cluster_size: 65536,
+            refcount_bits: 16,
+            lazy_refcounts: false,
+            compression_type: CompressionType::Zlib,
+            preallocation: Preallocation::Off,
+            backing_file: None,
+            backing_format: None,
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, message)
+        .with_format(FORMAT_NAME)
+        .with_operation(Operation::Create)
+}
+
+fn unsupported(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::UnsupportedFeature, message)
+        .with_format(FORMAT_NAME)
+        .with_operation(Operation::Create)
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool> {
+    match value {
+        "on" | "yes" | "true" | "y" => Ok(true),
+        "off" | "no" | "false" | "n" => Ok(false),
+        _ => Err(invalid(format!("Parameter '{name}' expects 'on' or 'off'"))),
+    }
+}
+
+const fn opt(name: &'static str, value_type: &'static str, help: &'static str) -> CreateOptionInfo {
+    CreateOptionInfo {
+        name,
+        value_type,
+        help,
+    }
+}
+
+/// The options `create -f qcow2 -o ...` accepts, in qemu-img's `-o help` order and words.
+pub static CREATE_OPTIONS: &[CreateOptionInfo] = &[
+    opt("backing_file", "str", "File name of a base image"),
+    opt("backing_fmt", "str", "Image format of the base image"),
+    opt("cluster_size", "size", "qcow2 cluster size"),
+    opt(
+        "compat",
+        "str",
+        "Compatibility level (v2 [0.10] or v3 [1.1])",
+    ),
+    opt(
+        "compression_type",
+        "str",
+        "Compression method used for image cluster compression",
+    ),
+    opt("data_file", "str", "File name of an external data file"),
+    opt(
+        "data_file_raw",
+        "bool (on/off)",
+        "The external data file must stay valid as a raw image",
+    ),
+    opt(
+        "encrypt.cipher-alg",
+        "str",
+        "Name of encryption cipher algorithm",
+    ),
+    opt(
+        "encrypt.cipher-mode",
+        "str",
+        "Name of encryption cipher mode",
+    ),
+    opt(
+        "encrypt.format",
+        "str",
+        "Encrypt the image, format choices: 'aes', 'luks'",
+    ),
+    opt(
+        "encrypt.hash-alg",
+        "str",
+        "Name of encryption hash algorithm",
+    ),
+    opt(
+        "encrypt.iter-time",
+        "num",
+        "Time to spend in PBKDF in milliseconds",
+    ),
+    opt("encrypt.ivgen-alg", "str", "Name of IV generator algorithm"),
+    opt(
+        "encrypt.ivgen-hash-alg",
+        "str",
+        "Name of IV generator hash algorithm",
+    ),
+    opt(
+        "encrypt.key-secret",
+        "str",
+        "ID of secret providing qcow AES key or LUKS passphrase",
+    ),
+    opt(
+        "encryption",
+        "bool (on/off)",
+        "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+    ),
+    opt("extended_l2", "bool (on/off)", "Extended L2 tables"),
+    opt(
+        "lazy_refcounts",
+        "bool (on/off)",
+        "Postpone refcount updates",
+    ),
+    opt(
+        "preallocation",
+        "str",
+        "Preallocation mode (allowed values: off, metadata, falloc, full)",
+    ),
+    opt(
+        "refcount_bits",
+        "num",
+        "Width of a reference count entry in bits",
+    ),
+    opt("size", "size", "Virtual disk size"),
+];
+
+impl Qcow2CreateOptions {
+    /// Parses qemu-img's `-o` options for qcow2, with `size` the positional size if one was given.
+    ///
+    /// Keys as [`CREATE_OPTIONS`] lists them. `data_file`, `encrypt.*`, `encryption=on` and `extended_l2=on`
+    /// are refused with [`ErrorKind::UnsupportedFeature`]; unknown keys with [`ErrorKind::InvalidInput`]
+    /// "Invalid parameter 'KEY'".
+    ///
+    /// ```
+    /// use blk_qcow::Qcow2CreateOptions;
+    /// let o = [("compat".to_string(), "0.10".to_string()), ("cluster_size".into(), "4k".into())];
+    /// let parsed = Qcow2CreateOptions::from_key_values(Some(1 << 20), &o).unwrap();
+    /// assert_eq!((parsed.version, parsed.cluster_size), (2, 4096));
+    /// ```
+    pub fn from_key_values(
+        size: Option<u64>,
+        options: &[(String, String)],
+    ) -> Result<Qcow2CreateOptions> {
+        let mut o = Qcow2CreateOptions {
+            size,
+            ..Qcow2CreateOptions::default()
+        };
+        let mut size_given = size.is_some();
+        let mut refcount_given = false;
+        let mut compression_given = false;
+        for (key, value) in options {
+            match key.as_str() {
+                "size" => {
+                    if size_given && size.is_some() {
+                        return Err(invalid("The image size must be specified only once"));
+                    }
+                    o.size = Some(parse_size_param(key, value)?);
+                    size_given = true;
+                }
+                "compat" => {
+                    o.version = match value.as_str() {
+                        "0.10" | "v2" => 2,
+                        "1.1" | "v3" => 3,
+                        _ => return Err(invalid(format!("Invalid parameter '{value}'"))),
+                    }
+                }
+                "cluster_size" => {
+                    let cs = parse_size_param(key, value)?;
+                    if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
+                        return Err(invalid(
+                            "Cluster size must be a power of two between 512 and 2048k",
+                        ));
+                    }
+                    o.cluster_size = cs;
+                }
+                "refcount_bits" => {
+                    let bits: u64 = value
+                        .parse()
+                        .map_err(|_| invalid("Parameter 'refcount_bits' expects a number"))?;
+                    if !bits.is_power_of_two() || bits > 64 {
+                        return Err(invalid(
+                            "Refcount width must be a power of two and may not exceed 64 bits",
+                        ));
+                    }
+                    o.refcount_bits = bits;
+                    refcount_given = true;
+                }
+                "lazy_refcounts" => o.lazy_refcounts = parse_bool(key, value)?,
+                "compression_type" => {
+                    o.compression_type = match value.as_str() {
+                        "zlib" => CompressionType::Zlib,
+                        "zstd" => CompressionType::Zstd,
+                        _ => return Err(invalid(format!("Invalid parameter '{value}'"))),
+                    };
+                    compression_given = true;
+                }
+                "preallocation" => {
+                    o.preallocation = match value.as_str() {
+                        "off" => Preallocation::Off,
+                        "metadata" => Preallocation::Metadata,
+                        "falloc" => Preallocation::Falloc,
+                        "full" => Preallocation::Full,
+                        _ => return Err(invalid(format!("Invalid parameter '{value}'"))),
+                    }
+                }
+                "backing_file" => o.backing_file = Some(value.clone()),
+                "backing_fmt" => o.backing_format = Some(value.clone()),
+                "extended_l2" => {
+                    if parse_bool(key, value)? {
+                        return Err(unsupported("extended L2 entries are not supported"));
+                    }
+                }
+                "data_file" => return Err(unsupported("external data files are not supported")),
+                "data_file_raw" => {
+                    if parse_bool(key, value)? {
+                        return Err(unsupported("external data files are not supported"));
+                    }
+                }
+                "encryption" => {
+                    if parse_bool(key, value)? {
+                        return Err(unsupported("encrypted qcow2 images are not supported"));
+                    }
+                }
+                k if k.starts_with("encrypt.") => {
+                    return Err(unsupported("encrypted qcow2 images are not supported"))
+                }
+                _ => return Err(invalid(format!("Invalid parameter '{key}'"))),
+            }
+        }
+        if o.version == 2 {
+            if o.lazy_refcounts {
+                return Err(invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+            }
+            if refcount_given && o.refcount_bits != 16 {
+                return Err(invalid("Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
+            }
+            if compression_given && o.compression_type != CompressionType::Zlib {
+                return Err(invalid(
+                    "Compression type 'zstd' requires compatibility level 1.1 or above",
+                ));
+            }
+        }
+        if o.backing_format.is_some() && o.backing_file.is_none() {
+            return Err(invalid(
+                "Backing format cannot be used without backing file",
+            ));
+        }
+        if o.backing_file.is_some() && o.preallocation != Preallocation::Off {
+            return Err(invalid("Backing file and preallocation can only be used at the same time if extended_l2 is on"));
+        }
+        if o.size.is_none() && o.backing_file.is_none() {
+            return Err(invalid("Image creation needs a size parameter"));
+        }
+        Ok(o)
+    }
+}

@@ -1,0 +1,132 @@
+//! `Qcow2::create` and its options against `qemu-img create` / `qemu-img check`.
+
+mod support;
+
+use blk_core::{DiskFile, ErrorKind};
+use blk_qcow::{Preallocation, Qcow2, Qcow2CreateOptions, CREATE_OPTIONS};
+use support::*;
+
+fn kv(opts: &[(&str, &str)]) -> Vec<(String, String)> {
+    opts.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn help_matches_qemu() {
+    let _g = serial();
+    let out = qemu_img(&["create", "-f", "qcow2", "-o", "help"]);
+    let ours: Vec<String> = CREATE_OPTIONS.iter().map(|o| o.help_line()).collect();
+    let theirs: Vec<&str> = out.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn option_errors() {
+    let _g = serial();
+    let err = |opts: &[(&str, &str)]| {
+        Qcow2CreateOptions::from_key_values(Some(1 << 20), &kv(opts))
+            .unwrap_err()
+            .kind()
+    };
+    assert_eq!(err(&[("bogus", "1")]), ErrorKind::InvalidInput);
+    assert_eq!(err(&[("cluster_size", "1000")]), ErrorKind::InvalidInput);
+    assert_eq!(err(&[("cluster_size", "4M")]), ErrorKind::InvalidInput);
+    assert_eq!(err(&[("refcount_bits", "3")]), ErrorKind::InvalidInput);
+    assert_eq!(
+        err(&[("compat", "0.10"), ("lazy_refcounts", "on")]),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        err(&[("compat", "0.10"), ("refcount_bits", "8")]),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        err(&[("compat", "0.10"), ("compression_type", "zstd")]),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(err(&[("extended_l2", "on")]), ErrorKind::UnsupportedFeature);
+    assert_eq!(err(&[("data_file", "x")]), ErrorKind::UnsupportedFeature);
+    assert_eq!(
+        err(&[("encrypt.format", "luks")]),
+        ErrorKind::UnsupportedFeature
+    );
+    assert_eq!(err(&[("preallocation", "bogus")]), ErrorKind::InvalidInput);
+    assert_eq!(err(&[("size", "1M")]), ErrorKind::InvalidInput);
+    let none = Qcow2CreateOptions::from_key_values(None, &[]).unwrap_err();
+    assert_eq!(none.kind(), ErrorKind::InvalidInput);
+    let o = Qcow2CreateOptions::from_key_values(
+        None,
+        &kv(&[("size", "3M"), ("preallocation", "metadata")]),
+    )
+    .unwrap();
+    assert_eq!(
+        (o.size, o.preallocation),
+        (Some(3 << 20), Preallocation::Metadata)
+    );
+}
+
+#[test]
+fn preallocation_modes_are_clean() {
+    let _g = serial();
+    let dir = tempdir();
+    for mode in ["metadata", "falloc", "full"] {
+        for cs in ["512", "64k"] {
+            let img = dir.path().join("p.qcow2");
+            let o = Qcow2CreateOptions::from_key_values(
+                Some(3 << 20),
+                &kv(&[("preallocation", mode), ("cluster_size", cs)]),
+            )
+            .unwrap();
+            Qcow2::create(&img, &o, &TestOpener).unwrap();
+            assert_qemu_check_clean(&img);
+            let disk = Qcow2::open(&img, &rw()).unwrap();
+            let e = disk.map(0, 3 << 20).unwrap();
+            assert_eq!(e.kind, blk_core::ExtentKind::Data, "{mode}");
+            assert!(read_all(&disk).iter().all(|&b| b == 0));
+            disk.write_all_at(1 << 20, b"prealloc").unwrap();
+            drop(disk);
+            assert_qemu_check_clean(&img);
+            if mode != "metadata" {
+                let len = std::fs::metadata(&img).unwrap().len();
+                assert!(len >= 3 << 20, "{mode}: {len}");
+            }
+        }
+    }
+}
+
+#[test]
+fn size_from_backing_file() {
+    let _g = serial();
+    let dir = tempdir();
+    std::fs::write(dir.path().join("base.raw"), vec![1u8; 5 << 20]).unwrap();
+    let img = dir.path().join("top.qcow2");
+    let o = Qcow2CreateOptions::from_key_values(
+        None,
+        &kv(&[("backing_file", "base.raw"), ("backing_fmt", "raw")]),
+    )
+    .unwrap();
+    Qcow2::create(&img, &o, &TestOpener).unwrap();
+    let disk = Qcow2::open(&img, &ro()).unwrap();
+    assert_eq!(disk.logical_size(), 5 << 20);
+    assert!(read_all(&disk).iter().all(|&b| b == 1));
+    let info: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["info", "--output=json", path_str(&img)])).unwrap();
+    assert_eq!(info["backing-filename"], "base.raw");
+    assert_eq!(info["backing-filename-format"], "raw");
+    assert_eq!(info["virtual-size"], 5 << 20);
+}
+
+#[test]
+fn odd_sizes_round_to_sectors() {
+    let _g = serial();
+    let dir = tempdir();
+    let img = dir.path().join("odd.qcow2");
+    let o = Qcow2CreateOptions::from_key_values(Some(1000), &[]).unwrap();
+    Qcow2::create(&img, &o, &TestOpener).unwrap();
+    let disk = Qcow2::open(&img, &rw()).unwrap();
+    assert_eq!(disk.logical_size(), 1024);
+    disk.write_all_at(1000, &[9u8; 24]).unwrap();
+    disk.discard(0, 1024).unwrap();
+    assert!(read_all(&disk).iter().all(|&b| b == 0));
+}
