@@ -33,7 +33,8 @@ pub struct NamedImage {
     pub role: NamedImageRole,
     /// Whether the file must be opened read-only (backing files and parents always are).
     pub read_only: bool,
-    /// How deep in a chain this file sits (1 for the first backing file), so openers can cap chains.
+    /// How far below the naming image this file sits: 1 for its own backing file or parent. Formats do not
+    /// know their own place in a chain; the opener (which does) adds its own depth and caps chains.
     pub depth: u32,
 }
 

@@ -41,11 +41,14 @@ impl ImageFormat {
     pub fn is_compiled_in(self) -> bool {
         match self {
             ImageFormat::Raw => true,
-            ImageFormat::Qcow2 | ImageFormat::Vpc | ImageFormat::Vhdx => false,
+            ImageFormat::Qcow2 => cfg!(feature = "qcow2"),
+            ImageFormat::Vpc => cfg!(feature = "vhd"),
+            ImageFormat::Vhdx => cfg!(feature = "vhdx"),
         }
     }
 
     /// The error for a format this build cannot open.
+    #[allow(dead_code)] // unused when every format is compiled in
     pub(crate) fn not_compiled_in(self) -> Error {
         Error::new(
             ErrorKind::UnsupportedFeature,

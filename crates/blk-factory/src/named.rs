@@ -25,6 +25,8 @@ pub struct FactoryOpener {
     policy: NamedImagePolicy,
     direct: bool,
     lock: LockMode,
+    /// The depth of the image whose named files this opener opens.
+    base_depth: u32,
 }
 
 impl FactoryOpener {
@@ -34,12 +36,16 @@ impl FactoryOpener {
             policy,
             direct,
             lock,
+            base_depth: 0,
         }
     }
 
     /// The opener for the files named inside the image `params` open.
     pub fn for_params(params: &DiskFileParams) -> FactoryOpener {
-        FactoryOpener::new(params.named_images, params.direct, params.lock)
+        FactoryOpener {
+            base_depth: params.chain_depth,
+            ..FactoryOpener::new(params.named_images, params.direct, params.lock)
+        }
     }
 }
 
@@ -49,7 +55,10 @@ impl ImageOpener for FactoryOpener {
         if self.policy == NamedImagePolicy::Deny {
             return blk_core::DenyNamedImages.open_named(image);
         }
-        if image.depth > MAX_CHAIN_DEPTH {
+        // Formats count depth from the image naming the file (1 for its direct backing file); the chain's
+        // depth adds this opener's own place in it.
+        let depth = self.base_depth.saturating_add(image.depth.max(1));
+        if depth > MAX_CHAIN_DEPTH {
             return Err(ctx(Error::new(
                 ErrorKind::InvalidInput,
                 format!("the chain of images is deeper than {MAX_CHAIN_DEPTH} (a loop?)"),
@@ -62,12 +71,13 @@ impl ImageOpener for FactoryOpener {
             )));
         };
         let format: ImageFormat = format_name.parse().map_err(ctx)?;
-        let params = DiskFileParams::new(&image.path)
+        let mut params = DiskFileParams::new(&image.path)
             .format(Some(format))
             .read_only(image.read_only)
             .direct(self.direct)
             .lock(self.lock)
             .named_images(self.policy);
+        params.chain_depth = depth;
         let disk = open_disk_file(&params)?;
         Ok(disk)
     }

@@ -1,11 +1,15 @@
 //! Opening images: the parameters a VMM or the CLI gives, and the wiring of a format to a backend.
 
 use std::path::PathBuf;
+#[cfg(any(feature = "qcow2", feature = "vhd", feature = "vhdx"))]
+use std::sync::Arc;
 
 use blk_core::{AsyncDiskFile, HostOpenOptions, LockMode, Operation, Result};
 
 use crate::detect::detect_format;
 use crate::format::ImageFormat;
+#[cfg(any(feature = "qcow2", feature = "vhd", feature = "vhdx"))]
+use crate::named::FactoryOpener;
 use crate::named::NamedImagePolicy;
 
 /// Which I/O backend serves asynchronous queues.
@@ -36,6 +40,14 @@ pub struct DiskFileParams {
     pub backend: Backend,
     /// Whether files named inside the image (backing files, data files, parents) may be opened.
     pub named_images: NamedImagePolicy,
+    /// The backing file's format, overriding the one the image records (qemu's `backing.driver`).
+    pub backing_format: Option<ImageFormat>,
+    /// Open for a consistency check (qemu's `BDRV_O_CHECK`): no automatic repair of a dirty image, and a
+    /// writable open of an image marked corrupt is allowed, so `check -r` can repair it.
+    pub check_mode: bool,
+    /// How deep in a chain of named images this one is (0 for the image the caller names); the factory's
+    /// opener sets it for backing files and parents so chains stay below [`crate::MAX_CHAIN_DEPTH`].
+    pub chain_depth: u32,
 }
 
 impl DiskFileParams {
@@ -50,6 +62,9 @@ impl DiskFileParams {
             lock: LockMode::Auto,
             backend: Backend::Auto,
             named_images: NamedImagePolicy::Deny,
+            backing_format: None,
+            check_mode: false,
+            chain_depth: 0,
         }
     }
 
@@ -89,6 +104,18 @@ impl DiskFileParams {
         self
     }
 
+    /// Overrides the backing file's recorded format.
+    pub fn backing_format(mut self, format: Option<ImageFormat>) -> DiskFileParams {
+        self.backing_format = format;
+        self
+    }
+
+    /// Sets check mode (see [`DiskFileParams::check_mode`]).
+    pub fn check_mode(mut self, check_mode: bool) -> DiskFileParams {
+        self.check_mode = check_mode;
+        self
+    }
+
     pub(crate) fn host_options(&self) -> HostOpenOptions {
         HostOpenOptions {
             read_only: self.read_only,
@@ -101,7 +128,8 @@ impl DiskFileParams {
 /// Opens the image `params` describe, detecting its format unless one is given.
 ///
 /// The returned disk serves synchronous I/O directly and one asynchronous queue per
-/// [`AsyncDiskFile::create_async_io`] call.
+/// [`AsyncDiskFile::create_async_io`] call. Files the image names (backing files, parents) are opened through
+/// a [`FactoryOpener`](crate::FactoryOpener) applying [`DiskFileParams::named_images`].
 pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>> {
     let format = match params.format {
         Some(format) => format,
@@ -117,8 +145,36 @@ pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>>
             let raw = blk_raw::Raw::open(&params.path, params.host_options()).map_err(ctx)?;
             Ok(Box::new(raw))
         }
-        ImageFormat::Qcow2 | ImageFormat::Vpc | ImageFormat::Vhdx => {
-            Err(ctx(format.not_compiled_in()))
+        #[cfg(feature = "qcow2")]
+        ImageFormat::Qcow2 => {
+            let mut options =
+                blk_qcow::Qcow2OpenOptions::new(params.host_options(), opener_for(params));
+            options.check_mode = params.check_mode;
+            options.backing_format = params.backing_format.map(|f| f.name().to_string());
+            let image = blk_qcow::Qcow2::open(&params.path, &options).map_err(ctx)?;
+            Ok(Box::new(image))
         }
+        #[cfg(feature = "vhd")]
+        ImageFormat::Vpc => {
+            let options = blk_vhd::VhdOpenOptions::new(params.host_options(), opener_for(params));
+            let image = blk_vhd::Vhd::open(&params.path, &options).map_err(ctx)?;
+            Ok(Box::new(image))
+        }
+        #[cfg(feature = "vhdx")]
+        ImageFormat::Vhdx => {
+            let mut options =
+                blk_vhdx::VhdxOpenOptions::new(params.host_options(), opener_for(params));
+            options.check_mode = params.check_mode;
+            let image = blk_vhdx::Vhdx::open(&params.path, &options).map_err(ctx)?;
+            Ok(Box::new(image))
+        }
+        #[allow(unreachable_patterns)] // every format compiled in
+        _ => Err(ctx(format.not_compiled_in())),
     }
+}
+
+/// The gate for the files the image `params` open names.
+#[cfg(any(feature = "qcow2", feature = "vhd", feature = "vhdx"))]
+fn opener_for(params: &DiskFileParams) -> Arc<dyn blk_core::ImageOpener> {
+    Arc::new(FactoryOpener::for_params(params))
 }
