@@ -123,6 +123,7 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         read_only: mode == RepairMode::None,
         force_share: args.image.force_share,
         direct,
+        check_mode: true,
     };
     let disk = open_image(path, spec)?;
     let mut report = match disk.check(mode) {

@@ -191,6 +191,7 @@ pub fn run(args: CompareArgs) -> Result<u8> {
             read_only: true,
             force_share: args.force_share,
             direct,
+            check_mode: false,
         };
         open_image(path, spec)
     };

@@ -5,26 +5,25 @@
 //!   (it reads as zeros already), on an existing one (`-n`) they are zeroed with `write_zeroes`;
 //! - in data ranges, zero runs of at least `-S` bytes (default 4 KiB) are treated the same way, using qemu's
 //!   `is_allocated_sectors_min` rule (a leading zero run is always sparse, short runs after data stay data);
-//! - `-S 0` writes every byte, zeros included, so the target is fully allocated.
+//! - `-S 0` writes every byte, zeros included, so the target is fully allocated;
+//! - `-B` creates the target over a backing file and copies only what the sources' top layers allocate (the
+//!   rest is assumed to be in the new backing file, as qemu-img assumes);
+//! - `-c` writes whole clusters through [`DiskFile::write_compressed`], leaving all-zero clusters out.
 
 use std::path::{Path, PathBuf};
 
-use blk_core::{DiskFile, Error, ErrorKind, Result, ResultExt};
+use blk_core::{DiskFile, Error, ErrorKind, Extent, ExtentKind, Result, ResultExt};
 use blk_factory::{CreateParams, ImageFormat};
 use clap::Args;
 use indicatif::ProgressBar;
 
 use super::create::create_image;
 use super::scan::{is_zero, SECTOR};
+use super::sparse::{allocated_sectors_min, parse_sparse};
 use super::{
-    cache_is_direct, invalid, map_extent, open_image, parse_options, print_option_help, progress,
-    refuse_overwriting_source, wants_option_help, OpenSpec, CHUNK,
+    cache_is_direct, invalid, map_extent, open_image, parse_format, parse_options,
+    print_option_help, progress, refuse_overwriting_source, wants_option_help, OpenSpec, CHUNK,
 };
-
-/// qemu-img's default `-S`: 8 sectors.
-const DEFAULT_SPARSE: u64 = 4096;
-/// qemu-img's largest `-S`: 32768 sectors.
-const MAX_SPARSE: u64 = 16 << 20;
 
 /// Arguments of `blk convert`.
 #[derive(Debug, Args)]
@@ -55,6 +54,12 @@ pub struct ConvertArgs {
     /// Compress the target (formats that support it).
     #[arg(short = 'c', long = "compress")]
     pub compress: bool,
+    /// Create the target over this backing file, copying only what the sources' top layers allocate.
+    #[arg(short = 'B', long = "backing", value_name = "BACKING_FILE")]
+    pub backing: Option<String>,
+    /// Format of the `-B` backing file (required with `-B`: it is never probed).
+    #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
+    pub backing_format: Option<String>,
     /// Open the sources without taking a lock.
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
@@ -141,78 +146,14 @@ impl Target<'_> {
     }
 }
 
-fn sector(buf: &[u8], i: usize) -> &[u8] {
-    let start = (i * SECTOR).min(buf.len());
-    &buf[start..((i + 1) * SECTOR).min(buf.len())]
-}
-
-/// qemu-img's `is_allocated_sectors`: whether the first of `n` sectors of `buf` holds data, and how many
-/// sectors share its status, with run ends aligned to `alignment` sectors (data rounds up, zeros down).
-fn allocated_sectors(buf: &[u8], n: usize, sector_num: u64, alignment: u64) -> (bool, usize) {
-    if n == 0 {
-        return (false, 0);
-    }
-    let mut zero = is_zero(sector(buf, 0));
-    let mut i = 1;
-    while i < n && is_zero(sector(buf, i)) == zero {
-        i += 1;
-    }
-    if i == n {
-        return (!zero, i);
-    }
-    let tail = ((sector_num + i as u64) % alignment) as usize;
-    if tail != 0 {
-        if zero && i <= tail {
-            zero = false;
-        }
-        if zero {
-            i -= tail;
-        } else {
-            i = (i + alignment as usize - tail).min(n);
-        }
-    }
-    (!zero, i)
-}
-
-/// qemu-img's `is_allocated_sectors_min`: like [`allocated_sectors`], but a data run swallows zero runs
-/// shorter than `min` sectors, so short holes do not split writes.
-fn allocated_sectors_min(
-    buf: &[u8],
-    n: usize,
-    min: usize,
-    sector_num: u64,
-    alignment: u64,
-) -> (bool, usize) {
-    let min = min.min(n);
-    let (allocated, first) = allocated_sectors(buf, n, sector_num, alignment);
-    if !allocated {
-        return (false, first);
-    }
-    let mut used = first;
-    let mut checked = first;
-    while checked < n {
-        let (allocated, run) = allocated_sectors(
-            &buf[checked * SECTOR..],
-            n - checked,
-            sector_num + checked as u64,
-            alignment,
-        );
-        checked += run;
-        if allocated {
-            used = checked;
-        } else if run >= min {
-            break;
-        }
-    }
-    (true, used)
-}
-
-/// Copies all of `source` to `target` at `base`.
+/// Copies all of `source` to `target` at `base`. With `top_only` (`-B`), ranges the source's top layer does
+/// not allocate are left to the target's backing file.
 fn copy_source(
     source: &dyn DiskFile,
     source_path: &Path,
     target: &Target<'_>,
     base: u64,
+    top_only: bool,
     bar: &ProgressBar,
 ) -> Result<()> {
     let size = source.logical_size();
@@ -222,7 +163,9 @@ fn copy_source(
         let want = (size - offset).min(CHUNK);
         let extent = map_extent(source, source_path, offset, want)?;
         let len = extent.length;
-        if extent.reads_as_zero() {
+        if top_only && !in_top_layer(&extent) {
+            // Left unallocated: the target's backing file answers.
+        } else if extent.reads_as_zero() {
             target.zero(base + offset, len)?;
         } else {
             let data = &mut buf[..len as usize];
@@ -235,18 +178,90 @@ fn copy_source(
     Ok(())
 }
 
-/// Parses `-S` as qemu-img does.
-fn parse_sparse(text: Option<&str>) -> Result<u64> {
-    let Some(text) = text else {
-        return Ok(DEFAULT_SPARSE);
-    };
-    match blk_factory::parse_size(text) {
-        Ok(n) if n % SECTOR as u64 == 0 && n <= MAX_SPARSE => Ok(n),
-        _ => Err(invalid(format!(
-            "Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to {MAX_SPARSE}. \
-             Select 0 to disable sparse detection (fully allocates output)."
-        ))),
+/// Whether a source run is allocated in the source's own top layer (qemu-img's test for `-B`).
+fn in_top_layer(extent: &Extent) -> bool {
+    extent.depth == 0 && extent.kind != ExtentKind::Unallocated
+}
+
+/// The sources of a convert, concatenated into one guest address space.
+struct Sources<'a> {
+    disks: Vec<(&'a dyn DiskFile, &'a Path, u64)>,
+}
+
+impl Sources<'_> {
+    /// Reads `buf.len()` bytes at concatenated offset `offset`.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = 0usize;
+        for &(disk, path, base) in &self.disks {
+            let size = disk.logical_size();
+            let pos = offset + done as u64;
+            if done == buf.len() {
+                break;
+            }
+            if pos >= base + size || pos < base {
+                continue;
+            }
+            let n = ((base + size - pos) as usize).min(buf.len() - done);
+            disk.read_exact_at(pos - base, &mut buf[done..done + n])
+                .with_path(path)?;
+            done += n;
+        }
+        Ok(())
     }
+
+    /// Whether any byte of `len` bytes at concatenated `offset` is allocated in a source's top layer.
+    fn top_allocated(&self, offset: u64, len: u64) -> Result<bool> {
+        for &(disk, path, base) in &self.disks {
+            let size = disk.logical_size();
+            let start = offset.max(base);
+            let end = (offset + len).min(base + size);
+            let mut pos = start;
+            while pos < end {
+                let extent = map_extent(disk, path, pos - base, end - pos)?;
+                if in_top_layer(&extent) {
+                    return Ok(true);
+                }
+                pos += extent.length;
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// `-c`: copies `total` bytes of `sources` one compression unit at a time; all-zero units are left out (or
+/// zeroed when the target does not read as zeros), the rest go through [`DiskFile::write_compressed`].
+fn copy_compressed(
+    sources: &Sources<'_>,
+    target: &Target<'_>,
+    unit: u64,
+    total: u64,
+    top_only: bool,
+    bar: &ProgressBar,
+) -> Result<()> {
+    let unit_len = usize::try_from(unit)
+        .ok()
+        .filter(|&n| n > 0 && n <= 64 << 20)
+        .ok_or_else(|| invalid(format!("unusable compression unit of {unit} bytes")))?;
+    let mut buf = vec![0u8; unit_len];
+    let mut offset = 0;
+    while offset < total {
+        let len = unit.min(total - offset);
+        let data = &mut buf[..len as usize];
+        if !top_only || sources.top_allocated(offset, len)? {
+            sources.read(offset, data)?;
+            if is_zero(data) {
+                target.zero(offset, len)?;
+            } else {
+                target
+                    .disk
+                    .write_compressed(offset, data)
+                    .with_path(target.path)?;
+            }
+        }
+        offset += len;
+        bar.inc(len);
+    }
+    Ok(())
 }
 
 /// Runs `blk convert`.
@@ -267,8 +282,15 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         .map_err(|e: Error| e.with_path(target_path))?;
     let min_sparse = parse_sparse(args.sparse_size.as_deref())?;
     let options = parse_options(&args.options).map_err(|e| e.with_path(target_path))?;
-    if args.compress {
-        return Err(compression_unsupported(out_format).with_path(target_path));
+    let backing_format =
+        parse_format(args.backing_format.as_deref()).map_err(|e| e.with_path(target_path))?;
+    if args.backing.is_some() {
+        if backing_format.is_none() {
+            return Err(invalid("Use of backing file requires explicit backing format"));
+        }
+        if args.no_create {
+            return Err(invalid("Can't use -n with -B: the target already exists"));
+        }
     }
     let source_direct = cache_is_direct(args.source_cache.as_deref())?;
     let target_direct = cache_is_direct(args.target_cache.as_deref())?;
@@ -280,6 +302,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
             read_only: true,
             force_share: args.force_share,
             direct: source_direct,
+            check_mode: false,
         };
         opened.push((open_image(path, spec)?, path));
     }
@@ -295,8 +318,8 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
             format: out_format,
             size: Some(total),
             options,
-            backing_file: None,
-            backing_format: None,
+            backing_file: args.backing.clone(),
+            backing_format,
         };
         // qemu-img convert creates silently.
         create_image(&params, true)?;
@@ -305,6 +328,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         format: Some(out_format.name()),
         read_only: false,
         force_share: false,
+        check_mode: false,
         direct: target_direct,
     };
     let target_disk = open_image(target_path, spec)?;
@@ -321,7 +345,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         path: target_path,
         min_sparse,
         alignment: 1u64 << min_sectors.ilog2(),
-        zero_init: !args.no_create,
+        zero_init: !args.no_create && target_disk.has_zero_init(),
         zeros: if min_sparse == 0 {
             vec![0u8; CHUNK as usize]
         } else {
@@ -329,81 +353,30 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         },
     };
     let bar = progress::bar(total, args.progress && !args.quiet);
-    let mut base = 0;
-    for (disk, path) in &opened {
-        copy_source(&**disk, path, &target, base, &bar)?;
-        base += disk.logical_size();
+    let top_only = args.backing.is_some();
+    if args.compress {
+        let Some(unit) = target_disk.compressed_write_size() else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "Compression not supported for this file format",
+            )
+            .with_path(target_path));
+        };
+        let mut disks = Vec::with_capacity(opened.len());
+        let mut base = 0;
+        for (disk, path) in &opened {
+            disks.push((&**disk as &dyn DiskFile, path.as_path(), base));
+            base += disk.logical_size();
+        }
+        copy_compressed(&Sources { disks }, &target, unit, total, top_only, &bar)?;
+    } else {
+        let mut base = 0;
+        for (disk, path) in &opened {
+            copy_source(&**disk, path, &target, base, top_only, &bar)?;
+            base += disk.logical_size();
+        }
     }
     target.disk.flush().with_path(target_path)?;
     bar.finish();
     Ok(0)
-}
-
-/// `-c` for a target format: qemu-img's error for formats without compressed clusters; for the others,
-/// `DiskFile` has no compressed-write path yet.
-fn compression_unsupported(format: ImageFormat) -> Error {
-    match format {
-        ImageFormat::Qcow2 => Error::new(
-            ErrorKind::Unsupported,
-            "blk cannot write compressed clusters yet",
-        ),
-        _ => Error::new(
-            ErrorKind::Unsupported,
-            "Compression not supported for this file format",
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn runs(buf: &[u8], min: usize, alignment: u64) -> Vec<(bool, usize)> {
-        let sectors = buf.len().div_ceil(SECTOR);
-        let mut pos = 0;
-        let mut out = Vec::new();
-        while pos < sectors {
-            let (a, n) = allocated_sectors_min(
-                &buf[pos * SECTOR..],
-                sectors - pos,
-                min,
-                pos as u64,
-                alignment,
-            );
-            assert!(n > 0);
-            out.push((a, n));
-            pos += n;
-        }
-        out
-    }
-
-    #[test]
-    fn sparse_runs_follow_qemu() {
-        // 16 sectors: data, 2 zero, data, 10 zero, data (sector 15).
-        let mut buf = vec![0u8; 16 * SECTOR];
-        for s in [0usize, 3, 15] {
-            buf[s * SECTOR] = 1;
-        }
-        assert_eq!(runs(&buf, 8, 1), vec![(true, 4), (false, 11), (true, 1)]);
-        // A leading zero run is sparse whatever its length.
-        let mut buf = vec![0u8; 4 * SECTOR];
-        buf[SECTOR] = 1;
-        assert_eq!(runs(&buf, 8, 1), vec![(false, 1), (true, 1), (false, 2)]);
-        // Alignment 8: data ends round up, zero runs start aligned.
-        let mut buf = vec![0u8; 32 * SECTOR];
-        buf[0] = 1;
-        assert_eq!(runs(&buf, 8, 8), vec![(true, 8), (false, 24)]);
-        // A partial last sector.
-        let buf = vec![7u8; 1000];
-        assert_eq!(runs(&buf, 8, 8), vec![(true, 2)]);
-    }
-
-    #[test]
-    fn sparse_sizes() {
-        assert_eq!(parse_sparse(None).unwrap(), 4096);
-        assert_eq!(parse_sparse(Some("0")).unwrap(), 0);
-        assert_eq!(parse_sparse(Some("1k")).unwrap(), 1024);
-        assert!(parse_sparse(Some("1000")).is_err());
-        assert!(parse_sparse(Some("32M")).is_err());
-    }
 }

@@ -389,6 +389,7 @@ pub fn run(args: IoArgs) -> Result<u8> {
         read_only: args.read_only,
         force_share: args.force_share,
         direct,
+        check_mode: false,
     };
     let disk = open_image(path, spec)?;
     let commands = if args.commands.is_empty() {

@@ -12,6 +12,7 @@ pub mod io;
 pub mod map;
 pub mod progress;
 pub mod scan;
+pub mod sparse;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -180,6 +181,8 @@ pub struct OpenSpec<'a> {
     pub force_share: bool,
     /// Bypass the host page cache (`-t none`).
     pub direct: bool,
+    /// Open for `check -r`: no automatic repair on open, and images marked corrupt may be opened writable.
+    pub check_mode: bool,
 }
 
 impl<'a> OpenSpec<'a> {
@@ -190,6 +193,7 @@ impl<'a> OpenSpec<'a> {
             read_only: true,
             force_share,
             direct: false,
+            check_mode: false,
         }
     }
 }
@@ -207,7 +211,8 @@ pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<Box<dyn AsyncDiskFi
         } else {
             LockMode::Auto
         })
-        .named_images(NamedImagePolicy::AllowRecordedFormat);
+        .named_images(NamedImagePolicy::AllowRecordedFormat)
+        .check_mode(spec.check_mode);
     blk_factory::open_disk_file(&params).map_err(|e| e.with_path(path))
 }
 
