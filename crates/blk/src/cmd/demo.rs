@@ -1,4 +1,4 @@
-//! `blk demo`: a tour of the tool on a temporary 64 MiB raw image. Every step runs the real subcommand
+//! `blk demo`: a tour of the tool on a temporary 64 MiB raw image and the QCOW2, VHD and VHDX images made from it. Every step runs the real subcommand
 //! through the same command-line entry point a user would, and is printed as the command it runs. The demo
 //! works inside its temporary directory (the working directory is restored afterwards), so paths print short.
 
@@ -120,6 +120,87 @@ pub fn run(args: DemoArgs) -> Result<u8> {
         (&["info", "sparse.raw"], 0),
         (&["map", "disk.raw"], 0),
         (&["map", "sparse.raw"], 0),
+        // QCOW2: a compressed copy, an overlay on it, writes into the overlay, and the chain inspected.
+        (
+            &[
+                "convert",
+                "-c",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "-o",
+                "compression_type=zstd",
+                "disk.raw",
+                "base.qcow2",
+            ],
+            0,
+        ),
+        (
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.qcow2",
+                "-F",
+                "qcow2",
+                "overlay.qcow2",
+            ],
+            0,
+        ),
+        (
+            &[
+                "io",
+                "-f",
+                "qcow2",
+                "-c",
+                "write -P 0x11 4k 8k",
+                "-c",
+                "write -z 0 1M",
+                "-c",
+                "discard 60M 512k",
+                "overlay.qcow2",
+            ],
+            0,
+        ),
+        (
+            &[
+                "io",
+                "-f",
+                "qcow2",
+                "-r",
+                "-c",
+                "read -P 0x5c 8224k 32k",
+                "-c",
+                "read -P 0 0 1M",
+                "overlay.qcow2",
+            ],
+            0,
+        ),
+        (&["info", "--backing-chain", "overlay.qcow2"], 0),
+        (&["map", "--output=json", "overlay.qcow2"], 0),
+        (&["check", "overlay.qcow2"], 0),
+        // The same guest data as VHD and VHDX, compared with the source.
+        (
+            &["convert", "-f", "raw", "-O", "vpc", "disk.raw", "disk.vhd"],
+            0,
+        ),
+        (
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vhdx",
+                "disk.raw",
+                "disk.vhdx",
+            ],
+            0,
+        ),
+        (&["compare", "disk.raw", "disk.vhd"], 0),
+        (&["compare", "disk.raw", "disk.vhdx"], 0),
+        (&["compare", "disk.raw", "base.qcow2"], 0),
     ];
     let previous = std::env::current_dir()?;
     std::env::set_current_dir(&dir)?;
@@ -135,7 +216,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
             kept.display()
         );
     } else {
-        println!("\nblk demo: done; all steps succeeded (the copy is identical and sparse).");
+        println!("\nblk demo: done; all steps succeeded (the copies are identical and sparse).");
     }
     Ok(0)
 }
