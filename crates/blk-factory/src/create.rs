@@ -68,8 +68,8 @@ pub fn create_disk_file(params: &CreateParams) -> Result<()> {
         #[cfg(feature = "qcow2")]
         ImageFormat::Qcow2 => {
             let options = option_list(params).map_err(ctx)?;
-            let options =
-                blk_qcow::Qcow2CreateOptions::from_key_values(params.size, &options).map_err(ctx)?;
+            let options = blk_qcow::Qcow2CreateOptions::from_key_values(params.size, &options)
+                .map_err(ctx)?;
             blk_qcow::Qcow2::create(&params.path, &options, &creation_opener()).map_err(ctx)
         }
         #[cfg(feature = "vhd")]

@@ -286,7 +286,9 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         parse_format(args.backing_format.as_deref()).map_err(|e| e.with_path(target_path))?;
     if args.backing.is_some() {
         if backing_format.is_none() {
-            return Err(invalid("Use of backing file requires explicit backing format"));
+            return Err(invalid(
+                "Use of backing file requires explicit backing format",
+            ));
         }
         if args.no_create {
             return Err(invalid("Can't use -n with -B: the target already exists"));
