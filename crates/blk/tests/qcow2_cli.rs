@@ -60,7 +60,6 @@ fn replay_2m_clusters() {
 
 /// `aio_flush`, part of the qemu-io scripts QEMU's tests use, is accepted by `blk io`.
 #[test]
-#[ignore = "blk io has no aio_flush command"]
 fn io_accepts_aio_flush() {
     let s = Scratch::new();
     ok(&s.blk(&["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]));
@@ -150,7 +149,6 @@ fn convert_compressed_aligns_file_end() {
 /// by a tool that does not pad): the file child's `virtual-size` is rounded up to a sector, as QEMU's
 /// `bdrv_getlength` does.
 #[test]
-#[ignore = "blk info does not round the file child's virtual-size (file length) up to 512 as bdrv_getlength does"]
 fn info_rounds_file_child_size_to_sectors() {
     let s = Scratch::new();
     mixed_source(&s);
@@ -1042,7 +1040,6 @@ fn sparse_raw_base_map_and_compare() {
 /// `blk io -c "write -c ..."` (qemu-io's compressed write, cluster-aligned) stores compressed clusters like
 /// qemu-io: same contents and allocation status, clean image.
 #[test]
-#[ignore = "blk io has no write -c (compressed write)"]
 fn io_write_compressed() {
     let s = Scratch::new();
     ok(&s.qemu_img(&["create", "-q", "-f", "qcow2", "c.qcow2", "4M"]));

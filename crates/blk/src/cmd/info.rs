@@ -36,7 +36,7 @@ pub struct InfoArgs {
 /// The host file under an image: qemu's `file` child node.
 #[derive(Debug, Clone, Copy)]
 pub struct FileNode {
-    /// The file's length in bytes.
+    /// The file's length in bytes, rounded up to whole 512-byte sectors as QEMU reports it.
     pub length: u64,
     /// Bytes allocated to it on the host.
     pub allocated: u64,
@@ -56,7 +56,8 @@ impl FileNode {
                 .map_err(ctx)?
         };
         Ok(FileNode {
-            length,
+            // QEMU's file driver counts whole sectors: a 1000-byte file is 1024 bytes long to it.
+            length: length.div_ceil(512) * 512,
             allocated: meta.blocks() * 512,
         })
     }

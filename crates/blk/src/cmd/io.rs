@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use blk_core::{DiskFile, Error, Result};
+use blk_core::{DiskFile, Error, ErrorKind, Result};
 use clap::Args;
 
 use super::{cache_is_direct, open_image, OpenSpec};
@@ -302,7 +302,7 @@ fn read(disk: &dyn DiskFile, args: &[&str]) -> Outcome {
 }
 
 fn write(disk: &dyn DiskFile, args: &[&str]) -> Outcome {
-    let parsed = getopt("write", args, "qzufnbpC", "Ps")?;
+    let parsed = getopt("write", args, "qzufnbpcC", "Ps")?;
     let zero = parsed.has('z');
     if u8::from(zero)
         + u8::from(parsed.value('P').is_some())
@@ -310,6 +310,10 @@ fn write(disk: &dyn DiskFile, args: &[&str]) -> Outcome {
         > 1
     {
         println!("Only one of -z, -P, and -s can be specified at the same time");
+        return Err(Failure::Reported);
+    }
+    if parsed.has('c') && zero {
+        println!("Cannot use -c with -z");
         return Err(Failure::Reported);
     }
     if parsed.has('u') && !zero {
@@ -330,6 +334,8 @@ fn write(disk: &dyn DiskFile, args: &[&str]) -> Outcome {
     if zero {
         disk.write_zeroes(offset, len, parsed.has('u'))
             .map_err(|e| Failure::Io("write", e))?;
+    } else if parsed.has('c') {
+        write_compressed(disk, offset, len, pattern).map_err(|e| Failure::Io("write", e))?;
     } else {
         let buf = vec![pattern; len as usize];
         disk.write_all_at(offset, &buf)
@@ -342,6 +348,32 @@ fn write(disk: &dyn DiskFile, args: &[&str]) -> Outcome {
     let elapsed = started.elapsed();
     if !parsed.has('q') {
         print_report("wrote", elapsed, offset, len);
+    }
+    Ok(())
+}
+
+/// `write -c`: `len` bytes of `pattern` stored compressed, one compression unit (cluster) at a time; like
+/// qemu-io, the range must start on a unit and cover whole units but at the end of the disk.
+fn write_compressed(disk: &dyn DiskFile, offset: u64, len: u64, pattern: u8) -> Result<()> {
+    let Some(unit) = disk.compressed_write_size() else {
+        return disk.write_compressed(offset, &[]);
+    };
+    let ends_disk = offset.checked_add(len) == Some(disk.logical_size());
+    if unit == 0 || offset % unit != 0 || (len % unit != 0 && !ends_disk) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("compressed writes must cover whole clusters of {unit} bytes"),
+        )
+        .with_offset(offset));
+    }
+    let unit_len = usize::try_from(unit)
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, "cluster too large"))?;
+    let buf = vec![pattern; unit_len];
+    let mut done = 0;
+    while done < len {
+        let n = unit.min(len - done);
+        disk.write_compressed(offset + done, &buf[..n as usize])?;
+        done += n;
     }
     Ok(())
 }
@@ -375,7 +407,7 @@ pub fn execute(disk: &dyn DiskFile, command: &str) -> Outcome {
         "read" | "r" => read(disk, args),
         "write" | "w" => write(disk, args),
         "discard" | "d" => discard(disk, args),
-        "flush" | "f" => flush(disk, args),
+        "flush" | "f" | "aio_flush" => flush(disk, args),
         _ => Err(usage(format!("command \"{name}\" not found"))),
     }
 }
