@@ -10,9 +10,13 @@ use blk_core::{
 
 use crate::FORMAT_NAME;
 
+/// The unit of the guest-visible size.
+const SECTOR: u64 = 512;
+
 /// A raw image opened for guest I/O.
 ///
-/// The guest-visible size is the file's length (a block device's size) when it was opened; requests past it
+/// The guest-visible size is the file's length (a block device's size) when it was opened, rounded up to whole
+/// 512-byte sectors as QEMU does; requests past it
 /// fail with [`ErrorKind::OutOfBounds`]. Reads and writes go straight to the [`HostFile`] (O_DIRECT alignment
 /// included), write-zeroes and discard become `fallocate` (or the block-device ioctls), and [`DiskFile::map`]
 /// reports holes from `SEEK_DATA`/`SEEK_HOLE`.
@@ -43,11 +47,15 @@ impl Raw {
     /// Serves an already open host file (a memfd, a descriptor passed in by a management layer, ...) as a raw
     /// image. Its current length becomes the guest-visible size.
     pub fn from_host_file(file: HostFile) -> Result<Raw> {
-        let size = file.len().map_err(|e| {
+        let len = file.len().map_err(|e| {
             e.with_format(FORMAT_NAME)
                 .with_path(file.path())
                 .with_operation(Operation::Open)
         })?;
+        // Guests see whole sectors, as with QEMU: a file whose length is not a multiple of 512 gets a
+        // zero-filled partial last sector (reads past the end of the file are zero-filled; a write there
+        // extends the file).
+        let size = len.div_ceil(SECTOR) * SECTOR;
         Ok(Raw { file, size })
     }
 

@@ -669,7 +669,6 @@ fn replay_on_metadata_preallocated_image() {
 /// sector (`qemu-img info` says 1049600 for a 1049276-byte file) and `qemu-img map` of the overlay shows the
 /// partial sector as present zeros at depth 1. Reads agree either way (zeros).
 #[test]
-#[ignore = "blk does not round a raw image's size up to a whole sector as QEMU does"]
 fn map_over_unaligned_raw_backing_file() {
     let s = Scratch::new();
     s.write("base.raw", &mixed_data((MIB + 700) as usize));
