@@ -129,7 +129,7 @@ impl DiskFileParams {
 ///
 /// The returned disk serves synchronous I/O directly and one asynchronous queue per
 /// [`AsyncDiskFile::create_async_io`] call. Files the image names (backing files, parents) are opened through
-/// a [`FactoryOpener`](crate::FactoryOpener) applying [`DiskFileParams::named_images`].
+/// a [`crate::FactoryOpener`] applying [`DiskFileParams::named_images`].
 pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>> {
     let format = match params.format {
         Some(format) => format,
