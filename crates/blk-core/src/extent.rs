@@ -9,6 +9,9 @@ pub enum ExtentKind {
     Zero,
     /// Allocated nowhere in the chain; reads as zeros (qemu-img map: `present: false`).
     Unallocated,
+    /// Storage is allocated for the run (at `host_offset`), but it is known to read as zeros: a hole in the
+    /// host file under a fixed VHD or a preallocated cluster (qemu-img map: `data: true, zero: true`).
+    AllocatedZero,
 }
 
 /// One contiguous run of guest bytes with the same status.
@@ -53,8 +56,25 @@ impl Extent {
         }
     }
 
+    /// A run of allocated storage at depth 0, stored at `host_offset`, known to read as zeros.
+    pub fn allocated_zero(offset: u64, length: u64, host_offset: Option<u64>) -> Extent {
+        Extent {
+            offset,
+            length,
+            kind: ExtentKind::AllocatedZero,
+            depth: 0,
+            host_offset,
+            compressed: false,
+        }
+    }
+
     /// Whether reading the run is known to give zeros without reading anything.
     pub fn reads_as_zero(&self) -> bool {
-        matches!(self.kind, ExtentKind::Zero | ExtentKind::Unallocated)
+        self.kind != ExtentKind::Data
+    }
+
+    /// Whether the run has storage allocated for it (qemu-img map's `data`).
+    pub fn is_allocated_data(&self) -> bool {
+        matches!(self.kind, ExtentKind::Data | ExtentKind::AllocatedZero)
     }
 }

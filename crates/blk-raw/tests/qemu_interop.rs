@@ -139,7 +139,7 @@ fn blk_map(disk: &Raw) -> Vec<(u64, u64, bool, bool, u64)> {
             assert!(!e.compressed);
             let zero = match e.kind {
                 ExtentKind::Data => false,
-                ExtentKind::Zero => true,
+                ExtentKind::Zero | ExtentKind::AllocatedZero => true,
                 ExtentKind::Unallocated => panic!("raw images have no unallocated runs: {e:?}"),
             };
             (e.offset, e.length, zero, !zero, e.host_offset.unwrap())

@@ -1,8 +1,8 @@
 //! [`DiskFile::map`](blk_core::DiskFile::map) for VHDs, with the runs `qemu-img map -f vpc` shows.
 //!
 //! - fixed disks: the host file's data and holes (`SEEK_DATA`/`SEEK_HOLE`), guest offset = host offset, as
-//!   QEMU passes fixed VHDs through to the file (qemu prints holes as `zero: true, data: true`; blk's
-//!   [`Extent`] reports them as zero runs at the same offsets);
+//!   QEMU passes fixed VHDs through to the file (holes are allocated zeros: qemu prints them as
+//!   `zero: true, data: true`);
 //! - sparse disks: unallocated blocks are zero runs without host offset (consecutive ones merged); an allocated
 //!   block is a data run at its host offset, split where its sector bitmap changes (QEMU-made blocks have every
 //!   bit set, so this is QEMU's one run per block); sectors not present read from below: zeros for dynamic
@@ -21,8 +21,12 @@ fn host_extent(file: &HostFile, offset: u64, len: u64) -> Result<Extent> {
         return Ok(all_data);
     };
     match data {
-        None => Ok(Extent::zero(offset, len, Some(offset))),
-        Some(d) if d > offset => Ok(Extent::zero(offset, d.min(end) - offset, Some(offset))),
+        None => Ok(Extent::allocated_zero(offset, len, Some(offset))),
+        Some(d) if d > offset => Ok(Extent::allocated_zero(
+            offset,
+            d.min(end) - offset,
+            Some(offset),
+        )),
         Some(d) if d < offset => Ok(all_data),
         Some(_) => {
             let run_end = match file.next_hole(offset) {

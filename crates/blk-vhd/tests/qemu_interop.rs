@@ -353,7 +353,7 @@ fn blk_map(disk: &dyn DiskFile) -> Vec<Run> {
             length: e.length,
             present: e.kind != ExtentKind::Unallocated,
             zero: e.kind != ExtentKind::Data,
-            data: e.kind == ExtentKind::Data,
+            data: e.is_allocated_data(),
             offset: e.host_offset,
         };
         pos += e.length;

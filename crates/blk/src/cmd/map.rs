@@ -73,7 +73,7 @@ impl MapEntry {
             depth: extent.depth,
             present: extent.kind != ExtentKind::Unallocated,
             zero: extent.reads_as_zero(),
-            data: extent.kind == ExtentKind::Data,
+            data: extent.is_allocated_data(),
             compressed: extent.compressed,
             offset: extent.host_offset,
             file: extent.host_offset.map(|_| extent.depth),
