@@ -23,6 +23,9 @@ pub struct CreateParams {
     pub backing_file: Option<String>,
     /// The backing file's format to record.
     pub backing_format: Option<ImageFormat>,
+    /// qemu-img's `-u`: record the backing file without opening it (the size must then be given). Without it,
+    /// a QCOW2 backing file must open (read-only, with its given format), as qemu-img checks.
+    pub unsafe_backing: bool,
 }
 
 impl CreateParams {
@@ -35,6 +38,7 @@ impl CreateParams {
             options: Vec::new(),
             backing_file: None,
             backing_format: None,
+            unsafe_backing: false,
         }
     }
 }
@@ -68,6 +72,9 @@ pub fn create_disk_file(params: &CreateParams) -> Result<()> {
         #[cfg(feature = "qcow2")]
         ImageFormat::Qcow2 => {
             let options = option_list(params).map_err(ctx)?;
+            if !params.unsafe_backing {
+                check_backing_opens(params, &options).map_err(ctx)?;
+            }
             let options = blk_qcow::Qcow2CreateOptions::from_key_values(params.size, &options)
                 .map_err(ctx)?;
             blk_qcow::Qcow2::create(&params.path, &options, &creation_opener()).map_err(ctx)
@@ -99,6 +106,36 @@ fn creation_opener() -> FactoryOpener {
         false,
         blk_core::LockMode::Auto,
     )
+}
+
+/// Opens the backing file an option list names (read-only, with its given format, relative to the new
+/// image's directory) and closes it again: qemu-img's check that it exists and is what it claims to be.
+#[cfg(feature = "qcow2")]
+fn check_backing_opens(params: &CreateParams, options: &[(String, String)]) -> Result<()> {
+    let value = |key: &str| {
+        options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let Some(name) = value("backing_file") else {
+        return Ok(());
+    };
+    let image = blk_core::NamedImage {
+        path: blk_core::resolve_relative_to(&params.path, std::path::Path::new(&name)),
+        format: value("backing_fmt"),
+        role: blk_core::NamedImageRole::Backing,
+        read_only: true,
+        depth: 1,
+    };
+    use blk_core::ImageOpener as _;
+    creation_opener().open_named(&image).map(drop).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("Could not open backing file: {e}"),
+        )
+    })
 }
 
 /// The `-o` list with `-b`/`-F` folded in as `backing_file=`/`backing_fmt=`, refusing a backing file of

@@ -1052,7 +1052,6 @@ fn io_write_compressed() {
 /// `blk create -u -b missing.raw -F raw x.qcow2 1M` (qemu-img's "unsafe" flag: the backing file is not opened)
 /// creates the image as qemu-img does.
 #[test]
-#[ignore = "blk create has no -u (create without opening the backing file)"]
 fn create_unsafe_backing_file() {
     let s = Scratch::new();
     let args = [

@@ -322,6 +322,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
             options,
             backing_file: args.backing.clone(),
             backing_format,
+            unsafe_backing: false,
         };
         // qemu-img convert creates silently.
         create_image(&params, true)?;

@@ -30,6 +30,9 @@ pub struct CreateArgs {
     /// Format of the backing file.
     #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
     pub backing_format: Option<String>,
+    /// Record the backing file without opening it (the size must be given).
+    #[arg(short = 'u', long = "unsafe")]
+    pub unsafe_backing: bool,
     /// Print nothing on success.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
@@ -92,7 +95,7 @@ pub fn run(args: CreateArgs) -> Result<u8> {
         let from_option = parse_size_arg("image size", &text)?;
         size = Some(size.unwrap_or(from_option));
     }
-    if size.is_none() && args.backing.is_none() {
+    if size.is_none() && (args.backing.is_none() || args.unsafe_backing) {
         return Err(Error::new(
             ErrorKind::InvalidInput,
             "Image creation needs a size parameter",
@@ -106,6 +109,7 @@ pub fn run(args: CreateArgs) -> Result<u8> {
         options,
         backing_file: args.backing.clone(),
         backing_format,
+        unsafe_backing: args.unsafe_backing,
     };
     create_image(&params, args.quiet)?;
     Ok(0)
