@@ -120,7 +120,7 @@ pub(crate) fn run(image: &Qcow2, repair: RepairMode) -> Result<CheckReport> {
         };
         meta.update_incompatible(file, 0, clear).map_err(context)?;
     }
-    if changes.tables || changes.l1 || changes.refcount_table {
+    if changes.tables || changes.l1 || changes.refcount_table || changes.file_length {
         file.sync_data().map_err(context)?;
     }
     Ok(report)

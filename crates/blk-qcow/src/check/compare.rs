@@ -171,10 +171,12 @@ impl Checker<'_> {
             };
             let mut table = decode_be64(&raw);
             let mut dirty = 0u64;
-            for slot in table.iter_mut() {
+            let stride = self.layout.l2_stride();
+            let extended = self.layout.extended_l2;
+            for slot in table.iter_mut().step_by(stride) {
                 let entry = *slot;
                 if !matches!(
-                    ClusterType::of(entry),
+                    ClusterType::of(entry, extended),
                     ClusterType::Normal | ClusterType::ZeroAlloc
                 ) {
                     continue;

@@ -16,6 +16,8 @@ pub(super) use crate::tables::{
 
 /// Bits of L1 entries that must be zero.
 pub(super) const L1_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
+/// The allocation half of a subcluster bitmap (`QCOW_L2_BITMAP_ALL_ALLOC`).
+pub(super) const L2_BITMAP_ALL_ALLOC: u64 = 0xffff_ffff;
 /// Bits of standard L2 entries that must be zero.
 pub(super) const L2_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
 /// QEMU's cap on the number of snapshots (`QCOW_MAX_SNAPSHOTS`).
@@ -46,6 +48,8 @@ pub(super) struct Layout {
     pub refcount_order: u32,
     /// Where the host offset ends in a compressed descriptor (`csize_shift`).
     pub csize_shift: u32,
+    /// L2 entries are 128 bits: the entry, then the subcluster bitmap.
+    pub extended_l2: bool,
 }
 
 fn corrupt(message: String, offset: u64) -> Error {
@@ -78,14 +82,7 @@ impl Layout {
                 96,
             ));
         }
-        if incompatible_features & INCOMPAT_EXTENDED_L2 != 0 {
-            return Err(Error::new(
-                ErrorKind::UnsupportedFeature,
-                "extended L2 entries cannot be checked",
-            )
-            .with_format(FORMAT_NAME)
-            .with_operation(Operation::Check));
-        }
+        let extended_l2 = incompatible_features & INCOMPAT_EXTENDED_L2 != 0;
         let cluster_size = 1u64 << cluster_bits;
         let l1_size = u64::from(header.l1_size);
         if l1_size * 8 > MAX_L1_BYTES {
@@ -113,7 +110,17 @@ impl Layout {
             snapshots_offset: header.snapshots_offset,
             refcount_order,
             csize_shift: 62 - (cluster_bits - 8),
+            extended_l2,
         })
+    }
+
+    /// 64-bit words per L2 entry (2 with extended L2 entries).
+    pub fn l2_stride(&self) -> usize {
+        if self.extended_l2 {
+            2
+        } else {
+            1
+        }
     }
 
     /// The byte offset of `offset` inside its cluster.
@@ -156,7 +163,7 @@ impl Layout {
     }
 }
 
-/// How QEMU classifies an L2 entry (`qcow2_get_cluster_type`, without subclusters or data files).
+/// How QEMU classifies an L2 entry (`qcow2_get_cluster_type`, without external data files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ClusterType {
     /// A compressed-cluster descriptor.
@@ -172,11 +179,11 @@ pub(super) enum ClusterType {
 }
 
 impl ClusterType {
-    /// Classifies a raw L2 entry.
-    pub fn of(entry: u64) -> ClusterType {
+    /// Classifies a raw L2 entry (with extended L2 entries the zero flag is not used).
+    pub fn of(entry: u64, extended_l2: bool) -> ClusterType {
         if entry & OFLAG_COMPRESSED != 0 {
             ClusterType::Compressed
-        } else if entry & OFLAG_ZERO != 0 {
+        } else if entry & OFLAG_ZERO != 0 && !extended_l2 {
             if entry & L2_OFFSET_MASK != 0 {
                 ClusterType::ZeroAlloc
             } else {

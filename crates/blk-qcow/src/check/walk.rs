@@ -4,8 +4,8 @@
 use super::checker::{Checker, Fix, Stop};
 use super::expected::ExpectedRefcounts;
 use super::layout::{
-    decode_be64, read_padded, ClusterType, L1_OFFSET_MASK, L1_RESERVED_MASK, L2_OFFSET_MASK,
-    L2_STD_RESERVED_MASK, MAX_L1_BYTES, OFLAG_COPIED, OFLAG_ZERO,
+    decode_be64, read_padded, ClusterType, L1_OFFSET_MASK, L1_RESERVED_MASK, L2_BITMAP_ALL_ALLOC,
+    L2_OFFSET_MASK, L2_STD_RESERVED_MASK, MAX_L1_BYTES, OFLAG_COPIED, OFLAG_ZERO,
 };
 
 /// How far past its length at the start of the check a repair extends the file to keep refcount blocks that
@@ -142,9 +142,16 @@ impl Checker<'_> {
         let table = decode_be64(&raw);
         let frag_info = active;
         let mut next_contiguous = 0u64;
-        for (index, &raw_entry) in table.iter().enumerate() {
-            let mut entry = raw_entry;
-            let kind = ClusterType::of(entry);
+        let stride = self.layout.l2_stride();
+        let extended = self.layout.extended_l2;
+        for (index, words) in table.chunks_exact(stride).enumerate() {
+            let mut entry = words.first().copied().unwrap_or(0);
+            let bitmap = if extended {
+                words.get(1).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            let kind = ClusterType::of(entry, extended);
             if kind != ClusterType::Compressed && entry & L2_STD_RESERVED_MASK != 0 {
                 self.say(format!(
                     "ERROR found l2 entry with reserved bits set: {entry:x}"
@@ -161,6 +168,14 @@ impl Checker<'_> {
                         entry &= !OFLAG_COPIED;
                         self.res.corruptions += 1;
                     }
+                    if bitmap != 0 {
+                        self.say(format!(
+                            "ERROR compressed cluster {index} with non-zero subcluster allocation bitmap, \
+                             entry=0x{entry:x}"
+                        ));
+                        self.res.corruptions += 1;
+                        continue;
+                    }
                     let (coffset, csize) = self.layout.compressed_range(entry);
                     self.inc(expected, coffset, csize)?;
                     if frag_info {
@@ -171,16 +186,28 @@ impl Checker<'_> {
                 }
                 ClusterType::ZeroAlloc | ClusterType::Normal => {
                     let offset = entry & L2_OFFSET_MASK;
+                    if (bitmap >> 32) & bitmap != 0 {
+                        self.res.corruptions += 1;
+                        self.say(format!(
+                            "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
+                        ));
+                    }
                     if self.layout.offset_into_cluster(offset) != 0 {
                         self.res.corruptions += 1;
-                        if entry & OFLAG_ZERO != 0 {
+                        let contains_data = if extended {
+                            bitmap & L2_BITMAP_ALL_ALLOC != 0
+                        } else {
+                            entry & OFLAG_ZERO == 0
+                        };
+                        if !contains_data {
                             let verb = if fix.errors { "Repairing" } else { "ERROR" };
                             self.say(format!(
                                 "{verb} offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry \
                                  corrupted."
                             ));
+                            let plain = if extended { 0 } else { OFLAG_ZERO };
                             if fix.errors
-                                && self.rewrite_l2_entry(l2_offset, index as u64, OFLAG_ZERO)?
+                                && self.rewrite_l2_entry(l2_offset, index as u64, plain)?
                             {
                                 self.res.corruptions -= 1;
                                 self.res.corruptions_fixed += 1;
@@ -201,6 +228,13 @@ impl Checker<'_> {
                     }
                     self.inc(expected, offset, cs)?;
                 }
+                ClusterType::Unallocated if bitmap & L2_BITMAP_ALL_ALLOC != 0 => {
+                    self.res.corruptions += 1;
+                    self.say(
+                        "ERROR: Unallocated cluster has non-zero subcluster allocation map"
+                            .to_string(),
+                    );
+                }
                 ClusterType::ZeroPlain | ClusterType::Unallocated => {}
             }
         }
@@ -209,7 +243,7 @@ impl Checker<'_> {
 
     /// Overwrites one L2 entry on disk (a repair); false when the write failed (counted as a check error).
     fn rewrite_l2_entry(&mut self, l2_offset: u64, index: u64, value: u64) -> Result<bool, Stop> {
-        let at = l2_offset + index * 8;
+        let at = l2_offset + index * 8 * self.layout.l2_stride() as u64;
         if self.overlaps_metadata(at, 8, true).is_some() || at.saturating_add(8) > self.file_len {
             self.say("ERROR: Overlap check failed".to_string());
             self.res.check_errors += 1;
