@@ -86,6 +86,8 @@ impl Metadata {
     pub(crate) fn release(&mut self, file: &HostFile, entry: crate::tables::L2Entry) -> Result<()> {
         use crate::tables::L2Entry;
         match entry {
+            // Clusters of an external data file are not refcounted.
+            L2Entry::Data { .. } | L2Entry::Zero { .. } if self.g.data_file => Ok(()),
             L2Entry::Data { host, .. }
             | L2Entry::Zero {
                 host: Some(host), ..

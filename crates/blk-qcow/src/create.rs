@@ -10,8 +10,11 @@ use blk_core::{
 };
 
 use crate::backing::backing_path;
-use crate::extensions::{Extensions, FeatureName};
-use crate::features::{COMPAT_LAZY_REFCOUNTS, INCOMPAT_COMPRESSION};
+use crate::extensions::{Extensions, FeatureName, EXT_DATA_FILE};
+use crate::features::{
+    AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE,
+    INCOMPAT_EXTL2,
+};
 use crate::header::{Header, MAX_L1_BYTES, V2_HEADER_SIZE, V3_HEADER_SIZE};
 use crate::options::{CompressionType, Preallocation, Qcow2CreateOptions, Qcow2OpenOptions};
 use crate::qcow2::Qcow2;
@@ -69,7 +72,7 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
         ));
     }
     let refcount_order = o.refcount_bits.trailing_zeros();
-    let l2_entries = cs / 8;
+    let l2_entries = cs / if o.extended_l2 { 16 } else { 8 };
     let l1_size = size.div_ceil(cs).div_ceil(l2_entries);
     if l1_size * 8 > MAX_L1_BYTES {
         return Err(invalid("Image size is too large for this cluster size"));
@@ -114,13 +117,23 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
         refcount_table_clusters: table_clusters as u32,
         nb_snapshots: 0,
         snapshots_offset: 0,
-        incompatible: if zstd { INCOMPAT_COMPRESSION } else { 0 },
+        incompatible: if zstd { INCOMPAT_COMPRESSION } else { 0 }
+            | if o.extended_l2 { INCOMPAT_EXTL2 } else { 0 }
+            | if o.data_file.is_some() {
+                INCOMPAT_DATA_FILE
+            } else {
+                0
+            },
         compatible: if o.lazy_refcounts {
             COMPAT_LAZY_REFCOUNTS
         } else {
             0
         },
-        autoclear: 0,
+        autoclear: if o.data_file_raw {
+            AUTOCLEAR_DATA_FILE_RAW
+        } else {
+            0
+        },
         refcount_order,
         header_length: if v3 { V3_HEADER_SIZE } else { V2_HEADER_SIZE } as u32,
         compression_type: u8::from(zstd),
@@ -135,6 +148,13 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
                 Vec::<FeatureName>::new()
             },
             has_feature_table: v3 && cs > 4096,
+            data_file: o.data_file.is_some(),
+            data_file_name: o.data_file.clone(),
+            other: o
+                .data_file
+                .iter()
+                .map(|name| (EXT_DATA_FILE, name.as_bytes().to_vec()))
+                .collect(),
             ..Extensions::default()
         },
     };
@@ -167,20 +187,35 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
     } else {
         l1_offset + l1_size * 8
     };
+    if let Some(name) = &o.data_file {
+        // qemu-img creates the raw data file with the virtual size (relative to its working directory; here
+        // next to the image, where opening looks for it).
+        let data = HostFile::create(
+            crate::data_file::data_file_path(path, name),
+            HostOpenOptions::default(),
+        )?;
+        data.set_len(size)?;
+        if matches!(o.preallocation, Preallocation::Falloc | Preallocation::Full) {
+            data.allocate(0, size)?;
+        }
+        data.sync_data()?;
+    }
     let file = HostFile::create(path, HostOpenOptions::default())?;
     file.write_all_at(0, image.get(..file_end as usize).unwrap_or(&image))?;
     file.sync_data()?;
     drop(file);
     if o.preallocation != Preallocation::Off {
-        preallocate(path, o.preallocation)?;
+        preallocate(path, o.preallocation, o.data_file.is_some())?;
     }
     Ok(())
 }
 
-/// Allocates every guest cluster (refcount 1, L2 entries set), then reserves or zeroes the file.
-fn preallocate(path: &Path, mode: Preallocation) -> Result<()> {
+/// Allocates every guest cluster (refcount 1, L2 entries set), then reserves or zeroes the file. With an
+/// external data file, every L2 entry maps the guest cluster to the same offset there (not refcounted), and
+/// the image file only gets its L2 tables.
+fn preallocate(path: &Path, mode: Preallocation, data_file: bool) -> Result<()> {
     let options = Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DenyNamedImages));
-    let image = Qcow2::open(path, &options)?;
+    let image = Qcow2::open_without_data_file(path, &options)?;
     let g = image.geometry().clone();
     let clusters = g.size.div_ceil(g.cluster_size);
     let file = image.host_file();
@@ -191,7 +226,11 @@ fn preallocate(path: &Path, mode: Preallocation) -> Result<()> {
             let n = (g.l2_entries - gc % g.l2_entries).min(clusters - gc);
             // Give the range its L2 table first, so the data follows it as in qemu's layout.
             meta.set_l2_entry(file, gc, 0)?;
-            let host = meta.allocate_clusters(file, n)?;
+            let host = if data_file {
+                gc * g.cluster_size
+            } else {
+                meta.allocate_clusters(file, n)?
+            };
             for i in 0..n {
                 meta.set_l2_entry(file, gc + i, (host + i * g.cluster_size) | COPIED)?;
             }
@@ -200,6 +239,9 @@ fn preallocate(path: &Path, mode: Preallocation) -> Result<()> {
         meta.flush(file)?;
     }
     let end = file.len()?;
+    if data_file {
+        return file.sync_data();
+    }
     let data_end = {
         let mut meta = image.lock_metadata();
         let mut last = 0;

@@ -39,6 +39,8 @@ pub(crate) struct Extensions {
     pub(crate) has_feature_table: bool,
     /// Whether an external data file is named.
     pub(crate) data_file: bool,
+    /// The external data file's name, as recorded.
+    pub(crate) data_file_name: Option<String>,
     /// Whether a crypto header is present.
     pub(crate) crypto: bool,
     /// Every other extension (bitmaps included), `(type, data)`, kept verbatim in order.
@@ -99,6 +101,7 @@ impl Extensions {
                 }
                 EXT_DATA_FILE => {
                     ext.data_file = true;
+                    ext.data_file_name = Some(String::from_utf8_lossy(data).into_owned());
                     ext.other.push((kind, data.to_vec()));
                 }
                 EXT_CRYPTO => {
@@ -111,8 +114,8 @@ impl Extensions {
         }
     }
 
-    /// Serializes the extensions (backing format, feature names, then the others in order) with the end
-    /// marker, as QEMU orders them.
+    /// Serializes the extensions (backing format, crypto header, data file name, feature names, then the
+    /// others in order) with the end marker, as QEMU orders them.
     pub(crate) fn serialize(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let mut push = |kind: u32, data: &[u8]| {
@@ -123,6 +126,13 @@ impl Extensions {
         };
         if let Some(format) = &self.backing_format {
             push(EXT_BACKING_FORMAT, format.as_bytes());
+        }
+        // QEMU's order: crypto header and data file name before the feature table, the rest after it.
+        let early = |kind: u32| kind == EXT_CRYPTO || kind == EXT_DATA_FILE;
+        for kind in [EXT_CRYPTO, EXT_DATA_FILE] {
+            for (k, data) in self.other.iter().filter(|(k, _)| *k == kind) {
+                push(*k, data);
+            }
         }
         if self.has_feature_table {
             let mut table = Vec::new();
@@ -137,7 +147,7 @@ impl Extensions {
             }
             push(EXT_FEATURE_NAMES, &table);
         }
-        for (kind, data) in &self.other {
+        for (kind, data) in self.other.iter().filter(|(k, _)| !early(*k)) {
             push(*kind, data);
         }
         push(EXT_END, &[]);

@@ -12,8 +12,12 @@ pub(crate) const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 pub(crate) const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 /// Incompatible bit 4: extended L2 entries (subclusters).
 pub(crate) const INCOMPAT_EXTL2: u64 = 1 << 4;
-/// The incompatible bits this crate implements (extended L2 and data files are refused separately).
-pub(crate) const INCOMPAT_KNOWN: u64 = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION;
+/// The incompatible bits this crate implements.
+pub(crate) const INCOMPAT_KNOWN: u64 =
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
+
+/// Autoclear bit 1: the external data file is raw (guest offset == data file offset).
+pub(crate) const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 
 /// Compatible bit 0: lazy refcounts.
 pub(crate) const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;

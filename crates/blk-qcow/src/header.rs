@@ -7,7 +7,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::extensions::Extensions;
 use crate::features::{
-    describe_unknown, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, INCOMPAT_KNOWN,
+    describe_unknown, AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE,
+    INCOMPAT_EXTL2, INCOMPAT_KNOWN,
 };
 
 /// `QFI\xfb`.
@@ -219,16 +220,23 @@ impl Header {
             let message = describe_unknown(unknown, &h.extensions.feature_names);
             return Err(unsupported(message, INCOMPATIBLE_OFFSET));
         }
-        if h.incompatible & INCOMPAT_DATA_FILE != 0 || h.extensions.data_file {
+        if h.incompatible & INCOMPAT_DATA_FILE != 0 && h.extensions.data_file_name.is_none() {
+            // QEMU needs a `data-file` open option then, which this crate does not take.
             return Err(unsupported(
-                "external data files are not supported",
+                "'data-file' is required for this image",
                 INCOMPATIBLE_OFFSET,
             ));
         }
-        if h.incompatible & INCOMPAT_EXTL2 != 0 {
-            return Err(unsupported(
-                "extended L2 entries are not supported",
-                INCOMPATIBLE_OFFSET,
+        if h.incompatible & INCOMPAT_DATA_FILE == 0 && h.autoclear & AUTOCLEAR_DATA_FILE_RAW != 0 {
+            return Err(invalid("data-file-raw requires a data file", 88));
+        }
+        if h.incompatible & INCOMPAT_EXTL2 != 0 && h.cluster_bits < 14 {
+            return Err(invalid(
+                format!(
+                    "Unsupported subcluster size: {}",
+                    (1u64 << h.cluster_bits) / 32
+                ),
+                20,
             ));
         }
         if h.crypt_method != 0 || h.extensions.crypto {
@@ -253,7 +261,12 @@ impl Header {
         if l1_bytes > MAX_L1_BYTES {
             return Err(invalid("Active L1 table too large", 36));
         }
-        let l2_entries = cluster_size / 8;
+        let l2_entries = cluster_size
+            / if h.incompatible & INCOMPAT_EXTL2 != 0 {
+                16
+            } else {
+                8
+            };
         let needed_l1 = h.size.div_ceil(cluster_size).div_ceil(l2_entries);
         if needed_l1 > u64::from(h.l1_size) {
             return Err(invalid("L1 table is too small for the virtual size", 36));

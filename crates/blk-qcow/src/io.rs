@@ -112,6 +112,12 @@ impl Qcow2 {
             }
             meta.check_data_location(host)?;
         }
+        if matches!(entry, L2Entry::Compressed { .. }) && self.shared.data_file.is_some() {
+            return Err(corrupt(
+                format!("compressed cluster entry for guest cluster {gc} in an image with an external data file"),
+                gc * self.cluster_size(),
+            ));
+        }
         Ok(entry)
     }
 
@@ -132,8 +138,7 @@ impl Qcow2 {
             let mut pos = offset;
             while pos < end {
                 let n = (cs - pos % cs).min(end - pos);
-                let entry = self.lookup(&mut meta, pos / cs)?;
-                segments.push((pos, n, entry));
+                self.push_read_segments(&mut meta, pos, n, &mut segments)?;
                 pos += n;
             }
         }
@@ -153,12 +158,7 @@ impl Qcow2 {
                         run += m;
                         i += 1;
                     }
-                    let part = sub_bufs_mut(bufs, done, run);
-                    let got = self.file.read_vectored_at(start, &part)? as u64;
-                    if got < run {
-                        let rest = sub_bufs_mut(&part, got, run - got);
-                        zero_fill(&rest);
-                    }
+                    self.read_data(start, &sub_bufs_mut(bufs, done, run))?;
                 }
                 L2Entry::Unallocated => {
                     let mut run = n;
@@ -190,7 +190,15 @@ impl Qcow2 {
         check_range(offset, len, self.shared.geometry.size)?;
         let cs = self.cluster_size();
         let mut pos = offset;
+        let extended = self.shared.geometry.extended_l2;
         while pos < offset + len {
+            if extended {
+                let n = (cs - pos % cs).min(offset + len - pos);
+                let part = sub_bufs(bufs, pos - offset, n);
+                self.write_cluster_extended(pos / cs, pos % cs, n, &part)?;
+                pos += n;
+                continue;
+            }
             let run = self.write_run(pos, offset + len, bufs, pos - offset)?;
             if run > 0 {
                 pos += run;
@@ -205,7 +213,7 @@ impl Qcow2 {
     }
 
     /// Waits until guest cluster `gc` is not being allocated by someone else.
-    fn wait_cluster<'a>(
+    pub(crate) fn wait_cluster<'a>(
         &'a self,
         mut meta: std::sync::MutexGuard<'a, Metadata>,
         gc: u64,
@@ -229,7 +237,7 @@ impl Qcow2 {
         if let L2Entry::Data { host, copied: true } = entry {
             meta.check_data_write(host + in_off, n)?;
             drop(meta);
-            return self.file.write_vectored_at(host + in_off, data);
+            return self.write_data(host + in_off, data);
         }
         let (target, fresh) = match entry {
             L2Entry::Zero {
@@ -239,7 +247,7 @@ impl Qcow2 {
             _ => {
                 // The L2 table first, so consecutive data clusters stay contiguous (qemu's layout).
                 meta.writable_l2_table(file, gc)?;
-                (meta.allocate_clusters(file, 1)?, true)
+                self.allocate_data(&mut meta, gc, 1)?
             }
         };
         meta.check_data_write(target, self.cluster_size())?;
@@ -261,10 +269,18 @@ impl Qcow2 {
     ) -> Result<()> {
         let file = &self.shared.file;
         let mut meta = self.lock_metadata();
-        let result = match written.and_then(|()| meta.set_l2_entry(file, gc, new_entry)) {
+        let extended = self.shared.geometry.extended_l2;
+        let result = match written.and_then(|()| {
+            meta.set_l2_entry(file, gc, new_entry)?;
+            // Only compressed clusters are linked here with extended L2 entries: their bitmap is 0.
+            if extended {
+                meta.set_l2_bitmap(file, gc, 0)?;
+            }
+            Ok(())
+        }) {
             Err(e) => {
                 // Nothing points to a fresh cluster yet: give it back.
-                if fresh {
+                if fresh && self.shared.data_file.is_none() {
                     let _ = meta.change_refcount_range(file, target, 1, -1);
                 }
                 Err(e)
@@ -298,7 +314,7 @@ impl Qcow2 {
     ) -> Result<()> {
         let cs = self.cluster_size();
         if in_off == 0 && n == cs {
-            return self.file.write_vectored_at(target, data);
+            return self.write_data(target, data);
         }
         let mut cluster = vec![0u8; cs as usize];
         match old {
@@ -309,14 +325,14 @@ impl Qcow2 {
             }
             L2Entry::Zero { .. } => {}
             L2Entry::Data { host, .. } => {
-                let old = read_zero_filled(&self.file, host, cs as usize)?;
+                let old = self.read_data_vec(host, cs as usize)?;
                 cluster.copy_from_slice(&old);
             }
             L2Entry::Compressed { host, size } => self.read_compressed(host, size, &mut cluster)?,
         }
         let at = in_off as usize;
         copy_from_bufs(data, &mut cluster[at..at + n as usize]);
-        self.file.write_all_at(target, &cluster)
+        self.write_data_all(target, &cluster)
     }
 
     /// Zeroes as QEMU does: whole clusters (and partial ones that already read as zeros, widened to the
@@ -324,6 +340,9 @@ impl Qcow2 {
     /// everything else is written as zero buffers.
     pub(crate) fn write_zeroes_impl(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
         check_range(offset, len, self.shared.geometry.size)?;
+        if self.shared.geometry.extended_l2 {
+            return self.write_zeroes_extended(offset, len, may_unmap);
+        }
         let cs = self.cluster_size();
         let size = self.shared.geometry.size;
         let v3 = self.shared.geometry.version >= 3;
@@ -376,7 +395,7 @@ impl Qcow2 {
         })
     }
 
-    fn write_zero_buffers(&self, offset: u64, len: u64) -> Result<()> {
+    pub(crate) fn write_zero_buffers(&self, offset: u64, len: u64) -> Result<()> {
         let chunk = (1u64 << 20).min(len);
         let zeros = vec![0u8; chunk as usize];
         let mut pos = 0;
@@ -419,6 +438,12 @@ impl Qcow2 {
             return Ok(true);
         }
         meta.set_l2_entry(file, gc, new)?;
+        if let (L2Entry::Data { host, .. }, true) = (entry, new & ZERO != 0) {
+            if new & crate::tables::L2_OFFSET_MASK != 0 {
+                // A zero cluster keeping its data-file cluster: zero it there too, as QEMU does.
+                self.zero_data_cluster(host);
+            }
+        }
         let released = if holds_reference(entry) && new & crate::tables::L2_OFFSET_MASK == 0 {
             vec![entry]
         } else {
@@ -430,7 +455,7 @@ impl Qcow2 {
 
     /// Drops the references of replaced entries (after their L2 tables reached the disk) and punches the
     /// freed host clusters. Runs under the lock, so no allocation can take a freed cluster before its punch.
-    fn release_all(&self, meta: &mut Metadata, released: Vec<L2Entry>) -> Result<()> {
+    pub(crate) fn release_all(&self, meta: &mut Metadata, released: Vec<L2Entry>) -> Result<()> {
         if released.is_empty() {
             return Ok(());
         }
@@ -443,7 +468,9 @@ impl Qcow2 {
                 host: Some(host), ..
             } = entry
             {
-                if meta.refcount(file, host >> self.shared.geometry.cluster_bits)? == 0 {
+                if self.shared.data_file.is_some() {
+                    self.zero_data_cluster(host);
+                } else if meta.refcount(file, host >> self.shared.geometry.cluster_bits)? == 0 {
                     // A failed punch only leaves the freed cluster's old bytes on the host.
                     let _ = file.punch_hole(host, self.cluster_size());
                 }
@@ -473,6 +500,9 @@ impl Qcow2 {
         }
         let first = start / cs;
         let last = end.div_ceil(cs);
+        if self.shared.geometry.extended_l2 {
+            return self.discard_extended(first, last);
+        }
         let mut gc = first;
         while gc < last {
             let meta = self.lock_metadata();
@@ -511,6 +541,12 @@ impl Qcow2 {
 
     pub(crate) fn write_compressed_impl(&self, offset: u64, buf: &[u8]) -> Result<()> {
         let cs = self.cluster_size();
+        if self.shared.data_file.is_some() {
+            return Err(blk_core::Error::new(
+                blk_core::ErrorKind::UnsupportedFeature,
+                "Compression is not supported with external data files",
+            ));
+        }
         check_range(offset, buf.len() as u64, self.shared.geometry.size)?;
         if offset % cs != 0
             || buf.len() as u64 > cs

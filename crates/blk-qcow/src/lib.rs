@@ -1,5 +1,5 @@
-//! The QCOW2 disk-image format (versions 2 and 3): clusters, L1/L2 tables, refcounts, compression and backing
-//! chains, read and written as QEMU 10 does.
+//! The QCOW2 disk-image format (versions 2 and 3): clusters, L1/L2 tables, refcounts, compression, backing
+//! chains, extended L2 entries (subclusters) and external data files, read and written as QEMU 10 does.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -31,6 +31,9 @@
 //! | `extensions` | header extensions (backing format, feature names, unknown ones kept byte for byte) |
 //! | `features` | incompatible / compatible / autoclear feature bits |
 //! | `tables` | L1 and L2 entries and their decoding |
+//! | `subclusters` | extended L2 entries: the status of each subcluster from an entry and its bitmap |
+//! | `subcluster_write` | writes, write-zeroes and discards at subcluster granularity |
+//! | `data_file` | the external data file: opening it, guest data I/O to it, data cluster placement |
 //! | `cache` | the L2-table and refcount-block caches (LRU, write-back) |
 //! | `metadata` | `Metadata`: L1 table, caches, header state under one lock |
 //! | `refcount` | refcount reads and writes, new refcount blocks, refcount-table growth |
@@ -56,7 +59,10 @@
 //!    contents (backing file, zeros) until the link, which happens only after the data is written.
 //! 3. Metadata I/O (L2 tables, refcount blocks, header) happens under the lock.
 //! 4. The backing file is never called under the metadata lock (it has its own locks), so no lock order between
-//!    layers exists. There is no other lock in the crate.
+//!    layers exists. There is no other lock in the crate. The external data file is the exception to rule 1
+//!    in one place: when clusters are freed or zeroed under the lock, their range is zeroed in the data file
+//!    (so a raw data file keeps reading as the guest does); the data file is a leaf (it never calls back into
+//!    this image), so this adds the order "metadata lock, then the data file's own locks" and no cycle.
 //!
 //! # Write ordering
 //!
@@ -64,7 +70,30 @@
 //! (the L2 cache flushes the refcount cache and syncs first); a new L2 table is written and synced before the
 //! L1 entry pointing to it; for discards and overwritten compressed clusters the L2 change is written and
 //! synced before the refcounts are decremented and the host range punched. A crash leaves at most leaked
-//! clusters.
+//! clusters. With an external data file, `flush` flushes the data file before the metadata.
+//!
+//! # Extended L2 entries
+//!
+//! With incompatible bit 4 an L2 entry is 128 bits: the usual entry (its bit 0 unused) and a bitmap whose bits
+//! 0-31 say "subcluster allocated" and 32-63 "subcluster reads as zeros" (both set, or allocated bits in an
+//! unallocated cluster: `CorruptImage`); a table holds `cluster_size / 16` entries and clusters are at least
+//! 16 KiB. Reads, `map` and writes work per subcluster as QEMU's: a write copies on write only the uncovered
+//! parts of partially covered unallocated subclusters (a whole new cluster only when replacing a shared or
+//! compressed one); write-zeroes sets zero bits of whole subclusters; discards act on whole clusters only, as
+//! QEMU 10 ignores partial-cluster discards; compressed clusters have a zero bitmap. Preallocation leaves
+//! every bitmap 0, as qemu-img does.
+//!
+//! # External data files
+//!
+//! With incompatible bit 2 guest data lives in a raw file named by header extension 0x44415441, opened through
+//! the [`blk_core::ImageOpener`] (role `DataFile`, format `raw`, writable like the image, path relative to the
+//! image's directory; QEMU opens it relative to its working directory). As QEMU does, a data cluster lies at
+//! its guest offset in the data file (so with the `data_file_raw` autoclear bit, kept on writable opens, the
+//! data file is a raw image of the guest), is not counted in the image file's refcounts, and an L2 entry with
+//! offset 0 and the COPIED bit is guest cluster 0. Compressed clusters are refused (`CorruptImage` when
+//! read, `UnsupportedFeature` when written). Creating makes the data file (the virtual size) next to the
+//! image; `data_file_raw` forces metadata preallocation. Repairing a dirty (lazy-refcounts) image with a data
+//! file is refused until `check` knows data-file clusters are not refcounted.
 //!
 //! # Limits
 //!
@@ -84,8 +113,11 @@
 //! Caches: the L2 cache holds at most `l2_cache_size` bytes of tables (default 32 MiB, QEMU's maximum
 //! default; at least 2 tables), the refcount-block cache a quarter as many blocks (at least 4).
 //!
-//! Not implemented, refused with `UnsupportedFeature` at open or create: external data files, encryption
-//! (AES and LUKS), extended L2 entries (subclusters). Internal snapshots are kept but not read; persistent
+//! Data-file host offsets are not checked against the image file (QEMU bounds them by nothing either; a read
+//! past the data file's end gives zeros).
+//!
+//! Not implemented, refused with `UnsupportedFeature` at open or create: encryption (AES and LUKS), a data
+//! file bit without its name extension (QEMU would need a `data-file` option). Internal snapshots are kept but not read; persistent
 //! bitmaps are not maintained, so their autoclear bit (like every autoclear bit) is cleared on a writable open,
 //! as QEMU does for bits it does not know.
 
@@ -104,7 +136,9 @@
 //! - `Metadata::l1_table()`: the L1 entries (raw, host order; use `tables::L1_OFFSET_MASK` and
 //!   `tables::COPIED`).
 //! - `Metadata::read_l2_table(&mut self, file, l2_offset) -> Result<Vec<u64>>`: an L2 table's raw entries
-//!   (through the cache); decode with `tables::L2Entry::decode(raw, &geometry)`.
+//!   (through the cache; with extended L2 entries the 64-bit entries without their bitmaps); decode with
+//!   `tables::L2Entry::decode(raw, &geometry)`. `Geometry::extended_l2` / `data_file` / `data_file_raw` tell
+//!   the image's features; `Metadata::l2_entry_and_bitmap` reads an entry with its subcluster bitmap.
 //! - `Metadata::refcount_table()`: the refcount table entries (raw).
 //! - `Metadata::refcount(&mut self, file, cluster_index) -> Result<u64>`,
 //!   `Metadata::set_refcount(&mut self, file, cluster_index, value) -> Result<()>`: a cluster's refcount;
@@ -125,6 +159,7 @@ mod cache;
 mod check;
 mod compression;
 mod create;
+mod data_file;
 mod extensions;
 mod features;
 mod header;
@@ -132,6 +167,8 @@ mod io;
 mod map;
 mod metadata;
 mod refcount;
+mod subcluster_write;
+mod subclusters;
 mod tables;
 mod write_run;
 

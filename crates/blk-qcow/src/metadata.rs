@@ -32,12 +32,21 @@ pub struct Geometry {
     pub rb_entries: u64,
     /// 0 zlib, 1 zstd.
     pub compression_type: u8,
+    /// Whether L2 entries are extended (128 bits: the entry and a subcluster bitmap).
+    pub extended_l2: bool,
+    /// log2 of the subcluster size (the cluster size without extended L2 entries).
+    pub subcluster_bits: u32,
+    /// Whether guest data lives in an external data file.
+    pub data_file: bool,
+    /// Whether the external data file is raw (guest offset == data file offset).
+    pub data_file_raw: bool,
 }
 
 impl Geometry {
     /// The layout described by `h`.
     pub(crate) fn from_header(h: &Header) -> Geometry {
         let cluster_size = 1u64 << h.cluster_bits;
+        let extended_l2 = h.incompatible & crate::features::INCOMPAT_EXTL2 != 0;
         Geometry {
             version: h.version,
             cluster_bits: h.cluster_bits,
@@ -45,11 +54,31 @@ impl Geometry {
             size: h.size,
             l1_size: u64::from(h.l1_size),
             l1_table_offset: h.l1_table_offset,
-            l2_entries: cluster_size / 8,
+            l2_entries: cluster_size / if extended_l2 { 16 } else { 8 },
             refcount_order: h.refcount_order,
             rb_entries: (cluster_size * 8) >> h.refcount_order,
             compression_type: h.compression_type,
+            extended_l2,
+            // 32 subclusters per cluster (extended L2 needs clusters of at least 16 KiB).
+            subcluster_bits: if extended_l2 {
+                h.cluster_bits.saturating_sub(5)
+            } else {
+                h.cluster_bits
+            },
+            data_file: h.incompatible & crate::features::INCOMPAT_DATA_FILE != 0,
+            data_file_raw: h.incompatible & crate::features::INCOMPAT_DATA_FILE != 0
+                && h.autoclear & crate::features::AUTOCLEAR_DATA_FILE_RAW != 0,
         }
+    }
+
+    /// Index of the 64-bit word holding L2 entry `index` (entries are two words with extended L2).
+    pub(crate) fn l2_word(&self, index: u64) -> usize {
+        (if self.extended_l2 { index * 2 } else { index }) as usize
+    }
+
+    /// Subcluster size in bytes.
+    pub(crate) fn subcluster_size(&self) -> u64 {
+        1u64 << self.subcluster_bits
     }
 }
 
@@ -146,6 +175,10 @@ impl Metadata {
 
     /// Checks that a data cluster from an L2 entry lies inside the used area.
     pub(crate) fn check_data_location(&self, host: u64) -> Result<()> {
+        if self.g.data_file {
+            // In the external data file, which QEMU does not bound.
+            return Ok(());
+        }
         if host.saturating_add(self.g.cluster_size) > self.file_end {
             return Err(corrupt(
                 format!("data cluster at {host:#x} lies past the end of the image"),
@@ -265,8 +298,8 @@ impl Metadata {
     pub(crate) fn read_l2_table(&mut self, file: &HostFile, l2_offset: u64) -> Result<Vec<u64>> {
         let slot = self.l2_slot(file, l2_offset)?;
         let data = self.l2_cache.data(slot);
-        Ok((0..self.g.l2_entries as usize)
-            .map(|i| entry(data, i))
+        Ok((0..self.g.l2_entries)
+            .map(|i| entry(data, self.g.l2_word(i)))
             .collect())
     }
 
@@ -280,8 +313,27 @@ impl Metadata {
         let slot = self.l2_slot(file, l2_offset)?;
         Ok(entry(
             self.l2_cache.data(slot),
-            (gc % self.g.l2_entries) as usize,
+            self.g.l2_word(gc % self.g.l2_entries),
         ))
+    }
+
+    /// The raw L2 entry and subcluster bitmap of guest cluster `gc` (both 0 when its L2 table is not
+    /// allocated; the bitmap is 0 without extended L2 entries).
+    pub(crate) fn l2_entry_and_bitmap(&mut self, file: &HostFile, gc: u64) -> Result<(u64, u64)> {
+        let l1_index = gc / self.g.l2_entries;
+        let l2_offset = self.l1.get(l1_index as usize).copied().unwrap_or(0) & L1_OFFSET_MASK;
+        if l2_offset == 0 {
+            return Ok((0, 0));
+        }
+        let slot = self.l2_slot(file, l2_offset)?;
+        let data = self.l2_cache.data(slot);
+        let word = self.g.l2_word(gc % self.g.l2_entries);
+        let bitmap = if self.g.extended_l2 {
+            entry(data, word + 1)
+        } else {
+            0
+        };
+        Ok((entry(data, word), bitmap))
     }
 
     /// Writes L1 entry `index` to the disk and memory.
@@ -321,11 +373,17 @@ impl Metadata {
     pub(crate) fn set_l2_entry(&mut self, file: &HostFile, gc: u64, value: u64) -> Result<()> {
         let l2_offset = self.writable_l2_table(file, gc)?;
         let slot = self.l2_slot(file, l2_offset)?;
-        set_entry(
-            self.l2_cache.data_mut(slot),
-            (gc % self.g.l2_entries) as usize,
-            value,
-        );
+        let word = self.g.l2_word(gc % self.g.l2_entries);
+        set_entry(self.l2_cache.data_mut(slot), word, value);
+        Ok(())
+    }
+
+    /// Sets the subcluster bitmap of guest cluster `gc` (extended L2 entries only), like `set_l2_entry`.
+    pub(crate) fn set_l2_bitmap(&mut self, file: &HostFile, gc: u64, bitmap: u64) -> Result<()> {
+        let l2_offset = self.writable_l2_table(file, gc)?;
+        let slot = self.l2_slot(file, l2_offset)?;
+        let word = self.g.l2_word(gc % self.g.l2_entries);
+        set_entry(self.l2_cache.data_mut(slot), word + 1, bitmap);
         Ok(())
     }
 
@@ -343,7 +401,8 @@ impl Metadata {
                 self.write_back_l2_slot(file, slot)?;
             }
             // Clusters referenced by the copy gain a reference.
-            for i in 0..self.g.l2_entries as usize {
+            for index in 0..self.g.l2_entries {
+                let i = self.g.l2_word(index);
                 let raw = entry(&data, i);
                 match crate::tables::L2Entry::decode(raw, &self.g) {
                     crate::tables::L2Entry::Data { host, .. }
@@ -402,6 +461,10 @@ impl Metadata {
     /// Checks that guest data may be written at host `offset`: not over the header, the L1 or refcount table,
     /// or a cached L2 table / refcount block.
     pub(crate) fn check_data_write(&self, offset: u64, len: u64) -> Result<()> {
+        if self.g.data_file {
+            // Guest data goes to the external data file, never over the metadata.
+            return Ok(());
+        }
         self.check_metadata_write(offset, len)?;
         let cs = self.g.cluster_size;
         let mut c = offset / cs * cs;

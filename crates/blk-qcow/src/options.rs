@@ -93,6 +93,13 @@ pub struct Qcow2CreateOptions {
     pub backing_file: Option<String>,
     /// The backing file's format.
     pub backing_format: Option<String>,
+    /// Extended L2 entries (32 subclusters per cluster; v3, clusters of at least 16 KiB).
+    pub extended_l2: bool,
+    /// The external data file's name, stored as given; created (raw, the virtual size) next to the image.
+    pub data_file: Option<String>,
+    /// The `data_file_raw` autoclear bit: the data file is a raw image of the guest (forces metadata
+    /// preallocation, as qemu-img does).
+    pub data_file_raw: bool,
 }
 
 impl Default for Qcow2CreateOptions {
@@ -107,6 +114,9 @@ impl Default for Qcow2CreateOptions {
             preallocation: Preallocation::Off,
             backing_file: None,
             backing_format: None,
+            extended_l2: false,
+            data_file: None,
+            data_file_raw: false,
         }
     }
 }
@@ -223,8 +233,7 @@ pub static CREATE_OPTIONS: &[CreateOptionInfo] = &[
 impl Qcow2CreateOptions {
     /// Parses qemu-img's `-o` options for qcow2, with `size` the positional size if one was given.
     ///
-    /// Keys as [`CREATE_OPTIONS`] lists them. `data_file`, `encrypt.*`, `encryption=on` and `extended_l2=on`
-    /// are refused with [`ErrorKind::UnsupportedFeature`]; unknown keys with [`ErrorKind::InvalidInput`]
+    /// Keys as [`CREATE_OPTIONS`] lists them. `encrypt.*` and `encryption=on` are refused with [`ErrorKind::UnsupportedFeature`]; unknown keys with [`ErrorKind::InvalidInput`]
     /// "Invalid parameter 'KEY'".
     ///
     /// ```
@@ -301,17 +310,9 @@ impl Qcow2CreateOptions {
                 }
                 "backing_file" => o.backing_file = Some(value.clone()),
                 "backing_fmt" => o.backing_format = Some(value.clone()),
-                "extended_l2" => {
-                    if parse_bool(key, value)? {
-                        return Err(unsupported("extended L2 entries are not supported"));
-                    }
-                }
-                "data_file" => return Err(unsupported("external data files are not supported")),
-                "data_file_raw" => {
-                    if parse_bool(key, value)? {
-                        return Err(unsupported("external data files are not supported"));
-                    }
-                }
+                "extended_l2" => o.extended_l2 = parse_bool(key, value)?,
+                "data_file" => o.data_file = Some(value.clone()),
+                "data_file_raw" => o.data_file_raw = parse_bool(key, value)?,
                 "encryption" => {
                     if parse_bool(key, value)? {
                         return Err(unsupported("encrypted qcow2 images are not supported"));
@@ -336,12 +337,37 @@ impl Qcow2CreateOptions {
                 ));
             }
         }
+        if o.extended_l2 {
+            if o.version < 3 {
+                return Err(invalid("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
+            }
+            if o.cluster_size < 16384 {
+                return Err(invalid(
+                    "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+                ));
+            }
+        }
+        if o.data_file.is_some() && o.version < 3 {
+            return Err(invalid("External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
+        }
+        if o.data_file_raw && o.data_file.is_none() {
+            return Err(invalid("data-file-raw requires data-file"));
+        }
+        if o.data_file_raw && o.backing_file.is_some() {
+            return Err(invalid(
+                "Backing file and data-file-raw cannot be used at the same time",
+            ));
+        }
+        if o.data_file_raw && o.preallocation == Preallocation::Off {
+            // qemu-img: a raw data file needs every L2 entry to map the guest offset to itself.
+            o.preallocation = Preallocation::Metadata;
+        }
         if o.backing_format.is_some() && o.backing_file.is_none() {
             return Err(invalid(
                 "Backing format cannot be used without backing file",
             ));
         }
-        if o.backing_file.is_some() && o.preallocation != Preallocation::Off {
+        if o.backing_file.is_some() && o.preallocation != Preallocation::Off && !o.extended_l2 {
             return Err(invalid("Backing file and preallocation can only be used at the same time if extended_l2 is on"));
         }
         if o.size.is_none() && o.backing_file.is_none() {

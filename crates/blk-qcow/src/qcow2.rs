@@ -9,7 +9,10 @@ use blk_core::{
 };
 
 use crate::backing::{self, Backing};
-use crate::features::{COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
+use crate::data_file::{self, DataFile};
+use crate::features::{
+    AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY,
+};
 use crate::header::{Header, MAX_L1_BYTES, MAX_REFTABLE_BYTES};
 use crate::metadata::{read_zero_filled, Geometry, Metadata};
 use crate::options::Qcow2OpenOptions;
@@ -26,6 +29,8 @@ pub(crate) struct Shared {
     /// Signalled when an in-flight cluster is linked.
     pub(crate) linked: Condvar,
     pub(crate) backing: Option<Backing>,
+    /// The external data file, when the image has one.
+    pub(crate) data_file: Option<DataFile>,
     pub(crate) backing_name: Option<String>,
     pub(crate) backing_format: Option<String>,
     pub(crate) read_only: bool,
@@ -73,6 +78,21 @@ impl Qcow2 {
     /// Opens an already open host file (a memfd in a fuzz target, a descriptor passed in) as a qcow2 image;
     /// `options.host` is not used.
     pub fn open_file(file: HostFile, options: &Qcow2OpenOptions) -> Result<Qcow2> {
+        Qcow2::open_inner(file, options, true)
+    }
+
+    /// Opens the image at `path` without its external data file, for metadata-only work (creating): guest
+    /// data I/O then goes to the image file and must not happen.
+    pub(crate) fn open_without_data_file(path: &Path, options: &Qcow2OpenOptions) -> Result<Qcow2> {
+        let file = HostFile::open(path, options.host)?;
+        Qcow2::open_inner(file, options, false)
+    }
+
+    fn open_inner(
+        file: HostFile,
+        options: &Qcow2OpenOptions,
+        with_data_file: bool,
+    ) -> Result<Qcow2> {
         let path = file.path().to_path_buf();
         let file_len = file.len()?;
         let head = read_zero_filled(&file, 0, file_len.min(2 << 20) as usize)?;
@@ -116,6 +136,16 @@ impl Qcow2 {
             )?),
             _ => None,
         };
+        let data_file = match &header.extensions.data_file_name {
+            Some(name) if g.data_file && with_data_file => Some(data_file::open(
+                options.opener.as_ref(),
+                &path,
+                name,
+                read_only,
+            )?),
+            _ => None,
+        };
+        let g_data_file = g.data_file;
         let lazy = header.compatible & COMPAT_LAZY_REFCOUNTS != 0;
         let dirty = header.incompatible & INCOMPAT_DIRTY != 0;
         let autoclear = header.autoclear;
@@ -129,6 +159,7 @@ impl Qcow2 {
                 meta: Mutex::new(meta),
                 linked: Condvar::new(),
                 backing,
+                data_file,
                 backing_name,
                 backing_format,
                 read_only,
@@ -138,17 +169,27 @@ impl Qcow2 {
         };
         if !read_only && !options.check_mode {
             if dirty {
+                if g_data_file {
+                    // `check` does not know that data-file clusters are not refcounted yet: a repair would
+                    // count them against the image file's clusters.
+                    return Err(Error::new(
+                        ErrorKind::UnsupportedFeature,
+                        "repairing the refcounts of a dirty image with an external data file is not supported",
+                    ));
+                }
                 crate::check::run(&image, RepairMode::All)?;
                 let mut meta = image.lock_metadata();
                 meta.flush(&image.shared.file)?;
                 meta.update_incompatible(&image.shared.file, 0, INCOMPAT_DIRTY)?;
             }
             let mut meta = image.lock_metadata();
-            if autoclear != 0 {
-                // Every autoclear bit is one this crate does not maintain (bitmaps included).
-                image.shared.file.write_all_at(88, &0u64.to_be_bytes())?;
+            // Every autoclear bit but `data_file_raw` (kept true: guest writes go to the data file at their
+            // guest offsets) is one this crate does not maintain (bitmaps included).
+            let keep = autoclear & AUTOCLEAR_DATA_FILE_RAW;
+            if autoclear != keep {
+                image.shared.file.write_all_at(88, &keep.to_be_bytes())?;
                 image.shared.file.sync_data()?;
-                meta.header.autoclear = 0;
+                meta.header.autoclear = keep;
             }
             if lazy {
                 meta.update_incompatible(&image.shared.file, INCOMPAT_DIRTY, 0)?;
@@ -268,6 +309,12 @@ impl DiskFile for Qcow2 {
         if self.shared.read_only {
             return Ok(());
         }
+        // Guest data in the data file first, then the metadata pointing to it.
+        if let Some(data) = &self.shared.data_file {
+            data.disk
+                .flush()
+                .map_err(|e| self.context(e, Operation::Flush, None))?;
+        }
         let mut meta = self.lock_metadata();
         meta.flush(&self.shared.file)
             .map_err(|e| self.context(e, Operation::Flush, None))
@@ -309,12 +356,25 @@ impl DiskFile for Qcow2 {
             "refcount-bits".to_string(),
             InfoValue::U64(1 << h.refcount_order),
         ));
+        if let Some(file) = &self.shared.data_file {
+            data.push((
+                "data-file".to_string(),
+                InfoValue::String(file.name.clone()),
+            ));
+            data.push((
+                "data-file-raw".to_string(),
+                InfoValue::Bool(self.shared.geometry.data_file_raw),
+            ));
+        }
         if h.version >= 3 {
             data.push((
                 "corrupt".to_string(),
                 InfoValue::Bool(h.incompatible & INCOMPAT_CORRUPT != 0),
             ));
-            data.push(("extended-l2".to_string(), InfoValue::Bool(false)));
+            data.push((
+                "extended-l2".to_string(),
+                InfoValue::Bool(self.shared.geometry.extended_l2),
+            ));
         }
         let dirty = h.incompatible & INCOMPAT_DIRTY != 0 && !self.shared.set_dirty;
         drop(meta);
@@ -347,7 +407,8 @@ impl DiskFile for Qcow2 {
     }
 
     fn has_zero_init(&self) -> bool {
-        self.shared.backing.is_none()
+        // A raw data file may hold anything.
+        self.shared.backing.is_none() && !self.shared.geometry.data_file_raw
     }
 }
 

@@ -53,13 +53,19 @@ impl L2Entry {
         }
         let host = raw & L2_OFFSET_MASK;
         let copied = raw & COPIED != 0;
-        if g.version >= 3 && raw & ZERO != 0 {
+        // With extended L2 entries bit 0 is reserved: the bitmap says which subclusters read as zeros.
+        if g.version >= 3 && !g.extended_l2 && raw & ZERO != 0 {
             return L2Entry::Zero {
                 host: (host != 0).then_some(host),
                 copied,
             };
         }
         if host == 0 {
+            // Offset 0 is valid in an external data file, where every cluster has refcount 1: COPIED tells
+            // it from an unallocated entry (QEMU's rule).
+            if g.data_file && copied {
+                return L2Entry::Data { host, copied };
+            }
             return L2Entry::Unallocated;
         }
         L2Entry::Data { host, copied }

@@ -47,8 +47,7 @@ impl Qcow2 {
                 }
                 meta.check_data_write(start, run_end - pos)?;
                 drop(meta);
-                self.file
-                    .write_vectored_at(start, &sub_bufs(bufs, done, run_end - pos))?;
+                self.write_data(start, &sub_bufs(bufs, done, run_end - pos))?;
                 Ok(run_end - pos)
             }
             L2Entry::Unallocated | L2Entry::Zero { host: None, .. } if pos % cs == 0 => {
@@ -70,20 +69,20 @@ impl Qcow2 {
                 }
                 // The L2 table first, then the data, as qemu lays them out.
                 meta.writable_l2_table(file, gc0)?;
-                let host = meta.allocate_clusters(file, n)?;
+                let (host, fresh) = self.allocate_data(&mut meta, gc0, n)?;
                 meta.check_data_write(host, n * cs)?;
                 for gc in gc0..gc0 + n {
                     meta.in_flight.insert(gc);
                 }
                 drop(meta);
-                let written = self
-                    .file
-                    .write_vectored_at(host, &sub_bufs(bufs, done, n * cs));
+                let written = self.write_data(host, &sub_bufs(bufs, done, n * cs));
                 let mut meta = self.lock_metadata();
                 let result = match written {
                     Err(e) => {
                         // Nothing points to the clusters yet: give them back.
-                        let _ = meta.change_refcount_range(file, host, n * cs, -1);
+                        if fresh {
+                            let _ = meta.change_refcount_range(file, host, n * cs, -1);
+                        }
                         Err(e)
                     }
                     // A failure while linking leaves at most leaked clusters.

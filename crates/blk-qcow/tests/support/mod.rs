@@ -257,3 +257,171 @@ pub fn assert_same(ours: &[u8], expected: &[u8], what: &str) {
         );
     }
 }
+
+/// An opener that opens external data files (`NamedImageRole::DataFile`, raw) writable when asked, through
+/// [`TestRawFile`]; everything else as [`TestOpener`] does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DataFileOpener;
+
+impl ImageOpener for DataFileOpener {
+    fn open_named(&self, image: &NamedImage) -> Result<Box<dyn DiskFile>> {
+        if image.role == blk_core::NamedImageRole::DataFile {
+            assert_eq!(image.format.as_deref(), Some("raw"), "data files are raw");
+            return Ok(Box::new(TestRawFile::open(&image.path, image.read_only)?));
+        }
+        TestOpener.open_named(image)
+    }
+}
+
+/// Open options for a writable open with [`DataFileOpener`].
+pub fn rw_data() -> Qcow2OpenOptions {
+    Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DataFileOpener))
+}
+
+/// Open options for a read-only open with [`DataFileOpener`].
+pub fn ro_data() -> Qcow2OpenOptions {
+    Qcow2OpenOptions::new(
+        HostOpenOptions {
+            read_only: true,
+            ..HostOpenOptions::default()
+        },
+        Arc::new(DataFileOpener),
+    )
+}
+
+/// A minimal raw disk over a [`HostFile`], writable unless opened read-only.
+#[derive(Debug)]
+pub struct TestRawFile {
+    file: HostFile,
+    size: u64,
+}
+
+impl TestRawFile {
+    /// Opens `path` without advisory lock.
+    pub fn open(path: &Path, read_only: bool) -> Result<TestRawFile> {
+        let file = HostFile::open(
+            path,
+            HostOpenOptions {
+                read_only,
+                lock: blk_core::LockMode::None,
+                ..HostOpenOptions::default()
+            },
+        )?;
+        let size = file.len()?;
+        Ok(TestRawFile { file, size })
+    }
+}
+
+impl DiskFile for TestRawFile {
+    fn logical_size(&self) -> u64 {
+        self.size
+    }
+    fn physical_size(&self) -> Result<u64> {
+        self.file.allocated_size()
+    }
+    fn topology(&self) -> DiskTopology {
+        self.file.topology()
+    }
+    fn is_read_only(&self) -> bool {
+        self.file.is_read_only()
+    }
+    fn try_clone(&self) -> Result<Box<dyn DiskFile>> {
+        Ok(Box::new(TestRawFile {
+            file: self.file.try_clone()?,
+            size: self.size,
+        }))
+    }
+    fn read_at(&self, offset: u64, bufs: &[IoBufMut<'_>]) -> Result<()> {
+        blk_core::check_range(offset, total_len_mut(bufs), self.size)?;
+        let got = self.file.read_vectored_at(offset, bufs)?;
+        let mut skip = got;
+        for buf in bufs {
+            if skip >= buf.len() {
+                skip -= buf.len();
+            } else {
+                buf.fill_zero_from(skip);
+                skip = 0;
+            }
+        }
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        blk_core::check_range(offset, total_len(bufs), self.size)?;
+        self.file.write_vectored_at(offset, bufs)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> Result<()> {
+        blk_core::check_range(offset, len, self.size)?;
+        let zeros = vec![0u8; len as usize];
+        self.file.write_all_at(offset, &zeros)
+    }
+    fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> Result<()> {
+        self.file.sync_data()
+    }
+    fn image_info(&self) -> Result<ImageInfo> {
+        Ok(ImageInfo {
+            format: "raw",
+            filename: self.file.path().to_path_buf(),
+            virtual_size: self.size,
+            actual_size: self.file.allocated_size()?,
+            cluster_size: None,
+            dirty: false,
+            backing_filename: None,
+            full_backing_filename: None,
+            backing_format: None,
+            format_specific: None,
+        })
+    }
+}
+
+/// blk's map runs, merged as qemu-img merges them, in qemu-img's JSON shape with offsets.
+pub fn blk_map(disk: &dyn DiskFile) -> Vec<serde_json::Value> {
+    let size = disk.logical_size();
+    let mut runs: Vec<serde_json::Value> = Vec::new();
+    let mut host_end: Option<u64> = None;
+    let mut pos = 0;
+    while pos < size {
+        let e = disk.map(pos, size - pos).unwrap();
+        let mut v = serde_json::json!({
+            "start": e.offset, "length": e.length, "depth": e.depth,
+            "present": e.kind != blk_core::ExtentKind::Unallocated, "zero": e.kind != blk_core::ExtentKind::Data,
+            "data": e.kind == blk_core::ExtentKind::Data, "compressed": e.compressed,
+        });
+        if let Some(h) = e.host_offset {
+            v["offset"] = serde_json::Value::from(h);
+        }
+        let merged = runs.last_mut().is_some_and(|last| {
+            let same = ["depth", "present", "zero", "data", "compressed"]
+                .iter()
+                .all(|k| last[k] == v[k])
+                && last.get("offset").is_some() == e.host_offset.is_some()
+                && host_end == e.host_offset;
+            if same {
+                last["length"] =
+                    serde_json::Value::from(last["length"].as_u64().unwrap() + e.length);
+            }
+            same
+        });
+        if !merged {
+            runs.push(v);
+        }
+        pos += e.length;
+        host_end = e.host_offset.map(|h| h + e.length);
+    }
+    runs
+}
+
+/// `qemu-img map --output=json` of `img`, without the host offsets of backing-file runs (the test opener's
+/// raw backing file does not report them).
+pub fn qemu_map(img: &Path) -> Vec<serde_json::Value> {
+    let mut runs: Vec<serde_json::Value> =
+        serde_json::from_str(&qemu_img(&["map", "--output=json", "-U", path_str(img)])).unwrap();
+    for run in &mut runs {
+        if run["depth"].as_u64() != Some(0) {
+            run.as_object_mut().unwrap().remove("offset");
+        }
+    }
+    runs
+}

@@ -1,0 +1,212 @@
+//! External data files (`data_file`, `data_file_raw`): images made by qemu-img / qemu-io read back as
+//! `qemu-img convert` reads them with `map` equal to `qemu-img map`; the same qemu-io scripts replayed by blk
+//! give `qemu-img compare` equal images, a clean `qemu-img check` and (raw) byte-identical data files.
+
+mod support;
+
+use std::path::Path;
+
+use blk_core::{DiskFile, ErrorKind};
+use blk_qcow::Qcow2;
+use support::*;
+
+const SCRIPT: &[&str] = &[
+    "write -P 1 0 100k",
+    "write -z 200k 136k",
+    "write -P 2 400k 300k",
+    "write -z -u 448k 192k",
+    "write -z 640k 64k",
+    "discard 64k 64k",
+    "discard 10k 20k",
+    "write -P 4 1028k 4k",
+    "write -P 5 1100k 1k",
+    "write -z -u 1500k 100k",
+    "discard 1700k 300k",
+];
+
+fn size_arg(s: &str) -> u64 {
+    match s.strip_suffix('k') {
+        Some(n) => n.parse::<u64>().unwrap() << 10,
+        None => s.parse().unwrap(),
+    }
+}
+
+/// Runs one qemu-io command of [`SCRIPT`] through blk.
+fn run_blk(disk: &Qcow2, cmd: &str) {
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let (off, len) = (
+        size_arg(words[words.len() - 2]),
+        size_arg(words[words.len() - 1]),
+    );
+    match words[..words.len() - 2] {
+        ["write", "-P", v] => disk
+            .write_all_at(off, &vec![v.parse::<u8>().unwrap(); len as usize])
+            .unwrap(),
+        ["write", "-z"] => disk.write_zeroes(off, len, false).unwrap(),
+        ["write", "-z", "-u"] => disk.write_zeroes(off, len, true).unwrap(),
+        ["discard"] => disk.discard(off, len).unwrap(),
+        _ => panic!("unknown command {cmd}"),
+    }
+}
+
+fn create_with_qemu(dir: &Path, opts: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let img = dir.join("img.qcow2");
+    // qemu-img creates the data file relative to its working directory: name it absolutely.
+    let opts = opts.replace("data_file=", &format!("data_file={}/", path_str(dir)));
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &opts,
+        path_str(&img),
+        "2M",
+    ]);
+    img
+}
+
+fn check_reads_like_qemu(img: &Path, what: &str) {
+    let disk = Qcow2::open(img, &ro_data()).unwrap();
+    assert_same(&read_all(&disk), &qemu_contents(img, "qcow2"), what);
+    assert_eq!(blk_map(&disk), qemu_map(img), "map of {what}");
+}
+
+#[test]
+fn qemu_made_images_read_like_qemu_and_replays_match() {
+    let _g = serial();
+    let dir = tempdir();
+    for opts in [
+        "data_file=data.raw",
+        "data_file=data.raw,data_file_raw=on",
+        "data_file=data.raw,cluster_size=4k",
+        "data_file=data.raw,extended_l2=on",
+        "data_file=data.raw,data_file_raw=on,extended_l2=on,cluster_size=32k",
+    ] {
+        let theirs = create_with_qemu(&dir.path().join("theirs"), opts);
+        let ours = create_with_qemu(&dir.path().join("ours"), opts);
+        check_reads_like_qemu(&theirs, &format!("{opts} (empty)"));
+        qemu_io(&theirs, "qcow2", SCRIPT);
+        check_reads_like_qemu(&theirs, opts);
+        {
+            let disk = Qcow2::open(&ours, &rw_data()).unwrap();
+            for cmd in SCRIPT {
+                run_blk(&disk, cmd);
+            }
+            disk.flush().unwrap();
+        }
+        assert_qemu_check_clean(&ours);
+        qemu_img(&["compare", "-q", path_str(&ours), path_str(&theirs)]);
+        assert_eq!(
+            qemu_map(&ours),
+            qemu_map(&theirs),
+            "qemu-img map after replay, {opts}"
+        );
+        if opts.contains("data_file_raw=on") {
+            // The raw data file is the guest disk.
+            let data = std::fs::read(dir.path().join("ours/data.raw")).unwrap();
+            assert_same(&data, &qemu_contents(&theirs, "qcow2"), "raw data file");
+        }
+        std::fs::remove_dir_all(dir.path().join("theirs")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("ours")).unwrap();
+    }
+}
+
+#[test]
+fn info_names_the_data_file() {
+    let _g = serial();
+    let dir = tempdir();
+    let img = create_with_qemu(dir.path(), "data_file=d.raw,data_file_raw=on");
+    let disk = Qcow2::open(&img, &ro_data()).unwrap();
+    let (_, data) = disk.image_info().unwrap().format_specific.unwrap();
+    let name = format!("{}/d.raw", path_str(dir.path()));
+    assert!(data.contains(&("data-file".to_string(), blk_core::InfoValue::String(name))));
+    assert!(data.contains(&("data-file-raw".to_string(), blk_core::InfoValue::Bool(true))));
+}
+
+#[test]
+fn compressed_writes_are_refused() {
+    let _g = serial();
+    let dir = tempdir();
+    let img = create_with_qemu(dir.path(), "data_file=d.raw");
+    let disk = Qcow2::open(&img, &rw_data()).unwrap();
+    let err = disk.write_compressed(0, &vec![1u8; 65536]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnsupportedFeature);
+}
+
+/// `qemu-img create` run in `dir` (it creates the data file relative to its working directory).
+fn qemu_create_in(dir: &Path, opts: &str, size: &str) {
+    let out = std::process::Command::new("qemu-img")
+        .current_dir(dir)
+        .args(["create", "-q", "-f", "qcow2", "-o", opts, "img.qcow2", size])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn create_matches_qemu_img() {
+    let _g = serial();
+    let dir = tempdir();
+    for opts in [
+        "data_file=data.raw",
+        "data_file=data.raw,data_file_raw=on",
+        "data_file=data.raw,cluster_size=4k,data_file_raw=on",
+        "data_file=data.raw,preallocation=metadata",
+        "data_file=data.raw,extended_l2=on",
+        "data_file=data.raw,extended_l2=on,data_file_raw=on",
+        "data_file=data.raw,preallocation=falloc",
+        "data_file=data.raw,preallocation=full,lazy_refcounts=on",
+    ] {
+        let (q, b) = (dir.path().join("q"), dir.path().join("b"));
+        std::fs::create_dir_all(&q).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        qemu_create_in(&q, opts, "3M");
+        let kv: Vec<(String, String)> = opts
+            .split(',')
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        let o = blk_qcow::Qcow2CreateOptions::from_key_values(Some(3 << 20), &kv).unwrap();
+        Qcow2::create(b.join("img.qcow2"), &o, &TestOpener).unwrap();
+        let ours = std::fs::read(b.join("img.qcow2")).unwrap();
+        let theirs = std::fs::read(q.join("img.qcow2")).unwrap();
+        assert_same(&ours, &theirs, opts);
+        assert_eq!(
+            std::fs::metadata(b.join("data.raw")).unwrap().len(),
+            std::fs::metadata(q.join("data.raw")).unwrap().len(),
+            "data file size, {opts}"
+        );
+        // qemu-img opens a relative data file name from its working directory.
+        let out = std::process::Command::new("qemu-img")
+            .current_dir(&b)
+            .args(["check", "img.qcow2"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "qemu-img check, {opts}: {out:?}");
+        std::fs::remove_dir_all(&q).unwrap();
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+}
+
+#[test]
+fn create_refuses_what_qemu_img_refuses() {
+    for opts in [
+        "data_file_raw=on",
+        "data_file=d.raw,compat=0.10",
+        "data_file=d.raw,data_file_raw=on,backing_file=b.qcow2",
+    ] {
+        let kv: Vec<(String, String)> = opts
+            .split(',')
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        let err = blk_qcow::Qcow2CreateOptions::from_key_values(Some(1 << 20), &kv).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{opts}");
+    }
+}
