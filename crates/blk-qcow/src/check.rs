@@ -5,6 +5,12 @@
 //! corruption. Misaligned or reserved-bit entries, refcount blocks outside the image and OFLAG_COPIED
 //! mismatches are reported as qemu does, with qemu's message lines and counters.
 //!
+//! External data files (incompatible bit 2, QEMU's `has_data_file`): data and preallocated zero clusters
+//! live in the data file, so they are not counted against the image file (their offsets are data-file
+//! offsets, not bounded by the image file), their refcount is taken as 1 for the OFLAG_COPIED check, an
+//! L2 entry with offset 0 and OFLAG_COPIED is the data file's first cluster (not unallocated), and
+//! compressed clusters and snapshots are corruptions (reported, not repaired, as QEMU does).
+//!
 //! Repair: [`RepairMode::Leaks`] lowers leaked refcounts; [`RepairMode::All`] also raises refcounts that are
 //! too low, rebuilds the whole refcount structure (new refcount blocks and table in free clusters, the old
 //! ones then freed as leaks) when a refcount in use is 0 or a refcount block is bad, fixes OFLAG_COPIED, and

@@ -172,20 +172,25 @@ impl Checker<'_> {
             let mut table = decode_be64(&raw);
             let mut dirty = 0u64;
             let stride = self.layout.l2_stride();
-            let extended = self.layout.extended_l2;
             for slot in table.iter_mut().step_by(stride) {
                 let entry = *slot;
                 if !matches!(
-                    ClusterType::of(entry, extended),
+                    self.layout.cluster_type(entry),
                     ClusterType::Normal | ClusterType::ZeroAlloc
                 ) {
                     continue;
                 }
-                let Ok(refcount) =
-                    self.stored
-                        .get(self.file, self.file_len, (entry & L2_OFFSET_MASK) / cs)
-                else {
-                    continue;
+                // Clusters of an external data file are not refcounted: QEMU takes their refcount as 1.
+                let refcount = if self.layout.data_file {
+                    1
+                } else {
+                    let Ok(refcount) =
+                        self.stored
+                            .get(self.file, self.file_len, (entry & L2_OFFSET_MASK) / cs)
+                    else {
+                        continue;
+                    };
+                    refcount
                 };
                 if (refcount == 1) != (entry & OFLAG_COPIED != 0) {
                     self.res.corruptions += 1;

@@ -5,7 +5,7 @@ use blk_core::{Error, ErrorKind, HostFile, Operation, Result};
 use crate::header::Header;
 use crate::FORMAT_NAME;
 
-pub(super) use crate::features::INCOMPAT_EXTL2 as INCOMPAT_EXTENDED_L2;
+pub(super) use crate::features::{INCOMPAT_DATA_FILE, INCOMPAT_EXTL2 as INCOMPAT_EXTENDED_L2};
 pub(super) use crate::header::{
     MAX_L1_BYTES, MAX_REFTABLE_BYTES, REFTABLE_OFFSET_FIELD as REFTABLE_FIELDS_OFFSET,
 };
@@ -50,6 +50,9 @@ pub(super) struct Layout {
     pub csize_shift: u32,
     /// L2 entries are 128 bits: the entry, then the subcluster bitmap.
     pub extended_l2: bool,
+    /// Guest data lives in an external data file (incompatible bit 2): data clusters are not refcounted in
+    /// the image file and their offsets are data-file offsets (QEMU's `has_data_file`).
+    pub data_file: bool,
 }
 
 fn corrupt(message: String, offset: u64) -> Error {
@@ -83,6 +86,7 @@ impl Layout {
             ));
         }
         let extended_l2 = incompatible_features & INCOMPAT_EXTENDED_L2 != 0;
+        let data_file = incompatible_features & INCOMPAT_DATA_FILE != 0;
         let cluster_size = 1u64 << cluster_bits;
         let l1_size = u64::from(header.l1_size);
         if l1_size * 8 > MAX_L1_BYTES {
@@ -111,6 +115,7 @@ impl Layout {
             refcount_order,
             csize_shift: 62 - (cluster_bits - 8),
             extended_l2,
+            data_file,
         })
     }
 
@@ -161,9 +166,14 @@ impl Layout {
         let sectors = ((entry >> self.csize_shift) & sectors_mask) + 1;
         (offset, sectors * 512 - (offset & 511))
     }
+
+    /// How QEMU classifies the L2 entry `entry` in this image (`qcow2_get_cluster_type`).
+    pub fn cluster_type(&self, entry: u64) -> ClusterType {
+        ClusterType::of(entry, self.extended_l2, self.data_file)
+    }
 }
 
-/// How QEMU classifies an L2 entry (`qcow2_get_cluster_type`, without external data files).
+/// How QEMU classifies an L2 entry (`qcow2_get_cluster_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ClusterType {
     /// A compressed-cluster descriptor.
@@ -179,8 +189,10 @@ pub(super) enum ClusterType {
 }
 
 impl ClusterType {
-    /// Classifies a raw L2 entry (with extended L2 entries the zero flag is not used).
-    pub fn of(entry: u64, extended_l2: bool) -> ClusterType {
+    /// Classifies a raw L2 entry (with extended L2 entries the zero flag is not used; with an external data
+    /// file, offset 0 with OFLAG_COPIED is the data file's first cluster: every data-file cluster has
+    /// refcount 1, so the flag tells it from an unallocated entry).
+    pub fn of(entry: u64, extended_l2: bool, data_file: bool) -> ClusterType {
         if entry & OFLAG_COMPRESSED != 0 {
             ClusterType::Compressed
         } else if entry & OFLAG_ZERO != 0 && !extended_l2 {
@@ -189,7 +201,7 @@ impl ClusterType {
             } else {
                 ClusterType::ZeroPlain
             }
-        } else if entry & L2_OFFSET_MASK == 0 {
+        } else if entry & L2_OFFSET_MASK == 0 && !(data_file && entry & OFLAG_COPIED != 0) {
             ClusterType::Unallocated
         } else {
             ClusterType::Normal

@@ -27,6 +27,13 @@ impl Checker<'_> {
         let (l1_offset, l1_size) = (self.layout.l1_table_offset, self.layout.l1_size);
         self.check_l1(expected, l1_offset, l1_size, true, fix)?;
         // Snapshots: their L1 tables, then the snapshot table itself.
+        if self.layout.data_file && !self.snapshots.entries.is_empty() {
+            self.say(format!(
+                "ERROR {} snapshots in image with data file",
+                self.snapshots.entries.len()
+            ));
+            self.res.corruptions += 1;
+        }
         let entries = self.snapshots.entries.clone();
         for snapshot in &entries {
             if self.layout.offset_into_cluster(snapshot.l1_table_offset) != 0 {
@@ -151,7 +158,7 @@ impl Checker<'_> {
             } else {
                 0
             };
-            let kind = ClusterType::of(entry, extended);
+            let kind = self.layout.cluster_type(entry);
             if kind != ClusterType::Compressed && entry & L2_STD_RESERVED_MASK != 0 {
                 self.say(format!(
                     "ERROR found l2 entry with reserved bits set: {entry:x}"
@@ -167,6 +174,13 @@ impl Checker<'_> {
                         ));
                         entry &= !OFLAG_COPIED;
                         self.res.corruptions += 1;
+                    }
+                    if self.layout.data_file {
+                        self.say(format!(
+                            "ERROR compressed cluster {index} with data file, entry=0x{entry:x}"
+                        ));
+                        self.res.corruptions += 1;
+                        continue;
                     }
                     if bitmap != 0 {
                         self.say(format!(
@@ -226,7 +240,11 @@ impl Checker<'_> {
                         }
                         next_contiguous = offset + cs;
                     }
-                    self.inc(expected, offset, cs)?;
+                    // Data-file clusters are not refcounted in the image file (their offsets are in the
+                    // data file).
+                    if !self.layout.data_file {
+                        self.inc(expected, offset, cs)?;
+                    }
                 }
                 ClusterType::Unallocated if bitmap & L2_BITMAP_ALL_ALLOC != 0 => {
                     self.res.corruptions += 1;
