@@ -213,6 +213,64 @@ pub fn total_len(bufs: &[IoBuf<'_>]) -> u64 {
     bufs.iter().map(|b| b.len() as u64).sum()
 }
 
+/// The buffers covering bytes `start..start + len` of the concatenation of `bufs` (no copy): how a format
+/// splits one guest request into the pieces that map to different host ranges. Bytes past the end of `bufs`
+/// are not covered.
+pub fn range_mut<'a>(bufs: &[IoBufMut<'a>], start: u64, len: u64) -> Vec<IoBufMut<'a>> {
+    let mut out = Vec::new();
+    for_each_piece(bufs.iter().map(IoBufMut::len), start, len, |i, from, n| {
+        if let Some(piece) = bufs[i].subslice(from, n) {
+            out.push(piece);
+        }
+    });
+    out
+}
+
+/// The buffers covering bytes `start..start + len` of the concatenation of `bufs` (no copy); see
+/// [`range_mut`].
+pub fn range<'a>(bufs: &[IoBuf<'a>], start: u64, len: u64) -> Vec<IoBuf<'a>> {
+    let mut out = Vec::new();
+    for_each_piece(bufs.iter().map(IoBuf::len), start, len, |i, from, n| {
+        if let Some(piece) = bufs[i].subslice(from, n) {
+            out.push(piece);
+        }
+    });
+    out
+}
+
+/// Calls `piece(index, offset_in_buffer, length)` for each buffer (given by its length) that overlaps bytes
+/// `start..start + len` of their concatenation.
+fn for_each_piece(
+    lens: impl Iterator<Item = usize>,
+    start: u64,
+    len: u64,
+    mut piece: impl FnMut(usize, usize, usize),
+) {
+    let end = start.saturating_add(len);
+    let mut pos = 0u64;
+    for (i, b_len) in lens.enumerate() {
+        let (b_start, b_end) = (pos, pos + b_len as u64);
+        pos = b_end;
+        if b_start >= end {
+            break;
+        }
+        if b_end <= start || len == 0 {
+            continue;
+        }
+        let from = start.max(b_start) - b_start;
+        let to = end.min(b_end) - b_start;
+        // from <= to <= b_len, which is a usize.
+        piece(i, from as usize, (to - from) as usize);
+    }
+}
+
+/// Fills every buffer with zeros.
+pub fn zero_fill(bufs: &[IoBufMut<'_>]) {
+    for buf in bufs {
+        buf.fill_zero_from(0);
+    }
+}
+
 /// Views `bufs` as the `iovec` array the kernel takes; no copy.
 pub fn as_iovecs_mut<'b>(bufs: &'b [IoBufMut<'_>]) -> &'b [libc::iovec] {
     const _: () =
@@ -237,6 +295,22 @@ pub fn as_iovecs<'b>(bufs: &'b [IoBuf<'_>]) -> &'b [libc::iovec] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_cover_the_requested_bytes() {
+        let mut a = [0u8; 3];
+        let mut b = [1u8; 5];
+        let bufs = [IoBufMut::from(&mut a[..]), IoBufMut::from(&mut b[..])];
+        let lens = |v: &[IoBufMut<'_>]| v.iter().map(|b| b.len()).collect::<Vec<_>>();
+        assert_eq!(lens(&range_mut(&bufs, 0, 8)), [3, 5]);
+        assert_eq!(lens(&range_mut(&bufs, 2, 3)), [1, 2]);
+        assert_eq!(lens(&range_mut(&bufs, 3, 5)), [5]);
+        assert_eq!(lens(&range_mut(&bufs, 4, 100)), [4]);
+        assert!(range_mut(&bufs, 8, 4).is_empty());
+        assert!(range_mut(&bufs, 1, 0).is_empty());
+        zero_fill(&range_mut(&bufs, 4, 2));
+        assert_eq!(b, [1, 0, 0, 1, 1]);
+    }
 
     #[test]
     fn copies_and_subslices() {

@@ -6,62 +6,13 @@
 //! published in memory). A crash leaves either the old image (the footer copy at 0 still describes it) or the
 //! new block fully in place.
 
-use blk_core::buffer::{total_len, total_len_mut};
+use blk_core::buffer::{range, range_mut, total_len, total_len_mut, zero_fill};
 use blk_core::{Error, ErrorKind, IoBuf, IoBufMut, Result};
 use zerocopy::IntoBytes;
 
 use crate::bat::{SparseLayout, BITMAP_FULL, BITMAP_PARTIAL, BITMAP_UNKNOWN, UNALLOCATED};
 use crate::footer::DiskType;
 use crate::vhd::Vhd;
-
-/// Sub-buffers covering bytes `start..start + len` of the concatenation of `bufs`.
-pub(crate) fn slice_mut<'a>(bufs: &[IoBufMut<'a>], start: u64, len: u64) -> Vec<IoBufMut<'a>> {
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    let end = start + len;
-    for buf in bufs {
-        let b_len = buf.len() as u64;
-        let (b_start, b_end) = (pos, pos + b_len);
-        pos = b_end;
-        if b_end <= start || b_start >= end {
-            continue;
-        }
-        let from = start.max(b_start) - b_start;
-        let to = end.min(b_end) - b_start;
-        // from <= to <= b_len, a usize.
-        if let Some(sub) = buf.subslice(from as usize, (to - from) as usize) {
-            out.push(sub);
-        }
-    }
-    out
-}
-
-/// Sub-buffers covering bytes `start..start + len` of the concatenation of `bufs`.
-pub(crate) fn slice<'a>(bufs: &[IoBuf<'a>], start: u64, len: u64) -> Vec<IoBuf<'a>> {
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    let end = start + len;
-    for buf in bufs {
-        let b_len = buf.len() as u64;
-        let (b_start, b_end) = (pos, pos + b_len);
-        pos = b_end;
-        if b_end <= start || b_start >= end {
-            continue;
-        }
-        let from = start.max(b_start) - b_start;
-        let to = end.min(b_end) - b_start;
-        if let Some(sub) = buf.subslice(from as usize, (to - from) as usize) {
-            out.push(sub);
-        }
-    }
-    out
-}
-
-fn zero_fill(bufs: &[IoBufMut<'_>]) {
-    for b in bufs {
-        b.fill_zero_from(0);
-    }
-}
 
 fn bit(bitmap: &[u8], index: u64) -> bool {
     // Bit order: the most significant bit of byte 0 is sector 0 (as Microsoft's and Xen's tools write it).
@@ -125,10 +76,10 @@ impl Vhd {
                 let parent_size = parent.logical_size();
                 let from_parent = parent_size.saturating_sub(offset).min(len);
                 if from_parent > 0 {
-                    parent.read_at(offset, &slice_mut(bufs, 0, from_parent))?;
+                    parent.read_at(offset, &range_mut(bufs, 0, from_parent))?;
                 }
                 if from_parent < len {
-                    zero_fill(&slice_mut(bufs, from_parent, len - from_parent));
+                    zero_fill(&range_mut(bufs, from_parent, len - from_parent));
                 }
                 Ok(())
             }
@@ -150,7 +101,7 @@ impl Vhd {
             let pos = offset + done;
             let in_block = pos % sparse.block_size;
             let n = (sparse.block_size - in_block).min(len - done);
-            let chunk = slice_mut(bufs, done, n);
+            let chunk = range_mut(bufs, done, n);
             let entry = sparse.entry(pos / sparse.block_size);
             if entry == UNALLOCATED {
                 self.read_below(pos, &chunk)?;
@@ -189,7 +140,7 @@ impl Vhd {
                 end_sector += 1;
             }
             let n = (end_sector * 512).min(in_block + len) - pos;
-            let chunk = slice_mut(bufs, done, n);
+            let chunk = range_mut(bufs, done, n);
             if present {
                 self.file.read_exact_vectored_at(data + pos, &chunk)?;
             } else {
@@ -210,7 +161,7 @@ impl Vhd {
         while done < len {
             let pos = offset + done;
             let n = (sparse.block_size - pos % sparse.block_size).min(len - done);
-            self.write_chunk(sparse, pos, &slice(bufs, done, n))?;
+            self.write_chunk(sparse, pos, &range(bufs, done, n))?;
             done += n;
         }
         Ok(())

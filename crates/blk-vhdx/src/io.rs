@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use blk_core::buffer::{range, range_mut, zero_fill};
 use blk_core::{IoBuf, IoBufMut, Result};
 
 use crate::bat::{self, *};
@@ -22,60 +23,6 @@ pub(crate) enum Source<'s, 'a> {
     Zeros,
 }
 
-/// `len` bytes of `bufs` starting at byte `start`.
-pub(crate) fn slice_mut<'a>(
-    bufs: &[IoBufMut<'a>],
-    mut start: u64,
-    mut len: u64,
-) -> Vec<IoBufMut<'a>> {
-    let mut out = Vec::new();
-    for b in bufs {
-        let blen = b.len() as u64;
-        if start >= blen {
-            start -= blen;
-            continue;
-        }
-        if len == 0 {
-            break;
-        }
-        let take = (blen - start).min(len);
-        if let Some(s) = b.subslice(start as usize, take as usize) {
-            out.push(s);
-        }
-        len -= take;
-        start = 0;
-    }
-    out
-}
-
-/// `len` bytes of `bufs` starting at byte `start`.
-pub(crate) fn slice<'a>(bufs: &[IoBuf<'a>], mut start: u64, mut len: u64) -> Vec<IoBuf<'a>> {
-    let mut out = Vec::new();
-    for b in bufs {
-        let blen = b.len() as u64;
-        if start >= blen {
-            start -= blen;
-            continue;
-        }
-        if len == 0 {
-            break;
-        }
-        let take = (blen - start).min(len);
-        if let Some(s) = b.subslice(start as usize, take as usize) {
-            out.push(s);
-        }
-        len -= take;
-        start = 0;
-    }
-    out
-}
-
-fn zero_fill(bufs: &[IoBufMut<'_>]) {
-    for b in bufs {
-        b.fill_zero_from(0);
-    }
-}
-
 impl Vhdx {
     /// Reads `len` guest bytes at `offset` (range already checked).
     pub(crate) fn read_range(&self, offset: u64, len: u64, bufs: &[IoBufMut<'_>]) -> Result<()> {
@@ -85,7 +32,7 @@ impl Vhdx {
             let pos = offset + done;
             let (block, in_off) = (pos / bs, pos % bs);
             let n = (bs - in_off).min(len - done);
-            self.read_in_block(block, in_off, n, &slice_mut(bufs, done, n))?;
+            self.read_in_block(block, in_off, n, &range_mut(bufs, done, n))?;
             done += n;
         }
         Ok(())
@@ -133,10 +80,10 @@ impl Vhdx {
         let size = parent.disk.logical_size();
         let n = size.saturating_sub(guest).min(len);
         if n > 0 {
-            parent.disk.read_at(guest, &slice_mut(bufs, 0, n))?;
+            parent.disk.read_at(guest, &range_mut(bufs, 0, n))?;
         }
         if n < len {
-            zero_fill(&slice_mut(bufs, n, len - n));
+            zero_fill(&range_mut(bufs, n, len - n));
         }
         Ok(())
     }
@@ -185,7 +132,7 @@ impl Vhdx {
             }
             let start_byte = (sector * ss).max(in_off);
             let end_byte = (end * ss).min(in_off + len);
-            let part = slice_mut(bufs, start_byte - in_off, end_byte - start_byte);
+            let part = range_mut(bufs, start_byte - in_off, end_byte - start_byte);
             if p {
                 self.file
                     .read_exact_vectored_at(file_offset(e) + start_byte, &part)?;
@@ -213,7 +160,7 @@ impl Vhdx {
             let part;
             let src = match source {
                 Source::Data(bufs) => {
-                    part = slice(bufs, done, n);
+                    part = range(bufs, done, n);
                     Source::Data(&part)
                 }
                 Source::Zeros => Source::Zeros,
