@@ -28,6 +28,10 @@ pub enum LockMode {
     None,
 }
 
+/// How long a lock conflict is retried before it is reported: long enough to cover a fork-to-exec window in a
+/// process that spawns programs while it opens images.
+pub const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How to open a host file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HostOpenOptions {
@@ -156,7 +160,25 @@ impl HostFile {
     /// OFD read locks at `100 + i` for each permission `i` held and at `200 + i` for each permission refused to
     /// others, then a check that nobody refuses what we hold or holds what we refuse. A reader holds
     /// consistent-read and refuses write and resize; a writer also holds write and resize.
+    ///
+    /// A conflict is retried for up to [`LOCK_RETRY`]: OFD locks belong to open file descriptions, and a child
+    /// process forked by another thread of this process holds copies of every descriptor until it execs, so a
+    /// file just closed here can look locked for that instant (see ADR 0003). A real conflict still fails,
+    /// only that much later.
     fn lock(&self) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.try_lock() {
+                Err(e) if e.kind() == ErrorKind::Locked && started.elapsed() < LOCK_RETRY => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt at [`HostFile::lock`].
+    fn try_lock(&self) -> Result<()> {
         let held: &[Permission] = if self.read_only {
             &[Permission::ConsistentRead]
         } else {
