@@ -56,7 +56,7 @@ impl Metadata {
         }
         let offset = start << self.g.cluster_bits;
         self.file_end = self.file_end.max((start + n) << self.g.cluster_bits);
-        self.check_metadata_write(offset, n << self.g.cluster_bits)?;
+        self.guard_metadata_write(file, offset, n << self.g.cluster_bits)?;
         Ok(offset)
     }
 
@@ -82,11 +82,40 @@ impl Metadata {
         Ok(offset)
     }
 
-    /// Frees (decrements) the clusters an L2 entry referenced.
-    pub(crate) fn release(&mut self, file: &HostFile, entry: crate::tables::L2Entry) -> Result<()> {
+    /// Checks that the clusters an L2 entry references may be freed or replaced: inside the used part of the
+    /// file (`CorruptImage` otherwise) and not over the header, the L1 / refcount tables or a cached table
+    /// (which, as a prevented write over metadata, also marks the image corrupt). Called before anything is
+    /// changed for the entry, so a hostile entry changes nothing.
+    pub(crate) fn check_release(
+        &mut self,
+        file: &HostFile,
+        entry: crate::tables::L2Entry,
+    ) -> Result<()> {
         use crate::tables::L2Entry;
         match entry {
             // Clusters of an external data file are not refcounted.
+            L2Entry::Data { .. } | L2Entry::Zero { .. } if self.g.data_file => Ok(()),
+            L2Entry::Data { host, .. }
+            | L2Entry::Zero {
+                host: Some(host), ..
+            } => {
+                self.check_data_location(host)?;
+                self.guard_data_write(file, host, self.g.cluster_size)
+            }
+            L2Entry::Compressed { host, size } => {
+                self.check_compressed_location(host, size)?;
+                self.guard_data_write(file, host, size)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Frees (decrements) the clusters an L2 entry referenced, after `check_release` (so no refcount block is
+    /// ever created past the end of the file and no metadata is punched).
+    pub(crate) fn release(&mut self, file: &HostFile, entry: crate::tables::L2Entry) -> Result<()> {
+        use crate::tables::L2Entry;
+        self.check_release(file, entry)?;
+        match entry {
             L2Entry::Data { .. } | L2Entry::Zero { .. } if self.g.data_file => Ok(()),
             L2Entry::Data { host, .. }
             | L2Entry::Zero {

@@ -82,7 +82,7 @@ fn zero_fill(bufs: &[IoBufMut<'_>]) {
 }
 
 /// Whether replacing an entry must drop a reference to what it pointed to.
-fn holds_reference(entry: L2Entry) -> bool {
+pub(crate) fn holds_reference(entry: L2Entry) -> bool {
     matches!(
         entry,
         L2Entry::Data { .. } | L2Entry::Compressed { .. } | L2Entry::Zero { host: Some(_), .. }
@@ -90,7 +90,7 @@ fn holds_reference(entry: L2Entry) -> bool {
 }
 
 impl Qcow2 {
-    fn cluster_size(&self) -> u64 {
+    pub(crate) fn cluster_size(&self) -> u64 {
         self.shared.geometry.cluster_size
     }
 
@@ -118,6 +118,14 @@ impl Qcow2 {
                 gc * self.cluster_size(),
             ));
         }
+        Ok(entry)
+    }
+
+    /// `lookup` for a request that may replace or free the entry: also checks that what it references may be
+    /// freed (`Metadata::check_release`), before anything changes.
+    pub(crate) fn lookup_for_update(&self, meta: &mut Metadata, gc: u64) -> Result<L2Entry> {
+        let entry = self.lookup(meta, gc)?;
+        meta.check_release(&self.shared.file, entry)?;
         Ok(entry)
     }
 
@@ -233,9 +241,9 @@ impl Qcow2 {
         let file = &self.shared.file;
         let meta = self.lock_metadata();
         let mut meta = self.wait_cluster(meta, gc);
-        let entry = self.lookup(&mut meta, gc)?;
+        let entry = self.lookup_for_update(&mut meta, gc)?;
         if let L2Entry::Data { host, copied: true } = entry {
-            meta.check_data_write(host + in_off, n)?;
+            meta.guard_data_write(file, host + in_off, n)?;
             drop(meta);
             return self.write_data(host + in_off, data);
         }
@@ -250,7 +258,7 @@ impl Qcow2 {
                 self.allocate_data(&mut meta, gc, 1)?
             }
         };
-        meta.check_data_write(target, self.cluster_size())?;
+        meta.guard_data_write(file, target, self.cluster_size())?;
         meta.in_flight.insert(gc);
         drop(meta);
         let written = self.fill_cluster(gc, entry, target, in_off, n, data);
@@ -335,134 +343,24 @@ impl Qcow2 {
         self.write_data_all(target, &cluster)
     }
 
-    /// Zeroes as QEMU does: whole clusters (and partial ones that already read as zeros, widened to the
-    /// cluster) get the zero flag (v3) or are deallocated (v2 without backing file, qemu's full discard);
-    /// everything else is written as zero buffers.
-    pub(crate) fn write_zeroes_impl(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
-        check_range(offset, len, self.shared.geometry.size)?;
-        if self.shared.geometry.extended_l2 {
-            return self.write_zeroes_extended(offset, len, may_unmap);
-        }
-        let cs = self.cluster_size();
-        let size = self.shared.geometry.size;
-        let v3 = self.shared.geometry.version >= 3;
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let n = (cs - pos % cs).min(end - pos);
-            let whole = pos % cs == 0 && (n == cs || pos + n == size);
-            // A partial cluster is zeroed whole only if it still reads as zeros under the lock (a concurrent
-            // write may have allocated it since the check).
-            let zeroed = if !whole && !self.partial_zero_is_free(pos, n)? {
-                false
-            } else if v3 {
-                self.zero_clusters(pos / cs, may_unmap, false, !whole)?
-            } else if self.shared.backing.is_none() {
-                self.zero_clusters(pos / cs, true, true, !whole)?
-            } else {
-                false
-            };
-            if !zeroed {
-                self.write_zero_buffers(pos, n)?;
-            }
-            pos += n;
-        }
-        Ok(())
-    }
-
-    /// Whether a partial zero write of `n` bytes at guest offset `pos` may zero its whole cluster (the rest of
-    /// the cluster already reads as zeros).
-    fn partial_zero_is_free(&self, pos: u64, n: u64) -> Result<bool> {
-        let cs = self.cluster_size();
-        let gc = pos / cs;
-        let entry = {
-            let mut meta = self.lock_metadata();
-            self.lookup(&mut meta, gc)?
-        };
-        Ok(match entry {
-            L2Entry::Zero { .. } => true,
-            // QEMU's is_zero: the rest of the cluster reads as zeros through the backing file (past its end,
-            // or zero / unallocated there), asked without the metadata lock (rule 4).
-            L2Entry::Unallocated => match &self.shared.backing {
-                None => true,
-                Some(backing) => {
-                    let start = gc * cs;
-                    let end = (start + cs).min(self.shared.geometry.size);
-                    backing.reads_zero(start, pos)? && backing.reads_zero(pos + n, end)?
-                }
-            },
-            _ => false,
-        })
-    }
-
-    pub(crate) fn write_zero_buffers(&self, offset: u64, len: u64) -> Result<()> {
-        let chunk = (1u64 << 20).min(len);
-        let zeros = vec![0u8; chunk as usize];
-        let mut pos = 0;
-        while pos < len {
-            let n = chunk.min(len - pos);
-            self.write_impl(offset + pos, &[IoBuf::from(&zeros[..n as usize])])?;
-            pos += n;
-        }
-        Ok(())
-    }
-
-    /// Makes guest cluster `gc` read as zeros: the zero flag (keeping an allocation unless `may_unmap`), or
-    /// with `deallocate` (v2) an unallocated entry. With `only_if_zero`, does nothing and returns `false`
-    /// unless the cluster is unallocated or already a zero cluster.
-    fn zero_clusters(
-        &self,
-        gc: u64,
-        may_unmap: bool,
-        deallocate: bool,
-        only_if_zero: bool,
-    ) -> Result<bool> {
-        let file = &self.shared.file;
-        let meta = self.lock_metadata();
-        let mut meta = self.wait_cluster(meta, gc);
-        let raw = meta.l2_entry(file, gc)?;
-        let entry = self.lookup(&mut meta, gc)?;
-        if only_if_zero && !matches!(entry, L2Entry::Unallocated | L2Entry::Zero { .. }) {
-            return Ok(false);
-        }
-        let new = match entry {
-            _ if deallocate => 0,
-            L2Entry::Data { host, copied: true }
-            | L2Entry::Zero {
-                host: Some(host),
-                copied: true,
-            } if !may_unmap => host | COPIED | ZERO,
-            _ => ZERO,
-        };
-        if new == raw {
-            return Ok(true);
-        }
-        meta.set_l2_entry(file, gc, new)?;
-        if let (L2Entry::Data { host, .. }, true) = (entry, new & ZERO != 0) {
-            if new & crate::tables::L2_OFFSET_MASK != 0 {
-                // A zero cluster keeping its data-file cluster: zero it there too, as QEMU does.
-                self.zero_data_cluster(host);
-            }
-        }
-        let released = if holds_reference(entry) && new & crate::tables::L2_OFFSET_MASK == 0 {
-            vec![entry]
-        } else {
-            Vec::new()
-        };
-        self.release_all(&mut meta, released)?;
-        Ok(true)
-    }
-
-    /// Drops the references of replaced entries (after their L2 tables reached the disk) and punches the
-    /// freed host clusters. Runs under the lock, so no allocation can take a freed cluster before its punch.
+    /// Drops the references of replaced entries (after their L2 tables reached the disk: one flush for the
+    /// whole batch) and punches the freed host clusters, contiguous ones in one call. Runs under the lock, so
+    /// no allocation can take a freed cluster before its punch.
     pub(crate) fn release_all(&self, meta: &mut Metadata, released: Vec<L2Entry>) -> Result<()> {
         if released.is_empty() {
             return Ok(());
         }
         let file = &self.shared.file;
+        let cs = self.cluster_size();
         meta.flush(file)?;
+        // Freed host ranges to punch, (start, end), merged when contiguous.
+        let mut punches: Vec<(u64, u64)> = Vec::new();
+        let mut result = Ok(());
         for entry in released {
-            meta.release(file, entry)?;
+            if let Err(e) = meta.release(file, entry) {
+                result = Err(e);
+                break;
+            }
             if let L2Entry::Data { host, .. }
             | L2Entry::Zero {
                 host: Some(host), ..
@@ -470,13 +368,26 @@ impl Qcow2 {
             {
                 if self.shared.data_file.is_some() {
                     self.zero_data_cluster(host);
-                } else if meta.refcount(file, host >> self.shared.geometry.cluster_bits)? == 0 {
-                    // A failed punch only leaves the freed cluster's old bytes on the host.
-                    let _ = file.punch_hole(host, self.cluster_size());
+                    continue;
+                }
+                match meta.refcount(file, host >> self.shared.geometry.cluster_bits) {
+                    Ok(0) => match punches.last_mut() {
+                        Some((_, end)) if *end == host => *end = host + cs,
+                        _ => punches.push((host, host + cs)),
+                    },
+                    Ok(_) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
                 }
             }
         }
-        Ok(())
+        for (start, end) in punches {
+            // A failed punch only leaves the freed clusters' old bytes on the host.
+            let _ = file.punch_hole(start, end - start);
+        }
+        result
     }
 
     pub(crate) fn discard_impl(&self, offset: u64, len: u64) -> Result<()> {
@@ -512,28 +423,34 @@ impl Qcow2 {
             let stop = ((gc / self.shared.geometry.l2_entries + 1)
                 * self.shared.geometry.l2_entries)
                 .min(last);
-            for c in gc..stop {
-                if meta.in_flight.contains(&c) {
-                    continue;
-                }
-                let entry = self.lookup(&mut meta, c)?;
-                let new = match entry {
-                    L2Entry::Unallocated if self.shared.backing.is_some() && v3 => ZERO,
-                    L2Entry::Data { .. } | L2Entry::Compressed { .. } => {
-                        if v3 {
-                            ZERO
-                        } else {
-                            0
-                        }
+            let mut changed = || -> Result<()> {
+                for c in gc..stop {
+                    if meta.in_flight.contains(&c) {
+                        continue;
                     }
-                    _ => continue,
-                };
-                meta.set_l2_entry(file, c, new)?;
-                if holds_reference(entry) {
-                    released.push(entry);
+                    let entry = self.lookup_for_update(&mut meta, c)?;
+                    let new = match entry {
+                        L2Entry::Unallocated if self.shared.backing.is_some() && v3 => ZERO,
+                        L2Entry::Data { .. } | L2Entry::Compressed { .. } => {
+                            if v3 {
+                                ZERO
+                            } else {
+                                0
+                            }
+                        }
+                        _ => continue,
+                    };
+                    meta.set_l2_entry(file, c, new)?;
+                    if holds_reference(entry) {
+                        released.push(entry);
+                    }
                 }
-            }
+                Ok(())
+            };
+            // A bad entry stops the discard there; what was changed before it is still released.
+            let result = changed();
             self.release_all(&mut meta, released)?;
+            result?;
             gc = stop;
         }
         Ok(())
@@ -568,13 +485,21 @@ impl Qcow2 {
         let file = &self.shared.file;
         let meta = self.lock_metadata();
         let mut meta = self.wait_cluster(meta, gc);
-        let old = self.lookup(&mut meta, gc)?;
+        let old = self.lookup_for_update(&mut meta, gc)?;
         let len = compressed.len() as u64;
         let host = meta.allocate_bytes(file, len)?;
-        meta.check_data_write(host, len)?;
+        meta.guard_data_write(file, host, len)?;
         meta.in_flight.insert(gc);
         drop(meta);
-        let written = self.file.write_all_at(host, &compressed);
+        let written = self.file.write_all_at(host, &compressed).map(|()| {
+            // As qemu-img, the file ends on a 512-byte boundary (sector-based readers of the last compressed
+            // cluster). Allocating never shrinks the file nor changes bytes already written there (another
+            // compressed cluster may be packed right after), and a failure only leaves the file unpadded.
+            let end = host + len;
+            if end % 512 != 0 {
+                let _ = self.file.allocate(end, 512 - end % 512);
+            }
+        });
         let entry = L2Entry::compressed(host, len, &self.shared.geometry);
         // The compressed bytes lie in one host cluster (see `allocate_bytes`): the undo of a fresh cluster.
         self.link(gc, old, host, true, written, entry)

@@ -36,11 +36,13 @@
 //! | `data_file` | the external data file: opening it, guest data I/O to it, data cluster placement |
 //! | `cache` | the L2-table and refcount-block caches (LRU, write-back) |
 //! | `metadata` | `Metadata`: L1 table, caches, header state under one lock |
+//! | `overlap` | the overlap check on writes: prevented writes over metadata mark the image corrupt |
 //! | `refcount` | refcount reads and writes, new refcount blocks, refcount-table growth |
 //! | `allocator` | cluster and byte (compressed) allocation |
 //! | `compression` | deflate and zstd cluster compression |
 //! | `backing` | the backing file |
-//! | `io` | read, write, write-zeroes, discard |
+//! | `io` | read, write, discard, compressed writes |
+//! | `write_zeroes` | write-zeroes: zero flags in batches per L2 table, zero buffers for the rest |
 //! | `write_run` | multi-cluster writes in one host write |
 //! | `map` | `map` runs as `qemu-img map` shows them |
 //! | `create` | [`Qcow2::create`] with qemu-img's layout |
@@ -68,9 +70,11 @@
 //!
 //! Data is written before the L2 entry pointing to it; refcount increments reach the disk before L2 tables
 //! (the L2 cache flushes the refcount cache and syncs first); a new L2 table is written and synced before the
-//! L1 entry pointing to it; for discards and overwritten compressed clusters the L2 change is written and
-//! synced before the refcounts are decremented and the host range punched. A crash leaves at most leaked
-//! clusters. With an external data file, `flush` flushes the data file before the metadata.
+//! L1 entry pointing to it; for discards, write-zeroes that unmap and overwritten compressed clusters the L2
+//! change is written and synced before the refcounts are decremented and the host range punched (discards
+//! and write-zeroes batch this per L2 table: one flush, then the decrements and merged punch-holes). A crash
+//! leaves at most leaked clusters. An L2 table shared with an internal snapshot is copied verbatim, as QEMU's
+//! `l2_allocate` does: the clusters it references keep their refcounts (counted once per L1 table). With an external data file, `flush` flushes the data file before the metadata.
 //!
 //! # Extended L2 entries
 //!
@@ -106,9 +110,17 @@
 //! While running: an L2 table or refcount block must be cluster-aligned, end inside the used part of the file
 //! (the file length at open, grown by this process's allocations) and not overlap the header, the L1 table or
 //! the refcount table; a data cluster must lie inside the used part of the file; otherwise the request fails
-//! with `CorruptImage` and nothing is written. A refcount block missing for clusters inside the file (a lying
-//! refcount table) makes allocations there fail rather than hand out clusters that may be in use. Guest data
-//! is never written over the header, the L1 / refcount tables or a cached table.
+//! with `CorruptImage` and nothing is written. Every path that writes, copies on write, zeroes, discards or
+//! frees through an L2 entry checks its cluster (compressed data: its byte span) that way before changing
+//! anything, so freeing never creates refcount blocks past the file. A refcount block missing for clusters
+//! inside the file (a lying refcount table) makes allocations there fail rather than hand out clusters that
+//! may be in use. Guest data and metadata are never written over the header, the L1 / refcount tables or a
+//! cached table: as QEMU's overlap check, such a write is refused, the image is marked corrupt (v3) and every
+//! later write of this open fails (reads go on).
+//!
+//! A dirty image opened writable is repaired first; as QEMU, a repair that fails or reports check errors
+//! fails the open ("Could not repair dirty image"), while corruptions it leaves do not. Compressed writes
+//! leave the file ending on a 512-byte boundary, as qemu-img does.
 //!
 //! Caches: the L2 cache holds at most `l2_cache_size` bytes of tables (default 32 MiB, QEMU's maximum
 //! default; at least 2 tables), the refcount-block cache a quarter as many blocks (at least 4).
@@ -166,11 +178,13 @@ mod header;
 mod io;
 mod map;
 mod metadata;
+mod overlap;
 mod refcount;
 mod subcluster_write;
 mod subclusters;
 mod tables;
 mod write_run;
+mod write_zeroes;
 
 pub use options::{
     CompressionType, Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS,

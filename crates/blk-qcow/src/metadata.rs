@@ -105,6 +105,9 @@ pub struct Metadata {
     /// The file length at open (cluster-rounded): a refcount block missing for clusters below it means the
     /// refcount table lies, and nothing there may be handed out.
     pub(crate) open_end: u64,
+    /// Set once a write over metadata was prevented: the image is marked corrupt and refuses every further
+    /// write (see `overlap`).
+    pub(crate) corruption_signaled: bool,
 }
 
 /// An error for inconsistent metadata at `offset`.
@@ -144,6 +147,7 @@ impl Metadata {
             compressed_tail: 0,
             file_end: 0,
             open_end: 0,
+            corruption_signaled: false,
         }
     }
 
@@ -182,6 +186,18 @@ impl Metadata {
         if host.saturating_add(self.g.cluster_size) > self.file_end {
             return Err(corrupt(
                 format!("data cluster at {host:#x} lies past the end of the image"),
+                host,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that compressed data from an L2 entry (`size` bytes at byte `host`) lies inside the used area
+    /// and not over the header.
+    pub(crate) fn check_compressed_location(&self, host: u64, size: u64) -> Result<()> {
+        if host < self.g.cluster_size || host.saturating_add(size) > self.file_end {
+            return Err(corrupt(
+                format!("compressed cluster at {host:#x} ({size} bytes) lies outside the image"),
                 host,
             ));
         }
@@ -248,8 +264,10 @@ impl Metadata {
     }
 
     fn write_back_l2_slot(&mut self, file: &HostFile, slot: usize) -> Result<()> {
+        if let Some(offset) = self.l2_cache.slot(slot).map(|s| s.offset) {
+            self.guard_metadata_write(file, offset, self.g.cluster_size)?;
+        }
         if let Some(s) = self.l2_cache.slot(slot) {
-            self.check_metadata_write(s.offset, self.g.cluster_size)?;
             file.write_all_at(s.offset, &s.data)?;
         }
         self.l2_cache.mark_clean(slot);
@@ -260,8 +278,10 @@ impl Metadata {
     pub(crate) fn write_back_refcounts(&mut self, file: &HostFile, sync: bool) -> Result<()> {
         let dirty = self.rb_cache.dirty_slots();
         for &slot in &dirty {
+            if let Some(offset) = self.rb_cache.slot(slot).map(|s| s.offset) {
+                self.guard_metadata_write(file, offset, self.g.cluster_size)?;
+            }
             if let Some(s) = self.rb_cache.slot(slot) {
-                self.check_metadata_write(s.offset, self.g.cluster_size)?;
                 file.write_all_at(s.offset, &s.data)?;
             }
             self.rb_cache.mark_clean(slot);
@@ -387,8 +407,9 @@ impl Metadata {
         Ok(())
     }
 
-    /// Gives L1 entry `l1_index` a new L2 table: zeros, or a copy of the shared table at `old` (0: none). The
-    /// refcounts reach the disk before the table, the table before the L1 entry.
+    /// Gives L1 entry `l1_index` a new L2 table: zeros, or a copy of the shared table at `old` (0: none), which
+    /// then loses the active L1 table's reference. The refcounts reach the disk before the table, the table
+    /// before the L1 entry.
     fn new_l2_table(&mut self, file: &HostFile, l1_index: usize, old: u64) -> Result<u64> {
         let cs = self.g.cluster_size;
         let mut data = vec![0u8; cs as usize];
@@ -400,28 +421,12 @@ impl Metadata {
                 self.write_back_refcounts(file, true)?;
                 self.write_back_l2_slot(file, slot)?;
             }
-            // Clusters referenced by the copy gain a reference.
-            for index in 0..self.g.l2_entries {
-                let i = self.g.l2_word(index);
-                let raw = entry(&data, i);
-                match crate::tables::L2Entry::decode(raw, &self.g) {
-                    crate::tables::L2Entry::Data { host, .. }
-                    | crate::tables::L2Entry::Zero {
-                        host: Some(host), ..
-                    } => {
-                        self.change_refcount(file, host >> self.g.cluster_bits, 1)?;
-                        set_entry(&mut data, i, raw & !COPIED);
-                    }
-                    crate::tables::L2Entry::Compressed { host, size } => {
-                        self.change_refcount_range(file, host, size, 1)?;
-                    }
-                    _ => {}
-                }
-            }
+            // As QEMU's l2_allocate: the copy is verbatim and the clusters it references keep their refcounts
+            // (a snapshot already counted them once per L1 table reaching them).
         }
         let new = self.allocate_clusters(file, 1)?;
         self.write_back_refcounts(file, true)?;
-        self.check_metadata_write(new, cs)?;
+        self.guard_metadata_write(file, new, cs)?;
         file.write_all_at(new, &data)?;
         file.sync_data()?;
         self.write_l1_entry(file, l1_index, new | COPIED)?;

@@ -177,7 +177,18 @@ impl Qcow2 {
                         "repairing the refcounts of a dirty image with an external data file is not supported",
                     ));
                 }
-                crate::check::run(&image, RepairMode::All)?;
+                // As QEMU: a repair that fails or leaves check errors fails the open; corruptions it could
+                // not repair do not (qemu-io opens such an image and clears the dirty bit when it closes).
+                let report = crate::check::run(&image, RepairMode::All).map_err(|e| {
+                    let offset = e.offset();
+                    let wrapped =
+                        Error::new(e.kind(), "Could not repair dirty image").with_source(e);
+                    match offset {
+                        Some(at) => wrapped.with_offset(at),
+                        None => wrapped,
+                    }
+                })?;
+                dirty_repair_outcome(&report)?;
                 let mut meta = image.lock_metadata();
                 meta.flush(&image.shared.file)?;
                 meta.update_incompatible(&image.shared.file, 0, INCOMPAT_DIRTY)?;
@@ -421,5 +432,42 @@ impl AsyncDiskFile for Qcow2 {
 
     fn try_clone_async(&self) -> Result<Box<dyn AsyncDiskFile>> {
         Ok(Box::new(self.duplicate()?))
+    }
+}
+
+/// Whether the repair of a dirty image on open may go on: as QEMU's `qcow2_do_open`, check errors (parts of
+/// the check that could not run) fail the open ("Could not repair dirty image"); corruptions left are
+/// tolerated.
+fn dirty_repair_outcome(report: &CheckReport) -> Result<()> {
+    if report.check_errors > 0 {
+        return Err(Error::new(
+            ErrorKind::CorruptImage,
+            format!(
+                "Could not repair dirty image: {} check errors",
+                report.check_errors
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_repair_with_check_errors_fails_the_open() {
+        let report = CheckReport {
+            check_errors: 1,
+            ..CheckReport::default()
+        };
+        let e = dirty_repair_outcome(&report).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CorruptImage);
+        assert!(e.message().contains("Could not repair dirty image"));
+        let report = CheckReport {
+            corruptions: 2,
+            ..CheckReport::default()
+        };
+        assert!(dirty_repair_outcome(&report).is_ok());
     }
 }

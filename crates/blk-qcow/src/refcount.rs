@@ -74,8 +74,10 @@ impl Metadata {
         let replace = if self.rb_cache.is_full() {
             let victim = self.rb_cache.victim();
             if let Some(v) = victim {
+                if let Some(at) = self.rb_cache.slot(v).filter(|s| s.dirty).map(|s| s.offset) {
+                    self.guard_metadata_write(file, at, self.g.cluster_size)?;
+                }
                 if let Some(s) = self.rb_cache.slot(v).filter(|s| s.dirty) {
-                    self.check_metadata_write(s.offset, self.g.cluster_size)?;
                     file.write_all_at(s.offset, &s.data)?;
                 }
                 self.rb_cache.mark_clean(v);
@@ -212,7 +214,7 @@ impl Metadata {
         if offset >= MAX_HOST_OFFSET {
             return Err(corrupt("the image would grow past 2^56 bytes", offset));
         }
-        self.check_metadata_write(offset, cs)?;
+        self.guard_metadata_write(file, offset, cs)?;
         self.file_end = self.file_end.max(offset + cs);
         file.write_all_at(offset, &data)?;
         let table_at = self.header.refcount_table_offset + bi * 8;
@@ -234,6 +236,9 @@ impl Metadata {
     fn flush_one_rb(&mut self, file: &HostFile) -> Result<Option<usize>> {
         let victim = self.rb_cache.victim();
         if let Some(v) = victim {
+            if let Some(at) = self.rb_cache.slot(v).filter(|s| s.dirty).map(|s| s.offset) {
+                self.guard_metadata_write(file, at, self.g.cluster_size)?;
+            }
             if let Some(s) = self.rb_cache.slot(v).filter(|s| s.dirty) {
                 file.write_all_at(s.offset, &s.data)?;
             }
@@ -311,7 +316,7 @@ impl Metadata {
         self.reserved.pop();
         result?;
         for (offset, data) in &blocks {
-            self.check_metadata_write(*offset, cs)?;
+            self.guard_metadata_write(file, *offset, cs)?;
             file.write_all_at(*offset, data)?;
         }
         let mut table_bytes = vec![0u8; (table_clusters * cs) as usize];
@@ -319,7 +324,7 @@ impl Metadata {
             set_entry(&mut table_bytes, i, e);
         }
         let table_offset = start * cs;
-        self.check_metadata_write(table_offset, table_clusters * cs)?;
+        self.guard_metadata_write(file, table_offset, table_clusters * cs)?;
         file.write_all_at(table_offset, &table_bytes)?;
         self.write_back_refcounts(file, false)?;
         file.sync_data()?;

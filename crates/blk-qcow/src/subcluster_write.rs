@@ -61,7 +61,7 @@ impl Qcow2 {
         let file = &self.shared.file;
         let meta = self.lock_metadata();
         let mut meta = self.wait_cluster(meta, gc);
-        let (entry, bitmap) = self.lookup_with_bitmap(&mut meta, gc)?;
+        let (entry, bitmap) = self.lookup_with_bitmap_for_update(&mut meta, gc)?;
         let first_sc = in_off / sc;
         let last_sc = (in_off + n - 1) / sc;
         let guest = gc * cs;
@@ -101,7 +101,7 @@ impl Qcow2 {
             let Some((host, _)) = allocated_host(entry) else {
                 return Ok(());
             };
-            meta.check_data_write(host + in_off, n)?;
+            meta.guard_data_write(file, host + in_off, n)?;
             drop(meta);
             return self.write_data(host + in_off, data);
         }
@@ -112,7 +112,7 @@ impl Qcow2 {
                 self.allocate_data(&mut meta, gc, 1)?
             }
         };
-        meta.check_data_write(target + from, to - from)?;
+        meta.guard_data_write(file, target + from, to - from)?;
         meta.in_flight.insert(gc);
         drop(meta);
         let written = self.fill_range(guest, target, from, to, in_off, n, data);
@@ -290,7 +290,7 @@ impl Qcow2 {
         while c * cs < stop {
             let meta = self.lock_metadata();
             let mut meta = self.wait_cluster(meta, c);
-            let (entry, bitmap) = self.lookup_with_bitmap(&mut meta, c)?;
+            let (entry, bitmap) = self.lookup_with_bitmap_for_update(&mut meta, c)?;
             if only_if_free
                 && !matches!(
                     self.subcluster_at(&mut meta, start)?,
@@ -341,7 +341,7 @@ impl Qcow2 {
         for c in first..last {
             let meta = self.lock_metadata();
             let mut meta = self.wait_cluster(meta, c);
-            let (entry, bitmap) = self.lookup_with_bitmap(&mut meta, c)?;
+            let (entry, bitmap) = self.lookup_with_bitmap_for_update(&mut meta, c)?;
             let allocated = !matches!(
                 entry,
                 L2Entry::Unallocated | L2Entry::Zero { host: None, .. }

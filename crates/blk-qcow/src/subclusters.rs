@@ -130,6 +130,17 @@ impl Qcow2 {
         Ok((entry, bitmap))
     }
 
+    /// `lookup_with_bitmap` for a request that may replace or free the entry (see `lookup_for_update`).
+    pub(crate) fn lookup_with_bitmap_for_update(
+        &self,
+        meta: &mut Metadata,
+        gc: u64,
+    ) -> Result<(L2Entry, u64)> {
+        let (entry, bitmap) = self.lookup_with_bitmap(meta, gc)?;
+        meta.check_release(&self.shared.file, entry)?;
+        Ok((entry, bitmap))
+    }
+
     /// The status of the subcluster holding guest offset `pos`.
     pub(crate) fn subcluster_at(&self, meta: &mut Metadata, pos: u64) -> Result<Subcluster> {
         let g = &self.shared.geometry;

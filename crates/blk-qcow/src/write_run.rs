@@ -45,7 +45,7 @@ impl Qcow2 {
                         _ => break,
                     }
                 }
-                meta.check_data_write(start, run_end - pos)?;
+                meta.guard_data_write(file, start, run_end - pos)?;
                 drop(meta);
                 self.write_data(start, &sub_bufs(bufs, done, run_end - pos))?;
                 Ok(run_end - pos)
@@ -70,7 +70,7 @@ impl Qcow2 {
                 // The L2 table first, then the data, as qemu lays them out.
                 meta.writable_l2_table(file, gc0)?;
                 let (host, fresh) = self.allocate_data(&mut meta, gc0, n)?;
-                meta.check_data_write(host, n * cs)?;
+                meta.guard_data_write(file, host, n * cs)?;
                 for gc in gc0..gc0 + n {
                     meta.in_flight.insert(gc);
                 }

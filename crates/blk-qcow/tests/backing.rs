@@ -146,3 +146,36 @@ fn short_backing_file() {
     expect[90_000..90_020].fill(1);
     assert_same(&read_all(&disk), &expect, "short after cow");
 }
+
+/// `TestOpener` caps chains at `MAX_CHAIN_DEPTH`: an image backed by itself fails to open instead of
+/// overflowing the stack.
+#[test]
+fn test_opener_ends_backing_loops() {
+    let dir = tempdir();
+    let selfish = dir.path().join("self.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&selfish), "1M"]);
+    qemu_img(&[
+        "rebase",
+        "-q",
+        "-u",
+        "-f",
+        "qcow2",
+        "-b",
+        "self.qcow2",
+        "-F",
+        "qcow2",
+        path_str(&selfish),
+    ]);
+    // A thread with a small stack: a loop the cap did not end would overflow it.
+    let opened = std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || Qcow2::open(&selfish, &ro()).map(|_| ()))
+        .unwrap()
+        .join()
+        .expect("opening a backing loop panicked");
+    let err = opened.expect_err("an image backed by itself opened");
+    assert!(
+        err.message().contains("deeper than") || format!("{err:?}").contains("deeper than"),
+        "{err:?}"
+    );
+}

@@ -554,3 +554,25 @@ fn zeroing_a_cluster_whose_entry_points_past_eof() {
         );
     }
 }
+
+#[test]
+fn freeing_a_cluster_over_the_l1_table_is_refused() {
+    let dir = tempdir();
+    let path = base(dir.path(), "data-on-l1.qcow2");
+    let l1 = l1_offset(&path);
+    patch_be(&path, l2_offset(&path) + 3 * 8, 8, l1 | (1 << 63));
+    {
+        let disk = Qcow2::open(&path, &options(false)).unwrap();
+        for result in [
+            disk.discard(3 * CS, CS),
+            disk.write_zeroes(3 * CS, CS, true),
+        ] {
+            let e = result.expect_err("a cluster over the L1 table was freed");
+            assert_eq!(e.kind(), ErrorKind::CorruptImage, "{e:?}");
+        }
+    }
+    // The L1 table was neither punched nor overwritten: qemu's data still reads.
+    assert!(support::qemu_contents(&path, "qcow2")[..8192]
+        .iter()
+        .all(|&b| b == 0x11));
+}

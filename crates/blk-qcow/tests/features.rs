@@ -161,3 +161,89 @@ fn refcount_table_grows_without_doubling() {
         .for_each(|(i, b)| *b = (i % 249) as u8);
     assert_same(&qemu_contents(&img, "qcow2"), &expect, "qemu");
 }
+
+/// A dirty image whose repair leaves a corruption (an unaligned data cluster, which QEMU does not repair)
+/// opens writable as in qemu-io: only check errors fail the open.
+#[test]
+fn dirty_repair_leaving_corruptions_opens_like_qemu() {
+    let dir = tempdir();
+    let ours = dir.path().join("ours.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        path_str(&ours),
+        "1M",
+    ]);
+    qemu_io(&ours, "qcow2", &["write -P 1 0 8k"]);
+    let l2 = peek_u64(&ours, peek_u64(&ours, 40)) & 0x00ff_ffff_ffff_fe00;
+    let entry = peek_u64(&ours, l2);
+    poke(&ours, l2, &(entry + 512).to_be_bytes());
+    let incompatible = peek_u64(&ours, 72);
+    poke(&ours, 72, &(incompatible | 1).to_be_bytes());
+    let theirs = dir.path().join("theirs.qcow2");
+    std::fs::copy(&ours, &theirs).unwrap();
+    qemu_io(&theirs, "qcow2", &["write -P 2 64k 4k"]);
+    {
+        let disk = Qcow2::open(&ours, &rw()).expect("the dirty image did not open");
+        disk.write_all_at(64 << 10, &[2; 4096]).unwrap();
+        disk.flush().unwrap();
+    }
+    assert_eq!(peek_u64(&ours, 72), peek_u64(&theirs, 72));
+    let report = Qcow2::open(&ours, &ro())
+        .unwrap()
+        .check(blk_core::RepairMode::None)
+        .unwrap();
+    assert!(report.corruptions > 0, "{report:#?}");
+}
+
+/// As QEMU's overlap check (its test 060, "L2 reference into L1"): a write through an L2 entry pointing at the
+/// active L1 table is prevented and marks the image corrupt; later writes are refused.
+#[test]
+fn write_over_the_l1_table_marks_the_image_corrupt_like_qemu() {
+    let dir = tempdir();
+    let ours = dir.path().join("ours.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        path_str(&ours),
+        "1M",
+    ]);
+    qemu_io(&ours, "qcow2", &["write -P 1 0 8k"]);
+    let l1 = peek_u64(&ours, 40);
+    let l2 = peek_u64(&ours, l1) & 0x00ff_ffff_ffff_fe00;
+    poke(&ours, l2 + 3 * 8, &(l1 | (1 << 63)).to_be_bytes());
+    let theirs = dir.path().join("theirs.qcow2");
+    std::fs::copy(&ours, &theirs).unwrap();
+    // qemu-io reports the failed write ("write failed: Input/output error").
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 2 12k 4k", path_str(&theirs)])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("write failed"));
+    {
+        let disk = Qcow2::open(&ours, &rw()).unwrap();
+        let e = disk.write_all_at(3 * 4096, &[2; 4096]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CorruptImage, "{e:?}");
+        let e = disk.write_all_at(100 << 10, &[3; 4096]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CorruptImage, "{e:?}");
+    }
+    assert_eq!(
+        peek_u64(&theirs, 72) & 2,
+        2,
+        "qemu did not mark its copy corrupt"
+    );
+    assert_eq!(peek_u64(&ours, 72), peek_u64(&theirs, 72));
+    // The L1 table is intact: qemu still reads the data.
+    assert!(qemu_contents(&ours, "qcow2")[..8192]
+        .iter()
+        .all(|&b| b == 1));
+    assert!(Qcow2::open(&ours, &rw()).is_err());
+}

@@ -18,8 +18,20 @@ use blk_qcow::{Qcow2, Qcow2OpenOptions};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TestOpener;
 
+/// Deepest backing chain [`TestOpener`] opens (a backing loop ends here instead of overflowing the stack).
+pub const MAX_CHAIN_DEPTH: u32 = 64;
+
 impl ImageOpener for TestOpener {
     fn open_named(&self, image: &NamedImage) -> Result<Box<dyn DiskFile>> {
+        if image.depth > MAX_CHAIN_DEPTH {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "test opener: backing chain deeper than {MAX_CHAIN_DEPTH} at {}",
+                    image.path.display()
+                ),
+            ));
+        }
         let host = HostOpenOptions {
             read_only: true,
             ..HostOpenOptions::default()
