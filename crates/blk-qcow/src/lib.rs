@@ -96,8 +96,8 @@
 //! data file is a raw image of the guest), is not counted in the image file's refcounts, and an L2 entry with
 //! offset 0 and the COPIED bit is guest cluster 0. Compressed clusters are refused (`CorruptImage` when
 //! read, `UnsupportedFeature` when written). Creating makes the data file (the virtual size) next to the
-//! image; `data_file_raw` forces metadata preallocation. Repairing a dirty (lazy-refcounts) image with a data
-//! file is refused until `check` knows data-file clusters are not refcounted.
+//! image; `data_file_raw` forces metadata preallocation. `check` (and so the repair of a dirty lazy-refcounts
+//! image on open) knows that data-file clusters are not refcounted.
 //!
 //! # Limits
 //!

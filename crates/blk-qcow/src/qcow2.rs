@@ -145,7 +145,6 @@ impl Qcow2 {
             )?),
             _ => None,
         };
-        let g_data_file = g.data_file;
         let lazy = header.compatible & COMPAT_LAZY_REFCOUNTS != 0;
         let dirty = header.incompatible & INCOMPAT_DIRTY != 0;
         let autoclear = header.autoclear;
@@ -169,14 +168,6 @@ impl Qcow2 {
         };
         if !read_only && !options.check_mode {
             if dirty {
-                if g_data_file {
-                    // `check` does not know that data-file clusters are not refcounted yet: a repair would
-                    // count them against the image file's clusters.
-                    return Err(Error::new(
-                        ErrorKind::UnsupportedFeature,
-                        "repairing the refcounts of a dirty image with an external data file is not supported",
-                    ));
-                }
                 // As QEMU: a repair that fails or leaves check errors fails the open; corruptions it could
                 // not repair do not (qemu-io opens such an image and clears the dirty bit when it closes).
                 let report = crate::check::run(&image, RepairMode::All).map_err(|e| {
