@@ -12,9 +12,9 @@ use blk_core::{
     resolve_relative_to, DiskFile, ImageOpener, IoBuf, IoBufMut, NamedImage, NamedImageRole, Result,
 };
 
-use crate::io::sub_bufs_mut;
 use crate::metadata::read_zero_filled;
 use crate::qcow2::Qcow2;
+use blk_core::buffer::range_mut;
 
 /// An open external data file.
 #[derive(Debug)]
@@ -58,14 +58,14 @@ impl Qcow2 {
             Some(data) => {
                 let inside = data.disk.logical_size().saturating_sub(host).min(len);
                 if inside > 0 {
-                    data.disk.read_at(host, &sub_bufs_mut(bufs, 0, inside))?;
+                    data.disk.read_at(host, &range_mut(bufs, 0, inside))?;
                 }
                 inside
             }
             None => self.file.read_vectored_at(host, bufs)? as u64,
         };
         if got < len {
-            for b in sub_bufs_mut(bufs, got, len - got) {
+            for b in range_mut(bufs, got, len - got) {
                 b.fill_zero_from(0);
             }
         }

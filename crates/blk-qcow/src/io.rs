@@ -1,59 +1,11 @@
 //! Guest I/O: read, write (allocation and copy-on-write), write-zeroes, discard and compressed writes.
 
-use blk_core::buffer::{total_len, total_len_mut};
+use blk_core::buffer::{range, range_mut, total_len, total_len_mut, zero_fill};
 use blk_core::{check_range, IoBuf, IoBufMut, Result};
 
 use crate::metadata::{corrupt, read_zero_filled, Metadata};
 use crate::qcow2::Qcow2;
 use crate::tables::{L2Entry, COPIED, ZERO};
-
-/// The `len` bytes at byte `start` of `bufs`, as buffers.
-pub(crate) fn sub_bufs_mut<'a>(
-    bufs: &[IoBufMut<'a>],
-    mut start: u64,
-    mut len: u64,
-) -> Vec<IoBufMut<'a>> {
-    let mut out = Vec::new();
-    for b in bufs {
-        let blen = b.len() as u64;
-        if len == 0 {
-            break;
-        }
-        if start >= blen {
-            start -= blen;
-            continue;
-        }
-        let n = (blen - start).min(len);
-        if let Some(s) = b.subslice(start as usize, n as usize) {
-            out.push(s);
-        }
-        len -= n;
-        start = 0;
-    }
-    out
-}
-
-/// The `len` bytes at byte `start` of `bufs`, as buffers.
-pub(crate) fn sub_bufs<'a>(bufs: &[IoBuf<'a>], mut start: u64, mut len: u64) -> Vec<IoBuf<'a>> {
-    let mut out = Vec::new();
-    for b in bufs {
-        let blen = b.len() as u64;
-        if len == 0 {
-            break;
-        }
-        if start >= blen {
-            start -= blen;
-            continue;
-        }
-        let n = (blen - start).min(len);
-        if let Some(s) = b.subslice(start as usize, n as usize) {
-            out.push(s);
-        }
-        len -= n;
-        start = 0;
-    }
-    out
-}
 
 /// Copies `src` into `bufs` in order.
 fn copy_into(bufs: &[IoBufMut<'_>], src: &[u8]) {
@@ -72,12 +24,6 @@ fn copy_from_bufs(bufs: &[IoBuf<'_>], dst: &mut [u8]) {
         if let Some(part) = dst.get_mut(at..) {
             at += b.copy_to(part);
         }
-    }
-}
-
-fn zero_fill(bufs: &[IoBufMut<'_>]) {
-    for b in bufs {
-        b.fill_zero_from(0);
     }
 }
 
@@ -166,7 +112,7 @@ impl Qcow2 {
                         run += m;
                         i += 1;
                     }
-                    self.read_data(start, &sub_bufs_mut(bufs, done, run))?;
+                    self.read_data(start, &range_mut(bufs, done, run))?;
                 }
                 L2Entry::Unallocated => {
                     let mut run = n;
@@ -174,18 +120,18 @@ impl Qcow2 {
                         run += m;
                         i += 1;
                     }
-                    let part = sub_bufs_mut(bufs, done, run);
+                    let part = range_mut(bufs, done, run);
                     match &self.shared.backing {
                         Some(b) => b.read(pos, &part)?,
                         None => zero_fill(&part),
                     }
                 }
-                L2Entry::Zero { .. } => zero_fill(&sub_bufs_mut(bufs, done, n)),
+                L2Entry::Zero { .. } => zero_fill(&range_mut(bufs, done, n)),
                 L2Entry::Compressed { host, size } => {
                     let mut cluster = vec![0u8; cs as usize];
                     self.read_compressed(host, size, &mut cluster)?;
                     let at = (pos % cs) as usize;
-                    copy_into(&sub_bufs_mut(bufs, done, n), &cluster[at..at + n as usize]);
+                    copy_into(&range_mut(bufs, done, n), &cluster[at..at + n as usize]);
                 }
             }
             i += 1;
@@ -202,7 +148,7 @@ impl Qcow2 {
         while pos < offset + len {
             if extended {
                 let n = (cs - pos % cs).min(offset + len - pos);
-                let part = sub_bufs(bufs, pos - offset, n);
+                let part = range(bufs, pos - offset, n);
                 self.write_cluster_extended(pos / cs, pos % cs, n, &part)?;
                 pos += n;
                 continue;
@@ -213,7 +159,7 @@ impl Qcow2 {
                 continue;
             }
             let n = (cs - pos % cs).min(offset + len - pos);
-            let part = sub_bufs(bufs, pos - offset, n);
+            let part = range(bufs, pos - offset, n);
             self.write_cluster(pos / cs, pos % cs, n, &part)?;
             pos += n;
         }

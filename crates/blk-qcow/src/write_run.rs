@@ -3,9 +3,9 @@
 
 use blk_core::{IoBuf, Result};
 
-use crate::io::sub_bufs;
 use crate::qcow2::Qcow2;
 use crate::tables::{L2Entry, COPIED};
+use blk_core::buffer::range;
 
 impl Qcow2 {
     /// Writes as much as one host write can take from guest offset `pos` (at most up to `end`), the data
@@ -47,7 +47,7 @@ impl Qcow2 {
                 }
                 meta.guard_data_write(file, start, run_end - pos)?;
                 drop(meta);
-                self.write_data(start, &sub_bufs(bufs, done, run_end - pos))?;
+                self.write_data(start, &range(bufs, done, run_end - pos))?;
                 Ok(run_end - pos)
             }
             L2Entry::Unallocated | L2Entry::Zero { host: None, .. } if pos % cs == 0 => {
@@ -75,7 +75,7 @@ impl Qcow2 {
                     meta.in_flight.insert(gc);
                 }
                 drop(meta);
-                let written = self.write_data(host, &sub_bufs(bufs, done, n * cs));
+                let written = self.write_data(host, &range(bufs, done, n * cs));
                 let mut meta = self.lock_metadata();
                 let result = match written {
                     Err(e) => {
