@@ -66,6 +66,18 @@ impl Qcow2 {
             compressed,
         };
         Ok(match first {
+            Status::Data(h)
+                if !self.shared.geometry.data_file && self.metadata_preallocated()? =>
+            {
+                // As qemu-img on an image that looks metadata-preallocated: it asks the host file, so a hole
+                // under allocated clusters (never written) is allocated zeros, and a data run ends where the
+                // host file's allocation changes.
+                let (kind, run) = self.host_allocation(h, length);
+                Extent {
+                    length: run,
+                    ..extent(kind, Some(h), false)
+                }
+            }
             Status::Data(h) => extent(ExtentKind::Data, Some(h), false),
             Status::Compressed => extent(ExtentKind::Data, None, true),
             Status::Zero(h) => extent(ExtentKind::Zero, h, false),
@@ -82,5 +94,56 @@ impl Qcow2 {
                 }
             },
         })
+    }
+}
+
+impl Qcow2 {
+    /// As QEMU's `qcow2_detect_metadata_preallocation`, decided once per open: whether clearly more clusters
+    /// have a refcount than the host file has bytes allocated (more than `max(n * 10 / 9, n + 2)` for `n`
+    /// allocated clusters). Only then does QEMU's block status look at the host file's holes, and so does
+    /// `map`.
+    fn metadata_preallocated(&self) -> Result<bool> {
+        if let Some(&known) = self.shared.metadata_preallocated.get() {
+            return Ok(known);
+        }
+        let file = &self.shared.file;
+        let cluster_size = self.shared.geometry.cluster_size;
+        let real_clusters = file.allocated_size()? / cluster_size;
+        let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
+        let end = file.len()?.div_ceil(cluster_size);
+        let mut referenced = 0u64;
+        {
+            let mut meta = self.lock_metadata();
+            let mut cluster = 0;
+            while cluster < end && referenced <= threshold {
+                if meta.refcount(file, cluster)? != 0 {
+                    referenced += 1;
+                }
+                cluster += 1;
+            }
+        }
+        let preallocated = referenced > threshold;
+        Ok(*self
+            .shared
+            .metadata_preallocated
+            .get_or_init(|| preallocated))
+    }
+
+    /// Whether `len` host bytes at `host` start with data or a hole in the image file, and how far that lasts.
+    /// If the host cannot tell (no `SEEK_DATA`), everything is data.
+    fn host_allocation(&self, host: u64, len: u64) -> (ExtentKind, u64) {
+        let file = self.host_file();
+        match file.next_data(host) {
+            Ok(Some(d)) if d == host => {
+                let run = match file.next_hole(host) {
+                    Ok(Some(h)) if h > host => (h - host).min(len),
+                    _ => len,
+                };
+                (ExtentKind::Data, run)
+            }
+            Ok(Some(d)) if d > host => (ExtentKind::AllocatedZero, (d - host).min(len)),
+            Ok(None) => (ExtentKind::AllocatedZero, len),
+            _ => (ExtentKind::Data, len),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! [`Qcow2`]: opening an image and serving it as a [`DiskFile`] / [`AsyncDiskFile`].
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use blk_core::{
     AsyncDiskFile, AsyncIo, CheckReport, DiskFile, DiskTopology, Error, ErrorKind, Extent,
@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) read_only: bool,
     /// Whether this open set the dirty bit (lazy refcounts) and must clear it on close.
     pub(crate) set_dirty: bool,
+    /// Whether the image looks metadata-preallocated (decided on the first `map`, as QEMU does).
+    pub(crate) metadata_preallocated: OnceLock<bool>,
 }
 
 impl Drop for Shared {
@@ -163,6 +165,7 @@ impl Qcow2 {
                 backing_format,
                 read_only,
                 set_dirty: !read_only && lazy && !options.check_mode,
+                metadata_preallocated: OnceLock::new(),
             }),
             file,
         };

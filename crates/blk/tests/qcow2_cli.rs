@@ -659,7 +659,6 @@ fn replay_on_preallocated_images() {
 /// `"data": true, "zero": true` (QEMU asks the host file whether a data cluster's range is a hole), and so must
 /// `blk map`. A `DiskFile::map` extent cannot say "data that reads as zeros" yet.
 #[test]
-#[ignore = "DiskFile::map cannot report data clusters over host holes as data+zero (needs a blk-core Extent change)"]
 fn replay_on_metadata_preallocated_image() {
     replay_cell("preallocation=metadata,cluster_size=4k", 4 * KIB, false);
 }
