@@ -43,6 +43,15 @@ pub trait ImageOpener: Send + Sync + std::fmt::Debug {
     /// Opens `image` or refuses with [`ErrorKind::PermissionDenied`] (not allowed) or
     /// [`ErrorKind::InvalidInput`] (no recorded format).
     fn open_named(&self, image: &NamedImage) -> Result<Box<dyn DiskFile>>;
+
+    /// Whether the caller wants the image without its backing file (qemu's `BDRV_O_NO_BACKING`, how
+    /// `qemu-img info` opens images): a format that honours it does not ask for the backing file at all and
+    /// serves the image as if it had none (ranges the backing file would provide read as zeros), while still
+    /// reporting the recorded name. QCOW2 honours it; a differencing VHD or VHDX still opens its parent, which
+    /// it needs to describe itself.
+    fn skips_backing(&self) -> bool {
+        false
+    }
 }
 
 /// An opener that refuses every named file: the safe default for untrusted images.

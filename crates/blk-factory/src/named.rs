@@ -27,6 +27,8 @@ pub struct FactoryOpener {
     lock: LockMode,
     /// The depth of the image whose named files this opener opens.
     base_depth: u32,
+    /// Whether the image is opened without its backing file.
+    skip_backing: bool,
 }
 
 impl FactoryOpener {
@@ -37,6 +39,7 @@ impl FactoryOpener {
             direct,
             lock,
             base_depth: 0,
+            skip_backing: false,
         }
     }
 
@@ -44,6 +47,7 @@ impl FactoryOpener {
     pub fn for_params(params: &DiskFileParams) -> FactoryOpener {
         FactoryOpener {
             base_depth: params.chain_depth,
+            skip_backing: params.skip_backing,
             ..FactoryOpener::new(params.named_images, params.direct, params.lock)
         }
     }
@@ -80,5 +84,9 @@ impl ImageOpener for FactoryOpener {
         params.chain_depth = depth;
         let disk = open_disk_file(&params)?;
         Ok(disk)
+    }
+
+    fn skips_backing(&self) -> bool {
+        self.skip_backing
     }
 }

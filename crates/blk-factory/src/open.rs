@@ -48,6 +48,10 @@ pub struct DiskFileParams {
     /// How deep in a chain of named images this one is (0 for the image the caller names); the factory's
     /// opener sets it for backing files and parents so chains stay below [`crate::MAX_CHAIN_DEPTH`].
     pub chain_depth: u32,
+    /// Open the image without its backing file (qemu's `BDRV_O_NO_BACKING`, how `qemu-img info` opens): the
+    /// backing file is neither opened nor required to exist, and ranges it would provide read as zeros. Honoured
+    /// by QCOW2; see [`ImageOpener::skips_backing`](blk_core::ImageOpener::skips_backing).
+    pub skip_backing: bool,
 }
 
 impl DiskFileParams {
@@ -65,6 +69,7 @@ impl DiskFileParams {
             backing_format: None,
             check_mode: false,
             chain_depth: 0,
+            skip_backing: false,
         }
     }
 
@@ -113,6 +118,12 @@ impl DiskFileParams {
     /// Sets check mode (see [`DiskFileParams::check_mode`]).
     pub fn check_mode(mut self, check_mode: bool) -> DiskFileParams {
         self.check_mode = check_mode;
+        self
+    }
+
+    /// Sets whether the backing file is left unopened (see [`DiskFileParams::skip_backing`]).
+    pub fn skip_backing(mut self, skip_backing: bool) -> DiskFileParams {
+        self.skip_backing = skip_backing;
         self
     }
 

@@ -56,3 +56,41 @@ fn allowed_files_need_a_recorded_format_and_a_bounded_chain() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
 }
+
+/// `skip_backing` (qemu's `BDRV_O_NO_BACKING`): a QCOW2 overlay whose backing file is gone still opens, reports
+/// the recorded name, and reads zeros where the backing file would show through; a normal open fails.
+#[cfg(feature = "qcow2")]
+#[test]
+fn skip_backing_opens_an_overlay_without_its_backing_file() {
+    use blk_factory::{open_disk_file, DiskFileParams};
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    let overlay = dir.path().join("overlay.qcow2");
+    create_disk_file(&CreateParams::new(&base, ImageFormat::Raw, Some(65536))).unwrap();
+    {
+        let disk =
+            open_disk_file(&DiskFileParams::new(&base).format(Some(ImageFormat::Raw))).unwrap();
+        disk.write_all_at(0, &[0x5a; 512]).unwrap();
+    }
+    let mut params = CreateParams::new(&overlay, ImageFormat::Qcow2, None);
+    params.backing_file = Some("base.raw".into());
+    params.backing_format = Some(ImageFormat::Raw);
+    create_disk_file(&params).unwrap();
+    std::fs::remove_file(&base).unwrap();
+
+    let open = DiskFileParams::new(&overlay)
+        .read_only(true)
+        .named_images(NamedImagePolicy::AllowRecordedFormat);
+    let err = open_disk_file(&open).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    let disk = open_disk_file(&open.skip_backing(true)).unwrap();
+    assert_eq!(disk.logical_size(), 65536);
+    let info = disk.image_info().unwrap();
+    assert_eq!(info.backing_filename.as_deref(), Some("base.raw"));
+    assert_eq!(info.backing_format.as_deref(), Some("raw"));
+    let mut buf = [0xffu8; 512];
+    disk.read_exact_at(0, &mut buf).unwrap();
+    assert_eq!(buf, [0u8; 512]);
+}

@@ -129,13 +129,15 @@ impl Qcow2 {
             .clone()
             .or_else(|| header.extensions.backing_format.clone());
         let backing = match &backing_name {
-            Some(name) if !name.is_empty() => Some(backing::open(
-                options.opener.as_ref(),
-                &path,
-                name,
-                backing_format.clone(),
-                options.depth + 1,
-            )?),
+            Some(name) if !name.is_empty() && !options.opener.skips_backing() => {
+                Some(backing::open(
+                    options.opener.as_ref(),
+                    &path,
+                    name,
+                    backing_format.clone(),
+                    options.depth + 1,
+                )?)
+            }
             _ => None,
         };
         let data_file = match &header.extensions.data_file_name {

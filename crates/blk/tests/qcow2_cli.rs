@@ -1106,7 +1106,6 @@ fn replay_large_requests() {
 /// is missing, or whose backing format is not recorded (an image from before backing formats were required),
 /// and so must `blk info`.
 #[test]
-#[ignore = "blk info opens the backing file and fails when it is missing or its format is not recorded"]
 fn info_does_not_open_backing_file() {
     let s = Scratch::new();
     ok(&s.qemu_img(&["create", "-q", "-f", "raw", "gone.raw", "4M"]));

@@ -124,6 +124,7 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         force_share: args.image.force_share,
         direct,
         check_mode: true,
+        skip_backing: false,
     };
     let disk = open_image(path, spec)?;
     let mut report = match disk.check(mode) {

@@ -192,6 +192,7 @@ pub fn run(args: CompareArgs) -> Result<u8> {
             force_share: args.force_share,
             direct,
             check_mode: false,
+            skip_backing: false,
         };
         open_image(path, spec)
     };

@@ -305,6 +305,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
             force_share: args.force_share,
             direct: source_direct,
             check_mode: false,
+            skip_backing: false,
         };
         opened.push((open_image(path, spec)?, path));
     }
@@ -332,6 +333,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         read_only: false,
         force_share: false,
         check_mode: false,
+        skip_backing: false,
         direct: target_direct,
     };
     let target_disk = open_image(target_path, spec)?;

@@ -93,9 +93,14 @@ pub struct Described {
 }
 
 impl Described {
-    /// Opens `path` read-only and describes it.
+    /// Opens `path` read-only without its backing file (as qemu-img info: the backing file need not exist or
+    /// have a recorded format) and describes it.
     pub fn load(path: &Path, format: Option<&str>, force_share: bool) -> Result<Described> {
-        let disk = open_image(path, OpenSpec::read_only(format, force_share))?;
+        let spec = OpenSpec {
+            skip_backing: true,
+            ..OpenSpec::read_only(format, force_share)
+        };
+        let disk = open_image(path, spec)?;
         let info = disk.image_info().map_err(|e| e.with_path(path))?;
         let file = FileNode::stat(path)?;
         Ok(Described {

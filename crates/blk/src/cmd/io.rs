@@ -422,6 +422,7 @@ pub fn run(args: IoArgs) -> Result<u8> {
         force_share: args.force_share,
         direct,
         check_mode: false,
+        skip_backing: false,
     };
     let disk = open_image(path, spec)?;
     let commands = if args.commands.is_empty() {

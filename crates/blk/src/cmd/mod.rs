@@ -183,6 +183,8 @@ pub struct OpenSpec<'a> {
     pub direct: bool,
     /// Open for `check -r`: no automatic repair on open, and images marked corrupt may be opened writable.
     pub check_mode: bool,
+    /// Leave the backing file unopened (qemu's `BDRV_O_NO_BACKING`, as `qemu-img info` opens images).
+    pub skip_backing: bool,
 }
 
 impl<'a> OpenSpec<'a> {
@@ -194,6 +196,7 @@ impl<'a> OpenSpec<'a> {
             force_share,
             direct: false,
             check_mode: false,
+            skip_backing: false,
         }
     }
 }
@@ -212,7 +215,8 @@ pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<Box<dyn AsyncDiskFi
             LockMode::Auto
         })
         .named_images(NamedImagePolicy::AllowRecordedFormat)
-        .check_mode(spec.check_mode);
+        .check_mode(spec.check_mode)
+        .skip_backing(spec.skip_backing);
     blk_factory::open_disk_file(&params).map_err(|e| e.with_path(path))
 }
 
