@@ -807,7 +807,6 @@ fn info_lists_internal_snapshots() {
 /// `blk create -f qcow2` prints qemu-img's `Formatting ...` line: every creation option in qemu-img's order,
 /// with its normalized value (`cluster_size=65536`, `extended_l2=off`, ...).
 #[test]
-#[ignore = "blk create prints only the given options in its Formatting line, not all of qemu-img's in its order"]
 fn create_prints_qemu_img_formatting_line() {
     let s = Scratch::new();
     s.write("base.raw", &[0u8; 4096]);

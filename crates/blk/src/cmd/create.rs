@@ -6,8 +6,10 @@ use blk_core::{Error, ErrorKind, Result};
 use blk_factory::{create_disk_file, CreateParams, ImageFormat};
 use clap::Args;
 
+use super::formatting::formatting_line;
 use super::{
-    display_path, parse_format, parse_options, parse_size_arg, print_option_help, wants_option_help,
+    open_image, parse_format, parse_options, parse_size_arg, print_option_help, wants_option_help,
+    OpenSpec,
 };
 
 /// Arguments of `blk create`.
@@ -42,37 +44,23 @@ pub struct CreateArgs {
     pub size: Option<String>,
 }
 
-/// The parameters `create` hands the factory, shared with `convert` and `dd`.
+/// Creates the image `params` describe, printing qemu-img's `Formatting ...` line unless `quiet`: before
+/// creating, as qemu-img does, or, when the size comes from the backing file, once the image exists.
 pub fn create_image(params: &CreateParams, quiet: bool) -> Result<()> {
+    if !quiet && params.size.is_some() {
+        println!("{}", formatting_line(params, params.size));
+    }
     create_disk_file(params).map_err(|e| e.with_path(&params.path))?;
-    if !quiet {
-        println!("{}", formatting_line(params));
+    if !quiet && params.size.is_none() {
+        let spec = OpenSpec {
+            format: Some(params.format.name()),
+            skip_backing: true,
+            ..OpenSpec::read_only(None, true)
+        };
+        let size = open_image(&params.path, spec)?.logical_size();
+        println!("{}", formatting_line(params, Some(size)));
     }
     Ok(())
-}
-
-/// qemu-img's `Formatting 'FILE', fmt=raw size=N ...` line (options in the order given).
-pub fn formatting_line(params: &CreateParams) -> String {
-    let mut line = format!(
-        "Formatting '{}', fmt={}",
-        display_path(&params.path),
-        params.format.name()
-    );
-    if let Some(size) = params.size {
-        line.push_str(&format!(" size={size}"));
-    }
-    if let Some(backing) = &params.backing_file {
-        line.push_str(&format!(" backing_file={backing}"));
-    }
-    if let Some(format) = params.backing_format {
-        line.push_str(&format!(" backing_fmt={format}"));
-    }
-    for (key, value) in &params.options {
-        if key != "size" {
-            line.push_str(&format!(" {key}={value}"));
-        }
-    }
-    line
 }
 
 /// Runs `blk create`.

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod create;
 pub mod dd;
 pub mod demo;
+pub mod formatting;
 pub mod info;
 pub mod io;
 pub mod map;
