@@ -37,6 +37,12 @@ impl ImageFormat {
         }
     }
 
+    /// Whether images of the format can hold compressed clusters (what `convert -c` needs): QCOW2 only. An
+    /// open image says the same through `DiskFile::compressed_write_size`.
+    pub fn supports_compression(self) -> bool {
+        self == ImageFormat::Qcow2
+    }
+
     /// Whether this build of blk-factory can open the format (its Cargo feature is enabled).
     pub fn is_compiled_in(self) -> bool {
         match self {

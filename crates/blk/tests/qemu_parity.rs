@@ -277,6 +277,27 @@ fn check_on_raw_is_unsupported_like_qemu_img() {
     }
 }
 
+/// `convert -c` into a format without compression fails as qemu-img does, before creating the target.
+#[test]
+fn convert_compressed_to_a_format_without_compression() {
+    let s = Scratch::new();
+    s.reference_image("ref.raw");
+    for format in ["raw", "vpc", "vhdx"] {
+        let target = format!("out.{format}");
+        let theirs = s.qemu_img(&["convert", "-c", "-O", format, "ref.raw", &target]);
+        assert_eq!(code(&theirs), 1, "qemu-img convert -c -O {format}");
+        assert!(!s.path(&target).exists(), "qemu-img left {target}");
+        let ours = s.blk(&["convert", "-c", "-O", format, "ref.raw", &target]);
+        assert_eq!(code(&ours), 1, "blk convert -c -O {format}");
+        assert!(
+            stderr(&ours).contains("Compression not supported for this file format"),
+            "{}",
+            stderr(&ours)
+        );
+        assert!(!s.path(&target).exists(), "blk left {target}");
+    }
+}
+
 /// Test 8: `blk create`: qemu-img's `Formatting` line, a size qemu-img reads back, preallocation, bad options.
 #[test]
 fn create_matches_qemu_img() {

@@ -314,6 +314,17 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         .try_fold(0u64, |acc, (d, _)| acc.checked_add(d.logical_size()))
         .ok_or_else(|| invalid("the sources' sizes add up to more than 16 EiB"))?;
 
+    let compression_unsupported = || {
+        Error::new(
+            ErrorKind::Unsupported,
+            "Compression not supported for this file format",
+        )
+        .with_path(target_path)
+    };
+    // As qemu-img: refused before the target is created.
+    if args.compress && !out_format.supports_compression() {
+        return Err(compression_unsupported());
+    }
     if !args.no_create {
         refuse_overwriting_source(target_path, sources)?;
         let params = CreateParams {
@@ -361,11 +372,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
     let top_only = args.backing.is_some();
     if args.compress {
         let Some(unit) = target_disk.compressed_write_size() else {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "Compression not supported for this file format",
-            )
-            .with_path(target_path));
+            return Err(compression_unsupported());
         };
         let mut disks = Vec::with_capacity(opened.len());
         let mut base = 0;
