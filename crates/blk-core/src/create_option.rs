@@ -1,4 +1,7 @@
-//! The creation options a format accepts, described for `-o help`.
+//! The creation options a format accepts: described for `-o help`, and the value rules qemu-img applies to
+//! all formats (booleans, the size given once).
+
+use crate::error::{Error, ErrorKind, Result};
 
 /// One option of `create -o key=value`, as qemu-img lists it under "Supported options:".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,5 +24,41 @@ impl CreateOptionInfo {
     pub fn help_line(&self) -> String {
         let key = format!("{}=<{}>", self.name, self.value_type);
         format!("  {key:<22} - {}", self.help)
+    }
+}
+
+/// Parses a boolean creation option as qemu does: `on`/`yes`/`true`/`y` or `off`/`no`/`false`/`n`.
+///
+/// ```
+/// assert_eq!(blk_core::parse_bool_param("nocow", "on").unwrap(), true);
+/// let err = blk_core::parse_bool_param("nocow", "maybe").unwrap_err();
+/// assert_eq!(err.to_string(), "Parameter 'nocow' expects 'on' or 'off'");
+/// ```
+pub fn parse_bool_param(name: &str, value: &str) -> Result<bool> {
+    match value {
+        "on" | "yes" | "true" | "y" => Ok(true),
+        "off" | "no" | "false" | "n" => Ok(false),
+        _ => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("Parameter '{name}' expects 'on' or 'off'"),
+        )),
+    }
+}
+
+/// The virtual size of a new image from the positional size argument and the `size` option, which qemu-img
+/// accepts once only ("The image size must be specified only once"); `None` when neither is given.
+///
+/// ```
+/// assert_eq!(blk_core::single_size(Some(1), None).unwrap(), Some(1));
+/// assert_eq!(blk_core::single_size(None, None).unwrap(), None);
+/// assert!(blk_core::single_size(Some(1), Some(2)).is_err());
+/// ```
+pub fn single_size(positional: Option<u64>, option: Option<u64>) -> Result<Option<u64>> {
+    match (positional, option) {
+        (Some(_), Some(_)) => Err(Error::new(
+            ErrorKind::InvalidInput,
+            "The image size must be specified only once",
+        )),
+        (size, None) | (None, size) => Ok(size),
     }
 }

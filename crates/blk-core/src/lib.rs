@@ -16,7 +16,7 @@
 //! | [`direct_io`] | O_DIRECT alignment and bounce buffers |
 //! | [`topology`] | [`DiskTopology`]: guest-visible block geometry |
 //! | [`extent`] | [`Extent`]: where a guest range lives (data, zero, unallocated) |
-//! | [`create_option`] | [`CreateOptionInfo`]: a format's creation options, for `-o help` |
+//! | [`create_option`] | [`CreateOptionInfo`]: a format's creation options, for `-o help`; qemu's value rules |
 //! | [`info`] | [`ImageInfo`], [`CheckReport`]: what `info` and `check` report |
 //! | [`image_opener`] | [`ImageOpener`]: the gate for files named inside images |
 //! | [`size`] | [`parse_size`]: qemu-img's size syntax |
@@ -65,7 +65,7 @@ pub mod topology;
 
 pub use async_io::{AsyncIo, Completion, Request, RequestFlags, RequestOp};
 pub use buffer::{IoBuf, IoBufMut};
-pub use create_option::CreateOptionInfo;
+pub use create_option::{parse_bool_param, single_size, CreateOptionInfo};
 pub use direct_io::DirectIoAlignment;
 pub use disk_file::{check_range, read_only_error, AsyncDiskFile, DiskFile};
 pub use error::{Error, ErrorKind, Operation, Result, ResultExt};

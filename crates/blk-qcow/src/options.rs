@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use blk_core::{
-    parse_size_param, CreateOptionInfo, Error, ErrorKind, HostOpenOptions, ImageOpener, Operation,
-    Result,
+    parse_bool_param, parse_size_param, CreateOptionInfo, Error, ErrorKind, HostOpenOptions,
+    ImageOpener, Operation, Result,
 };
 
 use crate::FORMAT_NAME;
@@ -133,12 +133,10 @@ fn unsupported(message: impl Into<String>) -> Error {
         .with_operation(Operation::Create)
 }
 
+/// qemu's boolean option values, with this format's error context.
 fn parse_bool(name: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "yes" | "true" | "y" => Ok(true),
-        "off" | "no" | "false" | "n" => Ok(false),
-        _ => Err(invalid(format!("Parameter '{name}' expects 'on' or 'off'"))),
-    }
+    parse_bool_param(name, value)
+        .map_err(|e| e.with_format(FORMAT_NAME).with_operation(Operation::Create))
 }
 
 const fn opt(name: &'static str, value_type: &'static str, help: &'static str) -> CreateOptionInfo {

@@ -3,7 +3,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use blk_core::{parse_size_param, CreateOptionInfo, Error, ErrorKind, Operation, Result};
+use blk_core::{
+    parse_bool_param, parse_size_param, single_size, CreateOptionInfo, Error, ErrorKind, Operation,
+    Result,
+};
 
 use crate::FORMAT_NAME;
 
@@ -68,13 +71,10 @@ fn invalid(message: String) -> Error {
         .with_operation(Operation::Create)
 }
 
-/// qemu's boolean option values.
+/// qemu's boolean option values, with this format's error context.
 fn parse_bool(name: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "yes" | "true" | "y" => Ok(true),
-        "off" | "no" | "false" | "n" => Ok(false),
-        _ => Err(invalid(format!("Parameter '{name}' expects 'on' or 'off'"))),
-    }
+    parse_bool_param(name, value)
+        .map_err(|e| e.with_format(FORMAT_NAME).with_operation(Operation::Create))
 }
 
 /// The options `create -f raw -o ...` accepts, in qemu-img's `-o help` order and words.
@@ -148,17 +148,9 @@ impl RawCreateOptions {
                 _ => return Err(invalid(format!("Invalid parameter '{key}'"))),
             }
         }
-        let size = match (size, option_size) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "The image size must be specified only once".to_string(),
-                ))
-            }
-            (Some(size), None) | (None, Some(size)) => size,
-            (None, None) => {
-                return Err(invalid("Image creation needs a size parameter".to_string()))
-            }
-        };
+        let size = single_size(size, option_size)
+            .map_err(|e| invalid(e.message().to_string()))?
+            .ok_or_else(|| invalid("Image creation needs a size parameter".to_string()))?;
         let preallocation = match preallocation {
             Some(text) => text.parse()?,
             None => Preallocation::Off,

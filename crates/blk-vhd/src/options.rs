@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use blk_core::{
-    parse_size_param, CreateOptionInfo, DenyNamedImages, Error, ErrorKind, HostOpenOptions,
-    ImageOpener, Operation, Result,
+    parse_bool_param, parse_size_param, single_size, CreateOptionInfo, DenyNamedImages, Error,
+    ErrorKind, HostOpenOptions, ImageOpener, Operation, Result,
 };
 
 use crate::FORMAT_NAME;
@@ -63,13 +63,10 @@ fn invalid(message: String) -> Error {
         .with_operation(Operation::Create)
 }
 
-/// qemu's boolean option values.
+/// qemu's boolean option values, with this format's error context.
 fn parse_bool(name: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "yes" | "true" | "y" => Ok(true),
-        "off" | "no" | "false" | "n" => Ok(false),
-        _ => Err(invalid(format!("Parameter '{name}' expects 'on' or 'off'"))),
-    }
+    parse_bool_param(name, value)
+        .map_err(|e| e.with_format(FORMAT_NAME).with_operation(Operation::Create))
 }
 
 /// The options `create -f vpc -o ...` accepts, in qemu-img's `-o help` order and words. `backing_file` and
@@ -166,15 +163,8 @@ impl VhdCreateOptions {
                 _ => return Err(invalid(format!("Invalid parameter '{key}'"))),
             }
         }
-        parsed.size = match (size, option_size) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "The image size must be specified only once".to_string(),
-                ))
-            }
-            (Some(size), None) | (None, Some(size)) => Some(size),
-            (None, None) => None,
-        };
+        parsed.size =
+            single_size(size, option_size).map_err(|e| invalid(e.message().to_string()))?;
         if parsed.backing_file.is_some() && parsed.subformat == Subformat::Fixed {
             return Err(invalid(
                 "a differencing VHD (backing_file) cannot be subformat=fixed".to_string(),

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use blk_core::{
-    parse_size_param, CreateOptionInfo, HostOpenOptions, ImageOpener, Operation, Result,
+    parse_bool_param, parse_size_param, single_size, CreateOptionInfo, HostOpenOptions,
+    ImageOpener, Operation, Result,
 };
 
 use crate::error::invalid_input;
@@ -94,14 +95,9 @@ pub static CREATE_OPTIONS: &[CreateOptionInfo] = &[
     CreateOptionInfo { name: "subformat", value_type: "str", help: "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'." },
 ];
 
+/// qemu's boolean option values, with this format's error context.
 fn parse_bool(name: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "yes" | "true" | "y" => Ok(true),
-        "off" | "no" | "false" | "n" => Ok(false),
-        _ => Err(invalid_input(format!(
-            "Parameter '{name}' expects 'on' or 'off'"
-        ))),
-    }
+    parse_bool_param(name, value).map_err(|e| invalid_input(e.message()))
 }
 
 fn size_param(key: &str, value: &str) -> Result<u64> {
@@ -154,13 +150,7 @@ impl VhdxCreateOptions {
                 _ => return Err(invalid_input(format!("Invalid parameter '{key}'"))),
             }
         }
-        out.size = match (size, option_size) {
-            (Some(_), Some(_)) => {
-                return Err(invalid_input("The image size must be specified only once"))
-            }
-            (Some(s), None) | (None, Some(s)) => Some(s),
-            (None, None) => None,
-        };
+        out.size = single_size(size, option_size).map_err(|e| invalid_input(e.message()))?;
         if out.size.is_none() && out.backing_file.is_none() {
             return Err(invalid_input("Image creation needs a size parameter"));
         }
