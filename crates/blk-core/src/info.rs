@@ -38,8 +38,31 @@ pub struct ImageInfo {
     pub full_backing_filename: Option<PathBuf>,
     /// The backing file's format as recorded in the image.
     pub backing_format: Option<String>,
+    /// Internal snapshots, in the image's table order (qemu-img's `snapshots`; empty: none, and qemu-img
+    /// prints no `snapshots` key nor `Snapshot list:`).
+    pub snapshots: Vec<SnapshotInfo>,
     /// Format-specific data: qemu-img's `format-specific` `{type, data}`.
     pub format_specific: Option<(String, Vec<(String, InfoValue)>)>,
+}
+
+/// One internal snapshot, with the fields of qemu-img's `SnapshotInfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The snapshot's unique ID string (`"1"`, `"2"`, ...).
+    pub id: String,
+    /// The snapshot's name (tag).
+    pub name: String,
+    /// Bytes of saved VM state (0 for a disk-only snapshot).
+    pub vm_state_size: u64,
+    /// When the snapshot was taken: seconds since the Unix epoch.
+    pub date_sec: u64,
+    /// The nanoseconds part of the date.
+    pub date_nsec: u64,
+    /// The guest clock when the snapshot was taken, in nanoseconds (qemu-img splits it into `vm-clock-sec`
+    /// and `vm-clock-nsec`).
+    pub vm_clock_nsec: u64,
+    /// The instruction count (record/replay), when the image records one.
+    pub icount: Option<u64>,
 }
 
 /// How far `check` may go in repairing an image.

@@ -46,6 +46,8 @@
 //! | `write_run` | multi-cluster writes in one host write |
 //! | `map` | `map` runs as `qemu-img map` shows them |
 //! | `create` | [`Qcow2::create`] with qemu-img's layout |
+//! | `snapshot_table` | the internal snapshot table (for `info` and `check`) |
+//! | `bitmaps` | persistent dirty bitmaps: the bitmaps extension and directory, for `info` |
 //! | `check` | `check` and repair |
 //!
 //! # Locking
@@ -132,6 +134,14 @@
 //! file bit without its name extension (QEMU would need a `data-file` option). Internal snapshots are kept but not read; persistent
 //! bitmaps are not maintained, so their autoclear bit (like every autoclear bit) is cleared on a writable open,
 //! as QEMU does for bits it does not know.
+//!
+//! `image_info` lists internal snapshots and persistent bitmaps as `qemu-img info` does, reading them when
+//! called (not at open; QEMU fails the open where `image_info` fails). Snapshot table: at most 65536 entries,
+//! at most 1024 bytes of extra data per entry, the table at most 64 MiB (checked after each entry); IDs and
+//! names listed up to their first NUL, cut to 127 / 255 bytes. Bitmaps (v3 with autoclear bit 0 only):
+//! extension exactly 24 bytes, reserved field 0, 1 to 65535 bitmaps, directory cluster-aligned, non-empty and
+//! at most 1024 * 65535 bytes (read whole), names at most 1023 bytes, no extra data, QEMU's entry constraints
+//! (see `bitmaps`). Violations are `CorruptImage` naming the field's offset.
 
 //! # Internals for check/repair
 //!
@@ -167,6 +177,7 @@ pub mod qcow2;
 
 mod allocator;
 mod backing;
+mod bitmaps;
 mod cache;
 mod check;
 mod compression;
@@ -180,6 +191,7 @@ mod map;
 mod metadata;
 mod overlap;
 mod refcount;
+mod snapshot_table;
 mod subcluster_write;
 mod subclusters;
 mod tables;

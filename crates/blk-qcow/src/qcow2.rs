@@ -9,6 +9,7 @@ use blk_core::{
 };
 
 use crate::backing::{self, Backing};
+use crate::bitmaps::{self, BitmapDirectory};
 use crate::data_file::{self, DataFile};
 use crate::features::{
     AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY,
@@ -16,6 +17,7 @@ use crate::features::{
 use crate::header::{Header, MAX_L1_BYTES, MAX_REFTABLE_BYTES};
 use crate::metadata::{read_zero_filled, Geometry, Metadata};
 use crate::options::Qcow2OpenOptions;
+use crate::snapshot_table::{Snapshot, SnapshotTable};
 use crate::tables::entry;
 use crate::FORMAT_NAME;
 
@@ -334,8 +336,31 @@ impl DiskFile for Qcow2 {
 
     fn image_info(&self) -> Result<ImageInfo> {
         let meta = self.lock_metadata();
-        let h = meta.header();
-        let data = vec![
+        let h = meta.header().clone();
+        drop(meta);
+        let info_err = |e: Error| self.context(e, Operation::Open, None);
+        let file_len = self.file.len().map_err(info_err)?;
+        let cluster_size = self.shared.geometry.cluster_size;
+        let snapshots = SnapshotTable::read(
+            &self.file,
+            file_len,
+            u64::from(h.nb_snapshots),
+            h.snapshots_offset,
+            cluster_size,
+        )
+        .map_err(info_err)?
+        .entries
+        .iter()
+        .map(Snapshot::info)
+        .collect();
+        let bitmaps =
+            match BitmapDirectory::from_header(&self.file, file_len, &h).map_err(info_err)? {
+                Some(dir) => dir
+                    .read(&self.file, cluster_size, self.shared.geometry.size)
+                    .map_err(info_err)?,
+                None => Vec::new(),
+            };
+        let mut data = vec![
             (
                 "compat".to_string(),
                 InfoValue::String(if h.version >= 3 { "1.1" } else { "0.10" }.to_string()),
@@ -352,7 +377,6 @@ impl DiskFile for Qcow2 {
                 ),
             ),
         ];
-        let mut data = data;
         if h.version >= 3 {
             data.push((
                 "lazy-refcounts".to_string(),
@@ -383,18 +407,21 @@ impl DiskFile for Qcow2 {
                 InfoValue::Bool(self.shared.geometry.extended_l2),
             ));
         }
+        if !bitmaps.is_empty() {
+            data.push(("bitmaps".to_string(), bitmaps::info_value(&bitmaps)));
+        }
         let dirty = h.incompatible & INCOMPAT_DIRTY != 0 && !self.shared.set_dirty;
-        drop(meta);
         Ok(ImageInfo {
             format: FORMAT_NAME,
             filename: self.file.path().to_path_buf(),
             virtual_size: self.shared.geometry.size,
             actual_size: self.physical_size()?,
-            cluster_size: Some(self.shared.geometry.cluster_size),
+            cluster_size: Some(cluster_size),
             dirty,
             backing_filename: self.shared.backing_name.clone(),
             full_backing_filename: self.full_backing_filename(),
             backing_format: self.shared.backing_format.clone(),
+            snapshots,
             format_specific: Some(("qcow2".to_string(), data)),
         })
     }

@@ -235,6 +235,7 @@ impl DiskFile for Raw {
             backing_filename: None,
             full_backing_filename: None,
             backing_format: None,
+            snapshots: Vec::new(),
             format_specific: None,
         })
     }

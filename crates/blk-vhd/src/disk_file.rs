@@ -111,6 +111,7 @@ impl DiskFile for Vhd {
             backing_filename: parent.map(|p| p.recorded.clone()),
             full_backing_filename: parent.map(|p| p.path.clone()),
             backing_format: parent.map(|_| FORMAT_NAME.to_string()),
+            snapshots: Vec::new(),
             format_specific: None,
         })
     }

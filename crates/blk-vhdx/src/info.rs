@@ -21,6 +21,7 @@ impl Vhdx {
             backing_filename: parent.map(|p| p.recorded.clone()),
             full_backing_filename: parent.map(|p| p.path.clone()),
             backing_format: parent.map(|_| FORMAT_NAME.to_string()),
+            snapshots: Vec::new(),
             format_specific: None,
         })
     }

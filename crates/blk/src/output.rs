@@ -6,7 +6,7 @@
 //! order and [`to_json_pretty`] reorders by the same hash, so `blk` prints keys exactly where qemu-img does, for
 //! any key set a format reports.
 
-use blk_core::InfoValue;
+use blk_core::{InfoValue, SnapshotInfo};
 use clap::ValueEnum;
 
 /// `--output=human|json`.
@@ -195,6 +195,120 @@ fn dump_human_value(value: &Json, level: usize, out: &mut String) {
     }
 }
 
+/// One internal snapshot as qemu-img's JSON `SnapshotInfo` (QAPI field order; `icount` only when recorded).
+pub fn snapshot_json(snapshot: &SnapshotInfo) -> Json {
+    let mut m = vec![
+        ("id".to_string(), Json::Str(snapshot.id.clone())),
+        ("name".to_string(), Json::Str(snapshot.name.clone())),
+        (
+            "vm-state-size".to_string(),
+            Json::U64(snapshot.vm_state_size),
+        ),
+        ("date-sec".to_string(), Json::U64(snapshot.date_sec)),
+        ("date-nsec".to_string(), Json::U64(snapshot.date_nsec)),
+        (
+            "vm-clock-sec".to_string(),
+            Json::U64(snapshot.vm_clock_nsec / 1_000_000_000),
+        ),
+        (
+            "vm-clock-nsec".to_string(),
+            Json::U64(snapshot.vm_clock_nsec % 1_000_000_000),
+        ),
+    ];
+    if let Some(icount) = snapshot.icount {
+        m.push(("icount".to_string(), Json::U64(icount)));
+    }
+    Json::Map(m)
+}
+
+/// Pads `s` with spaces to `width` bytes, on the right (`left_align`, C's `%-Ns`) or on the left (`%Ns`).
+/// C counts bytes, not characters, and so does this.
+fn pad(s: &str, width: usize, left_align: bool) -> String {
+    let fill = " ".repeat(width.saturating_sub(s.len()));
+    if left_align {
+        format!("{s}{fill}")
+    } else {
+        format!("{fill}{s}")
+    }
+}
+
+/// One line of qemu's snapshot table (`bdrv_snapshot_dump`'s `%-7s %-16s %8s %19s %15s %10s`), without the
+/// newline.
+fn snapshot_columns(
+    id: &str,
+    tag: &str,
+    size: &str,
+    date: &str,
+    clock: &str,
+    icount: &str,
+) -> String {
+    format!(
+        "{} {} {} {} {} {}",
+        pad(id, 7, true),
+        pad(tag, 16, true),
+        pad(size, 8, false),
+        pad(date, 19, false),
+        pad(clock, 15, false),
+        pad(icount, 10, false)
+    )
+}
+
+/// The snapshot table's header line, as `qemu-img info` and `qemu-img snapshot -l` print it.
+pub fn snapshot_table_header() -> String {
+    snapshot_columns("ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT")
+}
+
+/// One snapshot's line of the table: the date in local time, the VM clock as `hhhh:mm:ss.mmm`.
+pub fn snapshot_table_row(snapshot: &SnapshotInfo) -> String {
+    let nsec = snapshot.vm_clock_nsec;
+    let secs = nsec / 1_000_000_000;
+    // C's `(int)` casts of int64 quotients.
+    let clock = format!(
+        "{:04}:{:02}:{:02}.{:03}",
+        (secs / 3600) as i32,
+        ((secs / 60) % 60) as i32,
+        (secs % 60) as i32,
+        ((nsec / 1_000_000) % 1000) as i32
+    );
+    // qemu prints the icount with PRId64, and `--` when the image records none.
+    let icount = snapshot
+        .icount
+        .map_or_else(|| "--".to_string(), |n| (n as i64).to_string());
+    snapshot_columns(
+        &snapshot.id,
+        &snapshot.name,
+        &size_to_str(snapshot.vm_state_size),
+        &local_date_time(snapshot.date_sec),
+        &clock,
+        &icount,
+    )
+}
+
+/// `secs` since the Unix epoch as `YYYY-MM-DD HH:MM:SS` in the local time zone (`TZ`, else
+/// `/etc/localtime`), as glib's `g_date_time_format` gives it to qemu; empty if the C library cannot convert.
+pub fn local_date_time(secs: u64) -> String {
+    let Ok(time) = libc::time_t::try_from(secs) else {
+        return String::new();
+    };
+    // SAFETY: `libc::tm` is plain integers and a nullable pointer (`tm_zone`): all zeros is a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: `localtime_r` reads `time` and writes only the `tm` passed, both live for the call; it loads the
+    // time zone (from `TZ`, which this program never modifies, or `/etc/localtime`) on first use, as `tzset`.
+    let converted = unsafe { libc::localtime_r(&time, &mut tm) };
+    if converted.is_null() {
+        return String::new();
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        i64::from(tm.tm_year) + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
 /// C's `%.{precision}g` for a finite non-negative number.
 pub fn format_g(value: f64, precision: usize) -> String {
     if value == 0.0 || !value.is_finite() {
@@ -317,6 +431,42 @@ mod tests {
             to_json_pretty(&v),
             "{\n    \"name\": \"a\\\"\\u00E9\",\n    \"children\": [\n    ],\n    \"data\": {\n    }\n}"
         );
+    }
+
+    #[test]
+    fn snapshot_table_lines_have_qemus_columns() {
+        assert_eq!(
+            snapshot_table_header(),
+            "ID      TAG               VM_SIZE                DATE        VM_CLOCK     ICOUNT"
+        );
+        let snapshot = SnapshotInfo {
+            id: "1".into(),
+            name: "é".into(),
+            vm_state_size: 1 << 20,
+            date_sec: 0,
+            date_nsec: 0,
+            vm_clock_nsec: 3_723_456_000_000,
+            icount: None,
+        };
+        let row = snapshot_table_row(&snapshot);
+        // Padding counts bytes, as C's printf: "é" is two.
+        assert!(
+            row.starts_with("1       é                  1 MiB "),
+            "{row}"
+        );
+        assert!(row.ends_with(" 0001:02:03.456         --"), "{row}");
+        // Then the date: 19 characters of local time.
+        assert_eq!(row.len(), 34 + 19 + 27, "{row}");
+        let json = snapshot_json(&SnapshotInfo {
+            icount: Some(5),
+            ..snapshot
+        });
+        let Json::Map(entries) = json else {
+            panic!("a map")
+        };
+        assert!(entries.contains(&("vm-clock-sec".to_string(), Json::U64(3723))));
+        assert!(entries.contains(&("vm-clock-nsec".to_string(), Json::U64(456_000_000))));
+        assert!(entries.contains(&("icount".to_string(), Json::U64(5))));
     }
 
     #[test]

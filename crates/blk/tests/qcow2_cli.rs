@@ -797,7 +797,6 @@ fn writes_keep_internal_snapshots_intact() {
 /// `blk info` lists internal snapshots as `qemu-img info` does (`snapshots` in JSON, the snapshot table in
 /// human output).
 #[test]
-#[ignore = "ImageInfo has no snapshots list; blk info prints no snapshots"]
 fn info_lists_internal_snapshots() {
     let s = Scratch::new();
     image_with_snapshot(&s);
@@ -871,7 +870,6 @@ fn dirty_lazy_refcounts_image() {
 /// `blk info` shows persistent dirty bitmaps in `format-specific` (`bitmaps: [{flags, name, granularity}]`) as
 /// `qemu-img info` does.
 #[test]
-#[ignore = "Qcow2::image_info does not list the bitmaps of the bitmaps extension in format-specific data"]
 fn info_lists_bitmaps() {
     let s = Scratch::new();
     ok(&s.qemu_img(&["create", "-q", "-f", "qcow2", "b.qcow2", "4M"]));

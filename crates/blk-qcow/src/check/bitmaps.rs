@@ -6,18 +6,11 @@ use super::checker::{Checker, Stop};
 use super::expected::ExpectedRefcounts;
 use super::layout::{decode_be64, read_padded, L2_OFFSET_MASK};
 
+use crate::bitmaps::{
+    AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_DIRECTORY_BYTES, MAX_TABLE_ENTRIES,
+};
 use crate::header::Header;
 
-/// The autoclear bit that makes the bitmaps extension valid.
-const AUTOCLEAR_BITMAPS: u64 = 1;
-/// The bitmaps header extension's type.
-const EXT_BITMAPS: u32 = 0x2385_2875;
-/// QEMU's cap on the number of bitmaps.
-const MAX_BITMAPS: u64 = 65535;
-/// QEMU's cap on the bitmap directory (`QCOW2_MAX_BITMAP_DIRECTORY_SIZE`).
-const MAX_DIRECTORY_BYTES: u64 = 1024 * MAX_BITMAPS;
-/// QEMU's cap on a bitmap table's entries (`BME_MAX_TABLE_SIZE`).
-const MAX_TABLE_ENTRIES: u64 = 0x800_0000;
 /// Bitmap table entries read at once (the table itself may be up to 1 GiB; it is streamed).
 const TABLE_CHUNK: u64 = 1 << 17;
 /// Reserved bits of a bitmap table entry.
@@ -74,7 +67,7 @@ impl Checker<'_> {
         let cs = self.layout.cluster_size;
         for (offset, entries) in tables {
             self.inc(expected, offset, entries * 8)?;
-            if offset % cs != 0 || entries > MAX_TABLE_ENTRIES {
+            if offset % cs != 0 || entries > u64::from(MAX_TABLE_ENTRIES) {
                 self.res.corruptions += 1;
                 break;
             }
@@ -106,7 +99,7 @@ impl Checker<'_> {
 
     /// Each bitmap's table (offset, entries), from the directory; None when it is malformed.
     fn bitmap_tables(&self, dir: BitmapDirectory) -> Option<Vec<(u64, u64)>> {
-        if dir.count > MAX_BITMAPS
+        if dir.count > u64::from(MAX_BITMAPS)
             || dir.size > MAX_DIRECTORY_BYTES
             || dir.offset % self.layout.cluster_size != 0
         {

@@ -20,8 +20,6 @@ pub(super) const L1_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
 pub(super) const L2_BITMAP_ALL_ALLOC: u64 = 0xffff_ffff;
 /// Bits of standard L2 entries that must be zero.
 pub(super) const L2_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
-/// QEMU's cap on the number of snapshots (`QCOW_MAX_SNAPSHOTS`).
-pub(super) const MAX_SNAPSHOTS: u64 = 65536;
 
 /// What the check needs to know about the image, from its header.
 #[derive(Debug, Clone)]

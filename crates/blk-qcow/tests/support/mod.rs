@@ -152,6 +152,7 @@ impl DiskFile for TestRaw {
             backing_filename: None,
             full_backing_filename: None,
             backing_format: None,
+            snapshots: Vec::new(),
             format_specific: None,
         })
     }
@@ -383,6 +384,7 @@ impl DiskFile for TestRawFile {
             backing_filename: None,
             full_backing_filename: None,
             backing_format: None,
+            snapshots: Vec::new(),
             format_specific: None,
         })
     }

@@ -14,7 +14,8 @@ use clap::Args;
 
 use super::{display_path, open_image, ImageArgs, OpenSpec};
 use crate::output::{
-    dump_human_map, map_from_info, size_to_str, to_json_pretty, Json, OutputFormat,
+    dump_human_map, map_from_info, size_to_str, snapshot_json, snapshot_table_header,
+    snapshot_table_row, to_json_pretty, Json, OutputFormat,
 };
 
 /// The longest backing chain `--backing-chain` follows.
@@ -135,6 +136,12 @@ impl Described {
         if let Some(format) = &info.backing_format {
             m.push(("backing-filename-format".into(), Json::Str(format.clone())));
         }
+        if !info.snapshots.is_empty() {
+            m.push((
+                "snapshots".into(),
+                Json::List(info.snapshots.iter().map(snapshot_json).collect()),
+            ));
+        }
         if let Some((kind, data)) = &info.format_specific {
             m.push((
                 "format-specific".into(),
@@ -182,6 +189,15 @@ impl Described {
             out.push('\n');
             if let Some(format) = &info.backing_format {
                 out.push_str(&format!("backing file format: {format}\n"));
+            }
+        }
+        if !info.snapshots.is_empty() {
+            out.push_str("Snapshot list:\n");
+            out.push_str(&snapshot_table_header());
+            out.push('\n');
+            for snapshot in &info.snapshots {
+                out.push_str(&snapshot_table_row(snapshot));
+                out.push('\n');
             }
         }
         if let Some((_, data)) = &info.format_specific {
