@@ -5,6 +5,7 @@ use std::path::Path;
 use blk_core::{Error, ErrorKind, HostFile, HostOpenOptions, Operation, Result};
 
 use crate::options::{Preallocation, RawCreateOptions};
+use crate::preallocation::extend;
 use crate::raw::Raw;
 use crate::FORMAT_NAME;
 
@@ -13,9 +14,6 @@ const SECTOR: u64 = 512;
 
 /// What qemu's `allocate_first_block` writes for images of at least this size (`MAX_BLOCKSIZE`).
 const FIRST_BLOCK: u64 = 4096;
-
-/// The zero buffer size for [`Preallocation::Full`].
-const ZERO_CHUNK: u64 = 1 << 20;
 
 impl Raw {
     /// Creates (or truncates) the raw image at `path` and returns it opened for writing, locked exclusively.
@@ -79,30 +77,9 @@ fn allocate_first_block(file: &HostFile, size: u64) {
 
 /// Gives the empty `file` its `size` and allocation.
 fn preallocate(file: &HostFile, size: u64, mode: Preallocation) -> Result<()> {
-    match mode {
-        Preallocation::Off => {
-            file.set_len(size)?;
-            allocate_first_block(file, size);
-            Ok(())
-        }
-        Preallocation::Falloc => {
-            file.allocate(0, size)?;
-            file.set_len(size)?;
-            allocate_first_block(file, size);
-            Ok(())
-        }
-        Preallocation::Full => {
-            // Setting the length first lets the file system allocate the whole extent at once, as qemu does.
-            file.set_len(size)?;
-            let zeros = vec![0u8; ZERO_CHUNK.min(size) as usize];
-            let mut offset = 0;
-            while offset < size {
-                let n = ZERO_CHUNK.min(size - offset);
-                // `n <= zeros.len()`, which is a usize.
-                file.write_all_at(offset, &zeros[..n as usize])?;
-                offset += n;
-            }
-            file.sync_data()
-        }
+    extend(file, 0, size, mode)?;
+    if mode != Preallocation::Full {
+        allocate_first_block(file, size);
     }
+    Ok(())
 }

@@ -27,6 +27,8 @@
 //! | [`raw`] | [`Raw`]: opening, guest I/O ([`blk_core::DiskFile`]) and queues ([`blk_core::AsyncDiskFile`]) |
 //! | `map` | [`DiskFile::map`](blk_core::DiskFile::map) from `SEEK_DATA`/`SEEK_HOLE`, as `qemu-img map` shows it |
 //! | `create` | [`Raw::create`] with qemu's preallocation modes |
+//! | `resize` | [`resize()`]: a new size, as `qemu-img resize -f raw` sets it |
+//! | `preallocation` | growing a file with qemu's preallocation modes |
 //! | [`options`] | [`RawCreateOptions`], [`Preallocation`] and qemu-img `-o` parsing |
 //!
 //! Every error is a [`blk_core::Error`] naming the format `raw`, the file, the offset and the operation.
@@ -34,10 +36,13 @@
 mod create;
 mod map;
 pub mod options;
+mod preallocation;
 pub mod raw;
+mod resize;
 
 pub use options::{Preallocation, RawCreateOptions, CREATE_OPTIONS};
 pub use raw::Raw;
+pub use resize::{resize, RawResizeOptions};
 
 /// The format name, as qemu-img spells it.
 pub const FORMAT_NAME: &str = "raw";
