@@ -49,6 +49,7 @@
 //! | `snapshot_table` | the internal snapshot table (for `info` and `check`) |
 //! | `bitmaps` | persistent dirty bitmaps: the bitmaps extension and directory, for `info` |
 //! | `check` | `check` and repair |
+//! | `resize` | [`resize()`]: grow or shrink an image as `qemu-img resize` does |
 //!
 //! # Locking
 //!
@@ -191,6 +192,7 @@ mod map;
 mod metadata;
 mod overlap;
 mod refcount;
+mod resize;
 mod snapshot_table;
 mod subcluster_write;
 mod subclusters;
@@ -202,6 +204,7 @@ pub use options::{
     CompressionType, Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS,
 };
 pub use qcow2::Qcow2;
+pub use resize::{resize, Qcow2ResizeOptions};
 
 /// The format's name, as qemu-img spells it.
 pub const FORMAT_NAME: &str = "qcow2";
