@@ -12,6 +12,7 @@
 //! | [`detect`] | [`detect_format`]: magic-number probing (read-only, side-effect free) |
 //! | [`open`] | [`DiskFileParams`], [`Backend`], [`open_disk_file`] |
 //! | [`create`] | [`CreateParams`], [`create_disk_file`] |
+//! | [`resize`] | [`ResizeParams`], [`resize_disk_file`]: `qemu-img resize` for raw and QCOW2 |
 //! | [`named`] | [`FactoryOpener`], [`NamedImagePolicy`]: the gate for files named inside images |
 //!
 //! # Example
@@ -49,6 +50,7 @@ pub mod detect;
 pub mod format;
 pub mod named;
 pub mod open;
+pub mod resize;
 
 pub use blk_core::{parse_size, parse_size_param};
 pub use create::{create_disk_file, create_options, CreateParams};
@@ -56,3 +58,4 @@ pub use detect::detect_format;
 pub use format::ImageFormat;
 pub use named::{FactoryOpener, NamedImagePolicy, MAX_CHAIN_DEPTH};
 pub use open::{open_disk_file, Backend, DiskFileParams};
+pub use resize::{resize_disk_file, ResizeParams};

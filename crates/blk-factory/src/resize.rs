@@ -1,0 +1,105 @@
+//! [`resize_disk_file`]: `qemu-img resize`, for the formats QEMU can resize (raw and QCOW2).
+
+use std::path::PathBuf;
+
+use blk_core::{Error, ErrorKind, HostOpenOptions, LockMode, Operation, Result};
+
+use crate::detect::detect_format;
+use crate::format::ImageFormat;
+
+/// What [`resize_disk_file`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResizeParams {
+    /// The image.
+    pub path: PathBuf,
+    /// Its format; `None` detects it.
+    pub format: Option<ImageFormat>,
+    /// The new virtual size in bytes.
+    pub size: u64,
+    /// Allow a smaller size (qemu-img's `--shrink`).
+    pub shrink: bool,
+    /// qemu-img's `--preallocation` for the added range: `off`, `falloc` or `full` (raw only; `None` is off).
+    pub preallocation: Option<String>,
+    /// Advisory locking while the image is changed.
+    pub lock: LockMode,
+}
+
+impl ResizeParams {
+    /// Resizing `path` to `size` bytes: format detected, growing only, no preallocation, locked.
+    pub fn new(path: impl Into<PathBuf>, size: u64) -> ResizeParams {
+        ResizeParams {
+            path: path.into(),
+            format: None,
+            size,
+            shrink: false,
+            preallocation: None,
+            lock: LockMode::Auto,
+        }
+    }
+}
+
+/// Changes the virtual size of the image `params` names, as `qemu-img resize` does: the image must not be in
+/// use (it is opened writable and locked), a smaller size needs [`ResizeParams::shrink`], and only raw and
+/// QCOW2 images can be resized (VHD and VHDX fail as in qemu-img: "Image format driver does not support
+/// resize"). Files named inside the image are not opened.
+///
+/// ```
+/// use blk_factory::{create_disk_file, resize_disk_file, CreateParams, ImageFormat, ResizeParams};
+///
+/// # fn main() -> blk_core::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("disk.img");
+/// create_disk_file(&CreateParams::new(&path, ImageFormat::Raw, Some(1 << 20)))?;
+/// resize_disk_file(&ResizeParams::new(&path, 4 << 20))?;
+/// assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
+/// # Ok(())
+/// # }
+/// ```
+pub fn resize_disk_file(params: &ResizeParams) -> Result<()> {
+    let ctx = |e: Error| e.with_path(&params.path).with_operation(Operation::Resize);
+    let format = match params.format {
+        Some(format) => format,
+        None => detect_format(&params.path).map_err(ctx)?,
+    };
+    let ctx = |e: Error| ctx(e.with_format(format.name()));
+    if !format.is_compiled_in() {
+        return Err(ctx(format.not_compiled_in()));
+    }
+    let host = HostOpenOptions {
+        read_only: false,
+        direct: false,
+        lock: params.lock,
+    };
+    match format {
+        ImageFormat::Raw => {
+            let preallocation = match params.preallocation.as_deref() {
+                None => blk_raw::Preallocation::Off,
+                Some(text) => text.parse().map_err(ctx)?,
+            };
+            let options = blk_raw::RawResizeOptions {
+                host,
+                shrink: params.shrink,
+                preallocation,
+            };
+            blk_raw::resize(&params.path, params.size, &options).map_err(ctx)
+        }
+        #[cfg(feature = "qcow2")]
+        ImageFormat::Qcow2 => {
+            if let Some(mode) = params.preallocation.as_deref().filter(|m| *m != "off") {
+                return Err(ctx(Error::new(
+                    ErrorKind::UnsupportedFeature,
+                    format!("blk resizes QCOW2 images without preallocation (asked for '{mode}')"),
+                )));
+            }
+            let options = blk_qcow::Qcow2ResizeOptions {
+                host,
+                shrink: params.shrink,
+            };
+            blk_qcow::resize(&params.path, params.size, &options).map_err(ctx)
+        }
+        _ => Err(ctx(Error::new(
+            ErrorKind::Unsupported,
+            "Image format driver does not support resize",
+        ))),
+    }
+}
