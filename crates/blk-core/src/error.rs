@@ -128,6 +128,8 @@ pub enum Operation {
     Check,
     /// Taking or releasing an advisory lock.
     Lock,
+    /// Changing the backing file an image records (`rebase`).
+    ChangeBacking,
 }
 
 impl Operation {
@@ -146,6 +148,7 @@ impl Operation {
             Operation::Map => "mapping",
             Operation::Check => "checking",
             Operation::Lock => "locking",
+            Operation::ChangeBacking => "changing the backing file",
         }
     }
 }

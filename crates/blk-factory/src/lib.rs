@@ -13,6 +13,7 @@
 //! | [`open`] | [`DiskFileParams`], [`Backend`], [`open_disk_file`] |
 //! | [`create`] | [`CreateParams`], [`create_disk_file`] |
 //! | [`resize`] | [`ResizeParams`], [`resize_disk_file`]: `qemu-img resize` for raw and QCOW2 |
+//! | [`backing`] | [`ChangeBackingParams`], [`change_backing_file`]: `qemu-img rebase -u` |
 //! | [`named`] | [`FactoryOpener`], [`NamedImagePolicy`]: the gate for files named inside images |
 //!
 //! # Example
@@ -45,6 +46,7 @@
 //! # }
 //! ```
 
+pub mod backing;
 pub mod create;
 pub mod detect;
 pub mod format;
@@ -52,6 +54,7 @@ pub mod named;
 pub mod open;
 pub mod resize;
 
+pub use backing::{change_backing_file, ChangeBackingParams};
 pub use blk_core::{parse_size, parse_size_param};
 pub use create::{create_disk_file, create_options, CreateParams};
 pub use detect::detect_format;

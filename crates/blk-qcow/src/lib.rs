@@ -41,6 +41,7 @@
 //! | `allocator` | cluster and byte (compressed) allocation |
 //! | `compression` | deflate and zstd cluster compression |
 //! | `backing` | the backing file |
+//! | `change_backing` | [`Qcow2::change_backing_file`]: the recorded backing file, as `qemu-img rebase` sets it |
 //! | `io` | read, write, discard, compressed writes |
 //! | `write_zeroes` | write-zeroes: zero flags in batches per L2 table, zero buffers for the rest |
 //! | `write_run` | multi-cluster writes in one host write |
@@ -180,6 +181,7 @@ mod allocator;
 mod backing;
 mod bitmaps;
 mod cache;
+mod change_backing;
 mod check;
 mod compression;
 mod create;

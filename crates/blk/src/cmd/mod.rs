@@ -12,6 +12,7 @@ pub mod info;
 pub mod io;
 pub mod map;
 pub mod progress;
+pub mod rebase;
 pub mod resize;
 pub mod scan;
 pub mod sparse;
@@ -50,6 +51,8 @@ pub enum Command {
     Map(map::MapArgs),
     /// Check an image's consistency (qemu-img check).
     Check(check::CheckArgs),
+    /// Change the backing file of an image (qemu-img rebase).
+    Rebase(rebase::RebaseArgs),
     /// Change the virtual size of an image (qemu-img resize).
     Resize(resize::ResizeArgs),
     /// Copy a part of an image into a new image, dd style (qemu-img dd).
@@ -86,6 +89,7 @@ fn run(command: Command) -> Result<u8> {
         Command::Compare(args) => compare::run(args),
         Command::Map(args) => map::run(args),
         Command::Check(args) => check::run(args),
+        Command::Rebase(args) => rebase::run(args),
         Command::Resize(args) => resize::run(args),
         Command::Dd(args) => dd::run(args),
         Command::Io(args) => io::run(args),

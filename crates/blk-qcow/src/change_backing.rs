@@ -1,0 +1,81 @@
+//! [`Qcow2::change_backing_file`]: the backing file name and format recorded in the header, rewritten as
+//! `qemu-img rebase` (QEMU's `qcow2_change_backing_file`) does.
+
+use blk_core::{Error, ErrorKind, Operation, Result};
+
+use crate::qcow2::Qcow2;
+
+/// QEMU's cap on a backing file name.
+const MAX_BACKING_NAME: usize = 1023;
+
+impl Qcow2 {
+    /// Records `name` (of format `format`) as the image's backing file, or no backing file when `name` is
+    /// `None`, by rewriting the header cluster (unknown header extensions are kept). The guest data is not
+    /// touched: a caller that wants the guest view kept (`qemu-img rebase` without `-u`) copies the differences
+    /// into the image first. This handle keeps reading through the backing file it was opened with; the new
+    /// one is used from the next open.
+    ///
+    /// A backing file needs its format (QEMU: "backing format must be specified"); names are at most 1023
+    /// bytes and must fit in the header cluster with the extensions.
+    pub fn change_backing_file(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {
+        self.writable(Operation::ChangeBacking, 0)?;
+        self.change_backing_impl(name, format)
+            .map_err(|e| self.context(e, Operation::ChangeBacking, None))
+    }
+
+    fn change_backing_impl(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {
+        let invalid = |message: String| Error::new(ErrorKind::InvalidInput, message);
+        let name = name.filter(|n| !n.is_empty());
+        if let Some(name) = name {
+            if name.len() > MAX_BACKING_NAME {
+                return Err(invalid(format!(
+                    "the backing file name is {} bytes long, more than {MAX_BACKING_NAME}",
+                    name.len()
+                )));
+            }
+            if format.is_none_or(str::is_empty) {
+                return Err(invalid("backing format must be specified".to_string()));
+            }
+        }
+        if self.shared.geometry.data_file_raw && name.is_some() {
+            return Err(invalid(
+                "Backing file and data-file-raw cannot be used at the same time".to_string(),
+            ));
+        }
+        let file = &self.shared.file;
+        let cluster_size = self.shared.geometry.cluster_size;
+        let mut meta = self.lock_metadata();
+        let mut header = meta.header.clone();
+        // The whole header cluster is rewritten: nothing else may live there.
+        for (what, offset) in [
+            ("L1 table", header.l1_table_offset),
+            ("refcount table", header.refcount_table_offset),
+            ("snapshot table", header.snapshots_offset),
+        ] {
+            if offset < cluster_size && !(what == "snapshot table" && header.nb_snapshots == 0) {
+                return Err(Error::new(
+                    ErrorKind::CorruptImage,
+                    format!("the {what} starts in the header cluster (at {offset:#x})"),
+                ));
+            }
+        }
+        header.backing_file = name.map(str::to_string);
+        header.extensions.backing_format = name.and(format).map(str::to_string);
+        let bytes = header.serialize();
+        if bytes.len() as u64 > cluster_size {
+            return Err(invalid(format!(
+                "the header with this backing file needs {} bytes, more than the {cluster_size}-byte header cluster",
+                bytes.len()
+            )));
+        }
+        // Everything written so far reaches the disk before the header names another backing file, and the
+        // rest of the header cluster is cleared, as QEMU rewrites it.
+        meta.flush(file)?;
+        let mut cluster0 = bytes;
+        cluster0.resize(cluster_size as usize, 0);
+        file.write_all_at(0, &cluster0)?;
+        file.sync_data()?;
+        meta.header = header;
+        Ok(())
+    }
+}
