@@ -253,6 +253,22 @@ fn snapshot_columns(
     )
 }
 
+/// qemu's `Snapshot list:` block (`info` and `snapshot -l`): the title, the header and a row per snapshot;
+/// nothing when there are none.
+pub fn snapshot_list(snapshots: &[SnapshotInfo]) -> String {
+    if snapshots.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("Snapshot list:\n");
+    out.push_str(&snapshot_table_header());
+    out.push('\n');
+    for snapshot in snapshots {
+        out.push_str(&snapshot_table_row(snapshot));
+        out.push('\n');
+    }
+    out
+}
+
 /// The snapshot table's header line, as `qemu-img info` and `qemu-img snapshot -l` print it.
 pub fn snapshot_table_header() -> String {
     snapshot_columns("ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT")

@@ -14,8 +14,8 @@ use clap::Args;
 
 use super::{display_path, open_image, ImageArgs, OpenSpec};
 use crate::output::{
-    dump_human_map, map_from_info, size_to_str, snapshot_json, snapshot_table_header,
-    snapshot_table_row, to_json_pretty, Json, OutputFormat,
+    dump_human_map, map_from_info, size_to_str, snapshot_json, snapshot_list, to_json_pretty, Json,
+    OutputFormat,
 };
 
 /// The longest backing chain `--backing-chain` follows.
@@ -191,15 +191,7 @@ impl Described {
                 out.push_str(&format!("backing file format: {format}\n"));
             }
         }
-        if !info.snapshots.is_empty() {
-            out.push_str("Snapshot list:\n");
-            out.push_str(&snapshot_table_header());
-            out.push('\n');
-            for snapshot in &info.snapshots {
-                out.push_str(&snapshot_table_row(snapshot));
-                out.push('\n');
-            }
-        }
+        out.push_str(&snapshot_list(&info.snapshots));
         if let Some((_, data)) = &info.format_specific {
             if !data.is_empty() {
                 out.push_str("Format specific information:\n");

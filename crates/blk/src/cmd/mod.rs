@@ -15,6 +15,7 @@ pub mod progress;
 pub mod rebase;
 pub mod resize;
 pub mod scan;
+pub mod snapshot;
 pub mod sparse;
 
 use std::ffi::OsString;
@@ -55,6 +56,8 @@ pub enum Command {
     Rebase(rebase::RebaseArgs),
     /// Change the virtual size of an image (qemu-img resize).
     Resize(resize::ResizeArgs),
+    /// List the internal snapshots of an image (qemu-img snapshot -l).
+    Snapshot(snapshot::SnapshotArgs),
     /// Copy a part of an image into a new image, dd style (qemu-img dd).
     Dd(dd::DdArgs),
     /// Run qemu-io style commands against an image (qemu-io -c).
@@ -91,6 +94,7 @@ fn run(command: Command) -> Result<u8> {
         Command::Check(args) => check::run(args),
         Command::Rebase(args) => rebase::run(args),
         Command::Resize(args) => resize::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
         Command::Dd(args) => dd::run(args),
         Command::Io(args) => io::run(args),
         Command::Demo(args) => demo::run(args),
