@@ -101,6 +101,17 @@ pub trait DiskFile: Send + Sync + Debug {
         false
     }
 
+    /// Drops everything this layer stores, so that every read comes from the backing file again (qemu's
+    /// `bdrv_make_empty`, what `commit` does to the committed image). Formats without layers return
+    /// [`ErrorKind::Unsupported`].
+    fn make_empty(&self) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this image format cannot be emptied",
+        )
+        .with_operation(Operation::Discard))
+    }
+
     /// Reads `buf.len()` guest bytes at `offset`: [`read_at`](DiskFile::read_at) for one plain buffer.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_at(offset, &[IoBufMut::from(buf)])

@@ -45,6 +45,7 @@
 //! | `io` | read, write, discard, compressed writes |
 //! | `write_zeroes` | write-zeroes: zero flags in batches per L2 table, zero buffers for the rest |
 //! | `write_run` | multi-cluster writes in one host write |
+//! | `make_empty` | every cluster unmapped (`DiskFile::make_empty`, for `commit`) |
 //! | `map` | `map` runs as `qemu-img map` shows them |
 //! | `create` | [`Qcow2::create`] with qemu-img's layout |
 //! | `snapshot_table` | the internal snapshot table (for `info` and `check`) |
@@ -190,6 +191,7 @@ mod extensions;
 mod features;
 mod header;
 mod io;
+mod make_empty;
 mod map;
 mod metadata;
 mod overlap;

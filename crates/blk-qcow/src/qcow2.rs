@@ -440,6 +440,12 @@ impl DiskFile for Qcow2 {
             .map_err(|e| self.context(e, Operation::Write, Some(offset)))
     }
 
+    fn make_empty(&self) -> Result<()> {
+        self.writable(Operation::Discard, 0)?;
+        self.make_empty_impl()
+            .map_err(|e| self.context(e, Operation::Discard, None))
+    }
+
     fn has_zero_init(&self) -> bool {
         // A raw data file may hold anything.
         self.shared.backing.is_none() && !self.shared.geometry.data_file_raw

@@ -333,7 +333,7 @@ fn shrink(image: &Qcow2, meta: &mut Metadata, new_size: u64, new_l1_size: u64) -
 /// Unmaps every guest cluster from the first cluster boundary at or after `new_size` to the end of the L1
 /// table's reach (QEMU's full discard: entries cleared, not zero-flagged), one L2 table at a time: the
 /// cleared table reaches the disk before the references are dropped.
-fn discard_tail(image: &Qcow2, meta: &mut Metadata, new_size: u64) -> Result<()> {
+pub(crate) fn discard_tail(image: &Qcow2, meta: &mut Metadata, new_size: u64) -> Result<()> {
     let file = image.host_file();
     let g = meta.g.clone();
     let first = new_size.div_ceil(g.cluster_size);

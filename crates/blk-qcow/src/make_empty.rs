@@ -1,0 +1,19 @@
+//! [`Qcow2::make_empty_impl`]: every guest cluster unmapped (QEMU's `qcow2_make_empty`), for `commit`.
+
+use blk_core::Result;
+
+use crate::qcow2::Qcow2;
+use crate::resize::discard_tail;
+
+impl Qcow2 {
+    /// Clears every L2 entry (QEMU's full discard: entries become unallocated, not zero-flagged, so the
+    /// backing file shows through again) and frees the clusters they referenced, one L2 table at a time with
+    /// the cleared table on disk before the references drop; then writes everything back.
+    pub(crate) fn make_empty_impl(&self) -> Result<()> {
+        let mut meta = self.lock_metadata();
+        // While a write is between allocating and linking a cluster it must not be emptied under it; the
+        // callers (`commit`) hold the only handle, so none are in flight.
+        discard_tail(self, &mut meta, 0)?;
+        meta.flush(&self.shared.file)
+    }
+}
