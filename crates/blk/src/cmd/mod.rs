@@ -2,6 +2,7 @@
 //! an image through the factory, format names, cache modes, `-o` option lists, sizes).
 
 pub mod check;
+pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod create;
@@ -52,6 +53,8 @@ pub enum Command {
     Map(map::MapArgs),
     /// Check an image's consistency (qemu-img check).
     Check(check::CheckArgs),
+    /// Write an image's data into its backing file (qemu-img commit).
+    Commit(commit::CommitArgs),
     /// Change the backing file of an image (qemu-img rebase).
     Rebase(rebase::RebaseArgs),
     /// Change the virtual size of an image (qemu-img resize).
@@ -92,6 +95,7 @@ fn run(command: Command) -> Result<u8> {
         Command::Compare(args) => compare::run(args),
         Command::Map(args) => map::run(args),
         Command::Check(args) => check::run(args),
+        Command::Commit(args) => commit::run(args),
         Command::Rebase(args) => rebase::run(args),
         Command::Resize(args) => resize::run(args),
         Command::Snapshot(args) => snapshot::run(args),
