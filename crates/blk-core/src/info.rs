@@ -65,6 +65,74 @@ pub struct SnapshotInfo {
     pub icount: Option<u64>,
 }
 
+/// Which internal snapshot to open (read-only) instead of the current disk: qemu-img's `-l` parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SnapshotSelector {
+    /// `ID_OR_NAME`: the snapshot with this ID, else the one with this name (QEMU's order).
+    IdOrName(String),
+    /// `snapshot.id=ID`.
+    Id(String),
+    /// `snapshot.name=NAME`.
+    Name(String),
+    /// `snapshot.id=ID,snapshot.name=NAME`: both must match.
+    IdAndName(String, String),
+}
+
+impl SnapshotSelector {
+    /// Parses qemu-img's `-l` syntax: `snapshot.id=ID`, `snapshot.name=NAME`, both separated by a comma, or a
+    /// plain ID or name.
+    ///
+    /// ```
+    /// use blk_core::SnapshotSelector;
+    /// assert_eq!(SnapshotSelector::parse("snap1"), SnapshotSelector::IdOrName("snap1".into()));
+    /// assert_eq!(
+    ///     SnapshotSelector::parse("snapshot.id=2,snapshot.name=b"),
+    ///     SnapshotSelector::IdAndName("2".into(), "b".into())
+    /// );
+    /// ```
+    pub fn parse(text: &str) -> SnapshotSelector {
+        if !text.starts_with("snapshot.") {
+            return SnapshotSelector::IdOrName(text.to_string());
+        }
+        let (mut id, mut name) = (None, None);
+        for part in text.split(',') {
+            if let Some(v) = part.strip_prefix("snapshot.id=") {
+                id = Some(v.to_string());
+            } else if let Some(v) = part.strip_prefix("snapshot.name=") {
+                name = Some(v.to_string());
+            }
+        }
+        match (id, name) {
+            (Some(id), Some(name)) => SnapshotSelector::IdAndName(id, name),
+            (Some(id), None) => SnapshotSelector::Id(id),
+            (None, Some(name)) => SnapshotSelector::Name(name),
+            (None, None) => SnapshotSelector::IdOrName(text.to_string()),
+        }
+    }
+
+    /// Whether a snapshot with `id` and `name` is the one asked for, on the first pass (IDs) or the second
+    /// (names, for [`SnapshotSelector::IdOrName`]).
+    pub fn matches(&self, id: &str, name: &str, by_name: bool) -> bool {
+        match self {
+            SnapshotSelector::IdOrName(x) => (if by_name { name } else { id }) == x,
+            SnapshotSelector::Id(x) => !by_name && id == x,
+            SnapshotSelector::Name(x) => !by_name && name == x,
+            SnapshotSelector::IdAndName(i, n) => !by_name && id == i && name == n,
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotSelector::IdOrName(x) => write!(f, "{x}"),
+            SnapshotSelector::Id(x) => write!(f, "snapshot.id={x}"),
+            SnapshotSelector::Name(x) => write!(f, "snapshot.name={x}"),
+            SnapshotSelector::IdAndName(i, n) => write!(f, "snapshot.id={i},snapshot.name={n}"),
+        }
+    }
+}
+
 /// How far `check` may go in repairing an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RepairMode {

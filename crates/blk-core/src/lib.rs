@@ -72,7 +72,7 @@ pub use error::{Error, ErrorKind, Operation, Result, ResultExt};
 pub use extent::{Extent, ExtentKind};
 pub use host_file::{resolve_relative_to, HostFile, HostOpenOptions, LockMode};
 pub use image_opener::{DenyNamedImages, ImageOpener, NamedImage, NamedImageRole};
-pub use info::{CheckReport, ImageInfo, InfoValue, RepairMode, SnapshotInfo};
+pub use info::{CheckReport, ImageInfo, InfoValue, RepairMode, SnapshotInfo, SnapshotSelector};
 pub use size::{parse_size, parse_size_param};
 pub use sync_adaptor::SyncAdaptor;
 pub use topology::DiskTopology;

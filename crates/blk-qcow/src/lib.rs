@@ -48,6 +48,7 @@
 //! | `make_empty` | every cluster unmapped (`DiskFile::make_empty`, for `commit`) |
 //! | `map` | `map` runs as `qemu-img map` shows them |
 //! | `create` | [`Qcow2::create`] with qemu-img's layout |
+//! | `snapshot_open` | opening an internal snapshot read-only (its L1 table in place of the active one) |
 //! | `snapshot_table` | the internal snapshot table (for `info` and `check`) |
 //! | `bitmaps` | persistent dirty bitmaps: the bitmaps extension and directory, for `info` |
 //! | `check` | `check` and repair |
@@ -197,6 +198,7 @@ mod metadata;
 mod overlap;
 mod refcount;
 mod resize;
+mod snapshot_open;
 mod snapshot_table;
 mod subcluster_write;
 mod subclusters;

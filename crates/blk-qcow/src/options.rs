@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use blk_core::{
     parse_bool_param, parse_size_param, CreateOptionInfo, Error, ErrorKind, HostOpenOptions,
-    ImageOpener, Operation, Result,
+    ImageOpener, Operation, Result, SnapshotSelector,
 };
 
 use crate::FORMAT_NAME;
@@ -32,6 +32,8 @@ pub struct Qcow2OpenOptions {
     /// passes [`NamedImage::depth`](blk_core::NamedImage::depth)). The backing file is requested at
     /// `depth + 1`, so the opener can cap chains.
     pub depth: u32,
+    /// Open this internal snapshot instead of the current disk (read-only opens only; qemu-img's `-l`).
+    pub snapshot: Option<SnapshotSelector>,
 }
 
 impl Qcow2OpenOptions {
@@ -44,6 +46,7 @@ impl Qcow2OpenOptions {
             l2_cache_size: DEFAULT_L2_CACHE_SIZE,
             check_mode: false,
             depth: 0,
+            snapshot: None,
         }
     }
 }

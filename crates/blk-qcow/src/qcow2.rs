@@ -108,10 +108,21 @@ impl Qcow2 {
                 "qcow2: Image is corrupt; cannot be opened read/write",
             ));
         }
-        let g = Geometry::from_header(&header);
+        let mut g = Geometry::from_header(&header);
+        if let Some(selector) = &options.snapshot {
+            // QEMU's `bdrv_snapshot_load_tmp`: only on a read-only open.
+            if !read_only {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "an internal snapshot can only be opened read-only",
+                ));
+            }
+            let snapshot = crate::snapshot_open::find(&file, file_len, &header, selector)?;
+            crate::snapshot_open::apply(&mut g, &snapshot, file_len)?;
+        }
         let l1_bytes = read_zero_filled(
             &file,
-            header.l1_table_offset,
+            g.l1_table_offset,
             (g.l1_size * 8).min(MAX_L1_BYTES) as usize,
         )?;
         let l1 = (0..g.l1_size as usize)
