@@ -52,6 +52,8 @@ pub struct DiskFileParams {
     /// backing file is neither opened nor required to exist, and ranges it would provide read as zeros. Honoured
     /// by QCOW2; see [`ImageOpener::skips_backing`](blk_core::ImageOpener::skips_backing).
     pub skip_backing: bool,
+    /// Open this internal snapshot instead of the current disk (read-only; QCOW2 only: qemu-img's `-l`).
+    pub snapshot: Option<blk_core::SnapshotSelector>,
 }
 
 impl DiskFileParams {
@@ -70,6 +72,7 @@ impl DiskFileParams {
             check_mode: false,
             chain_depth: 0,
             skip_backing: false,
+            snapshot: None,
         }
     }
 
@@ -151,6 +154,15 @@ pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>>
             .with_path(&params.path)
             .with_operation(Operation::Open)
     };
+    if params.snapshot.is_some() && format != ImageFormat::Qcow2 {
+        return Err(ctx(blk_core::Error::new(
+            blk_core::ErrorKind::UnsupportedFeature,
+            format!(
+                "Failed to load snapshot: Block format '{}' used by device '' does not support temporarily loading internal snapshots",
+                format.name()
+            ),
+        )));
+    }
     match format {
         ImageFormat::Raw => {
             let raw = blk_raw::Raw::open(&params.path, params.host_options()).map_err(ctx)?;
@@ -162,6 +174,7 @@ pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>>
                 blk_qcow::Qcow2OpenOptions::new(params.host_options(), opener_for(params));
             options.check_mode = params.check_mode;
             options.backing_format = params.backing_format.map(|f| f.name().to_string());
+            options.snapshot = params.snapshot.clone();
             let image = blk_qcow::Qcow2::open(&params.path, &options).map_err(ctx)?;
             Ok(Box::new(image))
         }

@@ -125,6 +125,7 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         direct,
         check_mode: true,
         skip_backing: false,
+        snapshot: None,
     };
     let disk = open_image(path, spec)?;
     let mut report = match disk.check(mode) {

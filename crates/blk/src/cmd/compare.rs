@@ -193,6 +193,7 @@ pub fn run(args: CompareArgs) -> Result<u8> {
             direct,
             check_mode: false,
             skip_backing: false,
+            snapshot: None,
         };
         open_image(path, spec)
     };

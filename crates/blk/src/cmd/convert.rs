@@ -12,7 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use blk_core::{DiskFile, Error, ErrorKind, Extent, ExtentKind, Result, ResultExt};
+use blk_core::{
+    DiskFile, Error, ErrorKind, Extent, ExtentKind, Result, ResultExt, SnapshotSelector,
+};
 use blk_factory::{CreateParams, ImageFormat};
 use clap::Args;
 use indicatif::ProgressBar;
@@ -63,6 +65,10 @@ pub struct ConvertArgs {
     /// Open the sources without taking a lock.
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
+    /// Convert this internal snapshot of the (single) source instead of its current disk:
+    /// `snapshot.id=ID[,snapshot.name=NAME]`, `snapshot.name=NAME` or an ID or name.
+    #[arg(short = 'l', value_name = "SNAPSHOT_PARAM")]
+    pub snapshot: Option<String>,
     /// Print nothing on success.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
@@ -297,6 +303,10 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
     let source_direct = cache_is_direct(args.source_cache.as_deref())?;
     let target_direct = cache_is_direct(args.target_cache.as_deref())?;
 
+    let snapshot = args.snapshot.as_deref().map(SnapshotSelector::parse);
+    if snapshot.is_some() && sources.len() > 1 {
+        return Err(invalid("No support for concatenating multiple snapshot"));
+    }
     let mut opened = Vec::with_capacity(sources.len());
     for path in sources {
         let spec = OpenSpec {
@@ -306,6 +316,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
             direct: source_direct,
             check_mode: false,
             skip_backing: false,
+            snapshot: snapshot.as_ref(),
         };
         opened.push((open_image(path, spec)?, path));
     }
@@ -345,6 +356,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         force_share: false,
         check_mode: false,
         skip_backing: false,
+        snapshot: None,
         direct: target_direct,
     };
     let target_disk = open_image(target_path, spec)?;

@@ -423,6 +423,7 @@ pub fn run(args: IoArgs) -> Result<u8> {
         direct,
         check_mode: false,
         skip_backing: false,
+        snapshot: None,
     };
     let disk = open_image(path, spec)?;
     let commands = if args.commands.is_empty() {

@@ -202,6 +202,8 @@ pub struct OpenSpec<'a> {
     pub check_mode: bool,
     /// Leave the backing file unopened (qemu's `BDRV_O_NO_BACKING`, as `qemu-img info` opens images).
     pub skip_backing: bool,
+    /// Open this internal snapshot instead of the current disk (read-only; qemu-img's `-l`).
+    pub snapshot: Option<&'a blk_core::SnapshotSelector>,
 }
 
 impl<'a> OpenSpec<'a> {
@@ -214,6 +216,7 @@ impl<'a> OpenSpec<'a> {
             direct: false,
             check_mode: false,
             skip_backing: false,
+            snapshot: None,
         }
     }
 }
@@ -234,6 +237,10 @@ pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<Box<dyn AsyncDiskFi
         .named_images(NamedImagePolicy::AllowRecordedFormat)
         .check_mode(spec.check_mode)
         .skip_backing(spec.skip_backing);
+    let params = DiskFileParams {
+        snapshot: spec.snapshot.cloned(),
+        ..params
+    };
     blk_factory::open_disk_file(&params).map_err(|e| e.with_path(path))
 }
 
