@@ -3,7 +3,7 @@
 
 mod support;
 
-use blk_core::{DiskFile, ErrorKind, SnapshotSelector};
+use blk_core::{ErrorKind, SnapshotSelector};
 use blk_qcow::Qcow2;
 use support::*;
 
