@@ -47,6 +47,7 @@
 //! | `write_run` | multi-cluster writes in one host write |
 //! | `make_empty` | every cluster unmapped (`DiskFile::make_empty`, for `commit`) |
 //! | `map` | `map` runs as `qemu-img map` shows them |
+//! | `measure` | [`measure()`]: the size of a new image, as `qemu-img measure -O qcow2` computes it |
 //! | `create` | [`Qcow2::create`] with qemu-img's layout |
 //! | `snapshot_open` | opening an internal snapshot read-only (its L1 table in place of the active one) |
 //! | `snapshot_table` | the internal snapshot table (for `info` and `check`) |
@@ -194,6 +195,7 @@ mod header;
 mod io;
 mod make_empty;
 mod map;
+mod measure;
 mod metadata;
 mod overlap;
 mod refcount;
@@ -206,6 +208,9 @@ mod tables;
 mod write_run;
 mod write_zeroes;
 
+pub use measure::{
+    measure, DataClusterCount, MeasuredBitmap, Qcow2Measure, Qcow2MeasureInput, Qcow2MeasureOptions,
+};
 pub use options::{
     CompressionType, Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS,
 };
