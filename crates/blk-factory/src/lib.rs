@@ -12,6 +12,7 @@
 //! | [`detect`] | [`detect_format`]: magic-number probing (read-only, side-effect free) |
 //! | [`open`] | [`DiskFileParams`], [`Backend`], [`open_disk_file`] |
 //! | [`create`] | [`CreateParams`], [`create_disk_file`] |
+//! | [`measure`](mod@measure) | [`MeasureParams`], [`measure()`]: `qemu-img measure` for raw and QCOW2 targets |
 //! | [`resize`] | [`ResizeParams`], [`resize_disk_file`]: `qemu-img resize` for raw and QCOW2 |
 //! | [`backing`] | [`ChangeBackingParams`], [`change_backing_file`]: `qemu-img rebase -u` |
 //! | [`named`] | [`FactoryOpener`], [`NamedImagePolicy`]: the gate for files named inside images |
@@ -50,6 +51,7 @@ pub mod backing;
 pub mod create;
 pub mod detect;
 pub mod format;
+pub mod measure;
 pub mod named;
 pub mod open;
 pub mod resize;
@@ -59,6 +61,7 @@ pub use blk_core::{parse_size, parse_size_param};
 pub use create::{create_disk_file, create_options, CreateParams};
 pub use detect::detect_format;
 pub use format::ImageFormat;
+pub use measure::{measure, Measure, MeasureParams, MeasureSource};
 pub use named::{FactoryOpener, NamedImagePolicy, MAX_CHAIN_DEPTH};
 pub use open::{open_disk_file, Backend, DiskFileParams};
 pub use resize::{resize_disk_file, ResizeParams};

@@ -12,6 +12,7 @@ pub mod formatting;
 pub mod info;
 pub mod io;
 pub mod map;
+pub mod measure;
 pub mod progress;
 pub mod rebase;
 pub mod resize;
@@ -51,6 +52,8 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// Show the allocation map of an image (qemu-img map).
     Map(map::MapArgs),
+    /// Measure how big a new image would be, of a size or a copy of an image (qemu-img measure).
+    Measure(measure::MeasureArgs),
     /// Check an image's consistency (qemu-img check).
     Check(check::CheckArgs),
     /// Write an image's data into its backing file (qemu-img commit).
@@ -94,6 +97,7 @@ fn run(command: Command) -> Result<u8> {
         Command::Convert(args) => convert::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Map(args) => map::run(args),
+        Command::Measure(args) => measure::run(args),
         Command::Check(args) => check::run(args),
         Command::Commit(args) => commit::run(args),
         Command::Rebase(args) => rebase::run(args),
