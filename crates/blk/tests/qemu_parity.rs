@@ -298,6 +298,71 @@ fn convert_compressed_to_a_format_without_compression() {
     }
 }
 
+/// qemu-img convert's tuning flags: `-m` (validated), `-W`, `-C` and `--target-is-zero` are taken with
+/// qemu-img's checks, and the copies stay equal.
+#[test]
+fn convert_tuning_flags_match_qemu_img() {
+    let s = Scratch::new();
+    s.reference_image("ref.raw");
+    for args in [&["-m", "16", "-W"][..], &["-m", "1"][..], &["-C"][..]] {
+        let mut full = vec!["convert", "-f", "raw", "-O", "raw"];
+        full.extend_from_slice(args);
+        ok(&s.qemu_img(&[&full[..], &["ref.raw", "q.raw"][..]].concat()));
+        ok(&s.blk(&[&full[..], &["ref.raw", "b.raw"][..]].concat()));
+        assert!(s.read("q.raw") == s.read("b.raw"), "convert {args:?}");
+    }
+    // --target-is-zero with -n onto a fresh (zero) target.
+    ok(&s.qemu_img(&["create", "-q", "-f", "qcow2", "t.qcow2", "16M"]));
+    ok(&s.blk(&[
+        "convert",
+        "-n",
+        "--target-is-zero",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "ref.raw",
+        "t.qcow2",
+    ]));
+    assert_eq!(code(&s.qemu_img(&["compare", "ref.raw", "t.qcow2"])), 0);
+    for (args, message) in [
+        (
+            &["-m", "17"][..],
+            "Invalid number of coroutines specified. Must be between 1 and 16.",
+        ),
+        (
+            &["-m", "x"][..],
+            "Invalid number of coroutines specified: 'x'.",
+        ),
+        (
+            &["--target-is-zero"][..],
+            "--target-is-zero requires use of -n flag",
+        ),
+        (
+            &["-C", "-S", "0"][..],
+            "Cannot enable copy offloading when -S is used",
+        ),
+    ] {
+        let mut full = vec!["convert", "-f", "raw", "-O", "raw"];
+        full.extend_from_slice(args);
+        full.extend(["ref.raw", "x.raw"]);
+        let theirs = s.qemu_img(&full);
+        let ours = s.blk(&full);
+        assert_eq!(code(&theirs), 1, "qemu-img {full:?}");
+        assert_eq!(code(&ours), 1, "blk {full:?}");
+        assert!(
+            stderr(&theirs).contains(message),
+            "qemu-img {full:?}: {}",
+            stderr(&theirs)
+        );
+        assert!(
+            stderr(&ours).contains(message),
+            "blk {full:?}: {}",
+            stderr(&ours)
+        );
+    }
+}
+
 /// Test 8: `blk create`: qemu-img's `Formatting` line, a size qemu-img reads back, preallocation, bad options.
 #[test]
 fn create_matches_qemu_img() {

@@ -69,6 +69,19 @@ pub struct ConvertArgs {
     /// `snapshot.id=ID[,snapshot.name=NAME]`, `snapshot.name=NAME` or an ID or name.
     #[arg(short = 'l', value_name = "SNAPSHOT_PARAM")]
     pub snapshot: Option<String>,
+    /// Parallel requests qemu-img would use (1 to 16): validated as qemu-img does; blk copies in large
+    /// sequential chunks, so the value does not change the result.
+    #[arg(short = 'm', value_name = "NUM_COROUTINES")]
+    pub coroutines: Option<String>,
+    /// Allow out-of-order writes to the target (accepted: blk's writes are in order, which is always allowed).
+    #[arg(short = 'W')]
+    pub out_of_order: bool,
+    /// With `-n`: the existing target already reads as zeros, so zero runs are not written.
+    #[arg(long = "target-is-zero")]
+    pub target_is_zero: bool,
+    /// Copy offloading (accepted as in qemu-img; refused with `-c` and `-S`, as there).
+    #[arg(short = 'C')]
+    pub copy_offload: bool,
     /// Print nothing on success.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
@@ -286,6 +299,30 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         .output_format
         .parse()
         .map_err(|e: Error| e.with_path(target_path))?;
+    if let Some(text) = &args.coroutines {
+        match text.parse::<u32>() {
+            Ok(1..=16) => {}
+            Ok(_) => {
+                return Err(invalid(
+                    "Invalid number of coroutines specified. Must be between 1 and 16.",
+                ))
+            }
+            Err(_) => {
+                return Err(invalid(format!(
+                    "Invalid number of coroutines specified: '{text}'."
+                )))
+            }
+        }
+    }
+    if args.target_is_zero && !args.no_create {
+        return Err(invalid("--target-is-zero requires use of -n flag"));
+    }
+    if args.copy_offload && args.compress {
+        return Err(invalid("Cannot enable copy offloading when -c is used"));
+    }
+    if args.copy_offload && args.sparse_size.is_some() {
+        return Err(invalid("Cannot enable copy offloading when -S is used"));
+    }
     let min_sparse = parse_sparse(args.sparse_size.as_deref())?;
     let options = parse_options(&args.options).map_err(|e| e.with_path(target_path))?;
     let backing_format =
@@ -373,7 +410,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         path: target_path,
         min_sparse,
         alignment: 1u64 << min_sectors.ilog2(),
-        zero_init: !args.no_create && target_disk.has_zero_init(),
+        zero_init: args.target_is_zero || (!args.no_create && target_disk.has_zero_init()),
         zeros: if min_sparse == 0 {
             vec![0u8; CHUNK as usize]
         } else {
