@@ -42,40 +42,10 @@ impl Qcow2 {
                 "Backing file and data-file-raw cannot be used at the same time".to_string(),
             ));
         }
-        let file = &self.shared.file;
-        let cluster_size = self.shared.geometry.cluster_size;
         let mut meta = self.lock_metadata();
         let mut header = meta.header.clone();
-        // The whole header cluster is rewritten: nothing else may live there.
-        for (what, offset) in [
-            ("L1 table", header.l1_table_offset),
-            ("refcount table", header.refcount_table_offset),
-            ("snapshot table", header.snapshots_offset),
-        ] {
-            if offset < cluster_size && !(what == "snapshot table" && header.nb_snapshots == 0) {
-                return Err(Error::new(
-                    ErrorKind::CorruptImage,
-                    format!("the {what} starts in the header cluster (at {offset:#x})"),
-                ));
-            }
-        }
         header.backing_file = name.map(str::to_string);
         header.extensions.backing_format = name.and(format).map(str::to_string);
-        let bytes = header.serialize();
-        if bytes.len() as u64 > cluster_size {
-            return Err(invalid(format!(
-                "the header with this backing file needs {} bytes, more than the {cluster_size}-byte header cluster",
-                bytes.len()
-            )));
-        }
-        // Everything written so far reaches the disk before the header names another backing file, and the
-        // rest of the header cluster is cleared, as QEMU rewrites it.
-        meta.flush(file)?;
-        let mut cluster0 = bytes;
-        cluster0.resize(cluster_size as usize, 0);
-        file.write_all_at(0, &cluster0)?;
-        file.sync_data()?;
-        meta.header = header;
-        Ok(())
+        self.rewrite_header(&mut meta, header)
     }
 }

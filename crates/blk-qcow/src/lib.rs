@@ -28,6 +28,7 @@
 //! | [`qcow2`] | [`Qcow2`]: open, [`blk_core::DiskFile`] and [`blk_core::AsyncDiskFile`] |
 //! | [`options`] | [`Qcow2OpenOptions`], [`Qcow2CreateOptions`], [`CREATE_OPTIONS`] |
 //! | `header` | the header: parsing, validation against QEMU's caps, rewriting |
+//! | `header_update` | rewriting the header cluster (for `rebase` and `amend`) |
 //! | `extensions` | header extensions (backing format, feature names, unknown ones kept byte for byte) |
 //! | `features` | incompatible / compatible / autoclear feature bits |
 //! | `tables` | L1 and L2 entries and their decoding |
@@ -192,6 +193,7 @@ mod data_file;
 mod extensions;
 mod features;
 mod header;
+mod header_update;
 mod io;
 mod make_empty;
 mod map;
