@@ -42,6 +42,7 @@
 //! | `allocator` | cluster and byte (compressed) allocation |
 //! | `compression` | deflate and zstd cluster compression |
 //! | `backing` | the backing file |
+//! | `amend` | [`Qcow2::amend`]: `qemu-img amend` (compat, lazy_refcounts) |
 //! | `change_backing` | [`Qcow2::change_backing_file`]: the recorded backing file, as `qemu-img rebase` sets it |
 //! | `io` | read, write, discard, compressed writes |
 //! | `write_zeroes` | write-zeroes: zero flags in batches per L2 table, zero buffers for the rest |
@@ -182,6 +183,7 @@ pub mod options;
 pub mod qcow2;
 
 mod allocator;
+mod amend;
 mod backing;
 mod bitmaps;
 mod cache;
