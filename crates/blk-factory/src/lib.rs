@@ -14,6 +14,7 @@
 //! | [`create`] | [`CreateParams`], [`create_disk_file`] |
 //! | [`measure`](mod@measure) | [`MeasureParams`], [`measure()`]: `qemu-img measure` for raw and QCOW2 targets |
 //! | [`resize`] | [`ResizeParams`], [`resize_disk_file`]: `qemu-img resize` for raw and QCOW2 |
+//! | [`amend`] | [`AmendParams`], [`amend_disk_file`]: `qemu-img amend` |
 //! | [`backing`] | [`ChangeBackingParams`], [`change_backing_file`]: `qemu-img rebase -u` |
 //! | [`named`] | [`FactoryOpener`], [`NamedImagePolicy`]: the gate for files named inside images |
 //!
@@ -47,6 +48,7 @@
 //! # }
 //! ```
 
+pub mod amend;
 pub mod backing;
 pub mod create;
 pub mod detect;
@@ -56,6 +58,7 @@ pub mod named;
 pub mod open;
 pub mod resize;
 
+pub use amend::{amend_disk_file, AmendParams};
 pub use backing::{change_backing_file, ChangeBackingParams};
 pub use blk_core::{parse_size, parse_size_param};
 pub use create::{create_disk_file, create_options, CreateParams};

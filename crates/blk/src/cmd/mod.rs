@@ -1,6 +1,7 @@
 //! The command line: clap definitions, dispatch, exit codes, and the helpers every subcommand shares (opening
 //! an image through the factory, format names, cache modes, `-o` option lists, sizes).
 
+pub mod amend;
 pub mod check;
 pub mod commit;
 pub mod compare;
@@ -56,6 +57,8 @@ pub enum Command {
     Measure(measure::MeasureArgs),
     /// Check an image's consistency (qemu-img check).
     Check(check::CheckArgs),
+    /// Change an image's format options in place (qemu-img amend).
+    Amend(amend::AmendArgs),
     /// Write an image's data into its backing file (qemu-img commit).
     Commit(commit::CommitArgs),
     /// Change the backing file of an image (qemu-img rebase).
@@ -99,6 +102,7 @@ fn run(command: Command) -> Result<u8> {
         Command::Map(args) => map::run(args),
         Command::Measure(args) => measure::run(args),
         Command::Check(args) => check::run(args),
+        Command::Amend(args) => amend::run(args),
         Command::Commit(args) => commit::run(args),
         Command::Rebase(args) => rebase::run(args),
         Command::Resize(args) => resize::run(args),
