@@ -144,6 +144,10 @@ fn info_matches_qemu_img() {
     let chain: serde_json::Value = serde_json::from_str(&chain).expect("chain JSON");
     let plain: serde_json::Value = serde_json::from_str(&plain).expect("JSON");
     assert_eq!(chain, serde_json::Value::Array(vec![plain]));
+    // `-b` is qemu-img's short form of --backing-chain.
+    let short = ok(&s.blk(&["info", "-b", "--output=json", "ref.raw"]));
+    let short: serde_json::Value = serde_json::from_str(&short).expect("-b JSON");
+    assert_eq!(short, chain);
 }
 
 /// Test 4: `blk map` prints exactly qemu-img's map, JSON and human, also for sub-ranges.

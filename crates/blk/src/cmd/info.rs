@@ -28,7 +28,7 @@ pub struct InfoArgs {
     #[command(flatten)]
     pub image: ImageArgs,
     /// Show every image of the backing chain.
-    #[arg(long = "backing-chain")]
+    #[arg(short = 'b', long = "backing-chain")]
     pub backing_chain: bool,
     /// The image.
     pub filename: PathBuf,
