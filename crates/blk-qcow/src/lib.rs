@@ -52,6 +52,10 @@
 //! | `measure` | [`measure()`]: the size of a new image, as `qemu-img measure -O qcow2` computes it |
 //! | `create` | [`Qcow2::create`] with qemu-img's layout |
 //! | `snapshot_open` | opening an internal snapshot read-only (its L1 table in place of the active one) |
+//! | `snapshot_ops` | what the snapshot operations share: the refcount walk with COPIED flags, the table rewrite |
+//! | `snapshot_create` | [`Qcow2::create_snapshot`]: `qemu-img snapshot -c` |
+//! | `snapshot_delete` | [`Qcow2::delete_snapshot`]: `qemu-img snapshot -d` |
+//! | `snapshot_apply` | [`Qcow2::apply_snapshot`]: `qemu-img snapshot -a` |
 //! | `snapshot_table` | the internal snapshot table (for `info` and `check`) |
 //! | `bitmaps` | persistent dirty bitmaps: the bitmaps extension and directory, for `info` |
 //! | `check` | `check` and repair |
@@ -74,6 +78,9 @@
 //!    in one place: when clusters are freed or zeroed under the lock, their range is zeroed in the data file
 //!    (so a raw data file keeps reading as the guest does); the data file is a leaf (it never calls back into
 //!    this image), so this adds the order "metadata lock, then the data file's own locks" and no cycle.
+//! 5. The offline operations (`create_snapshot`, `delete_snapshot`, `apply_snapshot`, `amend`,
+//!    `change_backing_file`, `make_empty`) hold the metadata lock for their whole run and take no other lock;
+//!    no guest I/O may run at the same time (the snapshot operations refuse while a write is in flight).
 //!
 //! # Write ordering
 //!
@@ -138,7 +145,9 @@
 //! past the data file's end gives zeros).
 //!
 //! Not implemented, refused with `UnsupportedFeature` at open or create: encryption (AES and LUKS), a data
-//! file bit without its name extension (QEMU would need a `data-file` option). Internal snapshots are kept but not read; persistent
+//! file bit without its name extension (QEMU would need a `data-file` option). Internal snapshots are
+//! listed, opened read-only (`Qcow2OpenOptions::snapshot`), created, deleted and applied (new names cut at
+//! 255 bytes; a snapshot's L1 table at most 32 MiB, aligned and inside the image); persistent
 //! bitmaps are not maintained, so their autoclear bit (like every autoclear bit) is cleared on a writable open,
 //! as QEMU does for bits it does not know.
 //!
@@ -204,7 +213,11 @@ mod metadata;
 mod overlap;
 mod refcount;
 mod resize;
+mod snapshot_apply;
+mod snapshot_create;
+mod snapshot_delete;
 mod snapshot_open;
+mod snapshot_ops;
 mod snapshot_table;
 mod subcluster_write;
 mod subclusters;

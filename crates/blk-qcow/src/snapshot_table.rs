@@ -81,6 +81,8 @@ pub(crate) struct Snapshot {
     pub(crate) disk_size: Option<u64>,
     /// The instruction count, when recorded (QEMU's `-1` stands for none).
     pub(crate) icount: Option<u64>,
+    /// Extra data past the fields QEMU knows, kept byte for byte when the table is rewritten.
+    pub(crate) unknown_extra: Vec<u8>,
 }
 
 /// The parsed snapshot table.
@@ -217,6 +219,10 @@ impl SnapshotTable {
                 icount: (stored_extra >= KNOWN_EXTRA_DATA)
                     .then(|| extra.icount.get())
                     .filter(|&n| n != u64::MAX),
+                unknown_extra: extra_bytes
+                    .get(KNOWN_EXTRA_DATA..stored_extra)
+                    .unwrap_or_default()
+                    .to_vec(),
             });
             if index + 1 < count {
                 offset = offset.next_multiple_of(8);
@@ -227,6 +233,48 @@ impl SnapshotTable {
             size: offset - table_offset,
         })
     }
+}
+
+/// The bytes of a stored string up to its first NUL (QEMU keeps IDs and names as C strings).
+pub(crate) fn c_bytes(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    bytes.get(..end).unwrap_or_default()
+}
+
+/// The table `entries` as QEMU's `qcow2_write_snapshots` writes it: each entry 8-byte aligned, at least the
+/// 24 bytes of extra data QEMU knows (a missing disk size becomes `disk_size`, a missing instruction count
+/// -1), unknown extra data kept, IDs and names up to their first NUL. `None` when the table would exceed
+/// [`MAX_TABLE_BYTES`] (QEMU's `EFBIG`).
+pub(crate) fn serialize(entries: &[Snapshot], disk_size: u64) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for s in entries {
+        out.resize(out.len().next_multiple_of(8), 0);
+        let id = c_bytes(&s.id);
+        let name = c_bytes(&s.name);
+        let extra_size = KNOWN_EXTRA_DATA + s.unknown_extra.len();
+        let end = out.len() + HEADER_SIZE as usize + extra_size + id.len() + name.len();
+        if end as u64 > MAX_TABLE_BYTES {
+            return None;
+        }
+        out.extend_from_slice(&s.l1_table_offset.to_be_bytes());
+        out.extend_from_slice(&(s.l1_size as u32).to_be_bytes());
+        out.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        out.extend_from_slice(&s.date_sec.to_be_bytes());
+        out.extend_from_slice(&s.date_nsec.to_be_bytes());
+        out.extend_from_slice(&s.vm_clock_nsec.to_be_bytes());
+        // A VM state too large for 32 bits reads as a disk-only snapshot to older implementations.
+        let small_vm_state = u32::try_from(s.vm_state_size).unwrap_or(0);
+        out.extend_from_slice(&small_vm_state.to_be_bytes());
+        out.extend_from_slice(&(extra_size as u32).to_be_bytes());
+        out.extend_from_slice(&s.vm_state_size.to_be_bytes());
+        out.extend_from_slice(&s.disk_size.unwrap_or(disk_size).to_be_bytes());
+        out.extend_from_slice(&s.icount.unwrap_or(u64::MAX).to_be_bytes());
+        out.extend_from_slice(&s.unknown_extra);
+        out.extend_from_slice(id);
+        out.extend_from_slice(name);
+    }
+    Some(out)
 }
 
 /// `len` bytes at `offset` (`len` is bounded by the caller: at most 64 KiB), zeros past the end of the file.
@@ -375,6 +423,51 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::CorruptImage);
         assert!(err.to_string().contains("too large"), "{err}");
         assert_eq!(err.offset(), Some(65536 + 507 * stride));
+    }
+
+    #[test]
+    fn serialized_tables_read_back() {
+        let mut more = extra(5, 7 << 20, 9);
+        more.extend_from_slice(&[0xee; 16]);
+        let mut table = padded(entry(b"1", b"a", &more, 5));
+        table.extend(entry(b"22", b"bb", &[], 512));
+        let read = read_table(&table, 2).unwrap();
+        let bytes = serialize(&read.entries, 3 << 20).unwrap();
+        let again = read_table(&bytes, 2).unwrap();
+        assert_eq!(again.entries[0], read.entries[0]);
+        assert_eq!(again.entries[0].unknown_extra, vec![0xee; 16]);
+        // The second entry gains the extra data QEMU knows: the disk size given, no instruction count.
+        let b = &again.entries[1];
+        assert_eq!(
+            (b.vm_state_size, b.disk_size, b.icount),
+            (512, Some(3 << 20), None)
+        );
+        assert_eq!(again.size, bytes.len() as u64);
+        // IDs and names are cut at their first NUL.
+        let cut = read_table(&entry(b"3\0x", b"n\0y", &[], 0), 1).unwrap();
+        let bytes = serialize(&cut.entries, 0).unwrap();
+        assert_eq!(&bytes[bytes.len() - 2..], b"3n");
+    }
+
+    #[test]
+    fn serializing_refuses_tables_over_64_mib() {
+        let big = Snapshot {
+            id: b"1".to_vec(),
+            name: vec![b'n'; 65535],
+            l1_table_offset: 0,
+            l1_size: 0,
+            vm_state_size: 0,
+            date_sec: 0,
+            date_nsec: 0,
+            vm_clock_nsec: 0,
+            disk_size: None,
+            icount: None,
+            unknown_extra: Vec::new(),
+        };
+        // 65600 bytes an entry: 1023 fit in 64 MiB, 1024 do not.
+        let entries = vec![big; 1024];
+        assert!(serialize(&entries[..1023], 0).is_some());
+        assert!(serialize(&entries, 0).is_none());
     }
 
     #[test]
