@@ -16,6 +16,7 @@
 //! | [`resize`] | [`ResizeParams`], [`resize_disk_file`]: `qemu-img resize` for raw and QCOW2 |
 //! | [`amend`] | [`AmendParams`], [`amend_disk_file`]: `qemu-img amend` |
 //! | [`backing`] | [`ChangeBackingParams`], [`change_backing_file`]: `qemu-img rebase -u` |
+//! | [`snapshot`] | [`SnapshotParams`], [`SnapshotOp`], [`change_snapshots`]: `qemu-img snapshot -c/-d/-a` |
 //! | [`named`] | [`FactoryOpener`], [`NamedImagePolicy`]: the gate for files named inside images |
 //!
 //! # Example
@@ -57,6 +58,7 @@ pub mod measure;
 pub mod named;
 pub mod open;
 pub mod resize;
+pub mod snapshot;
 
 pub use amend::{amend_disk_file, AmendParams};
 pub use backing::{change_backing_file, ChangeBackingParams};
@@ -68,3 +70,4 @@ pub use measure::{measure, Measure, MeasureParams, MeasureSource};
 pub use named::{FactoryOpener, NamedImagePolicy, MAX_CHAIN_DEPTH};
 pub use open::{open_disk_file, Backend, DiskFileParams};
 pub use resize::{resize_disk_file, ResizeParams};
+pub use snapshot::{change_snapshots, SnapshotOp, SnapshotParams};

@@ -1,13 +1,13 @@
-//! `blk snapshot`: qemu-img snapshot's listing (`-l`, the default) of a QCOW2 image's internal snapshots.
-//! Creating, applying and deleting snapshots (`-c`, `-a`, `-d`) are refused: blk keeps internal snapshots
-//! intact but does not change them.
+//! `blk snapshot`: qemu-img snapshot. Lists (`-l`, the default), creates (`-c`), deletes (`-d`) and applies
+//! (`-a`) a QCOW2 image's internal snapshots.
 
 use std::path::PathBuf;
 
-use blk_core::{Error, ErrorKind, Result};
+use blk_core::{Error, ErrorKind, LockMode, Result, SnapshotSelector};
+use blk_factory::{change_snapshots, SnapshotOp, SnapshotParams};
 use clap::Args;
 
-use super::{open_image, OpenSpec};
+use super::{open_image, parse_format, OpenSpec};
 use crate::output::snapshot_list;
 
 /// Arguments of `blk snapshot`.
@@ -19,16 +19,16 @@ pub struct SnapshotArgs {
     /// List the snapshots (the default).
     #[arg(short = 'l')]
     pub list: bool,
-    /// Create a snapshot (not supported).
+    /// Create a disk-only snapshot of the current disk with this name.
     #[arg(short = 'c', value_name = "SNAPSHOT")]
     pub create: Option<String>,
-    /// Revert the disk to a snapshot (not supported).
+    /// Revert the current disk to a snapshot (ID or name).
     #[arg(short = 'a', value_name = "SNAPSHOT")]
     pub apply: Option<String>,
-    /// Delete a snapshot (not supported).
+    /// Delete a snapshot (ID or name).
     #[arg(short = 'd', value_name = "SNAPSHOT")]
     pub delete: Option<String>,
-    /// Open the image without taking a lock.
+    /// Open the image without taking a lock (listing only).
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
     /// Quiet (accepted for qemu-img compatibility: the list is printed anyway, as qemu-img does).
@@ -41,13 +41,55 @@ pub struct SnapshotArgs {
 /// Runs `blk snapshot`.
 pub fn run(args: SnapshotArgs) -> Result<u8> {
     let path = &args.filename;
-    if args.create.is_some() || args.apply.is_some() || args.delete.is_some() {
+    let actions = [
+        args.list,
+        args.create.is_some(),
+        args.apply.is_some(),
+        args.delete.is_some(),
+    ];
+    if actions.iter().filter(|&&a| a).count() > 1 {
         return Err(Error::new(
-            ErrorKind::Unsupported,
-            "blk lists internal snapshots but does not create, apply or delete them",
-        )
-        .with_path(path));
+            ErrorKind::InvalidInput,
+            "Cannot mix '-l', '-a', '-c', '-d'",
+        ));
     }
+    let (op, verb, name) = if let Some(name) = &args.create {
+        (SnapshotOp::Create(name.clone()), "create", name)
+    } else if let Some(name) = &args.apply {
+        (
+            SnapshotOp::Apply(SnapshotSelector::parse(name)),
+            "apply",
+            name,
+        )
+    } else if let Some(name) = &args.delete {
+        (
+            SnapshotOp::Delete(SnapshotSelector::parse(name)),
+            "delete",
+            name,
+        )
+    } else {
+        return list(&args);
+    };
+    let params = SnapshotParams {
+        path: path.clone(),
+        format: parse_format(args.format.as_deref()).map_err(|e| e.with_path(path))?,
+        op,
+        lock: LockMode::Auto,
+    };
+    change_snapshots(&params).map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!("Could not {verb} snapshot '{name}': {}", e.message()),
+        )
+        .with_path(path)
+        .with_source(e)
+    })?;
+    Ok(0)
+}
+
+/// `-l`: qemu's `Snapshot list:` table, nothing when there are no snapshots.
+fn list(args: &SnapshotArgs) -> Result<u8> {
+    let path = &args.filename;
     let spec = OpenSpec {
         skip_backing: true,
         ..OpenSpec::read_only(args.format.as_deref(), args.force_share)
