@@ -181,12 +181,14 @@ pub fn run(args: DemoArgs) -> Result<u8> {
         (&["info", "--backing-chain", "overlay.qcow2"], 0),
         (&["map", "--output=json", "overlay.qcow2"], 0),
         (&["check", "overlay.qcow2"], 0),
-        // Rebase the overlay onto the raw disk (same data: nothing to copy), grow it, and check it again.
+        // Rebase the overlay onto the raw disk (same data: nothing to copy), grow it, snapshot it, check it again.
         (
             &["rebase", "-b", "disk.raw", "-F", "raw", "overlay.qcow2"],
             0,
         ),
         (&["resize", "overlay.qcow2", "+64M"], 0),
+        (&["snapshot", "-c", "after-resize", "overlay.qcow2"], 0),
+        (&["snapshot", "-l", "overlay.qcow2"], 0),
         (&["check", "overlay.qcow2"], 0),
         (&["info", "overlay.qcow2"], 0),
         // The same guest data as VHD and VHDX, compared with the source.
