@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use blk_core::{Error, ErrorKind, LockMode, Operation, Result};
 
-use crate::detect::detect_format;
 use crate::format::ImageFormat;
+#[cfg(feature = "qcow2")]
+use crate::offline::open_qcow2;
+use crate::offline::{context, image_format};
 
 /// What [`amend_disk_file`] changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,20 +46,11 @@ pub struct AmendParams {
 /// # }
 /// ```
 pub fn amend_disk_file(params: &AmendParams) -> Result<()> {
-    let ctx = |e: Error| e.with_path(&params.path).with_operation(Operation::Write);
-    let format = match params.format {
-        Some(format) => format,
-        None => detect_format(&params.path).map_err(ctx)?,
-    };
-    let ctx = |e: Error| ctx(e.with_format(format.name()));
-    if !format.is_compiled_in() {
-        return Err(ctx(format.not_compiled_in()));
-    }
+    let format = image_format(&params.path, params.format, Operation::Write)?;
+    let ctx = |e: Error| context(e, &params.path, format, Operation::Write);
     match format {
         #[cfg(feature = "qcow2")]
         ImageFormat::Qcow2 => {
-            use crate::open::DiskFileParams;
-            use crate::{FactoryOpener, NamedImagePolicy};
             let (sizes, rest): (Vec<_>, Vec<_>) = params
                 .options
                 .iter()
@@ -68,16 +61,7 @@ pub fn amend_disk_file(params: &AmendParams) -> Result<()> {
                 None => None,
             };
             {
-                let open = DiskFileParams::new(&params.path)
-                    .format(Some(format))
-                    .lock(params.lock)
-                    .named_images(NamedImagePolicy::AllowRecordedFormat)
-                    .skip_backing(true);
-                let options = blk_qcow::Qcow2OpenOptions::new(
-                    open.host_options(),
-                    std::sync::Arc::new(FactoryOpener::for_params(&open)),
-                );
-                let image = blk_qcow::Qcow2::open(&params.path, &options).map_err(ctx)?;
+                let image = open_qcow2(&params.path, params.lock).map_err(ctx)?;
                 image.amend(&rest).map_err(ctx)?;
             }
             if let Some(size) = size {

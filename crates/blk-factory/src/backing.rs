@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use blk_core::{Error, ErrorKind, LockMode, Operation, Result};
 
-use crate::detect::detect_format;
 use crate::format::ImageFormat;
+#[cfg(feature = "qcow2")]
+use crate::offline::open_qcow2;
+use crate::offline::{context, image_format};
 
 /// What [`change_backing_file`] records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,34 +48,13 @@ pub struct ChangeBackingParams {
 /// # }
 /// ```
 pub fn change_backing_file(params: &ChangeBackingParams) -> Result<()> {
-    let ctx = |e: Error| {
-        e.with_path(&params.path)
-            .with_operation(Operation::ChangeBacking)
-    };
-    let format = match params.format {
-        Some(format) => format,
-        None => detect_format(&params.path).map_err(ctx)?,
-    };
-    let ctx = |e: Error| ctx(e.with_format(format.name()));
-    if !format.is_compiled_in() {
-        return Err(ctx(format.not_compiled_in()));
-    }
+    let format = image_format(&params.path, params.format, Operation::ChangeBacking)?;
+    let ctx = |e: Error| context(e, &params.path, format, Operation::ChangeBacking);
     match format {
         #[cfg(feature = "qcow2")]
         ImageFormat::Qcow2 => {
-            use crate::open::DiskFileParams;
-            use crate::{FactoryOpener, NamedImagePolicy};
             // The image opens without its backing file (old or new); an external data file opens as usual.
-            let open = DiskFileParams::new(&params.path)
-                .format(Some(format))
-                .lock(params.lock)
-                .named_images(NamedImagePolicy::AllowRecordedFormat)
-                .skip_backing(true);
-            let options = blk_qcow::Qcow2OpenOptions::new(
-                open.host_options(),
-                std::sync::Arc::new(FactoryOpener::for_params(&open)),
-            );
-            let image = blk_qcow::Qcow2::open(&params.path, &options).map_err(ctx)?;
+            let image = open_qcow2(&params.path, params.lock).map_err(ctx)?;
             image
                 .change_backing_file(
                     params.backing_file.as_deref(),

@@ -56,6 +56,7 @@ pub mod detect;
 pub mod format;
 pub mod measure;
 pub mod named;
+mod offline;
 pub mod open;
 pub mod resize;
 pub mod snapshot;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use blk_core::{Error, ErrorKind, HostOpenOptions, LockMode, Operation, Result};
 
-use crate::detect::detect_format;
 use crate::format::ImageFormat;
+use crate::offline::{context, image_format};
 
 /// What [`resize_disk_file`] does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,15 +56,8 @@ impl ResizeParams {
 /// # }
 /// ```
 pub fn resize_disk_file(params: &ResizeParams) -> Result<()> {
-    let ctx = |e: Error| e.with_path(&params.path).with_operation(Operation::Resize);
-    let format = match params.format {
-        Some(format) => format,
-        None => detect_format(&params.path).map_err(ctx)?,
-    };
-    let ctx = |e: Error| ctx(e.with_format(format.name()));
-    if !format.is_compiled_in() {
-        return Err(ctx(format.not_compiled_in()));
-    }
+    let format = image_format(&params.path, params.format, Operation::Resize)?;
+    let ctx = |e: Error| context(e, &params.path, format, Operation::Resize);
     let host = HostOpenOptions {
         read_only: false,
         direct: false,

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use blk_core::{Error, ErrorKind, LockMode, Operation, Result, SnapshotSelector};
 
-use crate::detect::detect_format;
 use crate::format::ImageFormat;
+#[cfg(feature = "qcow2")]
+use crate::offline::open_qcow2;
+use crate::offline::{context, image_format};
 
 /// What [`change_snapshots`] does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,37 +49,17 @@ pub struct SnapshotParams {
 /// let params = |op| SnapshotParams { path: path.clone(), format: None, op, lock: blk_core::LockMode::Auto };
 /// change_snapshots(&params(SnapshotOp::Create("before-upgrade".into())))?;
 /// change_snapshots(&params(SnapshotOp::Apply(SnapshotSelector::parse("before-upgrade"))))?;
-/// change_snapshots(&params(SnapshotOp::Delete(SnapshotSelector::parse("1"))))?;
+/// change_snapshots(&params(SnapshotOp::Delete(SnapshotSelector::Id("1".into()))))?;
 /// # Ok(())
 /// # }
 /// ```
 pub fn change_snapshots(params: &SnapshotParams) -> Result<()> {
-    let ctx = |e: Error| e.with_path(&params.path).with_operation(Operation::Write);
-    let format = match params.format {
-        Some(format) => format,
-        None => detect_format(&params.path).map_err(ctx)?,
-    };
-    let ctx = |e: Error| ctx(e.with_format(format.name()));
-    if !format.is_compiled_in() {
-        return Err(ctx(format.not_compiled_in()));
-    }
+    let format = image_format(&params.path, params.format, Operation::Write)?;
+    let ctx = |e: Error| context(e, &params.path, format, Operation::Write);
     match format {
         #[cfg(feature = "qcow2")]
         ImageFormat::Qcow2 => {
-            use crate::open::DiskFileParams;
-            use crate::{FactoryOpener, NamedImagePolicy};
-            let open_image = || {
-                let open = DiskFileParams::new(&params.path)
-                    .format(Some(format))
-                    .lock(params.lock)
-                    .named_images(NamedImagePolicy::AllowRecordedFormat)
-                    .skip_backing(true);
-                let options = blk_qcow::Qcow2OpenOptions::new(
-                    open.host_options(),
-                    std::sync::Arc::new(FactoryOpener::for_params(&open)),
-                );
-                blk_qcow::Qcow2::open(&params.path, &options).map_err(ctx)
-            };
+            let open_image = || open_qcow2(&params.path, params.lock).map_err(ctx);
             let mut image = open_image()?;
             if let SnapshotOp::Apply(selector) = &params.op {
                 // As QEMU: a snapshot taken at another disk size brings that size back (resized first).
