@@ -4,16 +4,7 @@
 
 mod common;
 
-use common::{code, ok, stderr, Scratch};
-
-fn info(s: &Scratch, image: &str) -> serde_json::Value {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&ok(&s.qemu_img(&["info", "--output=json", image]))).unwrap();
-    for key in ["filename", "actual-size", "children"] {
-        v.as_object_mut().unwrap().remove(key);
-    }
-    v
-}
+use common::{assert_same_failure, code, ok, qemu_info_without_names, stderr, Scratch};
 
 /// Creates `x.qcow2` with `create_options` and some data, amends twins with both tools; both succeed and
 /// agree.
@@ -58,11 +49,13 @@ fn amend_both(create_options: &str, amend_options: &str) {
         );
     }
     assert_eq!(
-        info(&s, "q.qcow2"),
-        info(&s, "b.qcow2"),
+        qemu_info_without_names(&s, "q.qcow2"),
+        qemu_info_without_names(&s, "b.qcow2"),
         "{create_options} -> {amend_options}"
     );
-    let cluster = info(&s, "q.qcow2")["cluster-size"].as_u64().unwrap() as usize;
+    let cluster = qemu_info_without_names(&s, "q.qcow2")["cluster-size"]
+        .as_u64()
+        .unwrap() as usize;
     assert!(
         s.read("q.qcow2")[..cluster] == s.read("b.qcow2")[..cluster],
         "{create_options} -> {amend_options}: header clusters differ"
@@ -117,21 +110,7 @@ fn errors_match_qemu_img() {
         ][..],
     ] {
         let before = s.read("v2.qcow2");
-        let theirs = s.qemu_img(args);
-        let ours = s.blk(args);
-        assert_eq!(code(&theirs), 1, "qemu-img {args:?}");
-        assert_eq!(code(&ours), 1, "blk {args:?}");
-        let message = stderr(&theirs);
-        let first = message
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("qemu-img: ");
-        assert!(
-            stderr(&ours).contains(first),
-            "{args:?}: blk says {} where qemu-img says {first}",
-            stderr(&ours)
-        );
+        assert_same_failure(&s, args);
         assert!(s.read("v2.qcow2") == before, "{args:?} changed the image");
     }
 }

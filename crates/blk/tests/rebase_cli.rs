@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{code, ok, stderr, Scratch};
+use common::{code, ok, qemu_info_without_names, stderr, Scratch};
 
 /// raw `b1.raw` <- `top.qcow2` (written, zeroed and discarded clusters), and a different raw `b2.raw`.
 fn chain(s: &Scratch, top_options: &str) {
@@ -62,16 +62,6 @@ fn chain(s: &Scratch, top_options: &str) {
     ]));
 }
 
-fn info(s: &Scratch, image: &str) -> serde_json::Value {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&ok(&s.qemu_img(&["info", "--output=json", image]))).unwrap();
-    // The names differ by design; the disk usage may differ with the layout.
-    for key in ["filename", "actual-size", "children"] {
-        v.as_object_mut().unwrap().remove(key);
-    }
-    v
-}
-
 /// Rebases twins `q.top.qcow2` (qemu-img) and `b.top.qcow2` (blk) of `top.qcow2` with `args`; both record the
 /// same, and unless the new backing file is missing, both are clean and show the same guest disk.
 fn rebase_both(s: &Scratch, args: &[&str]) {
@@ -90,7 +80,11 @@ fn rebase_both(s: &Scratch, args: &[&str]) {
             stderr(&out)
         );
     }
-    assert_eq!(info(s, "q.top.qcow2"), info(s, "b.top.qcow2"), "{args:?}");
+    assert_eq!(
+        qemu_info_without_names(s, "q.top.qcow2"),
+        qemu_info_without_names(s, "b.top.qcow2"),
+        "{args:?}"
+    );
     if !backing_exists {
         return;
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{code, ok, stderr, stdout, Scratch};
+use common::{assert_same_failure, code, ok, stderr, stdout, Scratch};
 
 #[cfg(feature = "qcow2")]
 #[test]
@@ -107,21 +107,7 @@ fn changes_match_qemu_img_errors() {
         &["snapshot", "-c", "x", "-f", "raw", "r.raw"][..],
         &["snapshot", "-c", "x", "-d", "y", "-f", "raw", "r.raw"][..],
     ] {
-        let theirs = s.qemu_img(args);
-        let ours = s.blk(args);
-        assert_eq!(code(&theirs), 1, "qemu-img {args:?}");
-        assert_eq!(code(&ours), 1, "blk {args:?}");
-        let message = stderr(&theirs);
-        let first = message
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("qemu-img: ");
-        assert!(
-            stderr(&ours).contains(first),
-            "{args:?}: blk says {} where qemu-img says {first}",
-            stderr(&ours)
-        );
+        assert_same_failure(&s, args);
     }
 }
 
@@ -230,16 +216,6 @@ fn convert_snapshot_errors_match_qemu_img() {
             "convert", "-l", "one", "-f", "raw", "-O", "raw", "r.raw", "r.raw", "o.raw",
         ][..],
     ] {
-        let theirs = s.qemu_img(args);
-        let ours = s.blk(args);
-        assert_eq!(code(&theirs), 1, "qemu-img {args:?}");
-        assert_eq!(code(&ours), 1, "blk {args:?}");
-        let message = stderr(&theirs);
-        let message = message.trim_start_matches("qemu-img: ").trim_end();
-        assert!(
-            stderr(&ours).contains(message),
-            "{args:?}: blk says {} where qemu-img says {message}",
-            stderr(&ours)
-        );
+        assert_same_failure(&s, args);
     }
 }

@@ -127,3 +127,36 @@ pub fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).expect("metadata").blocks() * 512
 }
+
+/// `qemu-img info --output=json` of `image` without what legitimately differs between twins made by two tools
+/// (the file name, the disk usage, the file child).
+pub fn qemu_info_without_names(s: &Scratch, image: &str) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&ok(&s.qemu_img(&["info", "--output=json", image]))).unwrap();
+    for key in ["filename", "actual-size", "children"] {
+        if let Some(map) = v.as_object_mut() {
+            map.remove(key);
+        }
+    }
+    v
+}
+
+/// Runs `args` with qemu-img and blk: both must fail with exit code 1, and blk's one error line must contain
+/// the first line of qemu-img's message.
+pub fn assert_same_failure(s: &Scratch, args: &[&str]) {
+    let theirs = s.qemu_img(args);
+    let ours = s.blk(args);
+    assert_eq!(code(&theirs), 1, "qemu-img {args:?}");
+    assert_eq!(code(&ours), 1, "blk {args:?}");
+    let message = stderr(&theirs);
+    let first = message
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("qemu-img: ");
+    assert!(
+        stderr(&ours).contains(first),
+        "{args:?}: blk says {} where qemu-img says {first}",
+        stderr(&ours)
+    );
+}
