@@ -1,12 +1,13 @@
 //! The `qcow2` harness: any bytes as a qcow2 image file, opened read-only and writable by `blk_qcow::Qcow2`
-//! (files named inside refused by `DenyNamedImages`), mapped and read in bounded samples, written, zeroed,
+//! (files named inside refused by `DenyNamedImages`), described (`image_info`), its first internal snapshot
+//! opened, mapped and read in bounded samples, written, zeroed,
 //! discarded, flushed, checked and repaired. It must never panic, every error must name the image's path, and
 //! the file must never grow beyond what the writes can explain.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use blk_core::{DenyNamedImages, DiskFile, Error, HostOpenOptions, RepairMode};
+use blk_core::{DenyNamedImages, DiskFile, Error, HostOpenOptions, RepairMode, SnapshotSelector};
 use blk_qcow::{Qcow2, Qcow2OpenOptions};
 
 /// Extents walked by `map` at most (the virtual size may be huge).
@@ -29,12 +30,22 @@ pub fn qcow2(data: &[u8]) {
 
     if let Some(disk) = open(&path, true, false) {
         read_around(&disk, &mut seed);
+        if let Err(e) = disk.image_info() {
+            expect_path(&e, "image_info");
+        }
         if let Err(e) = disk.check(RepairMode::None) {
             expect_path(&e, "check");
         }
         if disk.write_all_at(0, &[0]).is_ok() {
             panic!("a read-only open accepted a write");
         }
+    }
+    // The first internal snapshot, if any, opened read-only instead of the current disk.
+    let mut snapshot = options(true, false);
+    snapshot.snapshot = Some(SnapshotSelector::Id("1".to_string()));
+    match Qcow2::open(&path, &snapshot) {
+        Ok(disk) => read_around(&disk, &mut seed),
+        Err(e) => expect_path(&e, "snapshot open"),
     }
     if std::fs::read(&path).map_or(true, |now| now != data) {
         panic!("a read-only open changed the file");
@@ -71,8 +82,8 @@ pub fn qcow2(data: &[u8]) {
     }
 }
 
-/// Opens the image; None (after checking the error) when it is refused.
-fn open(path: &Path, read_only: bool, check_mode: bool) -> Option<Qcow2> {
+/// Open options for the harness: files named inside the image refused, a small L2 cache.
+fn options(read_only: bool, check_mode: bool) -> Qcow2OpenOptions {
     let host = HostOpenOptions {
         read_only,
         ..HostOpenOptions::default()
@@ -80,7 +91,12 @@ fn open(path: &Path, read_only: bool, check_mode: bool) -> Option<Qcow2> {
     let mut options = Qcow2OpenOptions::new(host, Arc::new(DenyNamedImages));
     options.check_mode = check_mode;
     options.l2_cache_size = 1 << 20;
-    match Qcow2::open(path, &options) {
+    options
+}
+
+/// Opens the image; None (after checking the error) when it is refused.
+fn open(path: &Path, read_only: bool, check_mode: bool) -> Option<Qcow2> {
+    match Qcow2::open(path, &options(read_only, check_mode)) {
         Ok(disk) => Some(disk),
         Err(e) => {
             expect_path(&e, "open");
