@@ -3,10 +3,8 @@
 
 use blk_core::{Error, ErrorKind, Operation, Result};
 
+use crate::header::MAX_BACKING_NAME;
 use crate::qcow2::Qcow2;
-
-/// QEMU's cap on a backing file name.
-const MAX_BACKING_NAME: usize = 1023;
 
 impl Qcow2 {
     /// Records `name` (of format `format`) as the image's backing file, or no backing file when `name` is
@@ -27,7 +25,7 @@ impl Qcow2 {
         let invalid = |message: String| Error::new(ErrorKind::InvalidInput, message);
         let name = name.filter(|n| !n.is_empty());
         if let Some(name) = name {
-            if name.len() > MAX_BACKING_NAME {
+            if name.len() > MAX_BACKING_NAME as usize {
                 return Err(invalid(format!(
                     "the backing file name is {} bytes long, more than {MAX_BACKING_NAME}",
                     name.len()

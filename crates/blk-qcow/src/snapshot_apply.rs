@@ -11,7 +11,7 @@ use blk_core::{ErrorKind, Operation, Result, SnapshotSelector};
 
 use crate::qcow2::Qcow2;
 use crate::snapshot_ops::op_error;
-use crate::snapshot_table::Snapshot;
+use crate::snapshot_table::{find_by_id_then_name, Snapshot};
 
 /// The snapshot `selector` names, as QEMU's `qcow2_snapshot_goto` looks it up: a plain ID-or-name matches IDs
 /// first, then names.
@@ -19,22 +19,15 @@ fn find_for_apply<'a>(
     entries: &'a [Snapshot],
     selector: &SnapshotSelector,
 ) -> Result<&'a Snapshot> {
-    [false, true]
-        .iter()
-        .find_map(|&by_name| {
-            entries
-                .iter()
-                .find(|s| selector.matches(&s.id_string(), &s.name_string(), by_name))
-        })
-        .ok_or_else(|| {
-            op_error(
-                ErrorKind::NotFound,
-                format!(
-                    "Could not apply snapshot '{selector}': Failed to load snapshot: \
+    find_by_id_then_name(entries, selector).ok_or_else(|| {
+        op_error(
+            ErrorKind::NotFound,
+            format!(
+                "Could not apply snapshot '{selector}': Failed to load snapshot: \
                      No such file or directory"
-                ),
-            )
-        })
+            ),
+        )
+    })
 }
 
 impl Qcow2 {

@@ -5,7 +5,7 @@ use blk_core::{Error, ErrorKind, HostFile, Result, SnapshotSelector};
 
 use crate::header::{Header, MAX_L1_BYTES};
 use crate::metadata::Geometry;
-use crate::snapshot_table::{Snapshot, SnapshotTable};
+use crate::snapshot_table::{find_by_id_then_name, Snapshot, SnapshotTable};
 use crate::FORMAT_NAME;
 
 /// The snapshot `selector` names in the image whose header is `header`: its ID first, then its name for an
@@ -24,14 +24,7 @@ pub(crate) fn find(
         header.snapshots_offset,
         cluster_size,
     )?;
-    [false, true]
-        .iter()
-        .find_map(|&by_name| {
-            table
-                .entries
-                .iter()
-                .find(|s| selector.matches(&s.id_string(), &s.name_string(), by_name))
-        })
+    find_by_id_then_name(&table.entries, selector)
         .cloned()
         .ok_or_else(|| {
             Error::new(

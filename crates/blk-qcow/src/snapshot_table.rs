@@ -85,6 +85,19 @@ pub(crate) struct Snapshot {
     pub(crate) unknown_extra: Vec<u8>,
 }
 
+/// The snapshot `selector` names among `entries`, as QEMU looks one up to load or apply it: by ID first, then
+/// (for a plain ID-or-name) by name.
+pub(crate) fn find_by_id_then_name<'a>(
+    entries: &'a [Snapshot],
+    selector: &blk_core::SnapshotSelector,
+) -> Option<&'a Snapshot> {
+    [false, true].iter().find_map(|&by_name| {
+        entries
+            .iter()
+            .find(|s| selector.matches(&s.id_string(), &s.name_string(), by_name))
+    })
+}
+
 /// The parsed snapshot table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct SnapshotTable {
