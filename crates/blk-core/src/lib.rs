@@ -11,6 +11,14 @@
 //! | [`disk_file`] | [`DiskFile`], [`AsyncDiskFile`], range checks |
 //! | [`async_io`] | [`AsyncIo`], [`Request`], [`RequestFlags`], [`Completion`] |
 //! | [`sync_adaptor`] | [`SyncAdaptor`]: any `DiskFile` as an `AsyncIo` queue, with real batching |
+//! | [`host_queue`] | [`HostQueue`], [`HostQueueBackend`]: the asynchronous host-file layer backends implement |
+//! | [`sync_host_queue`] | [`SyncHostBackend`]: that layer on `preadv`/`pwritev` |
+//! | [`async_mapping`] | [`AsyncMapper`]: what a format's async path answers (where a guest range lives) |
+//! | [`mapped_queue`] | [`MappedQueue`]: a format's `AsyncIo` queue from its mapper and a host queue |
+//! | [`worker_pool`] | the threads serving a `MappedQueue`'s slow requests, flushes, discards and write-zeroes |
+//! | `request_slots` | a `MappedQueue`'s bookkeeping: guest requests and host operations in flight, flush barriers |
+//! | `queue_errors` | the errors a `MappedQueue` completes requests with when the host or the mapping fails |
+//! | `request_buffers` | slicing, zero-filling and O_DIRECT-checking a request's buffers without allocating |
 //! | [`buffer`] | [`IoBuf`], [`IoBufMut`]: byte slices or guest memory, laid out as `iovec` |
 //! | [`host_file`] | [`HostFile`]: the host file layer formats are written against |
 //! | [`direct_io`] | O_DIRECT alignment and bounce buffers |
@@ -49,6 +57,7 @@
 //! ```
 
 pub mod async_io;
+pub mod async_mapping;
 pub mod buffer;
 pub mod create_option;
 pub mod direct_io;
@@ -56,14 +65,22 @@ pub mod disk_file;
 pub mod error;
 pub mod extent;
 pub mod host_file;
+pub mod host_queue;
 pub mod image_opener;
 pub mod info;
+pub mod mapped_queue;
+mod queue_errors;
+mod request_buffers;
+mod request_slots;
 pub mod size;
 pub mod sync_adaptor;
+pub mod sync_host_queue;
 mod sys;
 pub mod topology;
+pub mod worker_pool;
 
 pub use async_io::{AsyncIo, Completion, Request, RequestFlags, RequestOp};
+pub use async_mapping::{AllocationLink, AsyncMapper, Mapped, ReadMapping, WriteMapping};
 pub use buffer::{IoBuf, IoBufMut};
 pub use create_option::{parse_bool_param, single_size, CreateOptionInfo};
 pub use direct_io::DirectIoAlignment;
@@ -71,10 +88,13 @@ pub use disk_file::{check_range, read_only_error, AsyncDiskFile, DiskFile};
 pub use error::{Error, ErrorKind, Operation, Result, ResultExt};
 pub use extent::{Extent, ExtentKind};
 pub use host_file::{resolve_relative_to, HostFile, HostOpenOptions, LockMode};
+pub use host_queue::{HostCompletion, HostOp, HostQueue, HostQueueBackend};
 pub use image_opener::{DenyNamedImages, ImageOpener, NamedImage, NamedImageRole};
 pub use info::{CheckReport, ImageInfo, InfoValue, RepairMode, SnapshotInfo, SnapshotSelector};
+pub use mapped_queue::MappedQueue;
 pub use size::{parse_size, parse_size_param};
 pub use sync_adaptor::SyncAdaptor;
+pub use sync_host_queue::SyncHostBackend;
 pub use topology::DiskTopology;
 pub use vm_memory;
 pub use vmm_sys_util::eventfd::EventFd;

@@ -1,0 +1,229 @@
+//! The worker pool behind [`MappedQueue`](crate::MappedQueue): requests its mapper answers
+//! [`Mapped::Slow`](crate::Mapped::Slow) (backing files, compressed clusters, copy-on-write), FUA writes,
+//! flushes, discards and write-zeroes run here on the format's synchronous [`DiskFile`] methods, several at once,
+//! completing out of order.
+//!
+//! Each thread owns its own [`DiskFile::try_clone`] handle. Jobs wait in one `Mutex<VecDeque>` with a `Condvar`;
+//! finished jobs go to a second `Mutex<VecDeque>`, counted by an `AtomicUsize` so the queue's reaping path can
+//! look without locking, and each one writes the queue's eventfd (a duplicate of the host queue's).
+//!
+//! Locks: `jobs` and `done` are never held together, and never across a job's I/O.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::buffer::{total_len, total_len_mut, IoBuf, IoBufMut};
+use crate::disk_file::DiskFile;
+use crate::error::{Error, ErrorKind, Operation, Result};
+
+/// The most threads one queue's pool starts.
+pub const MAX_WORKERS: usize = 4;
+
+/// What a job does, with its own copy of the request's buffer list.
+#[derive(Debug)]
+pub(crate) enum JobOp {
+    /// `read_at(offset, bufs)`.
+    Read {
+        offset: u64,
+        bufs: Vec<IoBufMut<'static>>,
+    },
+    /// `write_at(offset, bufs)`, then `flush()` when `fua`.
+    Write {
+        offset: u64,
+        bufs: Vec<IoBuf<'static>>,
+        fua: bool,
+    },
+    /// `write_zeroes(offset, len, may_unmap)`.
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+    },
+    /// `discard(offset, len)`.
+    Discard { offset: u64, len: u64 },
+    /// `flush()`.
+    Flush,
+}
+
+/// A job: the slot of the guest request it serves and what to do.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) slot: u32,
+    pub(crate) op: JobOp,
+}
+
+/// A finished job: bytes transferred (0 for everything but reads and writes) or the error.
+#[derive(Debug)]
+pub(crate) struct JobDone {
+    pub(crate) slot: u32,
+    pub(crate) result: Result<u64>,
+}
+
+#[derive(Debug, Default)]
+struct JobQueue {
+    jobs: VecDeque<Job>,
+    stopping: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    jobs: Mutex<JobQueue>,
+    wake: Condvar,
+    done: Mutex<VecDeque<JobDone>>,
+    done_count: AtomicUsize,
+}
+
+/// Threads running jobs on their own disk handles.
+#[derive(Debug)]
+pub(crate) struct WorkerPool {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    /// Jobs handed out and not yet taken back with [`WorkerPool::take_done`].
+    outstanding: usize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A worker never panics while holding a lock (jobs run outside it, panics in jobs are caught), so a
+    // poisoned mutex still holds consistent data.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WorkerPool {
+    /// Starts `min(available_parallelism, 4).max(2)` threads, each with a handle cloned from `disk`, signalling
+    /// completions on a duplicate of `notifier`.
+    pub(crate) fn start(disk: &dyn DiskFile, notifier: &EventFd) -> Result<WorkerPool> {
+        let count = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, MAX_WORKERS);
+        let shared = Arc::new(Shared {
+            jobs: Mutex::new(JobQueue::default()),
+            wake: Condvar::new(),
+            done: Mutex::new(VecDeque::new()),
+            done_count: AtomicUsize::new(0),
+        });
+        let mut pool = WorkerPool {
+            shared,
+            threads: Vec::with_capacity(count),
+            outstanding: 0,
+        };
+        for i in 0..count {
+            let handle = disk.try_clone()?;
+            let signal = notifier.try_clone().map_err(|e| {
+                Error::io_while(e, "duplicating the completion eventfd")
+                    .with_operation(Operation::Open)
+            })?;
+            let shared = pool.shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("blk-worker-{i}"))
+                .spawn(move || work(&shared, &*handle, &signal))
+                .map_err(|e| {
+                    Error::io_while(e, "starting a worker thread").with_operation(Operation::Open)
+                })?;
+            pool.threads.push(thread);
+        }
+        Ok(pool)
+    }
+
+    /// Queues a job for the next free thread.
+    pub(crate) fn submit(&mut self, job: Job) {
+        lock(&self.shared.jobs).jobs.push_back(job);
+        self.outstanding += 1;
+        self.shared.wake.notify_one();
+    }
+
+    /// Whether a finished job is waiting (no lock taken).
+    pub(crate) fn has_done(&self) -> bool {
+        self.shared.done_count.load(Ordering::Acquire) > 0
+    }
+
+    /// The next finished job, if any.
+    pub(crate) fn take_done(&mut self) -> Option<JobDone> {
+        if !self.has_done() {
+            return None;
+        }
+        let done = lock(&self.shared.done).pop_front()?;
+        self.shared.done_count.fetch_sub(1, Ordering::AcqRel);
+        self.outstanding = self.outstanding.saturating_sub(1);
+        Some(done)
+    }
+
+    /// Jobs submitted and not yet taken back.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+}
+
+impl Drop for WorkerPool {
+    /// Lets the threads finish every queued job, then joins them.
+    fn drop(&mut self) {
+        lock(&self.shared.jobs).stopping = true;
+        self.shared.wake.notify_all();
+        for thread in self.threads.drain(..) {
+            // A worker catches panics from jobs, so join fails only if the loop itself panicked: nothing to do.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A worker thread's loop: run jobs until the pool stops and no job is left.
+fn work(shared: &Shared, disk: &dyn DiskFile, signal: &EventFd) {
+    loop {
+        let job = {
+            let mut queue = lock(&shared.jobs);
+            loop {
+                if let Some(job) = queue.jobs.pop_front() {
+                    break Some(job);
+                }
+                if queue.stopping {
+                    break None;
+                }
+                queue = shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let Some(job) = job else { return };
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| run(disk, &job.op)))
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Io,
+                    "the request panicked in a worker thread",
+                ))
+            });
+        lock(&shared.done).push_back(JobDone {
+            slot: job.slot,
+            result,
+        });
+        shared.done_count.fetch_add(1, Ordering::AcqRel);
+        // Nothing to do if the eventfd cannot be written (its counter is full): it is readable already.
+        let _ = signal.write(1);
+    }
+}
+
+/// Runs one job as [`SyncAdaptor`](crate::SyncAdaptor) runs a request.
+fn run(disk: &dyn DiskFile, op: &JobOp) -> Result<u64> {
+    match op {
+        JobOp::Read { offset, bufs } => disk.read_at(*offset, bufs).map(|()| total_len_mut(bufs)),
+        JobOp::Write { offset, bufs, fua } => {
+            disk.write_at(*offset, bufs)?;
+            if *fua {
+                disk.flush().map_err(|e| {
+                    Error::new(e.kind(), format!("FUA flush failed: {e}"))
+                        .with_operation(Operation::Flush)
+                })?;
+            }
+            Ok(total_len(bufs))
+        }
+        JobOp::WriteZeroes {
+            offset,
+            len,
+            may_unmap,
+        } => disk.write_zeroes(*offset, *len, *may_unmap).map(|()| 0),
+        JobOp::Discard { offset, len } => disk.discard(*offset, *len).map(|()| 0),
+        JobOp::Flush => disk.flush().map(|()| 0),
+    }
+}
