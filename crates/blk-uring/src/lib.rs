@@ -1,0 +1,131 @@
+//! blk's asynchronous host-file layer on Linux io_uring.
+//!
+//! [`UringBackend`] implements blk-core's [`HostQueueBackend`](blk_core::HostQueueBackend); each
+//! [`UringQueue`] it makes is one io_uring ring implementing [`HostQueue`](blk_core::HostQueue). Formats never
+//! name this crate: the factory hands an `Arc<dyn HostQueueBackend>` to their async queues
+//! ([`MappedQueue`](blk_core::MappedQueue)), and a raw image's queues use it directly.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `backend` | [`UringBackend`]: the probe (`UringBackend::new`) and queue creation |
+//! | `queue` | [`UringQueue`]: the ring, submission with a backlog, reaping, waiting on drop |
+//! | `slot` | the slot table: each operation's copied buffer list and progress until it completes |
+//! | `files` | the queue's files: registered with the ring, or duplicated when the kernel refuses |
+//! | `fixed_buffers` | registered buffers ([`UringQueue::register_buffers`]): which region holds a buffer |
+//!
+//! # The contract, as this backend keeps it
+//!
+//! - [`UringBackend::new`] creates and drops a tiny ring and checks the operations it needs (`READV`, `WRITEV`,
+//!   `FSYNC`; `READ`/`WRITE` are used for single buffers when the kernel has them). When io_uring cannot be
+//!   used (too old a kernel, `kernel.io_uring_disabled`, seccomp answering `ENOSYS`/`EPERM`) it fails with
+//!   [`ErrorKind::Unsupported`](blk_core::ErrorKind::Unsupported) and `io_uring is not available: <reason>`, so
+//!   a factory can fall back to another backend.
+//! - A queue's ring has `depth` entries rounded up to a power of two (at most [`MAX_QUEUE_DEPTH`]); at most
+//!   `depth` operations are in the ring at once. The completion ring is twice as large, so it never overflows.
+//! - Files are registered with the ring (`IORING_REGISTER_FILES`; SQEs use `types::Fixed`), so the queue works
+//!   after the `HostFile`s it was made from are dropped. If the kernel refuses to register them, the queue
+//!   keeps duplicated descriptors instead ([`UringQueue::files_registered`] says which). Either way the queue
+//!   keeps the files' open file descriptions, and with them their advisory (OFD) locks, while it lives, like a
+//!   [`HostFile::try_clone`](blk_core::HostFile::try_clone) handle. On drop it unregisters the files, so the
+//!   locks go at once (a closed ring would release them later, from a kernel worker, and a `qemu-img` run
+//!   right after could find the image still locked).
+//! - The queue's eventfd is registered with the ring (`IORING_REGISTER_EVENTFD`): the kernel writes it for
+//!   every completion. Completions the queue makes itself (an operation naming a file index the queue does
+//!   not have: `EBADF`) are signalled by writing it in [`submit`](blk_core::HostQueue::submit).
+//! - [`push`](blk_core::HostQueue::push) copies the operation and its iovec array into a slot (slot buffer
+//!   lists are reused) and never enters the kernel. [`submit`](blk_core::HostQueue::submit) fills the
+//!   submission queue from the backlog and calls `io_uring_enter` once (again only after `EINTR`, or when the
+//!   kernel stopped at a failing entry). Operations beyond the ring's room wait in the backlog; they go out
+//!   from [`next_completion`](blk_core::HostQueue::next_completion) once the completion ring is drained and
+//!   slots are free. `EAGAIN`/`EBUSY` from the kernel leave the entries queued for the next call.
+//! - [`next_completion`](blk_core::HostQueue::next_completion) reads the completion ring directly (no system
+//!   call per completion). A short transfer is continued from where it stopped; a read ends at the end of the
+//!   file (a short count), or at an error after some bytes (the bytes so far, as `preadv` reports them). A list
+//!   of more than 1024 (`IOV_MAX`) buffers goes out as several entries, one after the other.
+//! - `SyncData` is `IORING_OP_FSYNC` with `DATASYNC`: it covers the writes completed before it was pushed,
+//!   as the contract asks (not writes still in flight beside it).
+//! - The memory behind an operation's buffers must stay valid until its completion has been returned (the
+//!   [`HostQueue`](blk_core::HostQueue) contract). Dropping a queue waits for every operation the kernel has
+//!   been handed, so the caller's memory is not written after the drop; backlogged operations are dropped
+//!   unexecuted and produce no completion.
+//!
+//! O_DIRECT is the caller's business: the kernel gets the buffers as they are, so a misaligned buffer on an
+//! O_DIRECT file completes with `EINVAL` (the queue keeps working). Formats bounce unaligned I/O before it gets
+//! here.
+//!
+//! # Threads and locks
+//!
+//! A queue is used from one thread at a time (`&mut self`, `Send`), and holds no lock: nothing to order. The
+//! backend is a plain value (`Copy`), shared freely.
+//!
+//! # Limits
+//!
+//! | what | cap |
+//! |---|---|
+//! | ring size / operations in the kernel per queue | `depth` rounded up to a power of two, at most [`MAX_QUEUE_DEPTH`] (4096) |
+//! | iovecs per submission entry | 1024 (`IOV_MAX`); longer lists are split |
+//! | bytes per single-buffer entry | `0x7fff_f000` (the kernel's `MAX_RW_COUNT`); the rest is resubmitted |
+//! | backlog | unbounded: every pushed operation is kept until it completes |
+//! | `submit` retries while the ring answers `EAGAIN`/`EBUSY` and nothing of the queue is in the kernel | 1000, 1 ms apart |
+//! | registered buffers per queue | [`MAX_FIXED_BUFFERS`] (16384) regions of at most [`MAX_FIXED_BUFFER_LEN`] (1 GiB), the kernel's limits |
+//!
+//! Registered (fixed) buffers are opt-in: [`UringQueue::register_buffers`] (unsafe: the regions must outlive
+//! the queue) on a queue from [`UringBackend::create_uring_queue`]; then single-buffer operations inside a
+//! region use `READ_FIXED`/`WRITE_FIXED`. Vectored operations always use `READV`/`WRITEV`.
+//!
+//! # Example
+//!
+//! ```
+//! use blk_core::{ErrorKind, HostFile, HostOp, HostOpenOptions, HostQueueBackend, IoBuf, IoBufMut};
+//! use blk_uring::UringBackend;
+//!
+//! # fn main() -> blk_core::Result<()> {
+//! let backend = match UringBackend::new() {
+//!     Ok(backend) => backend,
+//!     Err(e) if e.kind() == ErrorKind::Unsupported => {
+//!         eprintln!("{e}"); // io_uring is disabled here: a factory would fall back
+//!         return Ok(());
+//!     }
+//!     Err(e) => return Err(e),
+//! };
+//! let dir = tempfile::tempdir().unwrap();
+//! let file = HostFile::create(dir.path().join("disk.img"), HostOpenOptions::default())?;
+//! file.set_len(1 << 20)?;
+//! let mut queue = backend.create_queue(&[&file], 32)?;
+//!
+//! // Buffers must stay valid until their completions are returned: 'static ones here.
+//! static DATA: [u8; 512] = [0xab; 512];
+//! let back: &'static mut [u8] = Box::leak(vec![0u8; 512].into_boxed_slice());
+//! queue.push(1, HostOp::Write { file: 0, offset: 4096, bufs: &[IoBuf::from(&DATA[..])] });
+//! queue.push(2, HostOp::SyncData { file: 0 });
+//! queue.push(3, HostOp::Read { file: 0, offset: 1 << 20, bufs: &[IoBufMut::from(back)] });
+//! queue.submit()?; // one io_uring_enter for the three
+//!
+//! let mut done = Vec::new();
+//! while queue.pending() > 0 {
+//!     // A VMM waits on queue.notifier() (the kernel writes it) in its event loop instead of spinning.
+//!     match queue.next_completion() {
+//!         Some(c) => done.push(c),
+//!         None => std::thread::yield_now(),
+//!     }
+//! }
+//! done.sort_by_key(|c| c.user_data);
+//! assert_eq!(done[0].result, Ok(512));
+//! assert_eq!(done[1].result, Ok(0));
+//! assert_eq!(done[2].result, Ok(0)); // a read at the end of the file transfers nothing
+//! let mut check = [0u8; 512];
+//! file.read_exact_at(4096, &mut check)?;
+//! assert_eq!(check, DATA);
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+mod files;
+mod fixed_buffers;
+mod queue;
+mod slot;
+
+pub use backend::UringBackend;
+pub use fixed_buffers::{MAX_FIXED_BUFFERS, MAX_FIXED_BUFFER_LEN};
+pub use queue::{UringQueue, MAX_QUEUE_DEPTH};

@@ -1,0 +1,411 @@
+//! [`UringQueue`]: one io_uring ring serving the [`HostQueue`] contract.
+//!
+//! An operation goes through three places: `ready` (pushed, or partly done and waiting to go on), the ring
+//! (an SQE in the submission queue or in the kernel, counted by `in_ring`, never more than `depth`), and back
+//! to the caller from [`next_completion`](HostQueue::next_completion). Its slot holds its buffers and progress
+//! the whole time.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use blk_core::{
+    Error, ErrorKind, EventFd, HostCompletion, HostFile, HostOp, HostQueue, IoBufMut, Result,
+};
+use io_uring::IoUring;
+
+use crate::backend::{ring_setup_error, RingFeatures};
+use crate::files::FileTable;
+use crate::fixed_buffers::FixedBuffers;
+use crate::slot::{SlotKind, SlotTable};
+
+/// The largest queue depth (and ring size) a queue uses; a larger `depth` is clamped to it.
+pub const MAX_QUEUE_DEPTH: u32 = 4096;
+
+/// How many times [`HostQueue::submit`] retries a ring that answers `EAGAIN`/`EBUSY` while none of the queue's
+/// operations are in the kernel (so no completion will come to retry from), one millisecond apart.
+const MAX_BUSY_RETRIES: u32 = 1000;
+
+/// One io_uring ring with its registered files and eventfd: a [`HostQueue`] of the [`UringBackend`].
+///
+/// Dropping the queue waits for every operation the kernel has been handed (the memory they target belongs
+/// to the caller until they complete, so this must block); operations still waiting in the backlog are
+/// dropped without being executed and without completions.
+///
+/// [`UringBackend`]: crate::UringBackend
+pub struct UringQueue {
+    ring: IoUring,
+    files: FileTable,
+    notifier: EventFd,
+    slots: SlotTable,
+    /// Slots waiting for room in the ring: new operations and the rest of partly transferred ones.
+    ready: VecDeque<u32>,
+    /// Completions made without the kernel (an operation naming a file the queue does not have).
+    local: VecDeque<HostCompletion>,
+    /// Most operations in the ring (submission queue plus kernel) at once.
+    depth: u32,
+    /// Operations in the ring now.
+    in_ring: u32,
+    /// Operations pushed and not yet returned.
+    pending: usize,
+    single_buffer_ops: bool,
+    /// Regions registered with [`UringQueue::register_buffers`].
+    fixed: FixedBuffers,
+    /// SQEs submitted with a registered buffer (`READ_FIXED`/`WRITE_FIXED`).
+    fixed_ops: u64,
+}
+
+impl std::fmt::Debug for UringQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringQueue")
+            .field("depth", &self.depth)
+            .field("in_ring", &self.in_ring)
+            .field("backlog", &self.ready.len())
+            .field("pending", &self.pending)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UringQueue {
+    /// A ring of `depth` entries (rounded up to a power of two, at most [`MAX_QUEUE_DEPTH`]) over `files`.
+    pub(crate) fn new(
+        files: &[&HostFile],
+        depth: u32,
+        features: RingFeatures,
+    ) -> Result<UringQueue> {
+        if depth == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "an io_uring queue needs a depth of at least 1",
+            ));
+        }
+        let depth = depth.min(MAX_QUEUE_DEPTH);
+        let entries = depth.next_power_of_two();
+        // SUBMIT_ALL (5.18) keeps the kernel going past an SQE that fails early; older kernels refuse the flag.
+        let ring = match IoUring::builder().setup_submit_all().build(entries) {
+            Ok(ring) => ring,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries)
+                .map_err(|e| ring_setup_error(e, "creating an io_uring ring"))?,
+            Err(e) => return Err(ring_setup_error(e, "creating an io_uring ring")),
+        };
+        let depth = depth.min(ring.params().sq_entries());
+        let files = FileTable::new(&ring, files)?;
+        let notifier = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| Error::io_while(e, "creating the queue's eventfd"))?;
+        ring.submitter()
+            .register_eventfd(notifier.as_raw_fd())
+            .map_err(|e| ring_setup_error(e, "registering the eventfd with io_uring"))?;
+        Ok(UringQueue {
+            ring,
+            files,
+            notifier,
+            slots: SlotTable::default(),
+            ready: VecDeque::new(),
+            local: VecDeque::new(),
+            depth,
+            in_ring: 0,
+            pending: 0,
+            single_buffer_ops: features.single_buffer_ops,
+            fixed: FixedBuffers::default(),
+            fixed_ops: 0,
+        })
+    }
+
+    /// The most operations this queue has in the kernel at once.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// Whether the queue's files are registered with the ring (`IORING_REGISTER_FILES`); otherwise SQEs name
+    /// duplicated descriptors.
+    pub fn files_registered(&self) -> bool {
+        self.files.is_registered()
+    }
+
+    /// Registers `regions` with the ring as fixed buffers (once per queue): from then on an operation whose
+    /// single buffer lies inside one region goes out as `READ_FIXED`/`WRITE_FIXED`, sparing the kernel the
+    /// page pinning of every operation. Other operations are unaffected. A VMM registers its guest memory.
+    ///
+    /// At most [`MAX_FIXED_BUFFERS`](crate::MAX_FIXED_BUFFERS) regions of 1 byte to
+    /// [`MAX_FIXED_BUFFER_LEN`](crate::MAX_FIXED_BUFFER_LEN) each (the kernel's limits, `InvalidInput` past
+    /// them); a second call fails (`InvalidInput`). The kernel pins the pages (counted against
+    /// `RLIMIT_MEMLOCK` on kernels before 5.12).
+    ///
+    /// # Safety
+    /// The regions must stay mapped, and be memory that I/O may read and write, until the queue is dropped:
+    /// the kernel keeps the pages it pinned here and moves data to and from those pages, not to whatever
+    /// the addresses map later.
+    pub unsafe fn register_buffers(&mut self, regions: &[IoBufMut<'static>]) -> Result<()> {
+        if !self.fixed.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "this io_uring queue already has registered buffers",
+            ));
+        }
+        let fixed = FixedBuffers::new(regions)?;
+        // SAFETY: the caller guarantees the regions stay valid for I/O until the queue (and so the ring) is
+        // dropped (see `# Safety`); `as_iovecs_mut` gives their addresses and lengths in iovec layout.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers(blk_core::buffer::as_iovecs_mut(regions))
+        }
+        .map_err(|e| Error::io_while(e, "registering buffers with io_uring"))?;
+        self.fixed = fixed;
+        Ok(())
+    }
+
+    /// How many submission entries used a registered buffer (`READ_FIXED`/`WRITE_FIXED`) so far.
+    pub fn fixed_buffer_ops(&self) -> u64 {
+        self.fixed_ops
+    }
+
+    /// Operations waiting for room in the ring (the backlog).
+    pub fn backlog(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Moves operations from the backlog into the submission queue while the ring has room.
+    fn fill_submission_queue(&mut self) {
+        let mut sq = self.ring.submission();
+        while self.in_ring < self.depth {
+            let Some(&index) = self.ready.front() else {
+                break;
+            };
+            let Some(slot) = self.slots.get(index) else {
+                // Every index in `ready` came from the slot table; nothing to submit for a stale one.
+                self.ready.pop_front();
+                continue;
+            };
+            let Some(file) = self.files.get(slot.file) else {
+                // `push` checked the index; keep the invariant anyway.
+                let user_data = slot.user_data;
+                self.ready.pop_front();
+                self.slots.release(index);
+                self.local.push_back(HostCompletion {
+                    user_data,
+                    result: Err(libc::EBADF),
+                });
+                continue;
+            };
+            let (entry, uses_fixed) = slot.sqe(index, file, self.single_buffer_ops, &self.fixed);
+            // SAFETY: the entry points at (a) the slot's buffer list, a heap array the queue owns and does not
+            // touch until this SQE's completion has been reaped (slots are modified only in `finish`, after
+            // their CQE, and released only then; `Drop` waits for every SQE in the ring before the lists are
+            // freed), and (b) the caller's buffers, which the HostQueue contract keeps valid until the
+            // operation's completion has been returned, which happens after this SQE completes. The file is a
+            // registered index or a descriptor the queue owns for its whole life. A `_FIXED` entry's buffer
+            // lies inside a region registered with `register_buffers`, whose contract keeps it valid for as
+            // long as the ring lives.
+            if unsafe { sq.push(&entry) }.is_err() {
+                break;
+            }
+            self.ready.pop_front();
+            self.in_ring += 1;
+            self.fixed_ops += u64::from(uses_fixed);
+        }
+    }
+
+    /// Hands the submission queue to the kernel: one `io_uring_enter` in the normal case, retried on `EINTR`
+    /// and, when the kernel stopped early, until everything queued was taken.
+    fn enter(&mut self) -> Result<()> {
+        let mut busy_retries = 0;
+        loop {
+            let queued = self.ring.submission().len();
+            if queued == 0 {
+                return Ok(());
+            }
+            let outcome = self.ring.submit();
+            match outcome {
+                Ok(n) if n > 0 => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {}
+                Err(e) => return Err(Error::io_while(e, "submitting to io_uring")),
+            }
+            // The kernel took nothing for now (out of resources, or busy flushing completions). If some of our
+            // operations are in the kernel, their completions come and `next_completion` submits again;
+            // otherwise retry here for a while.
+            let in_kernel = (self.in_ring as usize).saturating_sub(queued);
+            if in_kernel > 0 {
+                return Ok(());
+            }
+            busy_retries += 1;
+            if busy_retries > MAX_BUSY_RETRIES {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    "io_uring kept refusing submissions (EAGAIN/EBUSY)",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Completes every backlogged operation with `errno` (the ring can no longer take them).
+    fn fail_backlog(&mut self, errno: i32) {
+        while let Some(index) = self.ready.pop_front() {
+            if let Some(slot) = self.slots.get(index) {
+                let user_data = slot.user_data;
+                self.slots.release(index);
+                self.local.push_back(HostCompletion {
+                    user_data,
+                    result: Err(errno),
+                });
+            }
+        }
+    }
+
+    /// Accounts for the CQE of slot `index` with result `res`: the operation's completion, or `None` when the
+    /// rest of it went back to the backlog (a short transfer, or more iovecs than one SQE takes).
+    fn finish(&mut self, index: u32, res: i32) -> Option<HostCompletion> {
+        let slot = self.slots.get_mut(index)?;
+        let errno = res.checked_neg().unwrap_or(libc::EIO);
+        let result = match slot.kind {
+            SlotKind::SyncData => {
+                if res < 0 {
+                    Err(errno)
+                } else {
+                    Ok(0)
+                }
+            }
+            SlotKind::Read | SlotKind::Write if res > 0 => {
+                // `res > 0`, so the conversion cannot fail.
+                slot.advance(u64::try_from(res).unwrap_or(0));
+                if slot.remaining > 0 {
+                    self.ready.push_back(index);
+                    return None;
+                }
+                Ok(slot.done)
+            }
+            // A read stops at the end of the file (0) or at an error after some bytes (e.g. an O_DIRECT read
+            // whose rest starts unaligned at the end of the file): the bytes so far, as preadv reports them.
+            SlotKind::Read if res == 0 || slot.done > 0 => Ok(slot.done),
+            SlotKind::Read => Err(errno),
+            SlotKind::Write if res == 0 && slot.remaining == 0 => Ok(slot.done),
+            // A write that makes no progress would loop forever: report it.
+            SlotKind::Write if res == 0 => Err(libc::EIO),
+            SlotKind::Write => Err(errno),
+        };
+        let user_data = slot.user_data;
+        self.slots.release(index);
+        Some(HostCompletion { user_data, result })
+    }
+}
+
+impl HostQueue for UringQueue {
+    fn push(&mut self, user_data: u64, op: HostOp<'_>) {
+        self.pending += 1;
+        let file = match op {
+            HostOp::Read { file, .. } | HostOp::Write { file, .. } | HostOp::SyncData { file } => {
+                file
+            }
+        };
+        if self.files.get(file).is_none() {
+            self.local.push_back(HostCompletion {
+                user_data,
+                result: Err(libc::EBADF),
+            });
+            return;
+        }
+        match self.slots.insert(user_data, op) {
+            Some(index) => self.ready.push_back(index),
+            None => self.local.push_back(HostCompletion {
+                user_data,
+                result: Err(libc::ENOMEM),
+            }),
+        }
+    }
+
+    fn submit(&mut self) -> Result<()> {
+        self.fill_submission_queue();
+        let entered = self.enter();
+        if !self.local.is_empty() {
+            // Completions the kernel will not signal; a full counter (EAGAIN) is already signalled.
+            let _ = self.notifier.write(1);
+        }
+        entered
+    }
+
+    fn next_completion(&mut self) -> Option<HostCompletion> {
+        let mut submitted = false;
+        loop {
+            if let Some(done) = self.local.pop_front() {
+                self.pending = self.pending.saturating_sub(1);
+                return Some(done);
+            }
+            // Reading the CQ ring directly: two atomic accesses, no system call.
+            let cqe = self.ring.completion().next();
+            match cqe {
+                Some(cqe) => {
+                    self.in_ring = self.in_ring.saturating_sub(1);
+                    let Ok(index) = u32::try_from(cqe.user_data()) else {
+                        continue;
+                    };
+                    if let Some(done) = self.finish(index, cqe.result()) {
+                        self.pending = self.pending.saturating_sub(1);
+                        return Some(done);
+                    }
+                }
+                None => {
+                    let unsubmitted = !self.ring.submission().is_empty();
+                    let room = self.in_ring < self.depth && !self.ready.is_empty();
+                    if submitted || !(unsubmitted || room) {
+                        return None;
+                    }
+                    // The CQ is drained and the backlog can move: submit it (buffered reads may complete
+                    // during the call, so look at the CQ once more).
+                    self.fill_submission_queue();
+                    if let Err(e) = self.enter() {
+                        self.fail_backlog(e.errno());
+                    }
+                    submitted = true;
+                }
+            }
+        }
+    }
+
+    fn notifier(&self) -> &EventFd {
+        &self.notifier
+    }
+
+    fn pending(&self) -> usize {
+        self.pending
+    }
+}
+
+impl Drop for UringQueue {
+    fn drop(&mut self) {
+        // Backlogged operations never reached the kernel: drop them. Everything in the ring must complete
+        // before the caller's memory and our iovec arrays may be released.
+        self.ready.clear();
+        while self.in_ring > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => {
+                    // A valid ring only fails to wait with EINTR/EAGAIN/EBUSY. Returning now would let the
+                    // kernel write into memory the caller may free: stop the process instead.
+                    eprintln!("blk-uring: cannot wait for in-flight io_uring operations: {e}");
+                    std::process::abort();
+                }
+            }
+            let reaped = self.ring.completion().count();
+            let reaped = u32::try_from(reaped).unwrap_or(u32::MAX);
+            self.in_ring = self.in_ring.saturating_sub(reaped);
+        }
+        // Closing a ring releases its registered files later, from a kernel worker: the files (and the
+        // advisory locks on their open file descriptions) would outlive the queue for a while, and a reopen
+        // right after the drop could find the image still locked. Unregistering releases them now. Errors
+        // only mean the ring will release them itself.
+        if self.files.is_registered() {
+            let _ = self.ring.submitter().unregister_files();
+        }
+        if !self.fixed.is_empty() {
+            let _ = self.ring.submitter().unregister_buffers();
+        }
+    }
+}
