@@ -25,6 +25,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`raw`] | [`Raw`]: opening, guest I/O ([`blk_core::DiskFile`]) and queues ([`blk_core::AsyncDiskFile`]) |
+//! | [`raw_async`] | [`RawAsync`], [`RawMapper`]: the native async queue, batches straight to the I/O backend |
 //! | `map` | [`DiskFile::map`](blk_core::DiskFile::map) from `SEEK_DATA`/`SEEK_HOLE`, as `qemu-img map` shows it |
 //! | `create` | [`Raw::create`] with qemu's preallocation modes |
 //! | `resize` | [`resize()`]: a new size, as `qemu-img resize -f raw` sets it |
@@ -38,10 +39,12 @@ mod map;
 pub mod options;
 mod preallocation;
 pub mod raw;
+pub mod raw_async;
 mod resize;
 
 pub use options::{Preallocation, RawCreateOptions, CREATE_OPTIONS};
 pub use raw::Raw;
+pub use raw_async::{RawAsync, RawMapper};
 pub use resize::{resize, RawResizeOptions};
 
 /// The format name, as qemu-img spells it.

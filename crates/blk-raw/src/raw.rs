@@ -1,11 +1,13 @@
 //! [`Raw`]: a raw image, where guest offset `x` is host offset `x` of a regular file or block device.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use blk_core::buffer::{total_len, total_len_mut};
 use blk_core::{
     check_range, read_only_error, AsyncDiskFile, AsyncIo, DiskFile, DiskTopology, Error, ErrorKind,
-    Extent, HostFile, HostOpenOptions, ImageInfo, IoBuf, IoBufMut, Operation, Result, SyncAdaptor,
+    Extent, HostFile, HostOpenOptions, HostQueueBackend, ImageInfo, IoBuf, IoBufMut, Operation,
+    Result, SyncHostBackend,
 };
 
 use crate::FORMAT_NAME;
@@ -23,10 +25,14 @@ const SECTOR: u64 = 512;
 ///
 /// Every method takes `&self` and no lock is held in the crate: handles from [`DiskFile::try_clone`] each own a
 /// descriptor and share the file's advisory lock.
+///
+/// Queues from [`AsyncDiskFile::create_async_io`] are [`RawAsync`](crate::RawAsync)s doing their host I/O on
+/// the backend set with [`Raw::set_io_backend`] (default: blk-core's [`SyncHostBackend`]).
 #[derive(Debug)]
 pub struct Raw {
     file: HostFile,
     size: u64,
+    backend: Arc<dyn HostQueueBackend>,
 }
 
 impl Raw {
@@ -56,7 +62,22 @@ impl Raw {
         // zero-filled partial last sector (reads past the end of the file are zero-filled; a write there
         // extends the file).
         let size = len.div_ceil(SECTOR) * SECTOR;
-        Ok(Raw { file, size })
+        Ok(Raw {
+            file,
+            size,
+            backend: Arc::new(SyncHostBackend),
+        })
+    }
+
+    /// Sets the backend the queues of [`AsyncDiskFile::create_async_io`] do their host I/O on (io_uring, AIO,
+    /// or the default [`SyncHostBackend`]); handles cloned afterwards keep it.
+    pub fn set_io_backend(&mut self, backend: Arc<dyn HostQueueBackend>) {
+        self.backend = backend;
+    }
+
+    /// The backend the queues of [`AsyncDiskFile::create_async_io`] use.
+    pub fn io_backend(&self) -> &dyn HostQueueBackend {
+        &*self.backend
     }
 
     /// The host file the image is stored in.
@@ -65,7 +86,7 @@ impl Raw {
     }
 
     /// Adds the format, path, operation and (guest = host) offset to an error.
-    fn context(&self, err: Error, operation: Operation, offset: Option<u64>) -> Error {
+    pub(crate) fn context(&self, err: Error, operation: Operation, offset: Option<u64>) -> Error {
         let err = err
             .with_format(FORMAT_NAME)
             .with_path(self.file.path())
@@ -90,7 +111,7 @@ impl Raw {
     }
 
     /// A second handle on the same image, with its own descriptor.
-    fn duplicate(&self) -> Result<Raw> {
+    pub(crate) fn duplicate(&self) -> Result<Raw> {
         let file = self
             .file
             .try_clone()
@@ -98,6 +119,7 @@ impl Raw {
         Ok(Raw {
             file,
             size: self.size,
+            backend: self.backend.clone(),
         })
     }
 }
@@ -243,9 +265,11 @@ impl DiskFile for Raw {
 
 impl AsyncDiskFile for Raw {
     fn create_async_io(&self, ring_depth: u32) -> Result<Box<dyn AsyncIo>> {
-        let queue = SyncAdaptor::new(Box::new(self.duplicate()?), ring_depth)
-            .map_err(|e| self.context(e, Operation::Open, None))?;
-        Ok(Box::new(queue))
+        Ok(Box::new(crate::RawAsync::new(
+            self,
+            &*self.backend,
+            ring_depth,
+        )?))
     }
 
     fn try_clone_async(&self) -> Result<Box<dyn AsyncDiskFile>> {

@@ -3,8 +3,8 @@
 mod common;
 
 use blk_core::{
-    AsyncDiskFile, Completion, DiskFile, ErrorKind, IoBuf, IoBufMut, Request, RequestFlags,
-    RequestOp,
+    AsyncIo, Completion, DiskFile, ErrorKind, IoBuf, IoBufMut, Request, RequestFlags, RequestOp,
+    SyncAdaptor,
 };
 use blk_raw::Raw;
 use common::*;
@@ -28,7 +28,7 @@ fn a_batch_completes_every_request() {
     let disk = Raw::open(&path, rw()).unwrap();
     let background = pattern(9, 256 << 10);
     disk.write_all_at(0, &background).unwrap();
-    let mut queue = disk.create_async_io(16).unwrap();
+    let mut queue = SyncAdaptor::new(disk.try_clone().unwrap(), 16).unwrap();
 
     let write_a = vec![0x11u8; 4096];
     let write_b = pattern(10, 700);
@@ -113,7 +113,7 @@ fn a_batch_completes_every_request() {
         ];
         queue.submit(&batch).unwrap();
     }
-    let done = reap(&mut *queue);
+    let done = reap(&mut queue);
     assert_eq!(
         done.iter().map(|c| c.user_data).collect::<Vec<_>>(),
         (1..=10).collect::<Vec<_>>()
@@ -155,7 +155,7 @@ fn a_batch_completes_every_request() {
 
     // The next batch signals again, once.
     queue.submit(&[Request::new(11, RequestOp::Flush)]).unwrap();
-    let done = reap(&mut *queue);
+    let done = reap(&mut queue);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].user_data, 11);
     assert_eq!(done[0].result.as_ref().ok(), Some(&0));
@@ -169,7 +169,7 @@ fn a_read_only_queue_fails_changes() {
     let dir = tempdir();
     let path = new_image(dir.path(), "q.img", SIZE);
     let disk = Raw::open(&path, ro()).unwrap();
-    let mut queue = disk.try_clone_async().unwrap().create_async_io(4).unwrap();
+    let mut queue = SyncAdaptor::new(disk.try_clone().unwrap(), 4).unwrap();
     let data = vec![1u8; 512];
     // SAFETY: `data` outlives the batch, which completes inside `submit`, and is only read.
     let buf = [unsafe { IoBuf::from_raw_parts(data.as_ptr(), data.len()) }];
@@ -200,7 +200,7 @@ fn a_read_only_queue_fails_changes() {
             Request::new(4, RequestOp::Flush),
         ])
         .unwrap();
-    let done = reap(&mut *queue);
+    let done = reap(&mut queue);
     let kinds: Vec<_> = done
         .iter()
         .map(|c| {
