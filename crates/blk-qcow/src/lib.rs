@@ -26,6 +26,8 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`qcow2`] | [`Qcow2`]: open, [`blk_core::DiskFile`] and [`blk_core::AsyncDiskFile`] |
+//! | [`qcow2_async`] | [`Qcow2Async`], [`Qcow2Mapper`]: the native async path (which requests are fast, which slow) |
+//! | `async_write` | the mapper's writes: in place, whole-cluster allocations, their link |
 //! | [`options`] | [`Qcow2OpenOptions`], [`Qcow2CreateOptions`], [`CREATE_OPTIONS`] |
 //! | `header` | the header: parsing, validation against QEMU's caps, rewriting |
 //! | `header_update` | rewriting the header cluster (for `rebase` and `amend`) |
@@ -81,6 +83,14 @@
 //! 5. The offline operations (`create_snapshot`, `delete_snapshot`, `apply_snapshot`, `amend`,
 //!    `change_backing_file`, `make_empty`) hold the metadata lock for their whole run and take no other lock;
 //!    no guest I/O may run at the same time (the snapshot operations refuse while a write is in flight).
+//! 6. The async path ([`Qcow2Mapper`], under a [`Qcow2Async`] queue) takes the same metadata lock and no other:
+//!    once per request to map it (lookups, the overlap guard, allocation of fresh clusters, which enter the
+//!    in-flight table under that hold) and once per allocated run to link it after its data write
+//!    (`finish_allocation`, which removes the clusters from the in-flight table and notifies the condition
+//!    variable, exactly as the sync path's link). It never waits on the condition variable: a cluster in
+//!    flight makes the request slow, and the slow path (a worker thread running the sync methods) waits
+//!    there instead. Data I/O of mapped pieces runs on the backend with no lock held (rule 1); the queue must
+//!    call `finish_allocation` for every allocated piece, or the in-flight clusters block their writers.
 //!
 //! # Write ordering
 //!
@@ -190,9 +200,11 @@
 
 pub mod options;
 pub mod qcow2;
+pub mod qcow2_async;
 
 mod allocator;
 mod amend;
+mod async_write;
 mod backing;
 mod bitmaps;
 mod cache;
@@ -232,6 +244,7 @@ pub use options::{
     CompressionType, Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS,
 };
 pub use qcow2::Qcow2;
+pub use qcow2_async::{Qcow2Async, Qcow2Mapper};
 pub use resize::{resize, Qcow2ResizeOptions};
 
 /// The format's name, as qemu-img spells it.

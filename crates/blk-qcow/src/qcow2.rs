@@ -5,7 +5,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use blk_core::{
     AsyncDiskFile, AsyncIo, CheckReport, DiskFile, DiskTopology, Error, ErrorKind, Extent,
-    HostFile, ImageInfo, InfoValue, IoBuf, IoBufMut, Operation, RepairMode, Result, SyncAdaptor,
+    HostFile, HostQueueBackend, ImageInfo, InfoValue, IoBuf, IoBufMut, Operation, RepairMode,
+    Result, SyncHostBackend,
 };
 
 use crate::backing::{self, Backing};
@@ -17,6 +18,7 @@ use crate::features::{
 use crate::header::{Header, MAX_L1_BYTES, MAX_REFTABLE_BYTES};
 use crate::metadata::{read_zero_filled, Geometry, Metadata};
 use crate::options::Qcow2OpenOptions;
+use crate::qcow2_async::Qcow2Async;
 use crate::snapshot_table::{Snapshot, SnapshotTable};
 use crate::tables::entry;
 use crate::FORMAT_NAME;
@@ -62,6 +64,8 @@ impl Drop for Shared {
 pub struct Qcow2 {
     pub(crate) shared: Arc<Shared>,
     pub(crate) file: HostFile,
+    /// The backend of the queues from [`AsyncDiskFile::create_async_io`] (kept by clones).
+    backend: Arc<dyn HostQueueBackend>,
 }
 
 impl Qcow2 {
@@ -183,6 +187,7 @@ impl Qcow2 {
                 metadata_preallocated: OnceLock::new(),
             }),
             file,
+            backend: Arc::new(SyncHostBackend),
         };
         if !read_only && !options.check_mode {
             if dirty {
@@ -261,14 +266,22 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn duplicate(&self) -> Result<Qcow2> {
+    /// Another handle: its own descriptor, the same metadata and backend.
+    pub(crate) fn duplicate(&self) -> Result<Qcow2> {
         Ok(Qcow2 {
             shared: Arc::clone(&self.shared),
             file: self
                 .file
                 .try_clone()
                 .map_err(|e| self.context(e, Operation::Open, None))?,
+            backend: Arc::clone(&self.backend),
         })
+    }
+
+    /// Sets the backend the queues of [`AsyncDiskFile::create_async_io`] do their host I/O on (default
+    /// [`SyncHostBackend`]); clones made afterwards keep it.
+    pub fn set_io_backend(&mut self, backend: Arc<dyn HostQueueBackend>) {
+        self.backend = backend;
     }
 
     fn full_backing_filename(&self) -> Option<PathBuf> {
@@ -465,9 +478,11 @@ impl DiskFile for Qcow2 {
 
 impl AsyncDiskFile for Qcow2 {
     fn create_async_io(&self, ring_depth: u32) -> Result<Box<dyn AsyncIo>> {
-        let queue = SyncAdaptor::new(Box::new(self.duplicate()?), ring_depth)
-            .map_err(|e| self.context(e, Operation::Open, None))?;
-        Ok(Box::new(queue))
+        Ok(Box::new(Qcow2Async::new(
+            self,
+            self.backend.as_ref(),
+            ring_depth,
+        )?))
     }
 
     fn try_clone_async(&self) -> Result<Box<dyn AsyncDiskFile>> {

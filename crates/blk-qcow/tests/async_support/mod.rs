@@ -1,0 +1,384 @@
+//! Drivers shared by the async-path tests (`async_io.rs`, `async_writes.rs`): requests (`Op`), a `'static`
+//! buffer arena, a runner for `AsyncIo` queues, `ManualEngine` (executes a `Qcow2Mapper`'s answers itself:
+//! host pieces with `pread`/`pwrite` on the mapper's host files, zero pieces in memory, `finish_allocation`
+//! after each allocated piece, slow requests on the sync path), and a backend that counts host operations.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use blk_core::{
+    AsyncIo, AsyncMapper, HostCompletion, HostFile, HostOp, HostQueue, HostQueueBackend, IoBuf,
+    IoBufMut, Mapped, ReadMapping, Request, RequestFlags, RequestOp, Result, SyncHostBackend,
+    WriteMapping,
+};
+use blk_qcow::{Qcow2, Qcow2Mapper};
+
+use crate::support::{path_str, qemu_img};
+
+/// A deterministic pseudo-random sequence (xorshift), so failures replay.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One request for a driver.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    },
+    Discard {
+        offset: u64,
+        len: u64,
+    },
+    Flush,
+}
+
+/// Memory the queue's requests point into: leaked once per driver (requests need `'static` buffers) and
+/// reused by every batch.
+pub struct Arena {
+    whole: IoBufMut<'static>,
+}
+
+impl Arena {
+    pub fn new(len: usize) -> Arena {
+        let memory: &'static mut [u8] = Box::leak(vec![0u8; len].into_boxed_slice());
+        Arena {
+            whole: IoBufMut::from(memory),
+        }
+    }
+
+    fn piece(&self, offset: usize, len: usize) -> IoBufMut<'static> {
+        self.whole.subslice(offset, len).expect("arena too small")
+    }
+}
+
+/// Splits `len` bytes at `at` of the arena into up to three buffers (scatter-gather).
+pub fn split(arena: &Arena, at: usize, len: usize) -> Vec<IoBufMut<'static>> {
+    if len < 3 {
+        return vec![arena.piece(at, len)];
+    }
+    let a = len / 3;
+    let b = len / 2 - a / 2;
+    vec![
+        arena.piece(at, a),
+        arena.piece(at + a, b),
+        arena.piece(at + a + b, len - a - b),
+    ]
+}
+
+pub fn to_vec(bufs: &[IoBufMut<'static>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in bufs {
+        let mut part = vec![0u8; b.len()];
+        b.as_io_buf().copy_to(&mut part);
+        out.extend_from_slice(&part);
+    }
+    out
+}
+
+/// What a request gave: the bytes read (reads) and the result.
+pub type Outcome = (Vec<u8>, Result<u64>);
+
+/// Runs one batch on an `AsyncIo` queue and returns the outcomes in request order.
+pub fn run_queue(queue: &mut dyn AsyncIo, arena: &Arena, ops: &[Op]) -> Vec<Outcome> {
+    let mut read_bufs: Vec<Vec<IoBufMut<'static>>> = Vec::new();
+    let mut write_bufs: Vec<Vec<IoBuf<'static>>> = Vec::new();
+    let mut at = 0;
+    for op in ops {
+        match op {
+            Op::Read { len, .. } => {
+                read_bufs.push(split(arena, at, *len as usize));
+                write_bufs.push(Vec::new());
+                at += *len as usize;
+            }
+            Op::Write { data, .. } => {
+                let bufs = split(arena, at, data.len());
+                let mut done = 0;
+                for b in &bufs {
+                    done += b.copy_from(&data[done..]);
+                }
+                write_bufs.push(bufs.iter().map(IoBufMut::as_io_buf).collect());
+                read_bufs.push(Vec::new());
+                at += data.len();
+            }
+            _ => {
+                read_bufs.push(Vec::new());
+                write_bufs.push(Vec::new());
+            }
+        }
+    }
+    let requests: Vec<Request<'_>> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let user_data = i as u64;
+            match op {
+                Op::Read { offset, .. } => Request::new(
+                    user_data,
+                    RequestOp::Read {
+                        offset: *offset,
+                        bufs: &read_bufs[i],
+                    },
+                ),
+                Op::Write { offset, fua, .. } => {
+                    let r = Request::new(
+                        user_data,
+                        RequestOp::Write {
+                            offset: *offset,
+                            bufs: &write_bufs[i],
+                        },
+                    );
+                    if *fua {
+                        r.with_flags(RequestFlags::FUA)
+                    } else {
+                        r
+                    }
+                }
+                Op::WriteZeroes { offset, len, unmap } => {
+                    let r = Request::new(
+                        user_data,
+                        RequestOp::WriteZeroes {
+                            offset: *offset,
+                            len: *len,
+                        },
+                    );
+                    if *unmap {
+                        r
+                    } else {
+                        r.with_flags(RequestFlags::NO_UNMAP)
+                    }
+                }
+                Op::Discard { offset, len } => Request::new(
+                    user_data,
+                    RequestOp::Discard {
+                        offset: *offset,
+                        len: *len,
+                    },
+                ),
+                Op::Flush => Request::new(user_data, RequestOp::Flush),
+            }
+        })
+        .collect();
+    queue.submit(&requests).expect("submitting a batch");
+    let mut results: Vec<Option<Result<u64>>> = (0..ops.len()).map(|_| None).collect();
+    let mut got = 0;
+    // A guard against a hung queue, not a timing assertion.
+    let mut idle_rounds = 0u32;
+    while got < ops.len() {
+        match queue.next_completed_request() {
+            Some(c) => {
+                let slot = &mut results[c.user_data as usize];
+                assert!(slot.is_none(), "request {} completed twice", c.user_data);
+                *slot = Some(c.result);
+                got += 1;
+                idle_rounds = 0;
+            }
+            None => {
+                idle_rounds += 1;
+                assert!(
+                    idle_rounds < 60_000,
+                    "the queue stopped completing requests"
+                );
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+    }
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (to_vec(&read_bufs[i]), r.expect("every request completed")))
+        .collect()
+}
+
+/// Executes a mapper's answers itself (see the module docs).
+pub struct ManualEngine {
+    pub mapper: Qcow2Mapper,
+}
+
+impl ManualEngine {
+    pub fn new(image: &Qcow2) -> ManualEngine {
+        ManualEngine {
+            mapper: Qcow2Mapper::new(image).unwrap(),
+        }
+    }
+
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<Mapped> {
+        let mut pieces = Vec::new();
+        let mapped = self
+            .mapper
+            .map_read(offset, buf.len() as u64, &mut pieces)?;
+        if mapped == Mapped::Slow {
+            assert!(pieces.is_empty(), "a slow answer pushes nothing");
+            self.mapper.disk().read_exact_at(offset, buf)?;
+            return Ok(mapped);
+        }
+        let files = self.mapper.host_files();
+        let mut at = 0usize;
+        for piece in pieces {
+            match piece {
+                ReadMapping::Host { file, offset, len } => {
+                    let part = &mut buf[at..at + len as usize];
+                    let got =
+                        files[file].read_vectored_at(offset, &[IoBufMut::from(&mut *part)])?;
+                    part[got..].fill(0);
+                    at += len as usize;
+                }
+                ReadMapping::Zero { len } => {
+                    buf[at..at + len as usize].fill(0);
+                    at += len as usize;
+                }
+            }
+        }
+        assert_eq!(at, buf.len(), "the pieces cover the request");
+        Ok(mapped)
+    }
+
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<Mapped> {
+        let mut pieces = Vec::new();
+        let mapped = self
+            .mapper
+            .map_write(offset, data.len() as u64, &mut pieces)?;
+        if mapped == Mapped::Slow {
+            assert!(pieces.is_empty(), "a slow answer pushes nothing");
+            self.mapper.disk().write_all_at(offset, data)?;
+            return Ok(mapped);
+        }
+        let files = self.mapper.host_files();
+        let mut at = 0usize;
+        let mut result = Ok(());
+        for piece in pieces {
+            match piece {
+                WriteMapping::Host { file, offset, len } => {
+                    let part = &data[at..at + len as usize];
+                    if result.is_ok() {
+                        result = files[file].write_all_at(offset, part);
+                    }
+                    at += len as usize;
+                }
+                WriteMapping::Allocated {
+                    file,
+                    offset,
+                    len,
+                    link,
+                } => {
+                    let part = &data[at..at + len as usize];
+                    let written = files[file].write_all_at(offset, part);
+                    let linked = self.mapper.finish_allocation(link, written);
+                    if result.is_ok() {
+                        result = linked;
+                    }
+                    at += len as usize;
+                }
+            }
+        }
+        assert_eq!(at, data.len(), "the pieces cover the request");
+        result.map(|()| mapped)
+    }
+
+    pub fn run(&self, op: &Op) -> Outcome {
+        match op {
+            Op::Read { offset, len } => {
+                let mut buf = vec![0u8; *len as usize];
+                let r = self.read(*offset, &mut buf).map(|_| *len);
+                (buf, r)
+            }
+            Op::Write { offset, data, fua } => {
+                let mut r = self.write(*offset, data).map(|_| data.len() as u64);
+                if *fua && r.is_ok() {
+                    r = self.mapper.disk().flush().map(|()| data.len() as u64);
+                }
+                (Vec::new(), r)
+            }
+            Op::WriteZeroes { offset, len, unmap } => (
+                Vec::new(),
+                self.mapper
+                    .disk()
+                    .write_zeroes(*offset, *len, *unmap)
+                    .map(|()| 0),
+            ),
+            Op::Discard { offset, len } => (
+                Vec::new(),
+                self.mapper.disk().discard(*offset, *len).map(|()| 0),
+            ),
+            Op::Flush => (Vec::new(), self.mapper.disk().flush().map(|()| 0)),
+        }
+    }
+}
+
+/// `qemu-img create -f qcow2 [-o opts] path size`.
+pub fn qemu_create(path: &Path, opts: &str, size: &str) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    args.extend([path_str(path), size]);
+    qemu_img(&args);
+}
+
+/// A backend counting the queues it makes and the host operations pushed on them (delegating to
+/// `SyncHostBackend`).
+#[derive(Debug, Default)]
+pub struct CountingBackend {
+    pub queues: AtomicUsize,
+    pub ops: Arc<AtomicUsize>,
+}
+
+pub struct CountingQueue {
+    inner: Box<dyn HostQueue>,
+    ops: Arc<AtomicUsize>,
+}
+
+impl HostQueue for CountingQueue {
+    fn push(&mut self, user_data: u64, op: HostOp<'_>) {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.inner.push(user_data, op);
+    }
+    fn submit(&mut self) -> Result<()> {
+        self.inner.submit()
+    }
+    fn next_completion(&mut self) -> Option<HostCompletion> {
+        self.inner.next_completion()
+    }
+    fn notifier(&self) -> &blk_core::EventFd {
+        self.inner.notifier()
+    }
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+}
+
+impl HostQueueBackend for CountingBackend {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn create_queue(&self, files: &[&HostFile], depth: u32) -> Result<Box<dyn HostQueue>> {
+        self.queues.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(CountingQueue {
+            inner: SyncHostBackend.create_queue(files, depth)?,
+            ops: Arc::clone(&self.ops),
+        }))
+    }
+}
