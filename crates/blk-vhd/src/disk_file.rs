@@ -1,13 +1,14 @@
-//! [`DiskFile`] and [`AsyncDiskFile`] for [`Vhd`], and `image_info` as `qemu-img info -f vpc` shows it.
+//! [`DiskFile`] and [`AsyncDiskFile`] (queues are [`VhdAsync`]) for [`Vhd`], and `image_info` as `qemu-img info -f vpc` shows it.
 
 use blk_core::buffer::{total_len, total_len_mut};
 use blk_core::{
     check_range, read_only_error, AsyncDiskFile, AsyncIo, CheckReport, DiskFile, DiskTopology,
-    Extent, ImageInfo, IoBuf, IoBufMut, Operation, RepairMode, Result, SyncAdaptor,
+    Extent, ImageInfo, IoBuf, IoBufMut, Operation, RepairMode, Result,
 };
 
 use crate::footer::DiskType;
 use crate::vhd::Vhd;
+use crate::vhd_async::VhdAsync;
 use crate::FORMAT_NAME;
 
 impl Vhd {
@@ -133,10 +134,13 @@ impl DiskFile for Vhd {
 }
 
 impl AsyncDiskFile for Vhd {
+    /// A [`VhdAsync`] queue doing host I/O on the backend set with [`Vhd::set_io_backend`].
     fn create_async_io(&self, ring_depth: u32) -> Result<Box<dyn AsyncIo>> {
-        let queue = SyncAdaptor::new(Box::new(self.duplicate()?), ring_depth)
-            .map_err(|e| self.context(e, Operation::Open, None))?;
-        Ok(Box::new(queue))
+        Ok(Box::new(VhdAsync::new(
+            self,
+            self.backend.as_ref(),
+            ring_depth,
+        )?))
     }
 
     fn try_clone_async(&self) -> Result<Box<dyn AsyncDiskFile>> {

@@ -33,6 +33,7 @@
 //! | [`options`] | [`VhdOpenOptions`], [`VhdCreateOptions`], [`CREATE_OPTIONS`] |
 //! | [`vhd`] | [`Vhd`]: opening and shared state |
 //! | `io` | reads (sector bitmaps honoured), writes (block allocation), write-zeroes |
+//! | [`vhd_async`] | [`VhdMapper`], [`VhdAsync`]: the asynchronous path (host ranges from the cached BAT, the rest slow) |
 //! | `map`, `check`, `create`, `disk_file` | `map`, `check`, [`Vhd::create`], the `DiskFile` impl and `image_info` |
 //!
 //! # Behaviour
@@ -83,6 +84,14 @@
 //! sector-bitmap read-modify-writes take `bitmap_lock`; unaligned writes that merge partial sectors take
 //! `merge_lock` first. Order: `merge_lock` → `next_block` → `bat` (write) ; `bitmap_lock` is taken alone.
 //! Reads and writes into allocated blocks hold no lock during data I/O.
+//!
+//! The asynchronous path ([`VhdAsync`]) fits in without a lock of its own: [`VhdMapper`] takes the BAT's read
+//! lock once per request to copy entries and reads the per-block bitmap states (atomics), releases it before the
+//! queue submits any I/O, and maps only what needs no metadata change (in-place writes to blocks whose bitmap
+//! is full, reads of such blocks and of holes). Everything else (allocation, bitmap updates, merges, parents,
+//! flush, write-zeroes) runs through the synchronous path above, which stays the only writer of metadata, so
+//! its crash-safe order and lock order are unchanged. Queues do host I/O on the backend set with
+//! [`Vhd::set_io_backend`] (default: blk-core's `SyncHostBackend`).
 
 pub mod bat;
 mod check;
@@ -96,11 +105,13 @@ mod map;
 pub mod options;
 pub mod parent;
 pub mod vhd;
+pub mod vhd_async;
 
 pub use create::DEFAULT_BLOCK_SIZE;
 pub use footer::DiskType;
 pub use options::{Subformat, VhdCreateOptions, VhdOpenOptions, CREATE_OPTIONS};
 pub use vhd::Vhd;
+pub use vhd_async::{VhdAsync, VhdMapper};
 
 /// The format's name, as qemu-img spells it.
 pub const FORMAT_NAME: &str = "vpc";

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use blk_core::{DiskFile, Error, ErrorKind, HostFile, Operation, Result};
+use blk_core::{
+    DiskFile, Error, ErrorKind, HostFile, HostQueueBackend, Operation, Result, SyncHostBackend,
+};
 
 use crate::bat::SparseLayout;
 use crate::dynamic_header::{DynamicHeader, HEADER_SIZE};
@@ -22,6 +24,8 @@ pub struct Vhd {
     pub(crate) file: HostFile,
     pub(crate) shared: Arc<Shared>,
     pub(crate) parent: Option<Box<dyn DiskFile>>,
+    /// The backend asynchronous queues make their host queues with (kept by clones).
+    pub(crate) backend: Arc<dyn HostQueueBackend>,
 }
 
 /// What every handle of one image shares.
@@ -134,6 +138,7 @@ impl Vhd {
                 file,
                 shared: Arc::new(shared(None, None)),
                 parent: None,
+                backend: Arc::new(SyncHostBackend),
             });
         }
 
@@ -186,6 +191,7 @@ impl Vhd {
             file,
             shared: Arc::new(shared(Some(sparse), parent_info)),
             parent,
+            backend: Arc::new(SyncHostBackend),
         })
     }
 
@@ -203,6 +209,7 @@ impl Vhd {
             file,
             shared: Arc::clone(&self.shared),
             parent,
+            backend: Arc::clone(&self.backend),
         })
     }
 
@@ -216,6 +223,17 @@ impl Vhd {
             Some(offset) => err.with_offset(offset),
             None => err,
         }
+    }
+
+    /// Sets the backend the queues of [`create_async_io`](blk_core::AsyncDiskFile::create_async_io) do host
+    /// I/O on (default: [`SyncHostBackend`]); handles cloned afterwards keep it.
+    pub fn set_io_backend(&mut self, backend: Arc<dyn HostQueueBackend>) {
+        self.backend = backend;
+    }
+
+    /// The backend asynchronous queues do host I/O on.
+    pub fn io_backend(&self) -> &Arc<dyn HostQueueBackend> {
+        &self.backend
     }
 
     /// The host file the image is stored in.

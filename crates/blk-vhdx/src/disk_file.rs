@@ -1,14 +1,15 @@
-//! [`DiskFile`] and [`AsyncDiskFile`] for [`Vhdx`].
+//! [`DiskFile`] and [`AsyncDiskFile`] (queues are [`VhdxAsync`]) for [`Vhdx`].
 
 use blk_core::buffer::{total_len, total_len_mut};
 use blk_core::{
     check_range, read_only_error, AsyncDiskFile, AsyncIo, CheckReport, DiskFile, DiskTopology,
-    Extent, ImageInfo, IoBuf, IoBufMut, Operation, RepairMode, Result, SyncAdaptor,
+    Extent, ImageInfo, IoBuf, IoBufMut, Operation, RepairMode, Result,
 };
 
 use crate::bat::{self, PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT};
 use crate::io::Source;
 use crate::vhdx::Vhdx;
+use crate::vhdx_async::VhdxAsync;
 
 impl Vhdx {
     fn guard(&self, offset: u64, len: u64, operation: Operation, write: bool) -> Result<()> {
@@ -125,10 +126,13 @@ impl DiskFile for Vhdx {
 }
 
 impl AsyncDiskFile for Vhdx {
+    /// A [`VhdxAsync`] queue doing host I/O on the backend set with [`Vhdx::set_io_backend`].
     fn create_async_io(&self, ring_depth: u32) -> Result<Box<dyn AsyncIo>> {
-        let queue = SyncAdaptor::new(Box::new(self.duplicate()?), ring_depth)
-            .map_err(|e| self.context(e, Operation::Open))?;
-        Ok(Box::new(queue))
+        Ok(Box::new(VhdxAsync::new(
+            self,
+            self.backend.as_ref(),
+            ring_depth,
+        )?))
     }
 
     fn try_clone_async(&self) -> Result<Box<dyn AsyncDiskFile>> {

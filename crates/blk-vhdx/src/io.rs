@@ -64,11 +64,17 @@ impl Vhdx {
                 zero_fill(bufs);
                 Ok(())
             }
-            st => Err(corrupt(
-                self.shared.regions.bat.offset + index as u64 * 8,
-                format!("BAT entry {index} has the invalid state {st}"),
-            )),
+            st => Err(self.invalid_state(index, st)),
         }
+    }
+
+    /// The error for payload BAT entry `index` in the state `st`, which no reader knows (shared with the
+    /// asynchronous path, so both fail alike).
+    pub(crate) fn invalid_state(&self, index: usize, st: u64) -> blk_core::Error {
+        corrupt(
+            self.shared.regions.bat.offset + index as u64 * 8,
+            format!("BAT entry {index} has the invalid state {st}"),
+        )
     }
 
     /// Reads from the parent; what lies past the parent's end reads as zeros.

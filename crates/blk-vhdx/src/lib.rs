@@ -29,6 +29,7 @@
 //! | `log_format`, `log_replay`, `log_writer` | log entries, finding and replaying the active sequence, logged updates (2.3) |
 //! | `vhdx` | [`Vhdx`]: open, shared state, parent |
 //! | `io` | guest reads, writes, allocation, write-zeroes and discard |
+//! | `vhdx_async` | [`VhdxMapper`], [`VhdxAsync`]: the asynchronous path (host ranges and zeros from the cached BAT, the rest slow) |
 //! | `disk_file`, `info` | [`blk_core::DiskFile`], info, check, allocation status |
 //! | `create`, [`options`] | [`Vhdx::create`], [`VhdxCreateOptions`], [`VhdxOpenOptions`], [`CREATE_OPTIONS`] |
 //! | `guid`, `checksum`, `error` | GUIDs, CRC-32C, error constructors |
@@ -49,6 +50,15 @@
 //! set of blocks being allocated. Lock order: `meta`, then the BAT's write lock (held only to store entries).
 //! An allocating write reserves its block under `meta`, releases it while writing and flushing the block's data,
 //! then retakes it to log the BAT entry; other writers to that block wait on a condition variable.
+//!
+//! The asynchronous path ([`VhdxAsync`]) adds no lock: [`VhdxMapper`] takes the BAT's read lock once per request
+//! to copy the entries it needs and releases it before the queue submits any I/O. It maps only reads of fully
+//! present blocks and of blocks that read as zeros, and in-place writes to fully present blocks once the
+//! session's data write GUID is written; everything that changes metadata (allocation, BAT states, the log,
+//! headers), reads of the parent or of partially present blocks, flush, write-zeroes and discard run through the
+//! synchronous path above, which stays the only writer of metadata, so the crash-safety order and the lock order
+//! are unchanged. Queues do host I/O on the backend set with [`Vhdx::set_io_backend`] (default: blk-core's
+//! `SyncHostBackend`).
 //!
 //! # Limits
 //!
@@ -79,9 +89,11 @@ pub mod options;
 mod parent_locator;
 mod region;
 mod vhdx;
+mod vhdx_async;
 
 pub use options::{Subformat, VhdxCreateOptions, VhdxOpenOptions, CREATE_OPTIONS};
 pub use vhdx::Vhdx;
+pub use vhdx_async::{VhdxAsync, VhdxMapper};
 
 /// The format's name, as qemu-img spells it.
 pub const FORMAT_NAME: &str = "vhdx";

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 
 use blk_core::{
-    resolve_relative_to, DiskFile, Error, ErrorKind, HostFile, HostOpenOptions, LockMode,
-    NamedImage, NamedImageRole, Operation, Result,
+    resolve_relative_to, DiskFile, Error, ErrorKind, HostFile, HostOpenOptions, HostQueueBackend,
+    LockMode, NamedImage, NamedImageRole, Operation, Result, SyncHostBackend,
 };
 
 use crate::bat::{self, Geometry};
@@ -29,6 +29,8 @@ pub struct Vhdx {
     pub(crate) file: HostFile,
     /// What all handles share.
     pub(crate) shared: Arc<Shared>,
+    /// The backend asynchronous queues make their host queues with (kept by clones).
+    pub(crate) backend: Arc<dyn HostQueueBackend>,
 }
 
 /// A differencing image's parent.
@@ -279,7 +281,19 @@ impl Vhdx {
         Ok(Vhdx {
             file,
             shared: Arc::new(shared),
+            backend: Arc::new(SyncHostBackend),
         })
+    }
+
+    /// Sets the backend the queues of [`create_async_io`](blk_core::AsyncDiskFile::create_async_io) do host
+    /// I/O on (default: [`SyncHostBackend`]); handles cloned afterwards keep it.
+    pub fn set_io_backend(&mut self, backend: Arc<dyn HostQueueBackend>) {
+        self.backend = backend;
+    }
+
+    /// The backend asynchronous queues do host I/O on.
+    pub fn io_backend(&self) -> &Arc<dyn HostQueueBackend> {
+        &self.backend
     }
 
     /// The host file of this handle.
@@ -312,6 +326,7 @@ impl Vhdx {
         Ok(Vhdx {
             file: self.file.try_clone()?,
             shared: Arc::clone(&self.shared),
+            backend: Arc::clone(&self.backend),
         })
     }
 
