@@ -10,7 +10,8 @@
 //! |---|---|
 //! | [`format`](mod@format) | [`ImageFormat`]: qemu-img's format names |
 //! | [`detect`] | [`detect_format`]: magic-number probing (read-only, side-effect free) |
-//! | [`open`] | [`DiskFileParams`], [`Backend`], [`open_disk_file`] |
+//! | [`open`] | [`DiskFileParams`], [`open_disk_file`] |
+//! | [`backend`](mod@backend) | [`Backend`], [`choose_backend`]: io_uring, else AIO, else synchronous I/O |
 //! | [`create`] | [`CreateParams`], [`create_disk_file`] |
 //! | [`measure`](mod@measure) | [`MeasureParams`], [`measure()`]: `qemu-img measure` for raw and QCOW2 targets |
 //! | [`resize`] | [`ResizeParams`], [`resize_disk_file`]: `qemu-img resize` for raw and QCOW2 |
@@ -38,9 +39,15 @@
 //! static DATA: [u8; 512] = [0x5a; 512];
 //! let bufs = [IoBuf::from(&DATA[..])];
 //! queue.submit(&[Request::new(7, RequestOp::Write { offset: 4096, bufs: &bufs }), Request::new(8, RequestOp::Flush)])?;
-//! queue.notifier().read().unwrap();
-//! let done = queue.next_completed_request().unwrap();
-//! assert_eq!((done.user_data, done.result.unwrap()), (7, 512));
+//! // (A VMM polls the eventfd in its event loop; completions come in any order, the flush after the write.)
+//! let mut done = Vec::new();
+//! while done.len() < 2 {
+//!     match queue.next_completed_request() {
+//!         Some(c) => done.push((c.user_data, c.result?)),
+//!         None => drop(queue.notifier().read()),
+//!     }
+//! }
+//! assert_eq!(done, [(7, 512), (8, 0)]);
 //!
 //! let mut back = [0u8; 11];
 //! disk.read_exact_at(0, &mut back)?;
@@ -50,6 +57,7 @@
 //! ```
 
 pub mod amend;
+pub mod backend;
 pub mod backing;
 pub mod create;
 pub mod detect;
@@ -62,6 +70,7 @@ pub mod resize;
 pub mod snapshot;
 
 pub use amend::{amend_disk_file, AmendParams};
+pub use backend::{choose_backend, Backend, BackendChoice, DISABLE_IO_URING_ENV};
 pub use backing::{change_backing_file, ChangeBackingParams};
 pub use blk_core::{parse_size, parse_size_param};
 pub use create::{create_disk_file, create_options, CreateParams};
@@ -69,6 +78,6 @@ pub use detect::detect_format;
 pub use format::ImageFormat;
 pub use measure::{measure, Measure, MeasureParams, MeasureSource};
 pub use named::{FactoryOpener, NamedImagePolicy, MAX_CHAIN_DEPTH};
-pub use open::{open_disk_file, Backend, DiskFileParams};
+pub use open::{open_disk_file, DiskFileParams};
 pub use resize::{resize_disk_file, ResizeParams};
 pub use snapshot::{change_snapshots, SnapshotOp, SnapshotParams};

@@ -6,22 +6,12 @@ use std::sync::Arc;
 
 use blk_core::{AsyncDiskFile, HostOpenOptions, LockMode, Operation, Result};
 
+use crate::backend::{choose_backend, Backend};
 use crate::detect::detect_format;
 use crate::format::ImageFormat;
 #[cfg(any(feature = "qcow2", feature = "vhd", feature = "vhdx"))]
 use crate::named::FactoryOpener;
 use crate::named::NamedImagePolicy;
-
-/// Which I/O backend serves asynchronous queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Backend {
-    /// The best one compiled in and working on this host (today: the synchronous adaptor).
-    #[default]
-    Auto,
-    /// Synchronous I/O behind [`blk_core::SyncAdaptor`]: works everywhere.
-    Sync,
-}
 
 /// What to open and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +26,8 @@ pub struct DiskFileParams {
     pub direct: bool,
     /// Advisory locking (qemu-img's `-U` is [`LockMode::None`]).
     pub lock: LockMode,
-    /// The backend for asynchronous queues.
+    /// The backend for asynchronous queues, as [`choose_backend`] resolves it (falling back from io_uring to AIO
+    /// to synchronous I/O).
     pub backend: Backend,
     /// Whether files named inside the image (backing files, data files, parents) may be opened.
     pub named_images: NamedImagePolicy,
@@ -163,9 +154,11 @@ pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>>
             ),
         )));
     }
+    let io_backend = choose_backend(params.backend).handle();
     match format {
         ImageFormat::Raw => {
-            let raw = blk_raw::Raw::open(&params.path, params.host_options()).map_err(ctx)?;
+            let mut raw = blk_raw::Raw::open(&params.path, params.host_options()).map_err(ctx)?;
+            raw.set_io_backend(io_backend);
             Ok(Box::new(raw))
         }
         #[cfg(feature = "qcow2")]
@@ -175,13 +168,15 @@ pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>>
             options.check_mode = params.check_mode;
             options.backing_format = params.backing_format.map(|f| f.name().to_string());
             options.snapshot = params.snapshot.clone();
-            let image = blk_qcow::Qcow2::open(&params.path, &options).map_err(ctx)?;
+            let mut image = blk_qcow::Qcow2::open(&params.path, &options).map_err(ctx)?;
+            image.set_io_backend(io_backend);
             Ok(Box::new(image))
         }
         #[cfg(feature = "vhd")]
         ImageFormat::Vpc => {
             let options = blk_vhd::VhdOpenOptions::new(params.host_options(), opener_for(params));
-            let image = blk_vhd::Vhd::open(&params.path, &options).map_err(ctx)?;
+            let mut image = blk_vhd::Vhd::open(&params.path, &options).map_err(ctx)?;
+            image.set_io_backend(io_backend);
             Ok(Box::new(image))
         }
         #[cfg(feature = "vhdx")]
@@ -189,7 +184,8 @@ pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>>
             let mut options =
                 blk_vhdx::VhdxOpenOptions::new(params.host_options(), opener_for(params));
             options.check_mode = params.check_mode;
-            let image = blk_vhdx::Vhdx::open(&params.path, &options).map_err(ctx)?;
+            let mut image = blk_vhdx::Vhdx::open(&params.path, &options).map_err(ctx)?;
+            image.set_io_backend(io_backend);
             Ok(Box::new(image))
         }
         #[allow(unreachable_patterns)] // every format compiled in
