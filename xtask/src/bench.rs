@@ -1,20 +1,20 @@
 //! `cargo xtask bench`: runs the benchmark suites and says where their results are.
 //!
-//! A suite is one way of measuring (see `docs/performance.md`). Today there is one:
+//! A suite is one way of measuring (see `docs/performance.md`). There are two, run in this order by default:
 //!
-//! - [`Suite::Criterion`]: the criterion micro-benchmarks of `blk-benches` (hot paths of `blk-core` and
-//!   `blk-raw`), results under `<target>/criterion/`.
-//!
-//! The comparison against QEMU belongs here as a second suite once the `blk` CLI has a `bench` subcommand
-//! mirroring `qemu-img bench`: it will run `qemu-img bench` and `blk bench` on the same images, alternating the
-//! contenders within one run, and report ratios (timings on this hardware vary by about 30% between runs, so
-//! only ratios measured in one run are meaningful). Add it as a variant of [`Suite`] with its own `run`
-//! arm; nothing is measured or printed for it until then.
+//! - [`Suite::Criterion`]: the criterion micro-benchmarks of `blk-benches` (hot paths of `blk-core`,
+//!   `blk-raw`, `blk-qcow` and the async queues), results under `<target>/criterion/`.
+//! - [`Suite::Compare`]: `blk bench` against `qemu-img bench` on the same 1 GiB images, alternating the
+//!   contenders within one run, medians and speed ratios against issue 7's targets (timings on this hardware
+//!   vary by about 30% between runs, so only ratios measured in one run are meaningful); see
+//!   [`bench_compare`]. Its options: `--runs N` (5), `--quick` (tiny images and counts,
+//!   one run: a smoke test), `--scenario K` (repeatable).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::bench_compare::{self, CompareOptions, Environment};
 use crate::cmd;
 
 /// The package holding the criterion benchmarks.
@@ -25,16 +25,19 @@ pub const BENCH_PACKAGE: &str = "blk-benches";
 pub enum Suite {
     /// `cargo bench -p blk-benches`: criterion micro-benchmarks.
     Criterion,
+    /// `blk bench` vs `qemu-img bench` on the same images: speed ratios.
+    Compare,
 }
 
 impl Suite {
     /// Every suite, in the order `cargo xtask bench` runs them.
-    pub const ALL: &'static [Suite] = &[Suite::Criterion];
+    pub const ALL: &'static [Suite] = &[Suite::Criterion, Suite::Compare];
 
     /// The suite's name, as `--suite` takes it.
     pub fn name(self) -> &'static str {
         match self {
             Suite::Criterion => "criterion",
+            Suite::Compare => "compare",
         }
     }
 
@@ -44,9 +47,27 @@ impl Suite {
     }
 
     /// Runs the suite in the workspace at `root`; `args` go to the benchmark harness (for criterion: a name
-    /// filter, `--save-baseline NAME`, `--baseline NAME`, ...).
-    pub fn run(self, root: &Path, args: &[String]) -> Result<(), String> {
+    /// filter, `--save-baseline NAME`, `--baseline NAME`, ...); `compare` configures the comparison suite,
+    /// and `command_line` is how the user ran xtask (recorded in its report).
+    pub fn run(
+        self,
+        root: &Path,
+        args: &[String],
+        compare: &CompareOptions,
+        command_line: &str,
+    ) -> Result<(), String> {
         match self {
+            Suite::Compare => {
+                let target = target_dir(root)?;
+                let blk = build_release_blk(root, &target)?;
+                let env = Environment {
+                    blk,
+                    qemu_img: PathBuf::from("qemu-img"),
+                    target_dir: target,
+                    run_timeout: std::time::Duration::from_secs(120),
+                };
+                bench_compare::run_suite(&env, compare, command_line)
+            }
             Suite::Criterion => {
                 let mut command = cmd::cargo_command(root);
                 command.args(["bench", "-p", BENCH_PACKAGE]);
@@ -70,6 +91,25 @@ impl Suite {
     }
 }
 
+/// Features `blk` is built with for the comparison: the io_uring and Linux AIO backends of `blk-factory`.
+pub const BLK_FEATURES: &str = "blk-factory/io-uring,blk-factory/aio";
+
+/// Builds `blk` in release mode with [`BLK_FEATURES`] and returns the binary's path.
+fn build_release_blk(root: &Path, target: &Path) -> Result<PathBuf, String> {
+    let mut command = cmd::cargo_command(root);
+    command.args([
+        "build",
+        "--release",
+        "-p",
+        "blk",
+        "--features",
+        BLK_FEATURES,
+    ]);
+    println!("--> {}", cmd::display(&command));
+    cmd::run(&mut command)?;
+    Ok(target.join("release").join("blk"))
+}
+
 /// The workspace's target directory (honours `CARGO_TARGET_DIR` and `.cargo/config.toml`).
 fn target_dir(root: &Path) -> Result<PathBuf, String> {
     let json = cmd::cargo_metadata_no_deps(&root.join("Cargo.toml"))?;
@@ -83,6 +123,8 @@ fn target_dir(root: &Path) -> Result<PathBuf, String> {
 
 /// `cargo xtask bench [--suite NAME] [-- ARGS...]`: runs the chosen suite (default: all of them).
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
+    let command_line = format!("cargo xtask bench {}", args.join(" "));
+    let command_line = command_line.trim_end();
     let mut suites = Vec::new();
     let mut harness_args = Vec::new();
     let mut it = args.iter();
@@ -100,12 +142,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             other => harness_args.push(other.to_string()),
         }
     }
+    let compare = CompareOptions::extract(&mut harness_args)?;
     if suites.is_empty() {
         suites.extend_from_slice(Suite::ALL);
     }
     for suite in suites {
         println!("==> bench suite: {}", suite.name());
-        suite.run(root, &harness_args)?;
+        suite.run(root, &harness_args, &compare, command_line)?;
     }
     Ok(())
 }
@@ -117,6 +160,7 @@ mod tests {
     #[test]
     fn suites_by_name() {
         assert_eq!(Suite::from_name("criterion"), Some(Suite::Criterion));
+        assert_eq!(Suite::from_name("compare"), Some(Suite::Compare));
         assert_eq!(Suite::from_name("qemu"), None);
         assert!(run(Path::new("."), &["--suite".into(), "nope".into()]).is_err());
     }

@@ -4,13 +4,17 @@
 //! |---|---|---|
 //! | `cargo xtask ci` | [`ci`] | fmt, clippy, tests, docs, `blk-factory` feature builds, dependency check |
 //! | `cargo xtask deps` | [`deps`] | the dependency-direction check alone |
-//! | `cargo xtask bench` | [`bench`](mod@bench) | the benchmark suites (criterion today) |
+//! | `cargo xtask bench` | [`bench`](mod@bench), [`bench_compare`], [`bench_scenarios`], [`bench_images`], [`bench_report`] | the benchmark suites: criterion, and blk bench vs qemu-img bench |
 //! | `cargo xtask fuzz` | [`fuzz`] | every cargo-fuzz target under `fuzz/` for a bounded time |
 //!
 //! Every fallible function returns `Result<_, String>`: the message is printed as is by `main`, which exits
 //! with status 1.
 
 pub mod bench;
+pub mod bench_compare;
+pub mod bench_images;
+pub mod bench_report;
+pub mod bench_scenarios;
 pub mod ci;
 pub mod cmd;
 pub mod deps;

@@ -9,9 +9,11 @@ commands:
   ci                          what CI runs: fmt, clippy, tests, docs, blk-factory feature builds,
                               dependency-direction check; stops at the first failure
   deps                        the dependency-direction check alone
-  bench [--suite NAME] [-- ARGS]
-                              benchmark suites (criterion: `cargo bench -p blk-benches`); ARGS go to
-                              the harness, e.g. a name filter or `--save-baseline before`
+  bench [--suite NAME] [--runs N] [--quick] [--scenario K] [-- ARGS]
+                              benchmark suites: criterion (`cargo bench -p blk-benches`; ARGS go to
+                              the harness, e.g. a name filter or `--save-baseline before`), then
+                              compare (blk bench vs qemu-img bench on 1 GiB images: medians of
+                              --runs N runs (5), ratios; --quick: a smoke test; --scenario K: one of 1-6)
   fuzz [--seconds N] [TARGET...]
                               runs every (or each named) fuzz/ target for N seconds (default 60)
   help                        this text";

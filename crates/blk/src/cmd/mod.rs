@@ -2,6 +2,7 @@
 //! an image through the factory, format names, cache modes, `-o` option lists, sizes).
 
 pub mod amend;
+pub mod bench;
 pub mod check;
 pub mod commit;
 pub mod compare;
@@ -59,6 +60,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Change an image's format options in place (qemu-img amend).
     Amend(amend::AmendArgs),
+    /// Run a simple I/O benchmark on an image (qemu-img bench).
+    Bench(bench::BenchArgs),
     /// Write an image's data into its backing file (qemu-img commit).
     Commit(commit::CommitArgs),
     /// Change the backing file of an image (qemu-img rebase).
@@ -103,6 +106,7 @@ fn run(command: Command) -> Result<u8> {
         Command::Measure(args) => measure::run(args),
         Command::Check(args) => check::run(args),
         Command::Amend(args) => amend::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Commit(args) => commit::run(args),
         Command::Rebase(args) => rebase::run(args),
         Command::Resize(args) => resize::run(args),

@@ -1,0 +1,360 @@
+//! The comparison suite of `cargo xtask bench` (`--suite compare`): `blk bench` against `qemu-img bench` on
+//! the same images, alternating the contenders run by run, medians of several runs, and the speed ratios
+//! issue 7 asks for (see `docs/performance.md`, "Comparisons with QEMU").
+//!
+//! Each [`Scenario`] (module [`bench_scenarios`](crate::bench_scenarios)) names its contenders (a tool, an image, the `bench` arguments) and its [`RatioCheck`](crate::bench_scenarios::RatioCheck)s.
+//! Every run's time is the one the tool prints (`Run completed in X seconds.`: the I/O loop alone, without
+//! process start or image open), the same measure for both tools. A run that fails or hangs is reported in
+//! the table; it never stops the suite.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::bench_images::{Image, ImageSet};
+use crate::bench_report::{self, ContenderResult, ScenarioResult};
+use crate::bench_scenarios::{scenarios, Contender, Scale, Scenario, Tool, SCENARIO_COUNT};
+use crate::cmd;
+
+/// How the suite runs (`cargo xtask bench --suite compare [--runs N] [--quick] [--scenario K]...`).
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    /// Runs per contender (the median is reported).
+    pub runs: usize,
+    /// Tiny images and counts, one run: a smoke test of the suite.
+    pub quick: bool,
+    /// Only these scenarios (1-based); empty: all.
+    pub scenarios: Vec<u32>,
+}
+
+impl Default for CompareOptions {
+    fn default() -> CompareOptions {
+        CompareOptions {
+            runs: 5,
+            quick: false,
+            scenarios: Vec::new(),
+        }
+    }
+}
+
+impl CompareOptions {
+    /// Takes the suite's options out of `args`, leaving the others (for criterion).
+    pub fn extract(args: &mut Vec<String>) -> Result<CompareOptions, String> {
+        let mut options = CompareOptions::default();
+        let mut rest = Vec::new();
+        let mut runs_given = false;
+        let mut it = std::mem::take(args).into_iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--runs" => {
+                    let n = it.next().ok_or("--runs needs a number")?;
+                    options.runs = n
+                        .parse()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("--runs: `{n}` is not a positive number"))?;
+                    runs_given = true;
+                }
+                "--quick" => options.quick = true,
+                "--scenario" => {
+                    let k = it.next().ok_or("--scenario needs a number")?;
+                    let k: u32 = k
+                        .parse()
+                        .ok()
+                        .filter(|k| (1..=SCENARIO_COUNT).contains(k))
+                        .ok_or_else(|| format!("--scenario: `{k}` is not 1 to {SCENARIO_COUNT}"))?;
+                    options.scenarios.push(k);
+                }
+                _ => rest.push(arg),
+            }
+        }
+        if options.quick && !runs_given {
+            options.runs = 1;
+        }
+        *args = rest;
+        Ok(options)
+    }
+
+    /// Whether scenario `id` runs.
+    pub fn selects(&self, id: u32) -> bool {
+        self.scenarios.is_empty() || self.scenarios.contains(&id)
+    }
+}
+
+/// Where the programs and files are.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// The `blk` binary (release build).
+    pub blk: PathBuf,
+    /// The `qemu-img` binary.
+    pub qemu_img: PathBuf,
+    /// The target directory: images go to `bench-images/` under it, the report to `bench-compare.md`.
+    pub target_dir: PathBuf,
+    /// The longest a run may take before it is killed and reported as failed.
+    pub run_timeout: Duration,
+}
+
+/// The outcome of one run: its time, the backend blk named, or why it failed.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Seconds as the tool printed them, or the failure.
+    pub seconds: Result<f64, String>,
+    /// The `backend: ...` line blk printed on stderr, if any.
+    pub backend: Option<String>,
+}
+
+/// The command line of one run of `contender` on `image`.
+pub fn command_for(env: &Environment, contender: &Contender, image: &Path) -> Command {
+    let mut command = match contender.tool {
+        Tool::Blk => Command::new(&env.blk),
+        Tool::QemuImg => Command::new(&env.qemu_img),
+    };
+    command
+        .arg("bench")
+        .args(["-f", contender.image.format()])
+        .args(&contender.args)
+        .arg(image);
+    command
+}
+
+/// Runs `command`, killing it after `timeout`, and reads the time it printed.
+pub fn run_once(mut command: Command, timeout: Duration) -> RunOutcome {
+    let shown = cmd::display(&command);
+    let failed = |why: String| RunOutcome {
+        seconds: Err(why),
+        backend: None,
+    };
+    let mut child = match command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => return failed(format!("cannot start `{shown}`: {e}")),
+    };
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return failed(format!(
+                    "`{shown}` did not finish in {} s",
+                    timeout.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return failed(format!("waiting for `{shown}`: {e}")),
+        }
+    };
+    // The outputs are a few lines: they fit in the pipes, so reading them after the exit cannot block.
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    let backend = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("backend: "))
+        .map(str::to_string);
+    if !status.success() {
+        let why = stderr.lines().last().unwrap_or("no message").to_string();
+        return RunOutcome {
+            seconds: Err(format!("`{shown}` failed ({status}): {why}")),
+            backend,
+        };
+    }
+    let seconds = parse_seconds(&stdout)
+        .ok_or_else(|| format!("`{shown}` printed no `Run completed in` line: {stdout:?}"));
+    RunOutcome { seconds, backend }
+}
+
+/// The time in `Run completed in X seconds.`.
+pub fn parse_seconds(stdout: &str) -> Option<f64> {
+    stdout.lines().find_map(|line| {
+        line.strip_prefix("Run completed in ")?
+            .strip_suffix(" seconds.")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The median of `values` (the mean of the middle two for an even count), or `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => sorted.get(n / 2).copied(),
+        _ => Some((sorted.get(n / 2 - 1)? + sorted.get(n / 2)?) / 2.0),
+    }
+}
+
+/// Runs one scenario `runs` times per contender, alternating them (the order rotates each run).
+pub fn run_scenario(
+    env: &Environment,
+    images: &ImageSet,
+    scenario: &Scenario,
+    runs: usize,
+) -> ScenarioResult {
+    let mut results: Vec<ContenderResult> = scenario
+        .contenders
+        .iter()
+        .map(|c| ContenderResult {
+            name: c.name,
+            command: cmd::display(&command_for(env, c, Path::new(c.image.file_name()))),
+            times: Vec::new(),
+            failures: Vec::new(),
+            backend: None,
+        })
+        .collect();
+    let mut setup_error = None;
+    if scenario.warm_cache {
+        for image in [Image::DataRaw, Image::DataQcow2] {
+            if let Err(e) = images.warm_cache(image) {
+                setup_error.get_or_insert(e);
+            }
+        }
+    }
+    let n = scenario.contenders.len();
+    for run in 0..runs {
+        for k in 0..n {
+            let index = (run + k) % n;
+            let (Some(contender), Some(result)) =
+                (scenario.contenders.get(index), results.get_mut(index))
+            else {
+                continue;
+            };
+            if let Err(e) = images.make_fresh(contender.image) {
+                result.failures.push(e);
+                continue;
+            }
+            let command = command_for(env, contender, &images.path(contender.image));
+            let outcome = run_once(command, env.run_timeout);
+            match outcome.seconds {
+                Ok(s) => result.times.push(s),
+                Err(e) => result.failures.push(e),
+            }
+            if outcome.backend.is_some() {
+                result.backend = outcome.backend;
+            }
+            print!(".");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+    }
+    println!();
+    ScenarioResult {
+        id: scenario.id,
+        title: scenario.title,
+        contenders: results,
+        checks: scenario.checks.clone(),
+        setup_error,
+    }
+}
+
+/// Runs the suite: makes the images, runs the selected scenarios, prints the table and writes the Markdown
+/// report. Fails (after reporting everything) when a run failed; ratios below target are reported, not
+/// errors.
+pub fn run_suite(
+    env: &Environment,
+    options: &CompareOptions,
+    command_line: &str,
+) -> Result<(), String> {
+    let scale = Scale::of(options);
+    let selected: Vec<Scenario> = scenarios(&scale)
+        .into_iter()
+        .filter(|s| options.selects(s.id))
+        .collect();
+    println!(
+        "making {} MiB images in {}",
+        scale.image_size >> 20,
+        env.target_dir.join("bench-images").display()
+    );
+    let images = ImageSet::create(
+        &env.target_dir.join("bench-images"),
+        scale.image_size,
+        &env.qemu_img,
+    )?;
+    let mut results = Vec::with_capacity(selected.len());
+    for scenario in &selected {
+        print!("scenario {}: {} ", scenario.id, scenario.title);
+        results.push(run_scenario(env, &images, scenario, options.runs));
+    }
+    drop(images);
+    let machine = bench_report::Machine::probe(&env.qemu_img);
+    let text = bench_report::table(&results);
+    println!("\n{text}");
+    let markdown = bench_report::markdown(&results, &machine, command_line, options.runs);
+    let report = env.target_dir.join("bench-compare.md");
+    std::fs::write(&report, markdown)
+        .map_err(|e| format!("cannot write {}: {e}", report.display()))?;
+    println!("report: {}", report.display());
+    let failed: usize = results
+        .iter()
+        .map(|r| {
+            r.contenders.iter().map(|c| c.failures.len()).sum::<usize>()
+                + usize::from(r.setup_error.is_some())
+        })
+        .sum();
+    if failed > 0 {
+        return Err(format!("{failed} bench runs failed (see the table above)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_are_taken_out_of_the_arguments() {
+        let mut args = strings(&[
+            "--runs",
+            "3",
+            "filter",
+            "--scenario",
+            "2",
+            "--scenario",
+            "6",
+        ]);
+        let o = CompareOptions::extract(&mut args).unwrap();
+        assert_eq!(
+            (o.runs, o.quick, o.scenarios.clone()),
+            (3, false, vec![2, 6])
+        );
+        assert_eq!(args, ["filter"]);
+        assert!(o.selects(2) && !o.selects(1));
+        let mut args = strings(&["--quick"]);
+        assert_eq!(CompareOptions::extract(&mut args).unwrap().runs, 1);
+        for bad in [&["--runs", "0"][..], &["--scenario", "7"], &["--runs"]] {
+            assert!(
+                CompareOptions::extract(&mut strings(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn medians_and_times() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(
+            parse_seconds("Sending ...\nRun completed in 1.234 seconds.\n"),
+            Some(1.234)
+        );
+        assert_eq!(parse_seconds("nothing"), None);
+    }
+}

@@ -1,0 +1,327 @@
+//! The workloads of the comparison suite: issue 7's six scenarios, each with its contenders (a tool, an image,
+//! the `bench` arguments) and the speed ratios it must reach, at full scale (1 GiB images, runs of about 1-3 s
+//! on the 2-core machine) or `--quick` scale.
+
+use crate::bench_compare::CompareOptions;
+use crate::bench_images::Image;
+
+/// A large odd multiple of 4096 (4096 x 104729, a prime): as `-S` it scatters 4 KiB requests over every
+/// block of a power-of-two-sized image before any repeats.
+pub const SCATTER_STEP: u64 = 4096 * 104_729;
+
+/// Which program a contender runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// `blk bench`.
+    Blk,
+    /// `qemu-img bench`.
+    QemuImg,
+}
+
+/// One contender of a scenario: a tool, an image and the `bench` arguments.
+#[derive(Debug, Clone)]
+pub struct Contender {
+    /// How the table names it (`blk qcow2`, `qemu io_uring`, ...).
+    pub name: &'static str,
+    /// The program.
+    pub tool: Tool,
+    /// The image.
+    pub image: Image,
+    /// `bench` arguments before the image (`-f` is added from the image).
+    pub args: Vec<String>,
+}
+
+/// A ratio a scenario must reach: `min(time of the `faster_of` contenders) / time(subject) >= target`.
+#[derive(Debug, Clone)]
+pub struct RatioCheck {
+    /// What the ratio says, e.g. `blk qcow2 vs blk raw`.
+    pub label: &'static str,
+    /// The contender measured.
+    pub subject: &'static str,
+    /// The contenders it is compared with; the fastest of them counts (the better qemu).
+    pub faster_of: Vec<&'static str>,
+    /// The least acceptable ratio.
+    pub target: f64,
+}
+
+/// One workload with its contenders and ratio targets.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// 1-based number, as `--scenario` takes it.
+    pub id: u32,
+    /// What it measures.
+    pub title: &'static str,
+    /// Read every data image once before the runs (page-cache scenarios).
+    pub warm_cache: bool,
+    /// The contenders, run in turn (rotated each run).
+    pub contenders: Vec<Contender>,
+    /// The ratios to report.
+    pub checks: Vec<RatioCheck>,
+}
+
+/// How many scenarios there are.
+pub const SCENARIO_COUNT: u32 = 6;
+
+/// Image size and request counts: the real suite (1 GiB images, runs of about 1-3 s) or `--quick`.
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    /// Bytes per image.
+    pub image_size: u64,
+    /// `-c` of each scenario, by id - 1.
+    pub counts: [u64; SCENARIO_COUNT as usize],
+}
+
+impl Scale {
+    /// The scale `options` ask for.
+    pub fn of(options: &CompareOptions) -> Scale {
+        if options.quick {
+            Scale {
+                image_size: 64 << 20,
+                counts: [256, 512, 256, 128, 128, 512],
+            }
+        } else {
+            Scale {
+                image_size: 1 << 30,
+                counts: [100_000, 400_000, 100_000, 16_384, 16_384, 1_000_000],
+            }
+        }
+    }
+}
+
+/// `args` as owned strings.
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// The six scenarios of issue 7 at `scale`.
+pub fn scenarios(scale: &Scale) -> Vec<Scenario> {
+    let step = SCATTER_STEP.to_string();
+    let count = |id: u32| scale.counts[(id - 1) as usize].to_string();
+    // The arguments of a scenario for one contender: `common`, then the tool's backend choice.
+    let args = |common: &[&str], extra: &[&str]| {
+        let mut v = strings(common);
+        v.extend(strings(extra));
+        v
+    };
+    let uring: &[&str] = &["-i", "io_uring"];
+    let threads: &[&str] = &[];
+    let c = |name, tool, image, args| Contender {
+        name,
+        tool,
+        image,
+        args,
+    };
+    let vs_qemu = |label, target| RatioCheck {
+        label,
+        subject: "blk qcow2",
+        faster_of: vec!["qemu io_uring", "qemu threads"],
+        target,
+    };
+    let vs_raw = |label, target| RatioCheck {
+        label,
+        subject: "blk qcow2",
+        faster_of: vec!["blk raw"],
+        target,
+    };
+
+    let mut list = Vec::new();
+    for (id, title, cache, warm) in [
+        (
+            1,
+            "4 KiB scattered reads, depth 32, O_DIRECT",
+            "none",
+            false,
+        ),
+        (
+            2,
+            "4 KiB scattered reads, depth 32, page cache",
+            "writeback",
+            true,
+        ),
+    ] {
+        let n = count(id);
+        let common = ["-t", cache, "-d", "32", "-s", "4096", "-S", &step, "-c", &n];
+        list.push(Scenario {
+            id,
+            title,
+            warm_cache: warm,
+            contenders: vec![
+                c(
+                    "blk qcow2",
+                    Tool::Blk,
+                    Image::DataQcow2,
+                    args(&common, uring),
+                ),
+                c("blk raw", Tool::Blk, Image::DataRaw, args(&common, uring)),
+                c(
+                    "qemu io_uring",
+                    Tool::QemuImg,
+                    Image::DataQcow2,
+                    args(&common, uring),
+                ),
+                c(
+                    "qemu threads",
+                    Tool::QemuImg,
+                    Image::DataQcow2,
+                    args(&common, threads),
+                ),
+            ],
+            checks: vec![
+                vs_raw("blk qcow2 vs blk raw", if id == 1 { 0.97 } else { 0.95 }),
+                vs_qemu("blk qcow2 vs qemu", if id == 1 { 1.2 } else { 2.5 }),
+            ],
+        });
+    }
+    let n = count(3);
+    let common = [
+        "-w", "-t", "none", "-d", "32", "-s", "4096", "-S", &step, "-c", &n,
+    ];
+    list.push(Scenario {
+        id: 3,
+        title: "4 KiB scattered writes, depth 32, O_DIRECT, allocated QCOW2",
+        warm_cache: false,
+        contenders: vec![
+            c(
+                "blk qcow2",
+                Tool::Blk,
+                Image::DataQcow2,
+                args(&common, uring),
+            ),
+            c(
+                "qemu io_uring",
+                Tool::QemuImg,
+                Image::DataQcow2,
+                args(&common, uring),
+            ),
+            c(
+                "qemu threads",
+                Tool::QemuImg,
+                Image::DataQcow2,
+                args(&common, threads),
+            ),
+        ],
+        checks: vec![vs_qemu("blk qcow2 vs qemu", 1.2)],
+    });
+    let n = count(4);
+    let common = ["-w", "-t", "none", "-d", "32", "-s", "65536", "-c", &n];
+    list.push(Scenario {
+        id: 4,
+        title: "64 KiB sequential writes, depth 32, O_DIRECT, into an empty image (new each run)",
+        warm_cache: false,
+        contenders: vec![
+            c(
+                "blk qcow2",
+                Tool::Blk,
+                Image::EmptyQcow2,
+                args(&common, uring),
+            ),
+            c("blk raw", Tool::Blk, Image::EmptyRaw, args(&common, uring)),
+            c(
+                "qemu io_uring",
+                Tool::QemuImg,
+                Image::EmptyQcow2,
+                args(&common, uring),
+            ),
+            c(
+                "qemu threads",
+                Tool::QemuImg,
+                Image::EmptyQcow2,
+                args(&common, threads),
+            ),
+        ],
+        checks: vec![
+            vs_qemu("blk qcow2 vs qemu", 2.0),
+            vs_raw("blk qcow2 vs blk raw (within 2x)", 0.5),
+        ],
+    });
+    let n = count(5);
+    let common = ["-t", "none", "-d", "32", "-s", "65536", "-c", &n];
+    list.push(Scenario {
+        id: 5,
+        title: "64 KiB sequential reads, depth 32, O_DIRECT, zstd-compressed QCOW2",
+        warm_cache: false,
+        contenders: vec![
+            c(
+                "blk qcow2",
+                Tool::Blk,
+                Image::ZstdQcow2,
+                args(&common, uring),
+            ),
+            c(
+                "qemu io_uring",
+                Tool::QemuImg,
+                Image::ZstdQcow2,
+                args(&common, uring),
+            ),
+            c(
+                "qemu threads",
+                Tool::QemuImg,
+                Image::ZstdQcow2,
+                args(&common, threads),
+            ),
+        ],
+        checks: vec![vs_qemu("blk qcow2 vs qemu", 1.5)],
+    });
+    let n = count(6);
+    let common = [
+        "-t",
+        "writeback",
+        "-d",
+        "32",
+        "-s",
+        "4096",
+        "-S",
+        &step,
+        "-c",
+        &n,
+        "-i",
+        "io_uring",
+    ];
+    list.push(Scenario {
+        id: 6,
+        title: "4 KiB scattered reads, depth 32 per queue, page cache: 2 queues vs 1 (same total count)",
+        warm_cache: true,
+        contenders: vec![
+            c("blk 2 queues", Tool::Blk, Image::DataQcow2, args(&common, &["--queues", "2"])),
+            c("blk 1 queue", Tool::Blk, Image::DataQcow2, args(&common, &["--queues", "1"])),
+        ],
+        checks: vec![RatioCheck {
+            label: "2 queues vs 1 queue",
+            subject: "blk 2 queues",
+            faster_of: vec!["blk 1 queue"],
+            target: 1.7,
+        }],
+    });
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_names_its_scenario_contenders() {
+        let list = scenarios(&Scale::of(&CompareOptions::default()));
+        assert_eq!(list.len(), SCENARIO_COUNT as usize);
+        for s in &list {
+            let names: Vec<&str> = s.contenders.iter().map(|c| c.name).collect();
+            for check in &s.checks {
+                assert!(
+                    names.contains(&check.subject),
+                    "{}: {}",
+                    s.id,
+                    check.subject
+                );
+                assert!(
+                    check.faster_of.iter().all(|n| names.contains(n)),
+                    "{}",
+                    s.id
+                );
+            }
+        }
+        // The scattering step is odd in blocks and fits qemu-img's int.
+        assert_eq!(SCATTER_STEP % 4096, 0);
+        assert_eq!((SCATTER_STEP / 4096) % 2, 1);
+        assert!(SCATTER_STEP < i32::MAX as u64);
+    }
+}
