@@ -3,8 +3,9 @@
 //! A format's async path is a translator. For each guest read or write of a batch, [`MappedQueue`](crate::MappedQueue)
 //! asks the format's mapper where the bytes live, from its cached metadata, and submits the
 //! data I/O of the whole batch on the backend in one go: reads of holes and zero clusters complete without I/O,
-//! writes into fresh clusters are linked into the metadata when their data is written. What the mapper cannot
-//! translate (a backing file's data, compressed clusters, copy-on-write of partial clusters, flush, discard,
+//! compressed data is read by the backend and decoded on the queue's worker pool, and writes into fresh clusters
+//! are linked into the metadata when their data is written. What the mapper cannot
+//! translate (a backing file's data, copy-on-write of partial clusters, flush, discard,
 //! write-zeroes) it answers [`Mapped::Slow`], and the queue runs that request through the format's synchronous
 //! [`DiskFile`] methods on a small worker pool, completing out of order.
 
@@ -32,6 +33,42 @@ pub enum ReadMapping {
         /// Length in bytes.
         len: u64,
     },
+    /// `len` guest bytes lie inside an encoded (e.g. compressed) unit: the queue reads `host_len` bytes at
+    /// `offset` of host file `file` on the backend (bytes past the end of the file read as zeros), has
+    /// [`AsyncMapper::decode`] turn them into `decoded_len` bytes on its worker pool, and copies the `len`
+    /// bytes starting `skip` bytes into the decoded unit to the guest.
+    Encoded {
+        /// Index into [`AsyncMapper::host_files`].
+        file: usize,
+        /// Byte offset of the encoded data in that file.
+        offset: u64,
+        /// Encoded bytes to read.
+        host_len: u64,
+        /// Size of the decoded unit (e.g. one cluster).
+        decoded_len: u64,
+        /// Where the piece starts in the decoded unit.
+        skip: u64,
+        /// Guest bytes of the piece.
+        len: u64,
+        /// Mapper-defined (e.g. the codec), handed back to [`AsyncMapper::decode`].
+        codec: u64,
+    },
+}
+
+impl ReadMapping {
+    /// The guest bytes the piece covers.
+    pub fn len(&self) -> u64 {
+        match *self {
+            ReadMapping::Host { len, .. }
+            | ReadMapping::Zero { len }
+            | ReadMapping::Encoded { len, .. } => len,
+        }
+    }
+
+    /// Whether the piece covers no guest bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A freshly allocated host range a write fills: the mapper links it into its metadata in
@@ -106,6 +143,17 @@ pub trait AsyncMapper: Send + Sync + Debug {
     /// new range becomes visible to readers; on failure it is given back. Called exactly once per
     /// [`WriteMapping::Allocated`].
     fn finish_allocation(&self, link: AllocationLink, written: Result<()>) -> Result<()>;
+
+    /// Decodes the `input` of a [`ReadMapping::Encoded`] piece (its `codec`) into `output` (its `decoded_len`
+    /// bytes). Runs on the queue's worker pool, several at once. Mappers that never answer `Encoded` keep the
+    /// default, which refuses.
+    fn decode(&self, codec: u64, input: &[u8], output: &mut [u8]) -> Result<()> {
+        let _ = (codec, input, output);
+        Err(crate::error::Error::new(
+            crate::error::ErrorKind::Unsupported,
+            "this format has no encoded data",
+        ))
+    }
 
     /// What O_DIRECT requires of requests, when a host file is open with O_DIRECT: the queue refuses
     /// requests that do not meet it (the synchronous path bounces them instead).

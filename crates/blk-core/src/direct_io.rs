@@ -29,15 +29,17 @@ pub(crate) struct DirectIo {
     rmw_locks: Arc<[Mutex<()>]>,
 }
 
-/// An aligned heap buffer: a `Vec` over-allocated by the alignment, used from its first aligned byte.
-struct Bounce {
+/// An aligned heap buffer: a `Vec` over-allocated by the alignment, used from its first aligned byte. Its
+/// bytes stay at the same address when the `Bounce` itself moves (they live on the heap).
+#[derive(Debug)]
+pub(crate) struct Bounce {
     storage: Vec<u8>,
     start: usize,
     len: usize,
 }
 
 impl Bounce {
-    fn new(len: usize, align: usize) -> Bounce {
+    pub(crate) fn new(len: usize, align: usize) -> Bounce {
         let storage = vec![0u8; len + align];
         let start = storage.as_ptr().align_offset(align).min(align);
         Bounce {
@@ -47,11 +49,25 @@ impl Bounce {
         }
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// Makes the buffer `len` bytes aligned to `align`, reusing its storage when it is large enough.
+    pub(crate) fn reuse(&mut self, len: usize, align: usize) {
+        let start = self.storage.as_ptr().align_offset(align);
+        if start
+            .checked_add(len)
+            .is_some_and(|end| end <= self.storage.len())
+        {
+            self.start = start;
+            self.len = len;
+        } else {
+            *self = Bounce::new(len, align);
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.storage[self.start..self.start + self.len]
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.start + self.len]
     }
 }

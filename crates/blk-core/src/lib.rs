@@ -62,6 +62,7 @@ pub mod buffer;
 pub mod create_option;
 pub mod direct_io;
 pub mod disk_file;
+mod encoded_read;
 pub mod error;
 pub mod extent;
 pub mod host_file;

@@ -3,7 +3,9 @@
 //! Per batch, each request is checked (range, read-only, O_DIRECT alignment: a bad request completes at once
 //! with its own error and the queue goes on), then:
 //! - a read is mapped with [`AsyncMapper::map_read`]: zero pieces are filled in memory at once, each host piece
-//!   becomes one [`HostOp::Read`] over the matching slices of the request's buffers (no copy);
+//!   becomes one [`HostOp::Read`] over the matching slices of the request's buffers (no copy), each encoded
+//!   (compressed) piece one [`HostOp::Read`] into a queue-owned aligned buffer, decoded with
+//!   [`AsyncMapper::decode`] on the worker pool (several at once) and copied to the request's buffers;
 //! - a write is mapped with [`AsyncMapper::map_write`]: each piece becomes one [`HostOp::Write`]; when a write
 //!   into a fresh allocation finishes, [`AsyncMapper::finish_allocation`] links it (exactly once);
 //! - what the mapper answers [`Mapped::Slow`], FUA writes, write-zeroes and discards run on a small
@@ -33,6 +35,7 @@ use crate::async_mapping::{AsyncMapper, Mapped, ReadMapping, WriteMapping};
 use crate::buffer::{total_len, total_len_mut, IoBuf, IoBufMut};
 use crate::direct_io::DirectIoAlignment;
 use crate::disk_file::{check_range, read_only_error};
+use crate::encoded_read::{DecodeInput, EncodedPiece, EncodedReads, Placement};
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::host_queue::{HostCompletion, HostOp, HostQueue, HostQueueBackend};
 use crate::queue_errors::{host_op_error, mapping_mismatch, HostFailure};
@@ -67,6 +70,8 @@ pub struct MappedQueue {
     write_iov: Vec<IoBuf<'static>>,
     /// Whether the current batch pushed host operations.
     host_pushed: bool,
+    /// Encoded (compressed) pieces between their host read and their decoding.
+    encoded: EncodedReads,
 }
 
 impl fmt::Debug for MappedQueue {
@@ -114,6 +119,7 @@ impl MappedQueue {
             read_iov: Vec::new(),
             write_iov: Vec::new(),
             host_pushed: false,
+            encoded: EncodedReads::default(),
         })
     }
 
@@ -142,7 +148,7 @@ impl MappedQueue {
     /// The pool, started on first use.
     fn pool(&mut self) -> Result<&mut WorkerPool> {
         if self.pool.is_none() {
-            let pool = WorkerPool::start(self.mapper.disk(), self.host.notifier())?;
+            let pool = WorkerPool::start(&self.mapper, self.host.notifier())?;
             self.pool = Some(pool);
         }
         self.pool
@@ -245,6 +251,13 @@ impl MappedQueue {
                     total = total.saturating_add(n);
                     host_pieces += 1;
                 }
+                ReadMapping::Encoded { file, len: n, .. } => {
+                    if file >= self.paths.len() {
+                        total = u64::MAX;
+                    }
+                    total = total.saturating_add(n);
+                    host_pieces += 1;
+                }
             }
         }
         if total != len {
@@ -263,8 +276,9 @@ impl MappedQueue {
             s.bufs.extend_from_slice(bufs);
         }
         let mut pos = 0u64;
-        for piece in &self.read_map {
-            match *piece {
+        for i in 0..self.read_map.len() {
+            let piece = self.read_map[i];
+            match piece {
                 ReadMapping::Zero { len: n } => zero_range(bufs, pos, n),
                 ReadMapping::Host {
                     file,
@@ -280,6 +294,7 @@ impl MappedQueue {
                         host_offset: host,
                         read: true,
                         link: None,
+                        encoded: None,
                     });
                     self.read_iov.clear();
                     push_range_mut(bufs, pos, n, &mut self.read_iov);
@@ -291,10 +306,69 @@ impl MappedQueue {
                     self.host.push(id, op);
                     self.host_pushed = true;
                 }
+                ReadMapping::Encoded {
+                    file,
+                    offset: host,
+                    host_len,
+                    decoded_len,
+                    skip,
+                    len: n,
+                    codec,
+                } => {
+                    let Some(slot) = slot else { break };
+                    let encoded = (|| {
+                        Some(EncodedPiece {
+                            slot,
+                            start: pos,
+                            len: n,
+                            offset: host,
+                            host_len: usize::try_from(host_len).ok()?,
+                            decoded_len: usize::try_from(decoded_len).ok()?,
+                            skip: usize::try_from(skip).ok()?,
+                            codec,
+                        })
+                    })();
+                    let placed = encoded.and_then(|p| self.encoded.place(file, p, self.alignment));
+                    match placed {
+                        None => {
+                            let e = mapping_mismatch(offset, len, Operation::Read);
+                            let e = self.with_image(e);
+                            if let Some(s) = self.slots.get_mut(slot) {
+                                s.fail(e);
+                                s.outstanding = s.outstanding.saturating_sub(1);
+                            }
+                        }
+                        Some(Placement::Waiting) => {}
+                        Some(Placement::Ready(input)) => self.decode(input),
+                        Some(Placement::Read {
+                            index,
+                            offset: window,
+                            buffer,
+                        }) => {
+                            let id = self.ops.insert(HostOpRecord {
+                                slot,
+                                start: pos,
+                                len: n,
+                                file,
+                                host_offset: window,
+                                read: true,
+                                link: None,
+                                encoded: Some(index),
+                            });
+                            self.read_iov.clear();
+                            self.read_iov.push(buffer);
+                            let op = HostOp::Read {
+                                file,
+                                offset: window,
+                                bufs: &self.read_iov,
+                            };
+                            self.host.push(id, op);
+                            self.host_pushed = true;
+                        }
+                    }
+                }
             }
-            pos += match *piece {
-                ReadMapping::Zero { len: n } | ReadMapping::Host { len: n, .. } => n,
-            };
+            pos += piece.len();
         }
         if slot.is_none() {
             self.complete_now(user_data, Ok(len));
@@ -401,6 +475,7 @@ impl MappedQueue {
                 host_offset: host,
                 read: false,
                 link,
+                encoded: None,
             });
             self.write_iov.clear();
             push_range(bufs, pos, n, &mut self.write_iov);
@@ -442,6 +517,9 @@ impl MappedQueue {
     /// Accounts for one host completion; returns the guest request's completion when it was the last piece.
     fn host_completed(&mut self, done: HostCompletion) -> Option<Completion> {
         let record = self.ops.remove(done.user_data)?;
+        if let Some(index) = record.encoded {
+            return self.encoded_read_completed(record, index, done);
+        }
         let failure = match done.result {
             Ok(n) if record.read => {
                 if n < record.len {
@@ -475,6 +553,78 @@ impl MappedQueue {
             return None;
         }
         self.finish_slot(record.slot)
+    }
+
+    /// A window of encoded data was read: the pieces waiting for it go to the pool for decoding (each stays
+    /// outstanding until then), or fail with the read's error. Returns a request that finished.
+    fn encoded_read_completed(
+        &mut self,
+        record: HostOpRecord,
+        index: u32,
+        done: HostCompletion,
+    ) -> Option<Completion> {
+        let (pieces, buffer, start) = self.encoded.completed(index, done.result);
+        let mut finished = None;
+        for piece in pieces {
+            match (&buffer, done.result) {
+                (Some(buffer), Ok(_)) => {
+                    let data_start = usize::try_from(piece.offset - start).unwrap_or(usize::MAX);
+                    self.decode(DecodeInput {
+                        buffer: Arc::clone(buffer),
+                        data_start,
+                        piece,
+                    });
+                }
+                (_, result) => {
+                    let failure = match result {
+                        Err(errno) => HostFailure::Errno(errno),
+                        Ok(n) => HostFailure::ShortWrite(n),
+                    };
+                    let error = self.host_error(&record, failure);
+                    if let Some(c) = self.piece_finished(piece.slot, Err(error)) {
+                        // Several requests may finish here; the others are completed at once.
+                        if let Some(earlier) = finished.replace(c) {
+                            self.immediate.push_back(earlier);
+                        }
+                    }
+                }
+            }
+        }
+        finished
+    }
+
+    /// Sends an encoded piece whose bytes are in memory to the pool for decoding.
+    fn decode(&mut self, input: DecodeInput) {
+        let piece = input.piece;
+        if let Err(e) = self.pool() {
+            if let Some(c) = self.piece_finished(piece.slot, Err(e)) {
+                self.immediate.push_back(c);
+            }
+            return;
+        }
+        let mut out = Vec::new();
+        if let Some(slot) = self.slots.get_mut(piece.slot) {
+            push_range_mut(&slot.bufs, piece.start, piece.len, &mut out);
+        }
+        if let Some(pool) = self.pool.as_mut() {
+            pool.submit(Job {
+                slot: piece.slot,
+                op: JobOp::Decode { input, out },
+            });
+        }
+    }
+
+    /// Accounts for one finished piece of a request; its completion when it was the last.
+    fn piece_finished(&mut self, slot: u32, result: Result<u64>) -> Option<Completion> {
+        let s = self.slots.get_mut(slot)?;
+        if let Err(e) = result {
+            s.fail(e);
+        }
+        s.outstanding = s.outstanding.saturating_sub(1);
+        if s.outstanding > 0 {
+            return None;
+        }
+        self.finish_slot(slot)
     }
 
     /// Frees a finished request's slot and starts the flushes that were waiting for it.
@@ -526,6 +676,13 @@ impl AsyncIo for MappedQueue {
         }
         if self.pool.as_ref().is_some_and(WorkerPool::has_done) {
             while let Some(done) = self.pool.as_mut().and_then(WorkerPool::take_done) {
+                if done.piece {
+                    // A decoded piece: one piece of its request.
+                    if let Some(completion) = self.piece_finished(done.slot, done.result) {
+                        return Some(completion);
+                    }
+                    continue;
+                }
                 if let Some(slot) = self.slots.get_mut(done.slot) {
                     match done.result {
                         Ok(n) => slot.bytes = n,

@@ -128,6 +128,8 @@ pub(crate) struct HostOpRecord {
     pub(crate) read: bool,
     /// For a write into a fresh allocation: what to hand to the mapper when it finishes.
     pub(crate) link: Option<AllocationLink>,
+    /// For the read of an encoded piece: its index in the queue's `EncodedReads`.
+    pub(crate) encoded: Option<u32>,
 }
 
 /// The host operations in flight, indexed by the `user_data` given to the host queue.
@@ -243,6 +245,7 @@ mod tests {
             host_offset: 0,
             read: true,
             link: None,
+            encoded: None,
         };
         let i = ops.insert(rec);
         assert!(ops.remove(i).is_some());

@@ -17,8 +17,10 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::async_mapping::AsyncMapper;
 use crate::buffer::{total_len, total_len_mut, IoBuf, IoBufMut};
 use crate::disk_file::DiskFile;
+use crate::encoded_read::DecodeInput;
 use crate::error::{Error, ErrorKind, Operation, Result};
 
 /// The most threads one queue's pool starts.
@@ -48,6 +50,12 @@ pub(crate) enum JobOp {
     Discard { offset: u64, len: u64 },
     /// `flush()`.
     Flush,
+    /// Decode an encoded piece whose bytes are in memory and copy its guest bytes to `out` (one piece of the
+    /// slot's request).
+    Decode {
+        input: DecodeInput,
+        out: Vec<IoBufMut<'static>>,
+    },
 }
 
 /// A job: the slot of the guest request it serves and what to do.
@@ -62,6 +70,8 @@ pub(crate) struct Job {
 pub(crate) struct JobDone {
     pub(crate) slot: u32,
     pub(crate) result: Result<u64>,
+    /// Whether it was a [`JobOp::Decode`]: one piece of its request, not the whole request.
+    pub(crate) piece: bool,
 }
 
 #[derive(Debug, Default)]
@@ -94,9 +104,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorkerPool {
-    /// Starts `min(available_parallelism, 4).max(2)` threads, each with a handle cloned from `disk`, signalling
-    /// completions on a duplicate of `notifier`.
-    pub(crate) fn start(disk: &dyn DiskFile, notifier: &EventFd) -> Result<WorkerPool> {
+    /// Starts `min(available_parallelism, 4).max(2)` threads, each with a handle cloned from the mapper's disk
+    /// (and the mapper, for decoding), signalling completions on a duplicate of `notifier`.
+    pub(crate) fn start(mapper: &Arc<dyn AsyncMapper>, notifier: &EventFd) -> Result<WorkerPool> {
+        let disk = mapper.disk();
         let count = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -119,9 +130,10 @@ impl WorkerPool {
                     .with_operation(Operation::Open)
             })?;
             let shared = pool.shared.clone();
+            let mapper = Arc::clone(mapper);
             let thread = std::thread::Builder::new()
                 .name(format!("blk-worker-{i}"))
-                .spawn(move || work(&shared, &*handle, &signal))
+                .spawn(move || work(&shared, &*handle, &*mapper, &signal))
                 .map_err(|e| {
                     Error::io_while(e, "starting a worker thread").with_operation(Operation::Open)
                 })?;
@@ -172,7 +184,9 @@ impl Drop for WorkerPool {
 }
 
 /// A worker thread's loop: run jobs until the pool stops and no job is left.
-fn work(shared: &Shared, disk: &dyn DiskFile, signal: &EventFd) {
+fn work(shared: &Shared, disk: &dyn DiskFile, mapper: &dyn AsyncMapper, signal: &EventFd) {
+    // The decoded unit of the current encoded piece (capacity reused).
+    let mut scratch = Vec::new();
     loop {
         let job = {
             let mut queue = lock(&shared.jobs);
@@ -187,16 +201,23 @@ fn work(shared: &Shared, disk: &dyn DiskFile, signal: &EventFd) {
             }
         };
         let Some(job) = job else { return };
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| run(disk, &job.op)))
-            .unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Io,
-                    "the request panicked in a worker thread",
-                ))
-            });
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &job.op {
+            JobOp::Decode { input, out } => decode(mapper, input, out, &mut scratch),
+            op => run(disk, op),
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Io,
+                "the request panicked in a worker thread",
+            ))
+        });
+        let piece = matches!(job.op, JobOp::Decode { .. });
+        // Drop the job (and a decode's reference to its window) before reporting it.
+        drop(job.op);
         lock(&shared.done).push_back(JobDone {
             slot: job.slot,
             result,
+            piece,
         });
         shared.done_count.fetch_add(1, Ordering::AcqRel);
         // Nothing to do if the eventfd cannot be written (its counter is full): it is readable already.
@@ -225,5 +246,42 @@ fn run(disk: &dyn DiskFile, op: &JobOp) -> Result<u64> {
         } => disk.write_zeroes(*offset, *len, *may_unmap).map(|()| 0),
         JobOp::Discard { offset, len } => disk.discard(*offset, *len).map(|()| 0),
         JobOp::Flush => disk.flush().map(|()| 0),
+        // Served by `decode` (it needs the mapper).
+        JobOp::Decode { .. } => Err(Error::new(ErrorKind::Io, "a decode job without a decoder")),
     }
+}
+
+/// Decodes an encoded piece with the mapper and copies the piece's bytes to `out`.
+fn decode(
+    mapper: &dyn AsyncMapper,
+    input: &DecodeInput,
+    out: &[IoBufMut<'static>],
+    scratch: &mut Vec<u8>,
+) -> Result<u64> {
+    let piece = &input.piece;
+    let encoded = input
+        .buffer
+        .bytes()
+        .get(input.data_start..input.data_start.saturating_add(piece.host_len))
+        .ok_or_else(|| Error::new(ErrorKind::Io, "an encoded read outside its buffer"))?;
+    // Grown once to the unit size; the decoder overwrites all of it, so it is not cleared per piece.
+    if scratch.len() < piece.decoded_len {
+        scratch.resize(piece.decoded_len, 0);
+    }
+    let scratch = &mut scratch[..piece.decoded_len];
+    mapper.decode(piece.codec, encoded, scratch)?;
+    let len = total_len_mut(out) as usize;
+    let bytes = scratch
+        .get(piece.skip..piece.skip.saturating_add(len))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::CorruptImage,
+                "an encoded piece reaches past its decoded unit",
+            )
+        })?;
+    let mut at = 0;
+    for buf in out {
+        at += buf.copy_from(&bytes[at..]);
+    }
+    Ok(len as u64)
 }

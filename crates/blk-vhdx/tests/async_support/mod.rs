@@ -150,6 +150,7 @@ pub fn read_via_mapper(mapper: &dyn AsyncMapper, offset: u64, len: u64) -> (Vec<
                 at += len as usize;
             }
             ReadMapping::Zero { len } => at += len as usize,
+            ReadMapping::Encoded { .. } => panic!("this format has no encoded data"),
         }
     }
     assert_eq!(at as u64, len);
