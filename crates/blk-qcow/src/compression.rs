@@ -1,7 +1,7 @@
 //! Cluster compression: raw deflate (no zlib header, compression type 0) and zstd (type 1), as QEMU stores
 //! them.
 
-use std::io::Read;
+use std::cell::RefCell;
 
 use blk_core::{Error, ErrorKind, Result};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
@@ -10,12 +10,24 @@ fn corrupt(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::CorruptImage, message)
 }
 
+thread_local! {
+    /// Each thread's inflate state, reset per cluster (creating one per cluster costs more than inflating it).
+    static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+    /// Each thread's zstd decompression context, made on first use and reset per cluster.
+    static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn zstd_error(e: std::io::Error) -> Error {
+    corrupt(format!("bad zstd data in a compressed cluster: {e}"))
+}
+
 /// Decompresses one cluster from `input` into `out` (exactly `out.len()` bytes must be produced; `input` may
 /// be longer than the compressed stream).
 pub(crate) fn decompress(kind: u8, input: &[u8], out: &mut [u8]) -> Result<()> {
     match kind {
-        0 => {
-            let mut d = Decompress::new(false);
+        0 => INFLATE.with(|cell| {
+            let mut d = cell.borrow_mut();
+            d.reset(false);
             d.decompress(input, out, FlushDecompress::Finish)
                 .map_err(|e| corrupt(format!("bad deflate data in a compressed cluster: {e}")))?;
             // QEMU accepts a stream that filled the cluster, with or without its end marker.
@@ -25,24 +37,36 @@ pub(crate) fn decompress(kind: u8, input: &[u8], out: &mut [u8]) -> Result<()> {
                 ));
             }
             Ok(())
-        }
+        }),
         1 => {
-            let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
-                .map_err(|e| corrupt(format!("bad zstd data in a compressed cluster: {e}")))?
-                .single_frame();
-            let mut filled = 0;
-            while filled < out.len() {
+            // The one frame at the start of `input`; the rest, up to the sector-rounded size QEMU records, is
+            // not part of it. Decoded in one call into `out` (no streaming copies), which must be exactly
+            // filled: a frame decoding to more or less than a cluster is corrupt, as QEMU finds it.
+            let frame_len = zstd::zstd_safe::find_frame_compressed_size(input).map_err(|code| {
+                corrupt(format!(
+                    "bad zstd data in a compressed cluster: {}",
+                    zstd::zstd_safe::get_error_name(code)
+                ))
+            })?;
+            let frame = input
+                .get(..frame_len)
+                .ok_or_else(|| corrupt("a zstd frame reaches past its compressed cluster"))?;
+            ZSTD.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                let decoder = match slot.as_mut() {
+                    Some(d) => d,
+                    None => slot.insert(zstd::bulk::Decompressor::new().map_err(zstd_error)?),
+                };
                 let n = decoder
-                    .read(&mut out[filled..])
-                    .map_err(|e| corrupt(format!("bad zstd data in a compressed cluster: {e}")))?;
-                if n == 0 {
+                    .decompress_to_buffer(frame, &mut *out)
+                    .map_err(zstd_error)?;
+                if n != out.len() {
                     return Err(corrupt(
                         "a compressed cluster does not decompress to one cluster",
                     ));
                 }
-                filled += n;
-            }
-            Ok(())
+                Ok(())
+            })
         }
         other => Err(Error::new(
             ErrorKind::UnsupportedFeature,

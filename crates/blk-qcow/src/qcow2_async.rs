@@ -86,6 +86,17 @@ impl Qcow2Mapper {
                 },
                 Subcluster::Zero { .. } => ReadMapping::Zero { len: n },
                 Subcluster::Unallocated { .. } if !has_backing => ReadMapping::Zero { len: n },
+                // Read by the backend, inflated on the queue's worker pool (`decode`), as the sync path
+                // reads it: at most two clusters of compressed bytes, zeros past the end of the file.
+                Subcluster::Compressed { host, size } => ReadMapping::Encoded {
+                    file: IMAGE_FILE,
+                    offset: host,
+                    host_len: size.min(2 * cs),
+                    decoded_len: cs,
+                    skip: pos % cs,
+                    len: n,
+                    codec: u64::from(g.compression_type),
+                },
                 _ => {
                     out.truncate(start);
                     return Ok(Mapped::Slow);
@@ -135,6 +146,15 @@ impl AsyncMapper for Qcow2Mapper {
         // An external data file is a `DiskFile` from the opener, without a host file to hand out: its data
         // pieces take the slow path, so only the image file is listed.
         vec![&self.image.file]
+    }
+
+    fn decode(&self, codec: u64, input: &[u8], output: &mut [u8]) -> Result<()> {
+        let image = &self.image;
+        // The codec is the image's (the only one a mapping names); decompression checks the output size.
+        let kind = image.shared.geometry.compression_type;
+        debug_assert_eq!(codec, u64::from(kind));
+        crate::compression::decompress(kind, input, output)
+            .map_err(|e| image.context(e, Operation::Read, None))
     }
 
     fn map_read(&self, offset: u64, len: u64, out: &mut Vec<ReadMapping>) -> Result<Mapped> {

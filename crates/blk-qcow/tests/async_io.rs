@@ -255,13 +255,40 @@ fn mapper_answers_fast_and_slow_as_documented() {
         matches!(reads.as_slice(), [ReadMapping::Host { file: 0, len, .. }, ReadMapping::Zero { len: z }] if *len == 124 * 1024 && *z == 128 * 1024),
         "{reads:?}"
     );
-    // A compressed cluster: slow, nothing pushed (and earlier pieces kept).
+    // A compressed cluster: an encoded piece (read by the backend, inflated by `decode`), after the zeros of
+    // the unallocated cluster before it.
     let before = reads.len();
     assert_eq!(
         mapper.map_read(200 * 1024, 100 * 1024, &mut reads).unwrap(),
-        Mapped::Slow
+        Mapped::Fast
     );
-    assert_eq!(reads.len(), before);
+    assert!(
+        matches!(
+            &reads[before..],
+            [ReadMapping::Zero { len: z }, ReadMapping::Encoded { decoded_len: 65536, skip: 0, len: n, .. }]
+                if *z == 56 * 1024 && *n == 44 * 1024
+        ),
+        "{:?}",
+        &reads[before..]
+    );
+    let ReadMapping::Encoded {
+        file,
+        offset,
+        host_len,
+        codec,
+        ..
+    } = reads[before + 1]
+    else {
+        unreachable!("matched above")
+    };
+    let mut encoded = vec![0u8; host_len as usize];
+    let got = mapper.host_files()[file]
+        .read_vectored_at(offset, &[blk_core::IoBufMut::from(&mut encoded[..])])
+        .unwrap();
+    encoded[got..].fill(0);
+    let mut cluster = vec![0u8; 65536];
+    mapper.decode(codec, &encoded, &mut cluster).unwrap();
+    assert!(cluster.iter().all(|&b| b == 0x22));
     // Past the end: an error for this request only.
     let e = mapper.map_read(4 << 20, 1, &mut reads).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::OutOfBounds);

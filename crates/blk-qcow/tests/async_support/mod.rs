@@ -250,6 +250,25 @@ impl ManualEngine {
                     buf[at..at + len as usize].fill(0);
                     at += len as usize;
                 }
+                ReadMapping::Encoded {
+                    file,
+                    offset,
+                    host_len,
+                    decoded_len,
+                    skip,
+                    len,
+                    codec,
+                } => {
+                    let mut encoded = vec![0u8; host_len as usize];
+                    let got = files[file]
+                        .read_vectored_at(offset, &[IoBufMut::from(&mut encoded[..])])?;
+                    encoded[got..].fill(0);
+                    let mut decoded = vec![0u8; decoded_len as usize];
+                    self.mapper.decode(codec, &encoded, &mut decoded)?;
+                    let (skip, len) = (skip as usize, len as usize);
+                    buf[at..at + len].copy_from_slice(&decoded[skip..skip + len]);
+                    at += len;
+                }
             }
         }
         assert_eq!(at, buf.len(), "the pieces cover the request");
