@@ -6,7 +6,7 @@
 //!
 //! | request | fast | slow |
 //! |---|---|---|
-//! | read | data clusters (host-contiguous ones merged into one piece), zero clusters, unallocated clusters of an image without backing file; with extended L2 entries the same per subcluster | backing-file data, compressed clusters, anything in an external data file |
+//! | read | data clusters (host-contiguous ones merged into one piece), zero clusters, unallocated clusters of an image without backing file; compressed clusters (an encoded piece: the backend reads the compressed bytes, the queue's pool inflates them, sequential readers are served from read-ahead windows); with extended L2 entries the same per subcluster | backing-file data, anything in an external data file |
 //! | write | clusters already allocated with refcount 1 (`COPIED`, in place; with extended L2 entries only where every covered subcluster is allocated), and whole clusters that are unallocated or zero without host cluster (allocated in runs, one per L2 table) on an image without extended L2 entries | partial writes needing copy-on-write, shared or compressed clusters, preallocated zero clusters, clusters another writer is allocating, external data files, fresh clusters with extended L2 entries |
 //!
 //! Flush, write-zeroes, discard and FUA writes always take the synchronous path (the queue decides that).
