@@ -134,13 +134,22 @@
 //! header area. At most one cluster (<= 2 MiB) of the file is read to parse the header.
 //!
 //! While running: an L2 table or refcount block must be cluster-aligned, end inside the used part of the file
-//! (the file length at open, grown by this process's allocations) and not overlap the header, the L1 table or
+//! (the file length at open, less a crash's unused hole tail, grown by this process's allocations: see
+//! `allocator`) and not overlap the header, the L1 table or
 //! the refcount table; a data cluster must lie inside the used part of the file; otherwise the request fails
 //! with `CorruptImage` and nothing is written. Every path that writes, copies on write, zeroes, discards or
 //! frees through an L2 entry checks its cluster (compressed data: its byte span) that way before changing
 //! anything, so freeing never creates refcount blocks past the file. A refcount block missing for clusters
-//! inside the file (a lying refcount table) makes allocations there fail rather than hand out clusters that
-//! may be in use. Guest data and metadata are never written over the header, the L1 / refcount tables or a
+//! inside the used part of the file (a lying refcount table) makes allocations there fail rather than hand out
+//! clusters that may be in use.
+//!
+//! Growing ahead: when allocations pass the end of the host file, a writable open extends it (a hole, no data
+//! written) by 4 MiB to 256 MiB at a time (an eighth of the used size, aligned to 1 MiB), so allocating writes
+//! land below the end of file, where the kernel runs them concurrently (it serializes extending O_DIRECT
+//! writes). Closing cuts the file back to the used end, as QEMU leaves it. A crash leaves the longer file, which
+//! QEMU accepts; a writable open lowers the used end past such a tail when it is a hole with no refcounts
+//! (at most 2^20 refcounts are read to find it) and the close cuts it off. Not for read-only opens, block
+//! devices or `data_file_raw` images (with another external data file only the image file grows). Guest data and metadata are never written over the header, the L1 / refcount tables or a
 //! cached table: as QEMU's overlap check, such a write is refused, the image is marked corrupt (v3) and every
 //! later write of this open fails (reads go on).
 //!

@@ -102,9 +102,16 @@ pub struct Metadata {
     /// End of the used host area: the file length at open (cluster-rounded), grown by every allocation. No
     /// table or data cluster may lie past it.
     pub(crate) file_end: u64,
-    /// The file length at open (cluster-rounded): a refcount block missing for clusters below it means the
-    /// refcount table lies, and nothing there may be handed out.
+    /// The file length at open (cluster-rounded; less a crash's unused tail, see `forget_unused_tail`): a
+    /// refcount block missing for clusters below it means the refcount table lies, and nothing there may be
+    /// handed out.
     pub(crate) open_end: u64,
+    /// The host file's length as this open last saw or set it (`file_end` plus the part grown ahead of need;
+    /// only a hint: the file is asked again before it is grown, so a stale value never shrinks it).
+    pub(crate) host_len: u64,
+    /// Whether allocations grow the host file ahead of need, and closing cuts it back to the used end (see
+    /// `allocator`): a writable regular image file whose guest data is not in a raw external data file.
+    pub(crate) grow_ahead: bool,
     /// Set once a write over metadata was prevented: the image is marked corrupt and refuses every further
     /// write (see `overlap`).
     pub(crate) corruption_signaled: bool,
@@ -147,6 +154,8 @@ impl Metadata {
             compressed_tail: 0,
             file_end: 0,
             open_end: 0,
+            host_len: 0,
+            grow_ahead: false,
             corruption_signaled: false,
         }
     }
@@ -156,6 +165,7 @@ impl Metadata {
         let end = len.div_ceil(self.g.cluster_size) * self.g.cluster_size;
         self.file_end = end;
         self.open_end = end;
+        self.host_len = len;
     }
 
     /// Checks where a metadata table read from the image lies: aligned, inside the used area, not over the

@@ -50,8 +50,12 @@ impl Drop for Shared {
             return;
         }
         let meta = self.meta.get_mut().unwrap_or_else(|p| p.into_inner());
-        if meta.flush(&self.file).is_ok() && self.set_dirty {
-            let _ = meta.update_incompatible(&self.file, 0, INCOMPAT_DIRTY);
+        if meta.flush(&self.file).is_ok() {
+            if self.set_dirty {
+                let _ = meta.update_incompatible(&self.file, 0, INCOMPAT_DIRTY);
+            }
+            // The part grown ahead of need (see `allocator`): nothing past the used end is referenced.
+            let _ = meta.cut_to_used_end(&self.file);
         }
     }
 }
@@ -171,6 +175,10 @@ impl Qcow2 {
         let autoclear = header.autoclear;
         let mut meta = Metadata::new(header, l1, refcount_table, l2_tables, rb_tables);
         meta.set_file_len(file_len);
+        // Growing the file ahead of allocation (see `allocator`): not for `create`'s metadata-only opens
+        // (their preallocation reserves up to the file's length), block devices, or a raw data file.
+        meta.grow_ahead =
+            !read_only && with_data_file && !file.is_block_device() && !g.data_file_raw;
         let meta_file = file.try_clone()?;
         let image = Qcow2 {
             shared: Arc::new(Shared {
@@ -219,6 +227,8 @@ impl Qcow2 {
             if lazy {
                 meta.update_incompatible(&image.shared.file, INCOMPAT_DIRTY, 0)?;
             }
+            // A tail a crash left while the file was grown ahead (after the repair: refcounts are right).
+            meta.forget_unused_tail(&image.shared.file);
         }
         Ok(image)
     }
