@@ -24,6 +24,9 @@ pub(crate) struct TableCache {
     slots: Vec<Slot>,
     index: HashMap<u64, usize>,
     tick: u64,
+    /// The slot of the last lookup: checked (by its offset) before hashing, as consecutive requests mostly hit
+    /// the same table.
+    last: usize,
 }
 
 impl TableCache {
@@ -34,12 +37,20 @@ impl TableCache {
             slots: Vec::new(),
             index: HashMap::new(),
             tick: 0,
+            last: 0,
         }
     }
 
     /// The slot holding the table at `offset`, marking it used.
     pub(crate) fn lookup(&mut self, offset: u64) -> Option<usize> {
-        let slot = *self.index.get(&offset)?;
+        let slot = match self.slots.get(self.last) {
+            Some(s) if s.offset == offset => self.last,
+            _ => {
+                let slot = *self.index.get(&offset)?;
+                self.last = slot;
+                slot
+            }
+        };
         self.tick += 1;
         if let Some(s) = self.slots.get_mut(slot) {
             s.last_use = self.tick;
