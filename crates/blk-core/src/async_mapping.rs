@@ -69,6 +69,50 @@ impl ReadMapping {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Extends `self` by `next` when `next` continues it (host-contiguous data of the same file, or zeros after
+    /// zeros), so a mapper pushes one piece per run; returns whether it did.
+    pub fn try_extend(&mut self, next: &ReadMapping) -> bool {
+        match (self, next) {
+            (ReadMapping::Zero { len }, ReadMapping::Zero { len: more }) => {
+                *len += more;
+                true
+            }
+            (
+                ReadMapping::Host { file, offset, len },
+                ReadMapping::Host {
+                    file: next_file,
+                    offset: next_offset,
+                    len: more,
+                },
+            ) if *file == *next_file && offset.checked_add(*len) == Some(*next_offset) => {
+                *len += more;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl WriteMapping {
+    /// Extends `self` by `next` when both are in-place writes to adjacent ranges of the same host file;
+    /// returns whether it did.
+    pub fn try_extend(&mut self, next: &WriteMapping) -> bool {
+        match (self, next) {
+            (
+                WriteMapping::Host { file, offset, len },
+                WriteMapping::Host {
+                    file: next_file,
+                    offset: next_offset,
+                    len: more,
+                },
+            ) if *file == *next_file && offset.checked_add(*len) == Some(*next_offset) => {
+                *len += more;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A freshly allocated host range a write fills: the mapper links it into its metadata in
@@ -166,4 +210,29 @@ pub trait AsyncMapper: Send + Sync + Debug {
                 offset: a.offset.max(b.offset),
             })
     }
+}
+
+/// Implements [`AsyncIo`](crate::AsyncIo) for a format's named queue type by delegating to its
+/// [`MappedQueue`](crate::MappedQueue) field: `delegate_async_io!(Qcow2Async, queue);`.
+#[macro_export]
+macro_rules! delegate_async_io {
+    ($queue_type:ty, $field:ident) => {
+        impl $crate::AsyncIo for $queue_type {
+            fn notifier(&self) -> &$crate::EventFd {
+                $crate::AsyncIo::notifier(&self.$field)
+            }
+
+            fn submit(&mut self, batch: &[$crate::Request<'_>]) -> $crate::Result<()> {
+                $crate::AsyncIo::submit(&mut self.$field, batch)
+            }
+
+            fn next_completed_request(&mut self) -> Option<$crate::Completion> {
+                $crate::AsyncIo::next_completed_request(&mut self.$field)
+            }
+
+            fn ring_depth(&self) -> u32 {
+                $crate::AsyncIo::ring_depth(&self.$field)
+            }
+        }
+    };
 }

@@ -1,5 +1,5 @@
 //! The native asynchronous path: [`Qcow2Mapper`] translates guest requests into host ranges from the cached
-//! metadata (blk-core's [`AsyncMapper`]), and [`Qcow2Async`] is the [`AsyncIo`] queue built from it and a
+//! metadata (blk-core's [`AsyncMapper`]), and [`Qcow2Async`] is the [`AsyncIo`](blk_core::AsyncIo) queue built from it and a
 //! [`HostQueueBackend`] ([`MappedQueue`]).
 //!
 //! What the mapper serves itself ("fast") and what it hands to the synchronous path ("slow"):
@@ -17,8 +17,8 @@
 use std::sync::Arc;
 
 use blk_core::{
-    check_range, AllocationLink, AsyncIo, AsyncMapper, Completion, DiskFile, EventFd, HostFile,
-    HostQueueBackend, Mapped, MappedQueue, Operation, ReadMapping, Request, Result, WriteMapping,
+    check_range, AllocationLink, AsyncMapper, DiskFile, HostFile, HostQueueBackend, Mapped,
+    MappedQueue, Operation, ReadMapping, Result, WriteMapping,
 };
 
 use crate::metadata::Metadata;
@@ -112,27 +112,8 @@ impl Qcow2Mapper {
 /// Pushes `piece`, merged into the previous piece of the same request (from index `start`) when it continues
 /// it (host-contiguous data, or zeros after zeros).
 fn push_read(out: &mut Vec<ReadMapping>, start: usize, piece: ReadMapping) {
-    if out.len() > start {
-        match (out.last_mut(), piece) {
-            (
-                Some(ReadMapping::Host {
-                    file, offset, len, ..
-                }),
-                ReadMapping::Host {
-                    file: f,
-                    offset: o,
-                    len: n,
-                },
-            ) if *file == f && *offset + *len == o => {
-                *len += n;
-                return;
-            }
-            (Some(ReadMapping::Zero { len }), ReadMapping::Zero { len: n }) => {
-                *len += n;
-                return;
-            }
-            _ => {}
-        }
+    if out.len() > start && out.last_mut().is_some_and(|last| last.try_extend(&piece)) {
+        return;
     }
     out.push(piece);
 }
@@ -247,20 +228,4 @@ impl Qcow2Async {
     }
 }
 
-impl AsyncIo for Qcow2Async {
-    fn notifier(&self) -> &EventFd {
-        self.queue.notifier()
-    }
-
-    fn submit(&mut self, batch: &[Request<'_>]) -> Result<()> {
-        self.queue.submit(batch)
-    }
-
-    fn next_completed_request(&mut self) -> Option<Completion> {
-        self.queue.next_completed_request()
-    }
-
-    fn ring_depth(&self) -> u32 {
-        self.queue.ring_depth()
-    }
-}
+blk_core::delegate_async_io!(Qcow2Async, queue);

@@ -1,5 +1,5 @@
 //! The asynchronous path: [`VhdMapper`] translates guest requests into host ranges from the cached BAT, and
-//! [`VhdAsync`] is the [`AsyncIo`] queue built on it with blk-core's [`MappedQueue`].
+//! [`VhdAsync`] is the [`AsyncIo`](blk_core::AsyncIo) queue built on it with blk-core's [`MappedQueue`].
 //!
 //! What is mapped (everything else is answered [`Mapped::Slow`] and runs through the synchronous path, which
 //! stays the only writer of metadata):
@@ -18,9 +18,8 @@
 use std::sync::{Arc, PoisonError};
 
 use blk_core::{
-    check_range, read_only_error, AllocationLink, AsyncIo, AsyncMapper, Completion, DiskFile,
-    Error, ErrorKind, EventFd, HostFile, HostQueueBackend, Mapped, MappedQueue, Operation,
-    ReadMapping, Request, Result, WriteMapping,
+    check_range, read_only_error, AllocationLink, AsyncMapper, DiskFile, Error, ErrorKind,
+    HostFile, HostQueueBackend, Mapped, MappedQueue, Operation, ReadMapping, Result, WriteMapping,
 };
 
 use crate::bat::{SparseLayout, BITMAP_FULL, UNALLOCATED};
@@ -94,46 +93,6 @@ impl VhdMapper {
     }
 }
 
-/// Extends `last` by `next` when they are adjacent pieces of the same kind.
-fn merge_read(last: &mut ReadMapping, next: &ReadMapping) -> bool {
-    match (last, next) {
-        (ReadMapping::Zero { len }, ReadMapping::Zero { len: more }) => {
-            *len += more;
-            true
-        }
-        (
-            ReadMapping::Host { file, offset, len },
-            ReadMapping::Host {
-                file: f2,
-                offset: o2,
-                len: l2,
-            },
-        ) if *file == *f2 && *offset + *len == *o2 => {
-            *len += l2;
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Extends `last` by `next` when both are in-place writes to adjacent host ranges.
-fn merge_write(last: &mut WriteMapping, next: &WriteMapping) -> bool {
-    match (last, next) {
-        (
-            WriteMapping::Host { file, offset, len },
-            WriteMapping::Host {
-                file: f2,
-                offset: o2,
-                len: l2,
-            },
-        ) if *file == *f2 && *offset + *len == *o2 => {
-            *len += l2;
-            true
-        }
-        _ => false,
-    }
-}
-
 impl AsyncMapper for VhdMapper {
     fn disk(&self) -> &dyn DiskFile {
         &self.image
@@ -169,7 +128,12 @@ impl AsyncMapper for VhdMapper {
             })
         };
         Ok(Self::map_blocks(
-            sparse, offset, len, out, piece, merge_read,
+            sparse,
+            offset,
+            len,
+            out,
+            piece,
+            ReadMapping::try_extend,
         ))
     }
 
@@ -210,7 +174,7 @@ impl AsyncMapper for VhdMapper {
             len,
             out,
             piece,
-            merge_write,
+            WriteMapping::try_extend,
         ))
     }
 
@@ -279,20 +243,4 @@ impl VhdAsync {
     }
 }
 
-impl AsyncIo for VhdAsync {
-    fn notifier(&self) -> &EventFd {
-        self.queue.notifier()
-    }
-
-    fn submit(&mut self, batch: &[Request<'_>]) -> Result<()> {
-        self.queue.submit(batch)
-    }
-
-    fn next_completed_request(&mut self) -> Option<Completion> {
-        self.queue.next_completed_request()
-    }
-
-    fn ring_depth(&self) -> u32 {
-        self.queue.ring_depth()
-    }
-}
+blk_core::delegate_async_io!(VhdAsync, queue);

@@ -1,5 +1,5 @@
 //! The asynchronous path: [`VhdxMapper`] translates guest requests into host ranges from the cached BAT, and
-//! [`VhdxAsync`] is the [`AsyncIo`] queue built on it with blk-core's [`MappedQueue`].
+//! [`VhdxAsync`] is the [`AsyncIo`](blk_core::AsyncIo) queue built on it with blk-core's [`MappedQueue`].
 //!
 //! Per payload block, by BAT state (exactly what the synchronous reader does with each):
 //!
@@ -21,9 +21,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 use blk_core::{
-    check_range, read_only_error, AllocationLink, AsyncIo, AsyncMapper, Completion, DiskFile,
-    Error, ErrorKind, EventFd, HostFile, HostQueueBackend, Mapped, MappedQueue, Operation,
-    ReadMapping, Request, Result, WriteMapping,
+    check_range, read_only_error, AllocationLink, AsyncMapper, DiskFile, Error, ErrorKind,
+    HostFile, HostQueueBackend, Mapped, MappedQueue, Operation, ReadMapping, Result, WriteMapping,
 };
 
 use crate::bat::{self, *};
@@ -105,46 +104,6 @@ impl VhdxMapper {
     }
 }
 
-/// Extends `last` by `next` when they are adjacent pieces of the same kind.
-fn merge_read(last: &mut ReadMapping, next: &ReadMapping) -> bool {
-    match (last, next) {
-        (ReadMapping::Zero { len }, ReadMapping::Zero { len: more }) => {
-            *len += more;
-            true
-        }
-        (
-            ReadMapping::Host { file, offset, len },
-            ReadMapping::Host {
-                file: f2,
-                offset: o2,
-                len: l2,
-            },
-        ) if *file == *f2 && *offset + *len == *o2 => {
-            *len += l2;
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Extends `last` by `next` when both are in-place writes to adjacent host ranges.
-fn merge_write(last: &mut WriteMapping, next: &WriteMapping) -> bool {
-    match (last, next) {
-        (
-            WriteMapping::Host { file, offset, len },
-            WriteMapping::Host {
-                file: f2,
-                offset: o2,
-                len: l2,
-            },
-        ) if *file == *f2 && *offset + *len == *o2 => {
-            *len += l2;
-            true
-        }
-        _ => false,
-    }
-}
-
 impl AsyncMapper for VhdxMapper {
     fn disk(&self) -> &dyn DiskFile {
         &self.image
@@ -177,7 +136,7 @@ impl AsyncMapper for VhdxMapper {
                 }
             })
         };
-        self.map_blocks(offset, len, out, piece, merge_read)
+        self.map_blocks(offset, len, out, piece, ReadMapping::try_extend)
     }
 
     fn map_write(&self, offset: u64, len: u64, out: &mut Vec<WriteMapping>) -> Result<Mapped> {
@@ -205,7 +164,7 @@ impl AsyncMapper for VhdxMapper {
                 Piece::Slow
             })
         };
-        self.map_blocks(offset, len, out, piece, merge_write)
+        self.map_blocks(offset, len, out, piece, WriteMapping::try_extend)
     }
 
     /// Never called: the mapper answers allocating writes [`Mapped::Slow`].
@@ -271,20 +230,4 @@ impl VhdxAsync {
     }
 }
 
-impl AsyncIo for VhdxAsync {
-    fn notifier(&self) -> &EventFd {
-        self.queue.notifier()
-    }
-
-    fn submit(&mut self, batch: &[Request<'_>]) -> Result<()> {
-        self.queue.submit(batch)
-    }
-
-    fn next_completed_request(&mut self) -> Option<Completion> {
-        self.queue.next_completed_request()
-    }
-
-    fn ring_depth(&self) -> u32 {
-        self.queue.ring_depth()
-    }
-}
+blk_core::delegate_async_io!(VhdxAsync, queue);
