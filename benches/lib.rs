@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use blk_core::{DiskFile, Result};
+use blk_core::{DiskFile, MappedDisk, Result};
 use blk_raw::{Preallocation, Raw, RawCreateOptions};
 use tempfile::TempDir;
 
@@ -20,7 +20,7 @@ pub const BLOCK: usize = 4096;
 #[derive(Debug)]
 pub struct CachedImage {
     /// The open image.
-    pub disk: Raw,
+    pub disk: MappedDisk<Raw>,
     /// The image's path.
     pub path: PathBuf,
     /// Keeps the directory (and the image) alive.
@@ -32,13 +32,13 @@ pub struct CachedImage {
 pub fn page_cached_raw(size: u64) -> Result<CachedImage> {
     let dir = tempfile::Builder::new().prefix("blk-bench-").tempdir()?;
     let path = dir.path().join("bench.raw");
-    let disk = Raw::create(
+    let disk = MappedDisk::new(Raw::create(
         &path,
         &RawCreateOptions {
             size,
             preallocation: Preallocation::Off,
         },
-    )?;
+    )?);
     const CHUNK: usize = 1 << 20;
     let mut chunk = vec![0u8; CHUNK];
     let mut offset = 0u64;

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use blk_benches::{page_cached_raw, scattered_offsets, BLOCK, IMAGE_SIZE};
 use blk_core::{
-    AsyncIo, DenyNamedImages, DiskFile, HostOpenOptions, IoBufMut, LockMode, Request, RequestOp,
+    AsyncIo, DenyNamedImages, DiskFile, HostOpenOptions, IoBufMut, LockMode, MappedDisk, Request,
+    RequestOp,
 };
 use blk_factory::{choose_backend, open_disk_file, Backend, DiskFileParams, ImageFormat};
 use blk_qcow::{Qcow2, Qcow2CreateOptions, Qcow2OpenOptions};
@@ -27,7 +28,7 @@ fn page_cached_qcow2(path: &Path) {
         .expect("parsing the create options");
     Qcow2::create(path, &options, &DenyNamedImages).expect("creating the benchmark image");
     let open = Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DenyNamedImages));
-    let disk = Qcow2::open(path, &open).expect("opening the benchmark image");
+    let disk = MappedDisk::new(Qcow2::open(path, &open).expect("opening the benchmark image"));
     let chunk = vec![0x5au8; 1 << 20];
     for offset in (0..IMAGE_SIZE).step_by(chunk.len()) {
         disk.write_all_at(offset, &chunk)
@@ -58,7 +59,7 @@ fn async_queue(c: &mut Criterion) {
     let offsets = scattered_offsets(IMAGE_SIZE, BLOCK as u64);
     eprintln!(
         "async_queue: backend {}",
-        choose_backend(Backend::Auto).backend.name()
+        choose_backend(Backend::AUTO).backend.name()
     );
 
     // Async requests take 'static buffers: the 128 KiB is leaked once for the life of the benchmark process.
@@ -74,12 +75,12 @@ fn async_queue(c: &mut Criterion) {
         (
             "raw_submit_reap_32x4k",
             raw.path.as_path(),
-            ImageFormat::Raw,
+            ImageFormat::RAW,
         ),
         (
             "qcow2_submit_reap_32x4k",
             qcow2_path.as_path(),
-            ImageFormat::Qcow2,
+            ImageFormat::by_name("qcow2").expect("qcow2 is built in"),
         ),
     ] {
         let params = DiskFileParams::new(path)
@@ -87,7 +88,7 @@ fn async_queue(c: &mut Criterion) {
             .read_only(true)
             // The fixture keeps the raw image open for writing: share it, as `-U` does.
             .lock(LockMode::None)
-            .backend(Backend::Auto);
+            .backend(Backend::AUTO);
         let disk = open_disk_file(&params).expect("opening the benchmark image");
         let mut queue = disk
             .create_async_io(BATCH as u32)

@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use blk_core::{DenyNamedImages, DiskFile, HostOpenOptions};
+use blk_core::{DenyNamedImages, DiskFile, HostOpenOptions, MappedDisk};
 use blk_qcow::{Qcow2, Qcow2CreateOptions, Qcow2OpenOptions};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -23,7 +23,7 @@ fn qcow2_lookup(c: &mut Criterion) {
     .expect("parsing the create options");
     Qcow2::create(&path, &options, &DenyNamedImages).expect("creating the benchmark image");
     let open = Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DenyNamedImages));
-    let disk = Qcow2::open(&path, &open).expect("opening the benchmark image");
+    let disk = MappedDisk::new(Qcow2::open(&path, &open).expect("opening the benchmark image"));
     disk.write_all_at(0, &vec![1u8; SIZE as usize])
         .expect("filling the benchmark image");
     // Scattered cluster offsets (a large odd step), all in the cached L2 table.

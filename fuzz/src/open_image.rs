@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 
 use blk_core::{DiskFile, ErrorKind, LockMode};
-use blk_factory::{open_disk_file, DiskFileParams};
+use blk_factory::DiskFileParams;
 
 /// The step of the full read.
 const CHUNK: u64 = 64 << 10;
@@ -25,17 +25,22 @@ pub fn open_image(data: &[u8]) {
     let params = DiskFileParams::new(&path)
         .read_only(true)
         .lock(LockMode::None);
-    let disk = match open_disk_file(&params) {
-        Ok(disk) => disk,
+    let image = match blk_factory::open_image(&params) {
+        Ok(image) => image,
         Err(e) => {
             assert!(e.path().is_some(), "open error without a path: {e}");
             return;
         }
     };
+    let disk = &*image.disk;
     let size = disk.logical_size();
-    walk_map(&*disk, size);
-    read_all(&*disk, size);
-    if disk.image_info().is_ok_and(|info| info.format == "raw") {
+    walk_map(disk, size);
+    read_all(disk, size);
+    if image
+        .admin
+        .image_info()
+        .is_ok_and(|info| info.format == "raw")
+    {
         // Raw is the identity: the guest sees exactly the bytes of the file.
         let mut all = vec![0u8; data.len()];
         disk.read_exact_at(0, &mut all)

@@ -1,5 +1,6 @@
 //! The `qcow2` harness: any bytes as a qcow2 image file, opened read-only and writable by `blk_qcow::Qcow2`
-//! (files named inside refused by `DenyNamedImages`), described (`image_info`), its first internal snapshot
+//! served as a `MappedDisk` (files named inside refused by `DenyNamedImages`), described (`image_info`), its
+//! first internal snapshot
 //! opened, mapped and read in bounded samples, written, zeroed,
 //! discarded, flushed, checked and repaired. It must never panic, every error must name the image's path, and
 //! the file must never grow beyond what the writes can explain.
@@ -7,8 +8,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use blk_core::{DenyNamedImages, DiskFile, Error, HostOpenOptions, RepairMode, SnapshotSelector};
+use blk_core::{
+    DenyNamedImages, DiskFile, Error, HostOpenOptions, ImageAdmin, MappedDisk, RepairMode,
+    SnapshotSelector,
+};
 use blk_qcow::{Qcow2, Qcow2OpenOptions};
+
+/// An opened image as the harness drives it.
+type Disk = MappedDisk<Qcow2>;
 
 /// Extents walked by `map` at most (the virtual size may be huge).
 const MAX_MAP_STEPS: usize = 64;
@@ -44,7 +51,7 @@ pub fn qcow2(data: &[u8]) {
     let mut snapshot = options(true, false);
     snapshot.snapshot = Some(SnapshotSelector::Id("1".to_string()));
     match Qcow2::open(&path, &snapshot) {
-        Ok(disk) => read_around(&disk, &mut seed),
+        Ok(image) => read_around(&MappedDisk::new(image), &mut seed),
         Err(e) => expect_path(&e, "snapshot open"),
     }
     if std::fs::read(&path).map_or(true, |now| now != data) {
@@ -95,9 +102,9 @@ fn options(read_only: bool, check_mode: bool) -> Qcow2OpenOptions {
 }
 
 /// Opens the image; None (after checking the error) when it is refused.
-fn open(path: &Path, read_only: bool, check_mode: bool) -> Option<Qcow2> {
+fn open(path: &Path, read_only: bool, check_mode: bool) -> Option<Disk> {
     match Qcow2::open(path, &options(read_only, check_mode)) {
-        Ok(disk) => Some(disk),
+        Ok(image) => Some(MappedDisk::new(image)),
         Err(e) => {
             expect_path(&e, "open");
             None
@@ -143,7 +150,7 @@ impl Seed {
 }
 
 /// Maps the first extents and reads a few bounded samples (start, end, middle, random).
-fn read_around(disk: &Qcow2, seed: &mut Seed) {
+fn read_around(disk: &Disk, seed: &mut Seed) {
     let size = disk.logical_size();
     let mut offset = 0;
     for _ in 0..MAX_MAP_STEPS {
@@ -185,7 +192,7 @@ fn read_around(disk: &Qcow2, seed: &mut Seed) {
 }
 
 /// One write, zero-write or discard; returns the bytes it may have allocated.
-fn write_something(disk: &Qcow2, seed: &mut Seed) -> u64 {
+fn write_something(disk: &Disk, seed: &mut Seed) -> u64 {
     let (offset, len) = seed.range(disk.logical_size());
     if len == 0 {
         return 0;

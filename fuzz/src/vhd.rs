@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use blk_core::{
-    DiskFile, Error, ErrorKind, HostOpenOptions, ImageOpener, LockMode, NamedImage, RepairMode,
-    Result,
+    DiskFile, Error, ErrorKind, HostOpenOptions, ImageAdmin, ImageOpener, LockMode, MappedDisk,
+    NamedImage, RepairMode, Result,
 };
 use blk_vhd::footer::Footer;
 use blk_vhd::{Vhd, VhdCreateOptions, VhdOpenOptions};
@@ -33,10 +33,10 @@ impl ImageOpener for ChainOpener {
         if depth > 4 || image.format.as_deref() != Some("vpc") {
             return Err(Error::new(ErrorKind::PermissionDenied, "refused"));
         }
-        Ok(Box::new(Vhd::open(
+        Ok(Box::new(MappedDisk::new(Vhd::open(
             &image.path,
             &VhdOpenOptions::new(host(true), Arc::new(ChainOpener { depth })),
-        )?))
+        )?)))
     }
 }
 
@@ -67,7 +67,7 @@ fn walk_map(disk: &dyn DiskFile, size: u64) {
 
 fn exercise(path: &Path, read_only: bool, data: &[u8]) {
     let options = VhdOpenOptions::new(host(read_only), Arc::new(ChainOpener { depth: 0 }));
-    let Ok(disk) = Vhd::open(path, &options) else {
+    let Ok(disk) = Vhd::open(path, &options).map(MappedDisk::new) else {
         return;
     };
     let size = disk.logical_size();
@@ -134,7 +134,7 @@ pub fn open_result(data: &[u8]) -> Option<std::result::Result<u64, ErrorKind>> {
     let options = VhdOpenOptions::new(host(true), Arc::new(ChainOpener { depth: 0 }));
     Some(
         Vhd::open(&path, &options)
-            .map(|d| d.logical_size())
+            .map(|d| MappedDisk::new(d).logical_size())
             .map_err(|e| e.kind()),
     )
 }

@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use blk_core::{DenyNamedImages, DiskFile, HostOpenOptions, LockMode, RepairMode};
+use blk_core::{
+    DenyNamedImages, DiskFile, HostOpenOptions, ImageAdmin, LockMode, MappedDisk, RepairMode,
+};
 use blk_vhdx::{Vhdx, VhdxCreateOptions, VhdxOpenOptions};
 
 /// The patchable areas: (offset, length).
@@ -59,7 +61,7 @@ fn template(dir: &std::path::Path) -> Option<Vec<u8>> {
     Vhdx::create(&path, &options, &DenyNamedImages).ok()?;
     {
         let opts = VhdxOpenOptions::new(HostOpenOptions::default(), Arc::new(DenyNamedImages));
-        let disk = Vhdx::open(&path, &opts).ok()?;
+        let disk = MappedDisk::new(Vhdx::open(&path, &opts).ok()?);
         disk.write_all_at(0, &[0x5a; 4096]).ok()?;
     }
     std::fs::read(&path).ok()
@@ -74,7 +76,7 @@ fn exercise(path: &std::path::Path, read_only: bool) {
     };
     let mut options = VhdxOpenOptions::new(host, Arc::new(DenyNamedImages));
     options.check_mode = !read_only;
-    let Ok(disk) = Vhdx::open(path, &options) else {
+    let Ok(disk) = Vhdx::open(path, &options).map(MappedDisk::new) else {
         return;
     };
     let size = disk.logical_size();

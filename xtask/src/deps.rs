@@ -1,5 +1,6 @@
 //! The dependency-direction check: formats and backends depend on `blk-core` alone, `blk-core` on no
-//! workspace crate, and only the integrators (`blk-factory`, the `blk` CLI) tie them together.
+//! workspace crate, and only the integrators (`blk-factory`, the `blk` CLI) tie them together. Tests share
+//! `blk-test-support`, a dev-only crate on `blk-core` alone.
 //!
 //! The rules ([`check`]) are a pure function over a [`WorkspaceGraph`]; [`graph_from_metadata`] builds that
 //! graph from `cargo metadata --no-deps` JSON and [`check_manifest`] does both for a workspace on disk. The
@@ -8,11 +9,16 @@
 //!
 //! | role | crates | may depend on (normal and build dependencies) | dev-dependencies |
 //! |---|---|---|---|
-//! | core | `blk-core` | no workspace crate | no workspace crate |
-//! | format | `blk-raw`, `blk-qcow`, `blk-vhd`, `blk-vhdx` | `blk-core` | `blk-core` |
-//! | backend | `blk-uring`, `blk-aio` | `blk-core` | `blk-core` |
+//! | core | `blk-core` | no workspace crate | `blk-test-support` |
+//! | format | `blk-raw`, `blk-qcow`, `blk-vhd`, `blk-vhdx` | `blk-core` | `blk-core`, `blk-test-support` |
+//! | backend | `blk-uring`, `blk-aio` | `blk-core` | `blk-core`, `blk-test-support` |
+//! | test support | `blk-test-support` | `blk-core` | `blk-core` |
 //! | integrator | `blk-factory`, `blk` | core, formats, backends, `blk-factory` | anything |
 //! | tooling | `xtask`, `blk-benches`, `blk-fuzz`, anything under `fuzz/` | anything | anything |
+//!
+//! `blk-test-support` is test code: only tooling may take it as a normal or build dependency; every other crate
+//! only as a dev-dependency (`blk-core`'s integration tests use it too: Cargo allows that cycle through a
+//! dev-dependency, and `blk-core`'s unit tests, which cannot, do without it).
 //!
 //! A workspace crate named `blk` or `blk-*` that is not in [`CRATE_TABLE`] fails the check until it is added.
 //! Other unknown names are reported and left unconstrained (their dependents are still constrained: a format
@@ -33,6 +39,8 @@ pub enum Role {
     Format,
     /// An I/O backend: asynchronous submission (io_uring, Linux AIO).
     Backend,
+    /// `blk-test-support`: helpers the crates' tests share; a dev-dependency only.
+    TestSupport,
     /// Wires formats and backends together: `blk-factory` and the `blk` CLI.
     Integrator,
     /// Build, benchmark and fuzz tooling; unconstrained.
@@ -46,6 +54,7 @@ impl Role {
             Role::Core => "core",
             Role::Format => "format",
             Role::Backend => "backend",
+            Role::TestSupport => "test-support",
             Role::Integrator => "integrator",
             Role::Tooling => "tooling",
         }
@@ -68,6 +77,7 @@ pub const CRATE_TABLE: &[(&str, Role)] = &[
     ("blk-vhdx", Role::Format),
     ("blk-uring", Role::Backend),
     ("blk-aio", Role::Backend),
+    ("blk-test-support", Role::TestSupport),
     ("blk-factory", Role::Integrator),
     ("blk", Role::Integrator),
     ("xtask", Role::Tooling),
@@ -197,7 +207,7 @@ impl fmt::Display for Violation {
             Violation::Unclassified { package } => write!(
                 f,
                 "workspace crate `{package}` is not classified: add it to CRATE_TABLE in xtask/src/deps.rs \
-                 as core, format, backend, integrator or tooling"
+                 as core, format, backend, test-support, integrator or tooling"
             ),
             Violation::Forbidden {
                 package,
@@ -215,15 +225,25 @@ impl fmt::Display for Violation {
 
 /// The rule a dependency of a `role` crate on `dep` (of class `dep_class`) breaks, if any.
 fn broken_rule(role: Role, dep: &str, dep_class: Class, kind: DepKind) -> Option<&'static str> {
+    let test_support = dep_class == Class::Known(Role::TestSupport);
+    if test_support && kind != DepKind::Dev && role != Role::Tooling {
+        return Some("blk-test-support is test code: only a dev-dependency");
+    }
     match role {
-        Role::Core => Some("blk-core depends on no workspace crate"),
+        Role::Core | Role::Format | Role::Backend if test_support => None,
+        Role::Core => {
+            Some("blk-core depends on no workspace crate (its tests may use blk-test-support)")
+        }
         Role::Format if dep != CORE => {
             Some("a format depends on no workspace crate but blk-core (not on backends, other formats or the factory)")
         }
         Role::Backend if dep != CORE => {
             Some("a backend depends on no workspace crate but blk-core (not on formats or the factory)")
         }
-        Role::Format | Role::Backend | Role::Tooling => None,
+        Role::TestSupport if dep != CORE => {
+            Some("blk-test-support depends on no workspace crate but blk-core")
+        }
+        Role::Format | Role::Backend | Role::TestSupport | Role::Tooling => None,
         Role::Integrator if kind == DepKind::Dev => None,
         Role::Integrator => match dep_class {
             _ if dep == CLI => Some("nothing depends on the blk CLI crate"),
@@ -378,7 +398,7 @@ pub fn run(root: &Path) -> Result<(), String> {
         } else {
             deps.join(", ")
         };
-        println!("  {:<12} {:<11} -> {deps}", package.name, class);
+        println!("  {:<16} {:<12} -> {deps}", package.name, class);
     }
     println!(
         "dependency direction: OK ({} workspace crates)",
@@ -398,14 +418,27 @@ mod tests {
 
     fn layered() -> Vec<Package> {
         vec![
-            Package::new("blk-core", "crates/blk-core", &[]),
-            Package::new("blk-raw", "crates/blk-raw", &[("blk-core", Normal)]),
+            Package::new("blk-core", "crates/blk-core", &[("blk-test-support", Dev)]),
+            Package::new(
+                "blk-test-support",
+                "crates/blk-test-support",
+                &[("blk-core", Normal)],
+            ),
+            Package::new(
+                "blk-raw",
+                "crates/blk-raw",
+                &[("blk-core", Normal), ("blk-test-support", Dev)],
+            ),
             Package::new(
                 "blk-qcow",
                 "crates/blk-qcow",
                 &[("blk-core", Normal), ("blk-core", Dev)],
             ),
-            Package::new("blk-uring", "crates/blk-uring", &[("blk-core", Normal)]),
+            Package::new(
+                "blk-uring",
+                "crates/blk-uring",
+                &[("blk-core", Normal), ("blk-test-support", Dev)],
+            ),
             Package::new(
                 "blk-factory",
                 "crates/blk-factory",
@@ -525,6 +558,83 @@ mod tests {
         assert_eq!(
             forbidden(&check(&g)),
             vec![("blk-core".into(), "blk-raw".into(), Dev)]
+        );
+    }
+
+    #[test]
+    fn test_support_is_a_dev_dependency_on_core_alone() {
+        assert_eq!(
+            classify("blk-test-support", Path::new("crates/blk-test-support")),
+            Class::Known(Role::TestSupport)
+        );
+        // Only as a dev-dependency, whoever depends on it (tooling aside).
+        for (package, dir, kind) in [
+            ("blk-raw", "crates/blk-raw", Normal),
+            ("blk-uring", "crates/blk-uring", Build),
+            ("blk-core", "crates/blk-core", Normal),
+            ("blk-factory", "crates/blk-factory", Normal),
+        ] {
+            let g = with(
+                layered(),
+                Package::new(package, dir, &[("blk-test-support", kind)]),
+            );
+            let v = check(&g);
+            assert_eq!(
+                forbidden(&v),
+                vec![(package.into(), "blk-test-support".into(), kind)]
+            );
+            assert!(
+                v[0].to_string().contains("only a dev-dependency"),
+                "{}",
+                v[0]
+            );
+        }
+        let g = with(
+            layered(),
+            Package::new(
+                "blk-factory",
+                "crates/blk-factory",
+                &[("blk-core", Normal), ("blk-test-support", Dev)],
+            ),
+        );
+        assert_eq!(check(&g), vec![]);
+        let g = with(
+            layered(),
+            Package::new("xtask", "xtask", &[("blk-test-support", Normal)]),
+        );
+        assert_eq!(check(&g), vec![]);
+        // It depends on blk-core alone, in every kind.
+        for kind in [Normal, Build, Dev] {
+            let g = with(
+                layered(),
+                Package::new(
+                    "blk-test-support",
+                    "crates/blk-test-support",
+                    &[("blk-core", Normal), ("blk-raw", kind), ("blk-uring", kind)],
+                ),
+            );
+            let v = check(&g);
+            assert_eq!(
+                forbidden(&v),
+                vec![
+                    ("blk-test-support".into(), "blk-raw".into(), kind),
+                    ("blk-test-support".into(), "blk-uring".into(), kind)
+                ]
+            );
+            assert!(v[0].to_string().contains("test-support crate"), "{}", v[0]);
+        }
+        // blk-core's other dev-dependencies stay forbidden.
+        let g = with(
+            layered(),
+            Package::new(
+                "blk-core",
+                "crates/blk-core",
+                &[("blk-test-support", Dev), ("blk-qcow", Dev)],
+            ),
+        );
+        assert_eq!(
+            forbidden(&check(&g)),
+            vec![("blk-core".into(), "blk-qcow".into(), Dev)]
         );
     }
 

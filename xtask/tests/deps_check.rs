@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use xtask::deps::{check_manifest, Role};
+use xtask::deps::{check_manifest, DepKind, Role};
 
 /// Writes a workspace of tiny library crates under `dir`: each `(name, deps)` becomes `crates/<name>` with
 /// path dependencies on `deps`, each `(dep, section)` in the Cargo.toml section given.
@@ -135,6 +135,79 @@ fn format_dev_dependency_on_backend_fails() {
 }
 
 #[test]
+fn test_support_as_a_dev_dependency_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    workspace(
+        dir.path(),
+        &[
+            ("blk-core", &[("blk-test-support", "dev-dependencies")]),
+            ("blk-test-support", &[("blk-core", NORMAL)]),
+            (
+                "blk-raw",
+                &[
+                    ("blk-core", NORMAL),
+                    ("blk-test-support", "dev-dependencies"),
+                ],
+            ),
+            (
+                "blk-aio",
+                &[
+                    ("blk-core", NORMAL),
+                    ("blk-test-support", "dev-dependencies"),
+                ],
+            ),
+        ],
+    );
+    let graph = check_manifest(&dir.path().join("Cargo.toml")).unwrap();
+    assert_eq!(graph.packages.len(), 4);
+}
+
+#[test]
+fn test_support_as_a_normal_dependency_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    workspace(
+        dir.path(),
+        &[
+            ("blk-core", &[]),
+            ("blk-test-support", &[("blk-core", NORMAL)]),
+            (
+                "blk-raw",
+                &[("blk-core", NORMAL), ("blk-test-support", NORMAL)],
+            ),
+        ],
+    );
+    let err = check_manifest(&dir.path().join("Cargo.toml")).unwrap_err();
+    assert!(
+        err.contains("blk-raw -> blk-test-support (normal dependency)"),
+        "{err}"
+    );
+    assert!(err.contains("only a dev-dependency"), "{err}");
+    assert!(err.contains("1 violation"), "{err}");
+}
+
+#[test]
+fn test_support_depending_on_a_format_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    workspace(
+        dir.path(),
+        &[
+            ("blk-core", &[]),
+            (
+                "blk-test-support",
+                &[("blk-core", NORMAL), ("blk-raw", NORMAL)],
+            ),
+            ("blk-raw", &[("blk-core", NORMAL)]),
+        ],
+    );
+    let err = check_manifest(&dir.path().join("Cargo.toml")).unwrap_err();
+    assert!(
+        err.contains("blk-test-support -> blk-raw (normal dependency)"),
+        "{err}"
+    );
+    assert!(err.contains("test-support crate"), "{err}");
+}
+
+#[test]
 fn unclassified_blk_crate_fails() {
     let dir = tempfile::tempdir().unwrap();
     workspace(
@@ -157,6 +230,13 @@ fn real_workspace_passes() {
         .iter()
         .find(|p| p.name == "blk-core")
         .unwrap();
-    assert!(core.deps.is_empty(), "{core:?}");
+    // blk-core's only workspace dependency: the test support, for its integration tests.
+    assert!(
+        core.deps
+            .iter()
+            .all(|(dep, kind)| dep == "blk-test-support" && *kind == DepKind::Dev),
+        "{core:?}"
+    );
     assert!(xtask::deps::CRATE_TABLE.contains(&("blk-core", Role::Core)));
+    assert!(xtask::deps::CRATE_TABLE.contains(&("blk-test-support", Role::TestSupport)));
 }

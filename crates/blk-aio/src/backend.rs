@@ -1,6 +1,9 @@
-//! [`AioBackend`]: makes [`AioQueue`]s, after checking that the kernel has native AIO at all.
+//! [`AioBackend`]: makes [`AioQueue`]s, after checking that the kernel has native AIO at all; [`BACKEND`], its
+//! registration with the factory.
 
-use blk_core::{HostFile, HostQueue, HostQueueBackend, Result};
+use std::sync::Arc;
+
+use blk_core::{BackendDescriptor, HostFile, HostQueue, HostQueueBackend, Result};
 
 use crate::context::AioContext;
 use crate::queue::AioQueue;
@@ -29,5 +32,27 @@ impl HostQueueBackend for AioBackend {
 
     fn create_queue(&self, files: &[&HostFile], depth: u32) -> Result<Box<dyn HostQueue>> {
         Ok(Box::new(AioQueue::new(files, depth)?))
+    }
+}
+
+/// The Linux AIO backend's registration: `aio`, also `native` (qemu-img's `-i native`). Its probe is
+/// [`AioBackend::new`].
+pub const BACKEND: &dyn BackendDescriptor = &AioDescriptor;
+
+/// What [`BACKEND`] points at.
+#[derive(Debug)]
+struct AioDescriptor;
+
+impl BackendDescriptor for AioDescriptor {
+    fn name(&self) -> &'static str {
+        crate::BACKEND_NAME
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["native"]
+    }
+
+    fn probe(&self) -> Result<Arc<dyn HostQueueBackend>> {
+        Ok(Arc::new(AioBackend::new()?))
     }
 }

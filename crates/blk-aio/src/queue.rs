@@ -8,6 +8,12 @@
 //!
 //! `released` counts the operations at the head of `ready` + `backlog` that [`HostQueue::submit`] allowed to go
 //! to the kernel: pushes are never sent before the caller submits them, even when reaping frees slots.
+//!
+//! An event of a read or write is one step of its transfer (blk-core's
+//! [`HostTransfer`](blk_core::host_queue::HostTransfer)): when the kernel moved fewer bytes than the iocb asked,
+//! the slot's iocb is filled again for the rest and goes back to the head of `ready`, released at once (the
+//! caller submitted it already), and goes out with the next `send`; the operation completes only when its
+//! transfer says so.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -215,7 +221,16 @@ impl AioQueue {
                             }
                             self.sync_here(file)
                         }
-                        _ => Err(errno),
+                        // A refused step of a read or write (the first, or the rest of a short one) ends
+                        // it as an event with that errno would.
+                        _ => {
+                            let files = &self.files;
+                            self.slots
+                                .step(front, Err(errno), |file| {
+                                    files.get(file).and_then(|f| f.len().ok())
+                                })
+                                .unwrap_or(Err(errno))
+                        }
                     };
                     self.settle(front, result);
                 }
@@ -250,17 +265,27 @@ impl AioQueue {
             else {
                 continue;
             };
-            let result = if event.res >= 0 {
-                Ok(event.res as u64)
-            } else {
-                Err(event
+            let result = match usize::try_from(event.res) {
+                Ok(n) => Ok(n),
+                Err(_) => Err(event
                     .res
                     .checked_neg()
                     .and_then(|e| i32::try_from(e).ok())
-                    .unwrap_or(libc::EIO))
+                    .unwrap_or(libc::EIO)),
             };
-            self.settle(slot, result);
             self.in_flight = self.in_flight.saturating_sub(1);
+            let files = &self.files;
+            match self.slots.step(slot, result, |file| {
+                files.get(file).and_then(|f| f.len().ok())
+            }) {
+                Some(result) => self.settle(slot, result),
+                None => {
+                    // The rest of a short transfer: it goes out first, with the next `send`, as part of an
+                    // operation the caller already submitted.
+                    self.ready.push_front(slot);
+                    self.released += 1;
+                }
+            }
         }
         Ok(())
     }

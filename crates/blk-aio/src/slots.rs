@@ -1,9 +1,12 @@
-//! [`SlotTable`]: the iocbs of one queue, each with its reused iovec array, and [`QueuedOp`], an operation
-//! waiting for a slot.
+//! [`SlotTable`]: the iocbs of one queue, each with its reused iovec array and the progress of its operation,
+//! and [`QueuedOp`], an operation waiting for a slot.
 //!
 //! Slot `i` owns `iocbs[i]`; the iocbs live in a boxed slice that is never reallocated, so a pointer handed to
-//! `io_submit` stays valid while the operation is in flight.
+//! `io_submit` stays valid while the operation is in flight. A read or write may take several iocbs, one after
+//! the other in the same slot: each event is a step of the operation's [`HostTransfer`] (blk-core's rules on
+//! short transfers), which says whether the rest goes out again or what the operation completes with.
 
+use blk_core::host_queue::{HostTransfer, TransferKind};
 use blk_core::{HostOp, IoBuf, IoBufMut};
 
 use crate::abi::{
@@ -84,6 +87,8 @@ pub(crate) struct SlotTable {
     iovecs: Box<[Vec<libc::iovec>]>,
     /// Slot `i`'s operation: its tag, kind and file index.
     ops: Box<[(u64, OpKind, usize)]>,
+    /// Slot `i`'s progress (a read or write; unused for a sync).
+    transfers: Box<[HostTransfer]>,
     /// Free slot indices.
     free: Vec<usize>,
     /// Whether slot `i` is taken (not in `free`).
@@ -97,6 +102,7 @@ impl SlotTable {
             iocbs: vec![Iocb::default(); count].into_boxed_slice(),
             iovecs: (0..count).map(|_| Vec::new()).collect(),
             ops: vec![(0, OpKind::SyncData, 0); count].into_boxed_slice(),
+            transfers: vec![HostTransfer::read(0, 0); count].into_boxed_slice(),
             // Popped from the end: slot 0 first.
             free: (0..count).rev().collect(),
             taken: vec![false; count].into_boxed_slice(),
@@ -163,15 +169,65 @@ impl SlotTable {
         fd: u32,
         resfd: u32,
     ) {
-        let (Some(iocb), Some(iovecs), Some(op)) = (
-            self.iocbs.get_mut(slot),
+        let (Some(iovecs), Some(op), Some(transfer)) = (
             self.iovecs.get(slot),
             self.ops.get_mut(slot),
+            self.transfers.get_mut(slot),
         ) else {
             return;
         };
         *op = (user_data, kind, file);
-        let (opcode, buf, nbytes) = match (kind, iovecs.as_slice()) {
+        let len = iovecs
+            .iter()
+            .fold(0u64, |total, iov| total.saturating_add(iov.iov_len as u64));
+        *transfer = match kind {
+            OpKind::Write => HostTransfer::new(TransferKind::Write, offset, len),
+            OpKind::Read | OpKind::SyncData => HostTransfer::new(TransferKind::Read, offset, len),
+        };
+        self.fill_iocb(slot, fd, resfd);
+    }
+
+    /// Accounts for one event of `slot` (`result`: bytes or errno): `None` when the operation goes on (the iocb
+    /// is filled again for the rest, to be submitted anew), or its result. `file_len` gives the length of the
+    /// operation's file; it is asked only when a read fails after a partial transfer.
+    pub(crate) fn step(
+        &mut self,
+        slot: usize,
+        result: std::result::Result<usize, i32>,
+        file_len: impl FnOnce(usize) -> Option<u64>,
+    ) -> Option<std::result::Result<u64, i32>> {
+        let (Some(&(_, kind, file)), Some(iovecs), Some(transfer), Some(iocb)) = (
+            self.ops.get(slot),
+            self.iovecs.get_mut(slot),
+            self.transfers.get_mut(slot),
+            self.iocbs.get(slot),
+        ) else {
+            return Some(Err(libc::EBADF));
+        };
+        if kind == OpKind::SyncData {
+            return Some(result.map(|_| 0));
+        }
+        let outcome = transfer.step(result, iovecs, || file_len(file));
+        if outcome.is_none() {
+            transfer.cut_in_place(iovecs);
+            let (fd, resfd) = (iocb.aio_fildes, iocb.aio_resfd);
+            self.fill_iocb(slot, fd, resfd);
+        }
+        outcome
+    }
+
+    /// Fills `slot`'s iocb for the next step of its operation: what its transfer has left, from its offset.
+    fn fill_iocb(&mut self, slot: usize, fd: u32, resfd: u32) {
+        let (Some(iocb), Some(iovecs), Some(&(_, kind, _)), Some(transfer)) = (
+            self.iocbs.get_mut(slot),
+            self.iovecs.get(slot),
+            self.ops.get(slot),
+            self.transfers.get(slot),
+        ) else {
+            return;
+        };
+        let rest = iovecs.get(transfer.first_buffer()..).unwrap_or(&[]);
+        let (opcode, buf, nbytes) = match (kind, rest) {
             (OpKind::SyncData, _) => (IOCB_CMD_FDSYNC, 0, 0),
             (OpKind::Read, [one]) => (
                 IOCB_CMD_PREAD,
@@ -200,7 +256,7 @@ impl SlotTable {
             aio_fildes: fd,
             aio_buf: buf,
             aio_nbytes: nbytes,
-            aio_offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            aio_offset: i64::try_from(transfer.offset()).unwrap_or(i64::MAX),
             aio_flags: IOCB_FLAG_RESFD,
             aio_resfd: resfd,
             ..Iocb::default()
@@ -257,10 +313,54 @@ mod tests {
         assert_eq!(table.iocbs[b].aio_lio_opcode, IOCB_CMD_PWRITEV);
         assert_eq!(table.iocbs[b].aio_nbytes, 3);
         assert_eq!(table.op(b), Some((8, OpKind::Write, 0)));
+        assert_eq!(table.step(b, Ok(0), |_| None), Some(Ok(0)));
         table.release(b);
         table.release(b);
         assert!(!table.is_taken(b));
         assert!(table.is_taken(a));
         assert_eq!(table.take_free(), Some(b));
+    }
+
+    /// A short event sends the rest from where it stopped; what ends the operation is blk-core's rule.
+    #[test]
+    fn a_short_event_fills_the_iocb_for_the_rest() {
+        let mut table = SlotTable::new(1);
+        let slot = table.take_free().unwrap(); // a fresh table has a free slot
+        let data: &'static mut [u8] = Box::leak(Box::new([0u8; 300]));
+        let base = data.as_mut_ptr() as u64;
+        let (a, rest) = data.split_at_mut(100);
+        let bufs = [IoBufMut::from(a), IoBufMut::from(rest)];
+        let op = HostOp::Read {
+            file: 2,
+            offset: 4096,
+            bufs: &bufs,
+        };
+        for (error, file_len, outcome) in [
+            // The file goes on past where the read stopped: the read's error.
+            (libc::EIO, 1 << 20, Err(libc::EIO)),
+            // The file ends where the read stopped: the bytes so far.
+            (libc::EINVAL, 4096 + 150, Ok(150)),
+        ] {
+            copy_iovecs(&op, table.iovecs_mut(slot).unwrap()); // `slot` exists
+            table.prepare(slot, 7, OpKind::Read, 2, 4096, 3, 9);
+            assert_eq!(table.iocbs[slot].aio_lio_opcode, IOCB_CMD_PREADV);
+            assert_eq!(table.iocbs[slot].aio_nbytes, 2);
+            assert_eq!(table.step(slot, Ok(150), |_| None), None);
+            let iocb = table.iocbs[slot];
+            assert_eq!(iocb.aio_lio_opcode, IOCB_CMD_PREAD);
+            assert_eq!((iocb.aio_buf, iocb.aio_nbytes), (base + 150, 150));
+            assert_eq!(
+                (iocb.aio_offset, iocb.aio_fildes, iocb.aio_resfd),
+                (4096 + 150, 3, 9)
+            );
+            assert_eq!(iocb.aio_data, slot as u64);
+            let asked = std::cell::Cell::new(None);
+            let result = table.step(slot, Err(error), |file| {
+                asked.set(Some(file));
+                Some(file_len)
+            });
+            assert_eq!(result, Some(outcome));
+            assert_eq!(asked.get(), Some(2));
+        }
     }
 }

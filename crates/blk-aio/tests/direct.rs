@@ -23,23 +23,9 @@ fn aligned_reads_and_writes() {
     let new_data = pattern(77, 3 * 4096);
     let writes = [write_buf(&new_data[..4096]), write_buf(&new_data[4096..])];
     let reads: Vec<_> = (0..32).map(|_| [read_buf(4096)]).collect();
-    queue.push(
-        1000,
-        HostOp::Write {
-            file: 0,
-            offset: 768 * 1024,
-            bufs: &writes,
-        },
-    );
+    queue.push(1000, host_write(0, 768 * 1024, &writes));
     for (i, bufs) in reads.iter().enumerate() {
-        queue.push(
-            i as u64,
-            HostOp::Read {
-                file: 0,
-                offset: (i * 4096 * 3) as u64,
-                bufs,
-            },
-        );
+        queue.push(i as u64, host_read(0, (i * 4096 * 3) as u64, bufs));
     }
     queue.push(1001, HostOp::SyncData { file: 0 });
     queue.submit().unwrap();
@@ -53,14 +39,7 @@ fn aligned_reads_and_writes() {
     assert_eq!(result_of(&done, 1001), Ok(0));
 
     let back = [read_buf(3 * 4096)];
-    queue.push(
-        1,
-        HostOp::Read {
-            file: 0,
-            offset: 768 * 1024,
-            bufs: &back,
-        },
-    );
+    queue.push(1, host_read(0, 768 * 1024, &back));
     queue.submit().unwrap();
     assert_eq!(result_of(&wait_for(&mut *queue, 1), 1), Ok(3 * 4096));
     assert_bytes(&contents(&back[0]), &new_data);
@@ -78,14 +57,7 @@ fn short_read_at_end_of_file() {
         return;
     };
     let bufs = [read_buf(8192)];
-    queue.push(
-        1,
-        HostOp::Read {
-            file: 0,
-            offset: 2 * 4096,
-            bufs: &bufs,
-        },
-    );
+    queue.push(1, host_read(0, 2 * 4096, &bufs));
     queue.submit().unwrap();
     assert_eq!(result_of(&wait_for(&mut *queue, 1), 1), Ok(4096));
     assert_bytes(&contents(&bufs[0])[..4096], &pattern(12, 3 * 4096)[8192..]);
@@ -108,38 +80,10 @@ fn misaligned_operations_fail_alone() {
     let odd_length = [read_buf(1000)];
     let aligned = [read_buf(4096)];
     let odd_write = [IoBuf::from(&*leak_aligned(4096))];
-    queue.push(
-        1,
-        HostOp::Read {
-            file: 0,
-            offset: 0,
-            bufs: &misaligned,
-        },
-    );
-    queue.push(
-        2,
-        HostOp::Read {
-            file: 0,
-            offset: 4096,
-            bufs: &odd_length,
-        },
-    );
-    queue.push(
-        3,
-        HostOp::Write {
-            file: 0,
-            offset: 100,
-            bufs: &odd_write,
-        },
-    );
-    queue.push(
-        4,
-        HostOp::Read {
-            file: 0,
-            offset: 8192,
-            bufs: &aligned,
-        },
-    );
+    queue.push(1, host_read(0, 0, &misaligned));
+    queue.push(2, host_read(0, 4096, &odd_length));
+    queue.push(3, host_write(0, 100, &odd_write));
+    queue.push(4, host_read(0, 8192, &aligned));
     queue.submit().unwrap();
     let done = wait_for(&mut *queue, 4);
     assert_eq!(result_of(&done, 1), Err(libc::EINVAL));
@@ -150,14 +94,7 @@ fn misaligned_operations_fail_alone() {
 
     // The queue keeps working.
     let again = [read_buf(4096)];
-    queue.push(
-        5,
-        HostOp::Read {
-            file: 0,
-            offset: 0,
-            bufs: &again,
-        },
-    );
+    queue.push(5, host_read(0, 0, &again));
     queue.submit().unwrap();
     assert_eq!(result_of(&wait_for(&mut *queue, 1), 5), Ok(4096));
     assert_bytes(&contents(&again[0]), &pattern(13, 65536)[..4096]);
@@ -176,14 +113,7 @@ fn dropping_with_reads_in_the_kernel_waits_for_them() {
     };
     let reads: Vec<_> = (0..16).map(|_| [read_buf(256 * 1024)]).collect();
     for (i, bufs) in reads.iter().enumerate() {
-        queue.push(
-            i as u64,
-            HostOp::Read {
-                file: 0,
-                offset: (i * 256 * 1024) as u64,
-                bufs,
-            },
-        );
+        queue.push(i as u64, host_read(0, (i * 256 * 1024) as u64, bufs));
     }
     queue.submit().unwrap();
     assert_eq!(queue.pending(), 16);

@@ -108,7 +108,7 @@ proptest! {
                         model[at..at + len].copy_from_slice(&data);
                         expected.push((tag, Ok(len as u64)));
                         let bufs = write_bufs.last().unwrap(); // just pushed
-                        queue.push(tag, HostOp::Write { file: 0, offset: at as u64, bufs });
+                        queue.push(tag, host_write(0, at as u64, bufs));
                     }
                     ModelOp::Sync => {
                         expected.push((tag, Ok(0)));
@@ -117,7 +117,7 @@ proptest! {
                 }
             }
             for (tag, at, _, bufs) in &reads {
-                queue.push(*tag, HostOp::Read { file: 0, offset: *at as u64, bufs });
+                queue.push(*tag, host_read(0, *at as u64, bufs));
             }
             prop_assert_eq!(queue.pending(), batch.len());
             queue.submit().unwrap();

@@ -27,6 +27,51 @@ impl CreateOptionInfo {
     }
 }
 
+/// How qemu prints a creation option's value on its `Formatting ...` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionPrint {
+    /// A byte count: printed as an integer when given (`cluster_size=4k` prints `cluster_size=4096`).
+    Size,
+    /// A plain number: printed as an integer when given.
+    Number,
+    /// Printed as given.
+    Text,
+}
+
+/// One option of qemu's option list for a format, as `qemu-img create` prints it on its `Formatting ...` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormattingOption {
+    /// The key, e.g. `cluster_size`.
+    pub name: &'static str,
+    /// How a given value prints.
+    pub print: OptionPrint,
+    /// What qemu prints when the option is not given (`None`: the option is left out).
+    pub default: Option<&'static str>,
+}
+
+impl FormattingOption {
+    /// An option printed as `print`, with qemu's printed `default`.
+    pub const fn new(
+        name: &'static str,
+        print: OptionPrint,
+        default: Option<&'static str>,
+    ) -> FormattingOption {
+        FormattingOption {
+            name,
+            print,
+            default,
+        }
+    }
+}
+
+/// The `file` protocol's options, which qemu appends to every format's list on the `Formatting ...` line.
+pub const FILE_FORMATTING_OPTIONS: &[FormattingOption] = &[
+    FormattingOption::new("size", OptionPrint::Size, None),
+    FormattingOption::new("nocow", OptionPrint::Text, None),
+    FormattingOption::new("preallocation", OptionPrint::Text, None),
+    FormattingOption::new("extent_size_hint", OptionPrint::Size, None),
+];
+
 /// Parses a boolean creation option as qemu does: `on`/`yes`/`true`/`y` or `off`/`no`/`false`/`n`.
 ///
 /// ```

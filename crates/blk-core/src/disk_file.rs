@@ -1,5 +1,7 @@
 //! The traits a VMM holds a disk by: [`DiskFile`] (synchronous, `&self`, cloneable per queue) and
-//! [`AsyncDiskFile`] (hands out one [`AsyncIo`] queue per virtio queue).
+//! [`AsyncDiskFile`] (hands out one [`AsyncIo`] queue per virtio queue). They are the data plane only: nothing
+//! here changes an image's metadata outside guest I/O. What `qemu-img` does to an image (info, check, snapshots,
+//! compressed writes, ...) is [`ImageAdmin`](crate::ImageAdmin), a separate handle.
 
 use std::fmt::Debug;
 
@@ -7,7 +9,6 @@ use crate::async_io::AsyncIo;
 use crate::buffer::{IoBuf, IoBufMut};
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::extent::Extent;
-use crate::info::{CheckReport, ImageInfo, RepairMode};
 use crate::topology::DiskTopology;
 
 /// A disk image opened for guest I/O.
@@ -17,7 +18,9 @@ use crate::topology::DiskTopology;
 /// lengths are guest bytes; a request must lie within [`logical_size`](DiskFile::logical_size), or it fails
 /// with [`ErrorKind::OutOfBounds`]. Data requests transfer everything or fail.
 ///
-/// The trait is object-safe: VMMs hold `Box<dyn DiskFile>`.
+/// The trait is object-safe: VMMs hold `Box<dyn DiskFile>`. It holds the guest's data plane only (I/O, size,
+/// topology, allocation map, flush, clone): no method changes the image's metadata except as guest I/O does.
+/// Formats implement it through [`MappedDisk`](crate::MappedDisk), from their [`Mapper`](crate::Mapper).
 pub trait DiskFile: Send + Sync + Debug {
     /// The guest-visible size in bytes.
     fn logical_size(&self) -> u64;
@@ -57,59 +60,6 @@ pub trait DiskFile: Send + Sync + Debug {
     fn map(&self, offset: u64, len: u64) -> Result<Extent> {
         check_range(offset, len, self.logical_size())?;
         Ok(Extent::data(offset, len, None))
-    }
-
-    /// The image's description for `blk info`.
-    fn image_info(&self) -> Result<ImageInfo>;
-
-    /// Checks the image's consistency (and repairs it as far as `repair` allows).
-    ///
-    /// Formats without metadata have nothing to check and return [`ErrorKind::Unsupported`], which the CLI
-    /// reports with qemu-img's exit code 63.
-    fn check(&self, repair: RepairMode) -> Result<CheckReport> {
-        let _ = repair;
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            "this image format does not support checks",
-        )
-        .with_operation(Operation::Check))
-    }
-
-    /// The unit of [`write_compressed`](DiskFile::write_compressed) (the cluster size), or `None` when the
-    /// format cannot store compressed data.
-    fn compressed_write_size(&self) -> Option<u64> {
-        None
-    }
-
-    /// Stores one unit of guest data compressed (qemu-img `convert -c`): `offset` is a multiple of
-    /// [`compressed_write_size`](DiskFile::compressed_write_size) and `buf` is that long, or shorter only for
-    /// the last unit of the disk. Data that does not shrink may be stored uncompressed.
-    fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        let _ = buf;
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            "this image format cannot store compressed data",
-        )
-        .with_offset(offset)
-        .with_operation(Operation::Write))
-    }
-
-    /// Whether every guest byte that was never written reads as zeros in this layer and below: true for a
-    /// freshly created image without backing file, so a copy into it may skip zeros (qemu's
-    /// `bdrv_has_zero_init`).
-    fn has_zero_init(&self) -> bool {
-        false
-    }
-
-    /// Drops everything this layer stores, so that every read comes from the backing file again (qemu's
-    /// `bdrv_make_empty`, what `commit` does to the committed image). Formats without layers return
-    /// [`ErrorKind::Unsupported`].
-    fn make_empty(&self) -> Result<()> {
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            "this image format cannot be emptied",
-        )
-        .with_operation(Operation::Discard))
     }
 
     /// Reads `buf.len()` guest bytes at `offset`: [`read_at`](DiskFile::read_at) for one plain buffer.

@@ -130,6 +130,8 @@ pub enum Operation {
     Lock,
     /// Changing the backing file an image records (`rebase`).
     ChangeBacking,
+    /// Reading an image's description (`info`).
+    Info,
 }
 
 impl Operation {
@@ -149,6 +151,7 @@ impl Operation {
             Operation::Check => "checking",
             Operation::Lock => "locking",
             Operation::ChangeBacking => "changing the backing file",
+            Operation::Info => "reading the image information",
         }
     }
 }

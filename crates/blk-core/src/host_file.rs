@@ -11,9 +11,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::buffer::{IoBuf, IoBufMut};
+use crate::buffer::{total_len, total_len_mut, IoBuf, IoBufMut};
 use crate::direct_io::{DirectIo, DirectIoAlignment};
 use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::host_queue::HostTransfer;
 use crate::sys;
 use crate::topology::DiskTopology;
 
@@ -237,17 +238,8 @@ impl HostFile {
     }
 
     fn set_direct(&mut self) -> Result<()> {
-        let fd = self.file.as_raw_fd();
         let ctx = |e: io::Error| Error::io_while(e, "enabling O_DIRECT").with_path(&self.path);
-        // SAFETY: F_GETFL/F_SETFL take and return plain integers on a descriptor we own.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 {
-            return Err(ctx(io::Error::last_os_error()));
-        }
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_DIRECT) } < 0 {
-            return Err(ctx(io::Error::last_os_error()));
-        }
+        sys::add_status_flags(self.file.as_fd(), libc::O_DIRECT).map_err(ctx)?;
         let alignment = match sys::dio_alignment(self.file.as_fd()) {
             Some((memory, offset)) => DirectIoAlignment { memory, offset },
             None if self.block_device => {
@@ -388,37 +380,33 @@ impl HostFile {
         self.read_vectored_raw(offset, bufs)
     }
 
-    /// Positioned vectored read without alignment handling: loops over short reads and `IOV_MAX`.
+    /// Positioned vectored read without alignment handling: loops over short reads and `IOV_MAX` as the
+    /// [`HostTransfer`] rules say (the same ones every host-queue backend follows); fewer bytes than asked only
+    /// at the end of the file.
     pub(crate) fn read_vectored_raw(&self, offset: u64, bufs: &[IoBufMut<'_>]) -> Result<usize> {
-        let mut done = 0usize;
-        let mut index = 0usize;
-        let mut skip = 0usize; // bytes of bufs[index] already filled
-        while index < bufs.len() {
-            let n = if skip == 0 {
-                sys::preadv(self.file.as_fd(), &bufs[index..], offset + done as u64)
-            } else {
-                let first = bufs[index].subslice(skip, bufs[index].len() - skip);
-                let rest: &[IoBufMut<'_>] = match first {
-                    Some(ref b) => std::slice::from_ref(b),
-                    None => &[],
-                };
-                sys::preadv(self.file.as_fd(), rest, offset + done as u64)
-            };
-            let n = match n {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.err(e, "reading", Some(offset + done as u64))),
-            };
-            done += n;
-            let mut left = n + skip;
-            while index < bufs.len() && left >= bufs[index].len() {
-                left -= bufs[index].len();
-                index += 1;
-            }
-            skip = left;
+        let mut transfer = HostTransfer::read(offset, total_len_mut(bufs));
+        if transfer.remaining() == 0 {
+            return Ok(0);
         }
-        Ok(done)
+        loop {
+            let step = match transfer.rest(bufs) {
+                (Some(first), _) => sys::preadv(self.file.as_fd(), &[first], transfer.offset()),
+                (None, rest) => sys::preadv(self.file.as_fd(), rest, transfer.offset()),
+            };
+            let result = step.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+            match transfer.step(result, bufs, || self.len().ok()) {
+                None => {}
+                // The bytes read fit the buffers, whose lengths are usizes.
+                Some(Ok(n)) => return Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+                Some(Err(errno)) => {
+                    return Err(self.err(
+                        io::Error::from_raw_os_error(errno),
+                        "reading",
+                        Some(transfer.offset()),
+                    ))
+                }
+            }
+        }
     }
 
     /// Reads exactly enough bytes to fill `bufs` at `offset`; the end of the file first is an error.
@@ -457,44 +445,39 @@ impl HostFile {
         self.write_vectored_raw(offset, bufs)
     }
 
-    /// Positioned vectored write without alignment handling: loops over short writes and `IOV_MAX`.
+    /// Positioned vectored write without alignment handling: loops over short writes and `IOV_MAX` as the
+    /// [`HostTransfer`] rules say (the same ones every host-queue backend follows); all of `bufs` or an error.
     pub(crate) fn write_vectored_raw(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut done = 0usize;
-        let mut index = 0usize;
-        let mut skip = 0usize;
-        while done < total {
-            let n = if skip == 0 {
-                sys::pwritev(self.file.as_fd(), &bufs[index..], offset + done as u64)
-            } else {
-                let first = bufs[index].subslice(skip, bufs[index].len() - skip);
-                let rest: &[IoBuf<'_>] = match first {
-                    Some(ref b) => std::slice::from_ref(b),
-                    None => &[],
-                };
-                sys::pwritev(self.file.as_fd(), rest, offset + done as u64)
+        let mut transfer = HostTransfer::write(offset, total_len(bufs));
+        if transfer.remaining() == 0 {
+            return Ok(());
+        }
+        loop {
+            let step = match transfer.rest(bufs) {
+                (Some(first), _) => sys::pwritev(self.file.as_fd(), &[first], transfer.offset()),
+                (None, rest) => sys::pwritev(self.file.as_fd(), rest, transfer.offset()),
             };
-            let n = match n {
-                Ok(0) => {
+            let wrote_nothing = matches!(step, Ok(0));
+            let result = step.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+            match transfer.step(result, bufs, || None) {
+                None => {}
+                Some(Ok(_)) => return Ok(()),
+                Some(Err(_)) if wrote_nothing => {
                     return Err(self.err(
                         io::Error::from(io::ErrorKind::WriteZero),
                         "writing",
                         Some(offset),
                     ));
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.err(e, "writing", Some(offset + done as u64))),
-            };
-            done += n;
-            let mut left = n + skip;
-            while index < bufs.len() && left >= bufs[index].len() {
-                left -= bufs[index].len();
-                index += 1;
+                Some(Err(errno)) => {
+                    return Err(self.err(
+                        io::Error::from_raw_os_error(errno),
+                        "writing",
+                        Some(transfer.offset()),
+                    ))
+                }
             }
-            skip = left;
         }
-        Ok(())
     }
 
     /// Writes all of `buf` at `offset`.

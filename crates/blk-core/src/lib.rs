@@ -8,12 +8,17 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`disk_file`] | [`DiskFile`], [`AsyncDiskFile`], range checks |
+//! | [`disk_file`] | [`DiskFile`], [`AsyncDiskFile`]: the data plane; range checks |
+//! | [`image_admin`] | [`ImageAdmin`]: info, check, compressed writes, snapshots, ... on an open image |
+//! | [`mapper`] | [`Mapper`]: a format's one answer to "where does this guest range live" |
+//! | [`mapped_disk`] | [`MappedDisk`]: a mapper served as a `DiskFile` and `AsyncDiskFile` |
+//! | [`mapped_io`] | the synchronous engine: a read or write served from the mapping on the calling thread |
+//! | [`format_descriptor`] | [`FormatDescriptor`]: what a format crate registers (probe, open, create, capabilities) |
+//! | [`measure`] | [`Measure`], [`MeasureSource`]: `qemu-img measure` |
 //! | [`async_io`] | [`AsyncIo`], [`Request`], [`RequestFlags`], [`Completion`] |
 //! | [`sync_adaptor`] | [`SyncAdaptor`]: any `DiskFile` as an `AsyncIo` queue, with real batching |
-//! | [`host_queue`] | [`HostQueue`], [`HostQueueBackend`]: the asynchronous host-file layer backends implement |
+//! | [`host_queue`] | [`HostQueue`], [`HostQueueBackend`], [`BackendDescriptor`]: the asynchronous host-file layer backends implement, and its contract; [`HostTransfer`]: a transfer continued over short steps |
 //! | [`sync_host_queue`] | [`SyncHostBackend`]: that layer on `preadv`/`pwritev` |
-//! | [`async_mapping`] | [`AsyncMapper`]: what a format's async path answers (where a guest range lives) |
 //! | [`mapped_queue`] | [`MappedQueue`]: a format's `AsyncIo` queue from its mapper and a host queue |
 //! | [`worker_pool`] | the threads serving a `MappedQueue`'s slow requests, flushes, discards and write-zeroes |
 //! | `request_slots` | a `MappedQueue`'s bookkeeping: guest requests and host operations in flight, flush barriers |
@@ -24,7 +29,7 @@
 //! | [`direct_io`] | O_DIRECT alignment and bounce buffers |
 //! | [`topology`] | [`DiskTopology`]: guest-visible block geometry |
 //! | [`extent`] | [`Extent`]: where a guest range lives (data, zero, unallocated) |
-//! | [`create_option`] | [`CreateOptionInfo`]: a format's creation options, for `-o help`; qemu's value rules |
+//! | [`create_option`] | [`CreateOptionInfo`], [`FormattingOption`]: a format's creation options, for `-o help` and `Formatting ...`; qemu's value rules |
 //! | [`info`] | [`ImageInfo`], [`CheckReport`]: what `info` and `check` report |
 //! | [`image_opener`] | [`ImageOpener`]: the gate for files named inside images |
 //! | [`size`] | [`parse_size`]: qemu-img's size syntax |
@@ -57,7 +62,6 @@
 //! ```
 
 pub mod async_io;
-pub mod async_mapping;
 pub mod buffer;
 pub mod create_option;
 pub mod direct_io;
@@ -65,11 +69,17 @@ pub mod disk_file;
 mod encoded_read;
 pub mod error;
 pub mod extent;
+pub mod format_descriptor;
 pub mod host_file;
 pub mod host_queue;
+pub mod image_admin;
 pub mod image_opener;
 pub mod info;
+pub mod mapped_disk;
+pub mod mapped_io;
 pub mod mapped_queue;
+pub mod mapper;
+pub mod measure;
 mod queue_errors;
 mod request_buffers;
 mod request_slots;
@@ -81,21 +91,35 @@ pub mod topology;
 pub mod worker_pool;
 
 pub use async_io::{AsyncIo, Completion, Request, RequestFlags, RequestOp};
-pub use async_mapping::{AllocationLink, AsyncMapper, Mapped, ReadMapping, WriteMapping};
 pub use buffer::{IoBuf, IoBufMut};
-pub use create_option::{parse_bool_param, single_size, CreateOptionInfo};
+pub use create_option::{
+    parse_bool_param, single_size, CreateOptionInfo, FormattingOption, OptionPrint,
+    FILE_FORMATTING_OPTIONS,
+};
 pub use direct_io::DirectIoAlignment;
 pub use disk_file::{check_range, read_only_error, AsyncDiskFile, DiskFile};
 pub use error::{Error, ErrorKind, Operation, Result, ResultExt};
 pub use extent::{Extent, ExtentKind};
+pub use format_descriptor::{
+    BackingFiles, CreateRequest, FormatCapabilities, FormatDescriptor, OpenOptions, OpenedImage,
+    ProbeInput, ResizeRequest, PROBE_ANY_FILE, PROBE_MAGIC,
+};
 pub use host_file::{resolve_relative_to, HostFile, HostOpenOptions, LockMode};
-pub use host_queue::{HostCompletion, HostOp, HostQueue, HostQueueBackend};
+pub use host_queue::{
+    BackendDescriptor, HostCompletion, HostOp, HostQueue, HostQueueBackend, HostTransfer,
+    TransferBuffer,
+};
+pub use image_admin::ImageAdmin;
 pub use image_opener::{DenyNamedImages, ImageOpener, NamedImage, NamedImageRole};
 pub use info::{CheckReport, ImageInfo, InfoValue, RepairMode, SnapshotInfo, SnapshotSelector};
+pub use mapped_disk::MappedDisk;
+pub use mapped_io::{read_mapped, write_mapped, write_zeros_mapped};
 pub use mapped_queue::MappedQueue;
+pub use mapper::{push_disk_read, AllocationLink, Mapper, ReadMapping, WriteMapping};
+pub use measure::{Measure, MeasureSource};
 pub use size::{parse_size, parse_size_param};
 pub use sync_adaptor::SyncAdaptor;
-pub use sync_host_queue::SyncHostBackend;
+pub use sync_host_queue::{SyncHostBackend, SYNC_BACKEND};
 pub use topology::DiskTopology;
 pub use vm_memory;
 pub use vmm_sys_util::eventfd::EventFd;

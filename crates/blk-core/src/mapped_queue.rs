@@ -1,17 +1,20 @@
-//! [`MappedQueue`]: a format's [`AsyncIo`] queue, built from its [`AsyncMapper`] and a [`HostQueue`].
+//! [`MappedQueue`]: a format's [`AsyncIo`] queue, built from its [`Mapper`] and a [`HostQueue`].
 //!
 //! Per batch, each request is checked (range, read-only, O_DIRECT alignment: a bad request completes at once
-//! with its own error and the queue goes on), then:
-//! - a read is mapped with [`AsyncMapper::map_read`]: zero pieces are filled in memory at once, each host piece
-//!   becomes one [`HostOp::Read`] over the matching slices of the request's buffers (no copy), each encoded
-//!   (compressed) piece one [`HostOp::Read`] into a queue-owned aligned buffer, decoded with
-//!   [`AsyncMapper::decode`] on the worker pool (several at once) and copied to the request's buffers;
-//! - a write is mapped with [`AsyncMapper::map_write`]: each piece becomes one [`HostOp::Write`]; when a write
-//!   into a fresh allocation finishes, [`AsyncMapper::finish_allocation`] links it (exactly once);
-//! - what the mapper answers [`Mapped::Slow`], FUA writes, write-zeroes and discards run on a small
-//!   [worker pool](crate::worker_pool) on the format's synchronous [`DiskFile`](crate::DiskFile) methods;
+//! with its own error and the queue goes on), then mapped with the format's [`Mapper`], the same answer the
+//! synchronous path ([`mapped_io`](crate::mapped_io)) serves:
+//! - a read: zero pieces are filled in memory at once, each host piece becomes one [`HostOp::Read`] over the
+//!   matching slices of the request's buffers (no copy), each encoded (compressed) piece one [`HostOp::Read`]
+//!   into a queue-owned aligned buffer, decoded with [`Mapper::decode`] on the worker pool (several at once) and
+//!   copied to the request's buffers, and each piece of another disk (a backing file, a parent, a data file) a
+//!   job on the pool reading that disk;
+//! - a write: each host piece becomes one [`HostOp::Write`]; when a write into a fresh allocation finishes,
+//!   [`Mapper::finish_allocation`] links it (exactly once); pieces of another disk and slow pieces
+//!   ([`Mapper::write_slow`]) are jobs on the pool;
+//! - FUA writes, write-zeroes, discards, and requests whose host pieces O_DIRECT cannot take as they are, run
+//!   whole on a small [worker pool](crate::worker_pool), through the synchronous path;
 //! - a flush waits until every request submitted before it on this queue has completed, then runs
-//!   `disk().flush()` on the pool; requests submitted after it proceed meanwhile.
+//!   [`Mapper::flush`] on the pool; requests submitted after it proceed meanwhile.
 //!
 //! The whole batch's host I/O is handed to the backend with one [`HostQueue::submit`]. On the fast path (mapped
 //! reads and writes) nothing is allocated, locked or system-called per request once the queue's tables have
@@ -31,24 +34,26 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::async_io::{AsyncIo, Completion, Request, RequestFlags, RequestOp};
-use crate::async_mapping::{AsyncMapper, Mapped, ReadMapping, WriteMapping};
 use crate::buffer::{total_len, total_len_mut, IoBuf, IoBufMut};
 use crate::direct_io::DirectIoAlignment;
 use crate::disk_file::{check_range, read_only_error};
 use crate::encoded_read::{DecodeInput, EncodedPiece, EncodedReads, Placement};
 use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::host_file::HostFile;
 use crate::host_queue::{HostCompletion, HostOp, HostQueue, HostQueueBackend};
-use crate::queue_errors::{host_op_error, mapping_mismatch, HostFailure};
+use crate::mapped_io::{context, mapping_mismatch};
+use crate::mapper::{Mapper, ReadMapping, WriteMapping};
+use crate::queue_errors::{host_op_error, HostFailure};
 use crate::request_buffers::{
     check_direct_alignment, host_range_aligned, push_range, push_range_mut, zero_range,
 };
-use crate::request_slots::{FlushBarriers, HostOpRecord, SlotTable};
+use crate::request_slots::{FlushBarriers, HostOpRecord, HostOpTable, SlotTable};
 use crate::worker_pool::{Job, JobOp, WorkerPool};
 
-/// One asynchronous queue of a format: maps each request of a batch with the format's [`AsyncMapper`] and
+/// One asynchronous queue of a format: maps each request of a batch with the format's [`Mapper`] and
 /// submits the batch's data I/O on a [`HostQueue`] of `backend` (see the [module docs](self)).
 pub struct MappedQueue {
-    mapper: Arc<dyn AsyncMapper>,
+    mapper: Arc<dyn Mapper>,
     host: Box<dyn HostQueue>,
     ring_depth: u32,
     read_only: bool,
@@ -56,7 +61,7 @@ pub struct MappedQueue {
     /// The host files' paths, for error messages.
     paths: Vec<Arc<Path>>,
     slots: SlotTable,
-    ops: crate::request_slots::HostOpTable,
+    ops: HostOpTable,
     barriers: FlushBarriers,
     /// Flush slots whose wait is over (scratch).
     flushes_ready: Vec<u32>,
@@ -89,27 +94,27 @@ impl fmt::Debug for MappedQueue {
 impl MappedQueue {
     /// A queue of at most `ring_depth` requests in flight over `mapper`'s image, doing host I/O on `backend`.
     pub fn new(
-        mapper: Arc<dyn AsyncMapper>,
+        mapper: Arc<dyn Mapper>,
         backend: &dyn HostQueueBackend,
         ring_depth: u32,
     ) -> Result<MappedQueue> {
         let ring_depth = ring_depth.max(1);
         let (host, paths) = {
-            let files = mapper.host_files();
+            let files: Vec<&HostFile> = mapper.host_files().iter().collect();
             let host = backend.create_queue(&files, ring_depth)?;
             let paths: Vec<Arc<Path>> = files.iter().map(|f| f.path_arc()).collect();
             (host, paths)
         };
         let depth = ring_depth as usize;
         Ok(MappedQueue {
-            read_only: mapper.disk().is_read_only(),
+            read_only: mapper.is_read_only(),
             alignment: mapper.direct_io_alignment(),
             mapper,
             host,
             ring_depth,
             paths,
             slots: SlotTable::with_capacity(depth),
-            ops: crate::request_slots::HostOpTable::with_capacity(depth),
+            ops: HostOpTable::with_capacity(depth),
             barriers: FlushBarriers::default(),
             flushes_ready: Vec::new(),
             immediate: VecDeque::with_capacity(depth),
@@ -123,8 +128,9 @@ impl MappedQueue {
         })
     }
 
-    /// Adds the image path (the first host file) to an error about a whole request.
+    /// Adds the image's format and path (the first host file) to an error about a whole request.
     fn with_image(&self, err: Error) -> Error {
+        let err = err.with_format(self.mapper.format_name());
         match self.paths.first() {
             Some(path) => err.with_path(path),
             None => err,
@@ -136,8 +142,25 @@ impl MappedQueue {
         if modifies && self.read_only {
             return Err(self.with_image(read_only_error(operation).with_offset(offset)));
         }
-        check_range(offset, len, self.mapper.disk().logical_size())
+        check_range(offset, len, self.mapper.logical_size())
             .map_err(|e| self.with_image(e.with_operation(operation)))
+    }
+
+    /// The checks of a read or write before it is mapped: range, read-only, and O_DIRECT's alignment of its
+    /// offset, length and buffers (`(address, length)` each).
+    fn admit(
+        &self,
+        offset: u64,
+        len: u64,
+        operation: Operation,
+        segments: impl Iterator<Item = (usize, usize)>,
+    ) -> Result<()> {
+        self.check(offset, len, operation, operation == Operation::Write)?;
+        match self.alignment {
+            Some(alignment) => check_direct_alignment(alignment, offset, len, segments)
+                .map_err(|e| self.with_image(e.with_operation(operation))),
+            None => Ok(()),
+        }
     }
 
     /// Completes a request at once (signalled at the end of the batch).
@@ -199,43 +222,81 @@ impl MappedQueue {
         }
     }
 
+    /// `err` with the image's context and the request's guest offset (unless it names its own).
+    fn context(&self, err: Error, operation: Operation, offset: Option<u64>) -> Error {
+        context(&*self.mapper, err, operation, offset)
+    }
+
+    /// Records a host operation serving part of a request and pushes it onto the host queue: what reads and
+    /// writes, mapped or encoded, share.
+    fn push_host_op(&mut self, record: HostOpRecord, data: HostData<'_>) {
+        let (file, offset) = (record.file, record.host_offset);
+        let id = self.ops.insert(record);
+        let op = match data {
+            HostData::Into(bufs, start, len) => {
+                self.read_iov.clear();
+                push_range_mut(bufs, start, len, &mut self.read_iov);
+                HostOp::Read {
+                    file,
+                    offset,
+                    bufs: &self.read_iov,
+                }
+            }
+            HostData::From(bufs, start, len) => {
+                self.write_iov.clear();
+                push_range(bufs, start, len, &mut self.write_iov);
+                HostOp::Write {
+                    file,
+                    offset,
+                    bufs: &self.write_iov,
+                }
+            }
+        };
+        self.host.push(id, op);
+        self.host_pushed = true;
+    }
+
+    /// Hands one piece of the request in `slot` to the pool (another disk's I/O, a slow write).
+    fn send_piece(&mut self, slot: u32, op: JobOp) {
+        match self.pool() {
+            Ok(pool) => pool.submit(Job { slot, op }),
+            Err(e) => {
+                if let Some(c) = self.piece_finished(slot, Err(e)) {
+                    self.immediate.push_back(c);
+                }
+            }
+        }
+    }
+
     fn accept_read(&mut self, user_data: u64, offset: u64, bufs: &[IoBufMut<'static>]) {
         let len = total_len_mut(bufs);
-        if let Err(e) = self.check(offset, len, Operation::Read, false) {
+        let segments = bufs.iter().map(|b| (b.as_mut_ptr() as usize, b.len()));
+        if let Err(e) = self.admit(offset, len, Operation::Read, segments) {
             return self.complete_now(user_data, Err(e));
-        }
-        if let Some(alignment) = self.alignment {
-            let segments = bufs.iter().map(|b| (b.as_mut_ptr() as usize, b.len()));
-            if let Err(e) = check_direct_alignment(alignment, offset, len, segments) {
-                let e = self.with_image(e.with_operation(Operation::Read));
-                return self.complete_now(user_data, Err(e));
-            }
         }
         if len == 0 {
             return self.complete_now(user_data, Ok(0));
         }
         self.read_map.clear();
         match self.mapper.map_read(offset, len, &mut self.read_map) {
-            Err(e) => self.complete_now(user_data, Err(e.with_operation(Operation::Read))),
-            Ok(Mapped::Slow) => {
-                let op = JobOp::Read {
-                    offset,
-                    bufs: bufs.to_vec(),
-                };
-                self.send_to_pool(user_data, len, op);
+            Err(e) => {
+                let e = self.context(e, Operation::Read, Some(offset));
+                self.complete_now(user_data, Err(e));
             }
-            Ok(Mapped::Fast) => self.read_fast(user_data, offset, len, bufs),
+            Ok(()) => self.read_mapped(user_data, offset, len, bufs),
         }
     }
 
-    /// Serves a mapped read: zeros now, one host read per host piece.
-    fn read_fast(&mut self, user_data: u64, offset: u64, len: u64, bufs: &[IoBufMut<'static>]) {
+    /// Serves a mapped read: zeros now, one host read per host piece, encoded pieces read and decoded, other
+    /// disks' pieces on the pool.
+    fn read_mapped(&mut self, user_data: u64, offset: u64, len: u64, bufs: &[IoBufMut<'static>]) {
         let mut total = 0u64;
-        let mut host_pieces = 0u32;
+        let mut later = 0u32;
+        let mut valid = true;
         let mut aligned = true;
         for piece in &self.read_map {
             match *piece {
-                ReadMapping::Zero { len: n } => total = total.saturating_add(n),
+                ReadMapping::Zero { .. } => {}
                 ReadMapping::Host {
                     file,
                     offset: host,
@@ -244,23 +305,21 @@ impl MappedQueue {
                     if let Some(a) = self.alignment {
                         aligned &= host_range_aligned(a, total, host, n);
                     }
-                    if file >= self.paths.len() {
-                        // Counted as uncovered: refused below as a bad mapping.
-                        total = u64::MAX;
-                    }
-                    total = total.saturating_add(n);
-                    host_pieces += 1;
+                    valid &= file < self.paths.len();
+                    later += 1;
                 }
-                ReadMapping::Encoded { file, len: n, .. } => {
-                    if file >= self.paths.len() {
-                        total = u64::MAX;
-                    }
-                    total = total.saturating_add(n);
-                    host_pieces += 1;
+                ReadMapping::Encoded { file, .. } => {
+                    valid &= file < self.paths.len();
+                    later += 1;
+                }
+                ReadMapping::Disk { disk, .. } => {
+                    valid &= self.mapper.disk(disk).is_some();
+                    later += 1;
                 }
             }
+            total = total.saturating_add(piece.len());
         }
-        if total != len {
+        if total != len || !valid {
             let e = mapping_mismatch(offset, len, Operation::Read);
             return self.complete_now(user_data, Err(self.with_image(e)));
         }
@@ -271,40 +330,25 @@ impl MappedQueue {
             };
             return self.send_to_pool(user_data, len, op);
         }
-        let slot = (host_pieces > 0).then(|| self.slots.acquire(user_data, host_pieces, len));
-        if let Some(s) = slot.and_then(|s| self.slots.get_mut(s)) {
+        let Some(slot) = (later > 0).then(|| self.slots.acquire(user_data, later, len)) else {
+            // Zeros only: filled, nothing to wait for.
+            zero_range(bufs, 0, len);
+            return self.complete_now(user_data, Ok(len));
+        };
+        if let Some(s) = self.slots.get_mut(slot) {
             s.bufs.extend_from_slice(bufs);
         }
         let mut pos = 0u64;
         for i in 0..self.read_map.len() {
             let piece = self.read_map[i];
+            let n = piece.len();
             match piece {
-                ReadMapping::Zero { len: n } => zero_range(bufs, pos, n),
+                ReadMapping::Zero { .. } => zero_range(bufs, pos, n),
                 ReadMapping::Host {
-                    file,
-                    offset: host,
-                    len: n,
+                    file, offset: host, ..
                 } => {
-                    let Some(slot) = slot else { break };
-                    let id = self.ops.insert(HostOpRecord {
-                        slot,
-                        start: pos,
-                        len: n,
-                        file,
-                        host_offset: host,
-                        read: true,
-                        link: None,
-                        encoded: None,
-                    });
-                    self.read_iov.clear();
-                    push_range_mut(bufs, pos, n, &mut self.read_iov);
-                    let op = HostOp::Read {
-                        file,
-                        offset: host,
-                        bufs: &self.read_iov,
-                    };
-                    self.host.push(id, op);
-                    self.host_pushed = true;
+                    let record = HostOpRecord::read(slot, pos, n, file, host);
+                    self.push_host_op(record, HostData::Into(bufs, pos, n));
                 }
                 ReadMapping::Encoded {
                     file,
@@ -312,10 +356,9 @@ impl MappedQueue {
                     host_len,
                     decoded_len,
                     skip,
-                    len: n,
                     codec,
+                    ..
                 } => {
-                    let Some(slot) = slot else { break };
                     let encoded = (|| {
                         Some(EncodedPiece {
                             slot,
@@ -328,14 +371,12 @@ impl MappedQueue {
                             codec,
                         })
                     })();
-                    let placed = encoded.and_then(|p| self.encoded.place(file, p, self.alignment));
-                    match placed {
+                    match encoded.and_then(|p| self.encoded.place(file, p, self.alignment)) {
                         None => {
                             let e = mapping_mismatch(offset, len, Operation::Read);
                             let e = self.with_image(e);
-                            if let Some(s) = self.slots.get_mut(slot) {
-                                s.fail(e);
-                                s.outstanding = s.outstanding.saturating_sub(1);
+                            if let Some(c) = self.piece_finished(slot, Err(e)) {
+                                self.immediate.push_back(c);
                             }
                         }
                         Some(Placement::Waiting) => {}
@@ -345,47 +386,38 @@ impl MappedQueue {
                             offset: window,
                             buffer,
                         }) => {
-                            let id = self.ops.insert(HostOpRecord {
-                                slot,
-                                start: pos,
-                                len: n,
-                                file,
-                                host_offset: window,
-                                read: true,
-                                link: None,
+                            let record = HostOpRecord {
                                 encoded: Some(index),
-                            });
-                            self.read_iov.clear();
-                            self.read_iov.push(buffer);
-                            let op = HostOp::Read {
-                                file,
-                                offset: window,
-                                bufs: &self.read_iov,
+                                ..HostOpRecord::read(slot, pos, n, file, window)
                             };
-                            self.host.push(id, op);
-                            self.host_pushed = true;
+                            let window_len = buffer.len() as u64;
+                            let buffer = [buffer];
+                            self.push_host_op(record, HostData::Into(&buffer, 0, window_len));
                         }
                     }
                 }
+                ReadMapping::Disk {
+                    disk, offset: at, ..
+                } => {
+                    let mut part = Vec::new();
+                    push_range_mut(bufs, pos, n, &mut part);
+                    let op = JobOp::DiskRead {
+                        disk,
+                        offset: at,
+                        bufs: part,
+                    };
+                    self.send_piece(slot, op);
+                }
             }
-            pos += piece.len();
-        }
-        if slot.is_none() {
-            self.complete_now(user_data, Ok(len));
+            pos += n;
         }
     }
 
     fn accept_write(&mut self, user_data: u64, offset: u64, bufs: &[IoBuf<'static>], fua: bool) {
         let len = total_len(bufs);
-        if let Err(e) = self.check(offset, len, Operation::Write, true) {
+        let segments = bufs.iter().map(|b| (b.as_ptr() as usize, b.len()));
+        if let Err(e) = self.admit(offset, len, Operation::Write, segments) {
             return self.complete_now(user_data, Err(e));
-        }
-        if let Some(alignment) = self.alignment {
-            let segments = bufs.iter().map(|b| (b.as_ptr() as usize, b.len()));
-            if let Err(e) = check_direct_alignment(alignment, offset, len, segments) {
-                let e = self.with_image(e.with_operation(Operation::Write));
-                return self.complete_now(user_data, Err(e));
-            }
         }
         if fua {
             let op = JobOp::Write {
@@ -400,49 +432,52 @@ impl MappedQueue {
         }
         self.write_map.clear();
         match self.mapper.map_write(offset, len, &mut self.write_map) {
-            Err(e) => self.complete_now(user_data, Err(e.with_operation(Operation::Write))),
-            Ok(Mapped::Slow) => {
-                let op = JobOp::Write {
-                    offset,
-                    bufs: bufs.to_vec(),
-                    fua: false,
-                };
-                self.send_to_pool(user_data, len, op);
+            Err(e) => {
+                let e = self.context(e, Operation::Write, Some(offset));
+                self.complete_now(user_data, Err(e));
             }
-            Ok(Mapped::Fast) => self.write_fast(user_data, offset, len, bufs),
+            Ok(()) => self.write_mapped(user_data, offset, len, bufs),
         }
     }
 
-    /// Serves a mapped write: one host write per piece.
-    fn write_fast(&mut self, user_data: u64, offset: u64, len: u64, bufs: &[IoBuf<'static>]) {
+    /// Serves a mapped write: one host write per host piece (allocations linked when written), other disks'
+    /// pieces and slow pieces on the pool.
+    fn write_mapped(&mut self, user_data: u64, offset: u64, len: u64, bufs: &[IoBuf<'static>]) {
         let mut total = 0u64;
+        let mut valid = true;
         let mut aligned = true;
         for piece in &self.write_map {
-            let (file, host, n) = match *piece {
-                WriteMapping::Host { file, offset, len } => (file, offset, len),
-                WriteMapping::Allocated {
-                    file, offset, len, ..
-                } => (file, offset, len),
-            };
-            if let Some(a) = self.alignment {
-                aligned &= host_range_aligned(a, total, host, n);
+            match *piece {
+                WriteMapping::Host {
+                    file,
+                    offset: host,
+                    len: n,
+                }
+                | WriteMapping::Allocated {
+                    file,
+                    offset: host,
+                    len: n,
+                    ..
+                } => {
+                    if let Some(a) = self.alignment {
+                        aligned &= host_range_aligned(a, total, host, n);
+                    }
+                    valid &= file < self.paths.len();
+                }
+                WriteMapping::Disk { disk, .. } => valid &= self.mapper.disk(disk).is_some(),
+                WriteMapping::Slow { .. } => {}
             }
-            if file >= self.paths.len() {
-                // Counted as uncovered: refused below as a bad mapping.
-                total = u64::MAX;
-            }
-            total = total.saturating_add(n);
+            total = total.saturating_add(piece.len());
         }
-        if total != len || !aligned {
-            // Give the allocations back: the request is refused or served by the synchronous path.
+        if total != len || !valid || !aligned {
+            // Give the allocations back: the request is refused or served whole by the synchronous path.
             for piece in &self.write_map {
                 if let WriteMapping::Allocated { link, .. } = *piece {
-                    let aborted = Error::new(ErrorKind::Io, "the write was not submitted");
-                    // The allocation is given back; a failure to do so leaves a leak the format's check finds.
-                    let _ = self.mapper.finish_allocation(link, Err(aborted));
+                    // A failure to give back leaves a leak the format's check finds.
+                    let _ = self.mapper.finish_allocation(link, Err(not_submitted()));
                 }
             }
-            if total != len {
+            if total != len || !valid {
                 let e = mapping_mismatch(offset, len, Operation::Write);
                 return self.complete_now(user_data, Err(self.with_image(e)));
             }
@@ -457,35 +492,47 @@ impl MappedQueue {
         let pieces = self.write_map.len() as u32;
         let slot = self.slots.acquire(user_data, pieces, len);
         let mut pos = 0u64;
-        for piece in &self.write_map {
-            let (file, host, n, link) = match *piece {
-                WriteMapping::Host { file, offset, len } => (file, offset, len, None),
+        for i in 0..self.write_map.len() {
+            let piece = self.write_map[i];
+            let n = piece.len();
+            match piece {
+                WriteMapping::Host {
+                    file, offset: host, ..
+                } => {
+                    let record = HostOpRecord::write(slot, pos, n, file, host, None);
+                    self.push_host_op(record, HostData::From(bufs, pos, n));
+                }
                 WriteMapping::Allocated {
                     file,
-                    offset,
-                    len,
+                    offset: host,
                     link,
-                } => (file, offset, len, Some(link)),
-            };
-            let id = self.ops.insert(HostOpRecord {
-                slot,
-                start: pos,
-                len: n,
-                file,
-                host_offset: host,
-                read: false,
-                link,
-                encoded: None,
-            });
-            self.write_iov.clear();
-            push_range(bufs, pos, n, &mut self.write_iov);
-            let op = HostOp::Write {
-                file,
-                offset: host,
-                bufs: &self.write_iov,
-            };
-            self.host.push(id, op);
-            self.host_pushed = true;
+                    ..
+                } => {
+                    let record = HostOpRecord::write(slot, pos, n, file, host, Some(link));
+                    self.push_host_op(record, HostData::From(bufs, pos, n));
+                }
+                WriteMapping::Disk {
+                    disk, offset: at, ..
+                } => {
+                    let mut part = Vec::new();
+                    push_range(bufs, pos, n, &mut part);
+                    let op = JobOp::DiskWrite {
+                        disk,
+                        offset: at,
+                        bufs: part,
+                    };
+                    self.send_piece(slot, op);
+                }
+                WriteMapping::Slow { .. } => {
+                    let mut part = Vec::new();
+                    push_range(bufs, pos, n, &mut part);
+                    let op = JobOp::SlowWrite {
+                        offset: offset + pos,
+                        bufs: part,
+                    };
+                    self.send_piece(slot, op);
+                }
+            }
             pos += n;
         }
     }
@@ -509,9 +556,10 @@ impl MappedQueue {
         }
     }
 
-    /// The error of a failed host operation, naming the host file, offset and operation.
+    /// The error of a failed host operation, naming the image's format, the host file, offset and operation.
     fn host_error(&self, record: &HostOpRecord, failure: HostFailure) -> Error {
         host_op_error(record, failure, self.paths.get(record.file))
+            .with_format(self.mapper.format_name())
     }
 
     /// Accounts for one host completion; returns the guest request's completion when it was the last piece.
@@ -534,25 +582,19 @@ impl MappedQueue {
             Ok(_) => None,
             Err(errno) => Some(HostFailure::Errno(errno)),
         };
-        let mut error = failure.map(|f| self.host_error(&record, f));
-        if let Some(link) = record.link {
-            let written = match failure {
-                None => Ok(()),
-                Some(f) => Err(self.host_error(&record, f)),
-            };
-            if let Err(e) = self.mapper.finish_allocation(link, written) {
-                error.get_or_insert(e);
-            }
-        }
-        let slot = self.slots.get_mut(record.slot)?;
-        if let Some(e) = error {
-            slot.fail(e);
-        }
-        slot.outstanding = slot.outstanding.saturating_sub(1);
-        if slot.outstanding > 0 {
-            return None;
-        }
-        self.finish_slot(record.slot)
+        let written = match failure {
+            None => Ok(()),
+            Some(f) => Err(self.host_error(&record, f)),
+        };
+        let outcome = match record.link {
+            // Linking returns the write's error, or its own.
+            Some(link) => self
+                .mapper
+                .finish_allocation(link, written)
+                .map_err(|e| self.context(e, Operation::Write, None)),
+            None => written,
+        };
+        self.piece_finished(record.slot, outcome.map(|()| 0))
     }
 
     /// A window of encoded data was read: the pieces waiting for it go to the pool for decoding (each stays
@@ -648,6 +690,19 @@ impl MappedQueue {
         // Fails only when the counter would overflow, and then the eventfd is readable anyway.
         let _ = self.host.notifier().write(1);
     }
+}
+
+/// The bytes a host operation moves: `len` bytes from `start` of a request's (or a window's) buffers.
+enum HostData<'b> {
+    /// A read fills them.
+    Into(&'b [IoBufMut<'static>], u64, u64),
+    /// A write takes them.
+    From(&'b [IoBuf<'static>], u64, u64),
+}
+
+/// The error an allocation is given back with when its data write was never submitted.
+fn not_submitted() -> Error {
+    Error::new(ErrorKind::Io, "the write was not submitted")
 }
 
 impl AsyncIo for MappedQueue {

@@ -41,15 +41,3 @@ pub(crate) fn host_op_error(
         None => err,
     }
 }
-
-/// The error for a mapper whose pieces do not cover the request exactly, or name a host file it does not have.
-pub(crate) fn mapping_mismatch(offset: u64, len: u64, operation: Operation) -> Error {
-    Error::new(
-        ErrorKind::CorruptImage,
-        format!(
-            "the image's mapping of a {len}-byte request does not cover it exactly with its own files"
-        ),
-    )
-    .with_offset(offset)
-    .with_operation(operation)
-}

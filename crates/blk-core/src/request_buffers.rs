@@ -35,6 +35,87 @@ fn for_each_overlap(
     }
 }
 
+/// A guest buffer, as [`buffers_in`] slices it.
+pub(crate) trait Segment: Copy {
+    /// Its length in bytes.
+    fn length(&self) -> usize;
+    /// Its `len` bytes at `from`, when they are inside it.
+    fn part(&self, from: usize, len: usize) -> Option<Self>;
+}
+
+impl Segment for IoBufMut<'_> {
+    fn length(&self) -> usize {
+        self.len()
+    }
+
+    fn part(&self, from: usize, len: usize) -> Option<Self> {
+        self.subslice(from, len)
+    }
+}
+
+impl Segment for IoBuf<'_> {
+    fn length(&self) -> usize {
+        self.len()
+    }
+
+    fn part(&self, from: usize, len: usize) -> Option<Self> {
+        self.subslice(from, len)
+    }
+}
+
+/// Bytes `start..start + len` of a request's buffer list: the whole list borrowed, one buffer sliced, or (a
+/// range across several buffers) their slices collected.
+pub(crate) enum Buffers<'s, B> {
+    All(&'s [B]),
+    One([B; 1]),
+    Many(Vec<B>),
+}
+
+impl<B> Buffers<'_, B> {
+    /// The buffers, in order.
+    pub(crate) fn as_slice(&self) -> &[B] {
+        match self {
+            Buffers::All(all) => all,
+            Buffers::One(one) => one,
+            Buffers::Many(many) => many,
+        }
+    }
+}
+
+/// The buffers covering bytes `start..start + len` of the concatenation of `bufs` (`total` bytes in all),
+/// allocating only when the range spans several buffers and is not all of them.
+pub(crate) fn buffers_in<B: Segment>(
+    bufs: &[B],
+    total: u64,
+    start: u64,
+    len: u64,
+) -> Buffers<'_, B> {
+    if start == 0 && len == total {
+        return Buffers::All(bufs);
+    }
+    let mut pos = 0u64;
+    for b in bufs {
+        let end = pos + b.length() as u64;
+        if start >= pos && start.saturating_add(len) <= end {
+            // Inside one buffer; `start - pos <= b.length()`, which is a usize, and so is `len`.
+            if let Some(part) = b.part((start - pos) as usize, len as usize) {
+                return Buffers::One([part]);
+            }
+        }
+        if end > start {
+            break;
+        }
+        pos = end;
+    }
+    let mut many = Vec::new();
+    for_each_overlap(bufs.iter().map(|b| b.length()), start, len, |i, from, n| {
+        if let Some(part) = bufs.get(i).and_then(|b| b.part(from, n)) {
+            many.push(part);
+        }
+    });
+    Buffers::Many(many)
+}
+
 /// Appends to `out` the buffers covering bytes `start..start + len` of the concatenation of `bufs`.
 pub(crate) fn push_range_mut(
     bufs: &[IoBufMut<'static>],

@@ -7,9 +7,9 @@
 use std::collections::VecDeque;
 
 use crate::async_io::Completion;
-use crate::async_mapping::AllocationLink;
 use crate::buffer::IoBufMut;
 use crate::error::Error;
+use crate::mapper::AllocationLink;
 
 /// One guest request in flight.
 #[derive(Debug, Default)]
@@ -130,6 +130,39 @@ pub(crate) struct HostOpRecord {
     pub(crate) link: Option<AllocationLink>,
     /// For the read of an encoded piece: its index in the queue's `EncodedReads`.
     pub(crate) encoded: Option<u32>,
+}
+
+impl HostOpRecord {
+    /// A read of `len` bytes at `host_offset` of host file `file` into the request in `slot`, from `start`.
+    pub(crate) fn read(slot: u32, start: u64, len: u64, file: usize, host_offset: u64) -> Self {
+        HostOpRecord {
+            slot,
+            start,
+            len,
+            file,
+            host_offset,
+            read: true,
+            link: None,
+            encoded: None,
+        }
+    }
+
+    /// A write of `len` bytes of the request in `slot`, from `start`, at `host_offset` of host file `file`
+    /// (into a fresh allocation to link when `link` is given).
+    pub(crate) fn write(
+        slot: u32,
+        start: u64,
+        len: u64,
+        file: usize,
+        host_offset: u64,
+        link: Option<AllocationLink>,
+    ) -> Self {
+        HostOpRecord {
+            read: false,
+            link,
+            ..HostOpRecord::read(slot, start, len, file, host_offset)
+        }
+    }
 }
 
 /// The host operations in flight, indexed by the `user_data` given to the host queue.

@@ -122,7 +122,6 @@ mod tests {
     use crate::buffer::{IoBuf, IoBufMut};
     use crate::disk_file::check_range;
     use crate::error::ErrorKind;
-    use crate::info::ImageInfo;
     use crate::topology::DiskTopology;
 
     /// A disk in memory that counts flushes and can be told to fail them.
@@ -182,9 +181,6 @@ mod tests {
                 return Err(Error::new(ErrorKind::Io, "flush failed"));
             }
             Ok(())
-        }
-        fn image_info(&self) -> Result<ImageInfo> {
-            Err(Error::new(ErrorKind::Unsupported, "no info"))
         }
     }
 

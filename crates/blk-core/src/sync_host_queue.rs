@@ -5,15 +5,22 @@
 //! a queue in steady state allocates nothing); [`HostQueue::submit`] runs every recorded operation in order, each
 //! with positioned vectored system calls on the queue's own descriptors, stores the completions and writes the
 //! eventfd once. There is no ring, so there is no backlog either: `depth` only sizes the storage.
+//!
+//! How it keeps the [contract](crate::host_queue): a short transfer is continued inside `submit` by
+//! `HostFile`'s positioned loop (the [`HostTransfer`](crate::host_queue::HostTransfer) rules), so completions
+//! are final; `pending()` counts the recorded operations plus the completions not yet returned; dropping the
+//! queue discards operations pushed since the last `submit` (they never ran) and completions not returned (their
+//! operations ran), and closes the duplicated descriptors.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::buffer::{IoBuf, IoBufMut};
+use crate::buffer::{total_len, IoBuf, IoBufMut};
 use crate::error::{Error, Operation, Result};
 use crate::host_file::HostFile;
-use crate::host_queue::{HostCompletion, HostOp, HostQueue, HostQueueBackend};
+use crate::host_queue::{BackendDescriptor, HostCompletion, HostOp, HostQueue, HostQueueBackend};
 
 /// Runs host operations synchronously at [`HostQueue::submit`]: works everywhere.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,6 +33,24 @@ impl HostQueueBackend for SyncHostBackend {
 
     fn create_queue(&self, files: &[&HostFile], depth: u32) -> Result<Box<dyn HostQueue>> {
         Ok(Box::new(SyncHostQueue::new(files, depth)?))
+    }
+}
+
+/// The synchronous backend's registration: `sync` (qemu-img's `threads`), which always works, so it ends the
+/// factory's fallback list.
+pub const SYNC_BACKEND: &dyn BackendDescriptor = &SyncHostBackend;
+
+impl BackendDescriptor for SyncHostBackend {
+    fn name(&self) -> &'static str {
+        "sync"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["threads"]
+    }
+
+    fn probe(&self) -> Result<Arc<dyn HostQueueBackend>> {
+        Ok(Arc::new(SyncHostBackend))
     }
 }
 
@@ -82,7 +107,9 @@ impl SyncHostQueue {
         })
     }
 
-    /// Runs one recorded operation: bytes transferred (short only at the end of a file) or the errno.
+    /// Runs one recorded operation: bytes transferred or the errno. Reads and writes are `HostFile`'s raw
+    /// positioned loop, which follows the [`HostTransfer`](crate::host_queue::HostTransfer) rules of the
+    /// contract: short only at the end of a file, never a short write.
     fn run(&self, op: &RecordedOp) -> std::result::Result<u64, i32> {
         let Some(file) = self.files.get(op.file) else {
             return Err(libc::EBADF);
@@ -91,19 +118,15 @@ impl SyncHostQueue {
         match op.kind {
             RecordedKind::Read => {
                 let bufs = self.read_iovecs.get(range).unwrap_or(&[]);
-                // The raw path: no O_DIRECT bounce (the caller aligned what it sends), short at end of file.
+                // The raw path: no O_DIRECT bounce (the caller aligned what it sends).
                 file.read_vectored_raw(op.offset, bufs)
                     .map(|n| n as u64)
                     .map_err(|e| e.errno())
             }
             RecordedKind::Write => {
                 let bufs = self.write_iovecs.get(range).unwrap_or(&[]);
-                let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-                if len == 0 {
-                    return Ok(0);
-                }
                 file.write_vectored_raw(op.offset, bufs)
-                    .map(|()| len)
+                    .map(|()| total_len(bufs))
                     .map_err(|e| e.errno())
             }
             RecordedKind::SyncData => file.sync_data().map(|()| 0).map_err(|e| e.errno()),
@@ -197,7 +220,8 @@ mod tests {
         let file = HostFile::create(dir.path().join("f"), HostOpenOptions::default()).unwrap();
         file.write_all_at(0, &[7u8; 100]).unwrap();
         let mut queue = SyncHostBackend.create_queue(&[&file], 4).unwrap();
-        assert_eq!(SyncHostBackend.name(), "sync");
+        assert_eq!(HostQueueBackend::name(&SyncHostBackend), "sync");
+        assert_eq!(BackendDescriptor::name(&SyncHostBackend), "sync");
         let src = [1u8; 16];
         let mut dst = vec![0u8; 64];
         // SAFETY: `src` and `dst` outlive every operation: they complete at `submit`, before both are dropped.
@@ -236,5 +260,49 @@ mod tests {
         assert_eq!(&dst[..30], &[7u8; 30]);
         assert_eq!(&dst[30..46], &[1u8; 16]);
         assert_eq!(queue.pending(), 0);
+    }
+
+    #[test]
+    fn pending_counts_pushed_minus_returned_and_drop_discards_unsubmitted_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = HostFile::create(dir.path().join("f"), HostOpenOptions::default()).unwrap();
+        file.write_all_at(0, &[7u8; 64]).unwrap();
+        let data = [1u8; 64];
+        let other = [2u8; 64];
+        // SAFETY: `data` and `other` outlive the queue.
+        let bufs = [unsafe { IoBuf::from_raw_parts(data.as_ptr(), data.len()) }];
+        // SAFETY: as above.
+        let other_bufs = [unsafe { IoBuf::from_raw_parts(other.as_ptr(), other.len()) }];
+        let mut queue = SyncHostBackend.create_queue(&[&file], 1).unwrap();
+        for i in 0..3 {
+            queue.push(
+                i,
+                HostOp::Write {
+                    file: 0,
+                    offset: 0,
+                    bufs: &bufs,
+                },
+            );
+        }
+        queue.push(3, HostOp::SyncData { file: 9 });
+        assert_eq!(queue.pending(), 4);
+        queue.submit().unwrap();
+        assert_eq!(queue.pending(), 4);
+        assert!(queue.next_completion().is_some());
+        assert_eq!(queue.pending(), 3);
+        // Pushed after the last submit: dropped with the queue, never run.
+        queue.push(
+            4,
+            HostOp::Write {
+                file: 0,
+                offset: 0,
+                bufs: &other_bufs,
+            },
+        );
+        assert_eq!(queue.pending(), 4);
+        drop(queue);
+        let mut back = [0u8; 64];
+        file.read_exact_at(0, &mut back).unwrap();
+        assert_eq!(back, data);
     }
 }

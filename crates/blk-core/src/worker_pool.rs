@@ -1,9 +1,11 @@
-//! The worker pool behind [`MappedQueue`](crate::MappedQueue): requests its mapper answers
-//! [`Mapped::Slow`](crate::Mapped::Slow) (backing files, compressed clusters, copy-on-write), FUA writes,
-//! flushes, discards and write-zeroes run here on the format's synchronous [`DiskFile`] methods, several at once,
+//! The worker pool behind [`MappedQueue`](crate::MappedQueue): the pieces its mapper sends to other disks
+//! (backing files, parents, data files) or answers [`WriteMapping::Slow`](crate::WriteMapping::Slow) for
+//! (copy-on-write, allocations with metadata updates), the decoding of compressed pieces, and whole FUA writes,
+//! flushes, discards, write-zeroes and requests O_DIRECT cannot take as mapped, run here through the
+//! synchronous path ([`mapped_io`](crate::mapped_io) and the mapper's own methods), several at once,
 //! completing out of order.
 //!
-//! Each thread owns its own [`DiskFile::try_clone`] handle. Jobs wait in one `Mutex<VecDeque>` with a `Condvar`;
+//! Each thread owns its own handle of the image ([`Mapper::duplicate`]). Jobs wait in one `Mutex<VecDeque>` with a `Condvar`;
 //! finished jobs go to a second `Mutex<VecDeque>`, counted by an `AtomicUsize` so the queue's reaping path can
 //! look without locking, and each one writes the queue's eventfd (a duplicate of the host queue's).
 //!
@@ -17,11 +19,11 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::async_mapping::AsyncMapper;
 use crate::buffer::{total_len, total_len_mut, IoBuf, IoBufMut};
-use crate::disk_file::DiskFile;
 use crate::encoded_read::DecodeInput;
 use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::mapped_io::{context, mapping_mismatch, read_mapped, write_mapped};
+use crate::mapper::Mapper;
 
 /// The most threads one queue's pool starts.
 pub const MAX_WORKERS: usize = 4;
@@ -56,6 +58,36 @@ pub(crate) enum JobOp {
         input: DecodeInput,
         out: Vec<IoBufMut<'static>>,
     },
+    /// Read a piece from another disk of the image (`Mapper::disk(disk).read_at(offset, bufs)`).
+    DiskRead {
+        disk: usize,
+        offset: u64,
+        bufs: Vec<IoBufMut<'static>>,
+    },
+    /// Write a piece to another disk of the image.
+    DiskWrite {
+        disk: usize,
+        offset: u64,
+        bufs: Vec<IoBuf<'static>>,
+    },
+    /// Write a slow piece (`Mapper::write_slow(offset, bufs)`).
+    SlowWrite {
+        offset: u64,
+        bufs: Vec<IoBuf<'static>>,
+    },
+}
+
+impl JobOp {
+    /// Whether the job serves one piece of its request (the others serve the whole request).
+    fn is_piece(&self) -> bool {
+        matches!(
+            self,
+            JobOp::Decode { .. }
+                | JobOp::DiskRead { .. }
+                | JobOp::DiskWrite { .. }
+                | JobOp::SlowWrite { .. }
+        )
+    }
 }
 
 /// A job: the slot of the guest request it serves and what to do.
@@ -70,7 +102,7 @@ pub(crate) struct Job {
 pub(crate) struct JobDone {
     pub(crate) slot: u32,
     pub(crate) result: Result<u64>,
-    /// Whether it was a [`JobOp::Decode`]: one piece of its request, not the whole request.
+    /// Whether it served one piece of its request, not the whole request.
     pub(crate) piece: bool,
 }
 
@@ -104,10 +136,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorkerPool {
-    /// Starts `min(available_parallelism, 4).max(2)` threads, each with a handle cloned from the mapper's disk
-    /// (and the mapper, for decoding), signalling completions on a duplicate of `notifier`.
-    pub(crate) fn start(mapper: &Arc<dyn AsyncMapper>, notifier: &EventFd) -> Result<WorkerPool> {
-        let disk = mapper.disk();
+    /// Starts `min(available_parallelism, 4).max(2)` threads, each with its own handle of the mapper's image,
+    /// signalling completions on a duplicate of `notifier`.
+    pub(crate) fn start(mapper: &Arc<dyn Mapper>, notifier: &EventFd) -> Result<WorkerPool> {
         let count = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
@@ -124,16 +155,17 @@ impl WorkerPool {
             outstanding: 0,
         };
         for i in 0..count {
-            let handle = disk.try_clone()?;
+            let handle = mapper
+                .duplicate()
+                .map_err(|e| context(&**mapper, e, Operation::Open, None))?;
             let signal = notifier.try_clone().map_err(|e| {
                 Error::io_while(e, "duplicating the completion eventfd")
                     .with_operation(Operation::Open)
             })?;
             let shared = pool.shared.clone();
-            let mapper = Arc::clone(mapper);
             let thread = std::thread::Builder::new()
                 .name(format!("blk-worker-{i}"))
-                .spawn(move || work(&shared, &*handle, &*mapper, &signal))
+                .spawn(move || work(&shared, &*handle, &signal))
                 .map_err(|e| {
                     Error::io_while(e, "starting a worker thread").with_operation(Operation::Open)
                 })?;
@@ -184,7 +216,7 @@ impl Drop for WorkerPool {
 }
 
 /// A worker thread's loop: run jobs until the pool stops and no job is left.
-fn work(shared: &Shared, disk: &dyn DiskFile, mapper: &dyn AsyncMapper, signal: &EventFd) {
+fn work(shared: &Shared, mapper: &dyn Mapper, signal: &EventFd) {
     // The decoded unit of the current encoded piece (capacity reused).
     let mut scratch = Vec::new();
     loop {
@@ -203,7 +235,7 @@ fn work(shared: &Shared, disk: &dyn DiskFile, mapper: &dyn AsyncMapper, signal: 
         let Some(job) = job else { return };
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &job.op {
             JobOp::Decode { input, out } => decode(mapper, input, out, &mut scratch),
-            op => run(disk, op),
+            op => run(mapper, op),
         }))
         .unwrap_or_else(|_| {
             Err(Error::new(
@@ -211,7 +243,7 @@ fn work(shared: &Shared, disk: &dyn DiskFile, mapper: &dyn AsyncMapper, signal: 
                 "the request panicked in a worker thread",
             ))
         });
-        let piece = matches!(job.op, JobOp::Decode { .. });
+        let piece = job.op.is_piece();
         // Drop the job (and a decode's reference to its window) before reporting it.
         drop(job.op);
         lock(&shared.done).push_back(JobDone {
@@ -225,14 +257,18 @@ fn work(shared: &Shared, disk: &dyn DiskFile, mapper: &dyn AsyncMapper, signal: 
     }
 }
 
-/// Runs one job as [`SyncAdaptor`](crate::SyncAdaptor) runs a request.
-fn run(disk: &dyn DiskFile, op: &JobOp) -> Result<u64> {
+/// Runs one job on this thread's handle of the image, with the image's context on errors.
+fn run(mapper: &dyn Mapper, op: &JobOp) -> Result<u64> {
+    let ctx = |operation, offset| move |e| context(mapper, e, operation, offset);
     match op {
-        JobOp::Read { offset, bufs } => disk.read_at(*offset, bufs).map(|()| total_len_mut(bufs)),
+        JobOp::Read { offset, bufs } => read_mapped(mapper, *offset, bufs)
+            .map(|()| total_len_mut(bufs))
+            .map_err(ctx(Operation::Read, Some(*offset))),
         JobOp::Write { offset, bufs, fua } => {
-            disk.write_at(*offset, bufs)?;
+            write_mapped(mapper, *offset, bufs).map_err(ctx(Operation::Write, Some(*offset)))?;
             if *fua {
-                disk.flush().map_err(|e| {
+                mapper.flush().map_err(|e| {
+                    let e = context(mapper, e, Operation::Flush, None);
                     Error::new(e.kind(), format!("FUA flush failed: {e}"))
                         .with_operation(Operation::Flush)
                 })?;
@@ -243,17 +279,48 @@ fn run(disk: &dyn DiskFile, op: &JobOp) -> Result<u64> {
             offset,
             len,
             may_unmap,
-        } => disk.write_zeroes(*offset, *len, *may_unmap).map(|()| 0),
-        JobOp::Discard { offset, len } => disk.discard(*offset, *len).map(|()| 0),
-        JobOp::Flush => disk.flush().map(|()| 0),
-        // Served by `decode` (it needs the mapper).
+        } => mapper
+            .write_zeroes(*offset, *len, *may_unmap)
+            .map(|()| 0)
+            .map_err(ctx(Operation::WriteZeroes, Some(*offset))),
+        JobOp::Discard { offset, len } => mapper
+            .discard(*offset, *len)
+            .map(|()| 0)
+            .map_err(ctx(Operation::Discard, Some(*offset))),
+        JobOp::Flush => mapper
+            .flush()
+            .map(|()| 0)
+            .map_err(ctx(Operation::Flush, None)),
+        JobOp::DiskRead { disk, offset, bufs } => {
+            let len = total_len_mut(bufs);
+            mapper
+                .disk(*disk)
+                .ok_or_else(|| mapping_mismatch(*offset, len, Operation::Read))
+                .and_then(|d| d.read_at(*offset, bufs))
+                .map(|()| len)
+                .map_err(ctx(Operation::Read, Some(*offset)))
+        }
+        JobOp::DiskWrite { disk, offset, bufs } => {
+            let len = total_len(bufs);
+            mapper
+                .disk(*disk)
+                .ok_or_else(|| mapping_mismatch(*offset, len, Operation::Write))
+                .and_then(|d| d.write_at(*offset, bufs))
+                .map(|()| len)
+                .map_err(ctx(Operation::Write, Some(*offset)))
+        }
+        JobOp::SlowWrite { offset, bufs } => mapper
+            .write_slow(*offset, bufs)
+            .map(|()| total_len(bufs))
+            .map_err(ctx(Operation::Write, Some(*offset))),
+        // Served by `decode` (it needs the scratch buffer).
         JobOp::Decode { .. } => Err(Error::new(ErrorKind::Io, "a decode job without a decoder")),
     }
 }
 
 /// Decodes an encoded piece with the mapper and copies the piece's bytes to `out`.
 fn decode(
-    mapper: &dyn AsyncMapper,
+    mapper: &dyn Mapper,
     input: &DecodeInput,
     out: &[IoBufMut<'static>],
     scratch: &mut Vec<u8>,
@@ -269,7 +336,9 @@ fn decode(
         scratch.resize(piece.decoded_len, 0);
     }
     let scratch = &mut scratch[..piece.decoded_len];
-    mapper.decode(piece.codec, encoded, scratch)?;
+    mapper
+        .decode(piece.codec, encoded, scratch)
+        .map_err(|e| context(mapper, e, Operation::Read, None))?;
     let len = total_len_mut(out) as usize;
     let bytes = scratch
         .get(piece.skip..piece.skip.saturating_add(len))

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blk_core::{
-    AsyncIo, AsyncMapper, ErrorKind, HostFile, HostOpenOptions, IoBuf, IoBufMut, LockMode,
-    MappedQueue, Operation, Request, RequestFlags, RequestOp, SyncHostBackend,
+    AsyncIo, ErrorKind, HostFile, HostOpenOptions, IoBuf, IoBufMut, LockMode, MappedQueue,
+    Operation, Request, RequestFlags, RequestOp, SyncHostBackend,
 };
 use fake_image::{FakeMapper, FakeOptions, CLUSTER, SIZE};
 use proptest::prelude::*;
@@ -222,7 +222,7 @@ proptest! {
             run_batch(&mut h, steps);
         }
         h.drain();
-        prop_assert!(whole_disk(h.mapper.disk()) == h.model, "disk differs from the model");
+        prop_assert!(whole_disk(h.mapper.fake_disk()) == h.model, "disk differs from the model");
         h.mapper.shared().check_links();
     }
 }
@@ -438,7 +438,7 @@ fn failed_links_and_host_errors_fail_their_request() {
     );
     h.mapper.shared().fail_finish.store(false, Ordering::SeqCst);
     h.mapper.shared().check_links();
-    assert!(whole_disk(h.mapper.disk()).iter().all(|&b| b == 0));
+    assert!(whole_disk(h.mapper.fake_disk()).iter().all(|&b| b == 0));
 
     // A host file the backend cannot write: the errno comes back with the file, host offset and operation.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -472,7 +472,10 @@ fn failed_links_and_host_errors_fail_their_request() {
 fn dropping_a_queue_with_io_in_flight_finishes_it() {
     let mut data: Vec<GuestBuf> = (0..16).map(|i| GuestBuf::filled(4096, i)).collect();
     let mut h = Harness::new(FakeOptions::default(), 4);
-    h.mapper.disk().write_all_at(CLUSTER, &[1; 4096]).unwrap();
+    h.mapper
+        .fake_disk()
+        .write_all_at(CLUSTER, &[1; 4096])
+        .unwrap();
     let lists: Vec<Vec<IoBuf<'static>>> = data.iter_mut().map(|b| b.bufs(100)).collect();
     let mut batch: Vec<Request<'_>> = lists
         .iter()
@@ -492,7 +495,7 @@ fn dropping_a_queue_with_io_in_flight_finishes_it() {
     drop(queue);
     mapper.shared().check_links();
     assert!(mapper.shared().links_issued() > 0);
-    let all = whole_disk(mapper.disk());
+    let all = whole_disk(mapper.fake_disk());
     let c = CLUSTER as usize;
     assert!(all[c..c + 512].iter().all(|&b| b == 0));
     assert!(all[c + 512..2 * c].iter().all(|&b| b == 1));

@@ -1,13 +1,11 @@
-//! [`amend_disk_file`]: `qemu-img amend` (QCOW2 only, as in QEMU's drivers blk has).
+//! [`amend_disk_file`]: `qemu-img amend`, for the formats that can amend their options (QCOW2).
 
 use std::path::PathBuf;
 
-use blk_core::{Error, ErrorKind, LockMode, Operation, Result};
+use blk_core::{Error, LockMode, Operation, Result};
 
 use crate::format::ImageFormat;
-#[cfg(feature = "qcow2")]
-use crate::offline::open_qcow2;
-use crate::offline::{context, image_format};
+use crate::offline::{context, image_format, open_for_change, require};
 
 /// What [`amend_disk_file`] changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +31,7 @@ pub struct AmendParams {
 /// # fn main() -> blk_core::Result<()> {
 /// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("disk.qcow2");
-/// let mut create = CreateParams::new(&path, ImageFormat::Qcow2, Some(1 << 20));
+/// let mut create = CreateParams::new(&path, "qcow2".parse::<ImageFormat>()?, Some(1 << 20));
 /// create.options = vec![("compat".into(), "0.10".into())];
 /// create_disk_file(&create)?;
 /// amend_disk_file(&AmendParams {
@@ -48,38 +46,33 @@ pub struct AmendParams {
 pub fn amend_disk_file(params: &AmendParams) -> Result<()> {
     let format = image_format(&params.path, params.format, Operation::Write)?;
     let ctx = |e: Error| context(e, &params.path, format, Operation::Write);
-    match format {
-        #[cfg(feature = "qcow2")]
-        ImageFormat::Qcow2 => {
-            let (sizes, rest): (Vec<_>, Vec<_>) = params
-                .options
-                .iter()
-                .cloned()
-                .partition(|(k, _)| k == "size");
-            let size = match sizes.last() {
-                Some((key, value)) => Some(blk_core::parse_size_param(key, value).map_err(ctx)?),
-                None => None,
-            };
-            {
-                let image = open_qcow2(&params.path, params.lock).map_err(ctx)?;
-                image.amend(&rest).map_err(ctx)?;
-            }
-            if let Some(size) = size {
-                let resize = crate::ResizeParams {
-                    format: Some(format),
-                    lock: params.lock,
-                    ..crate::ResizeParams::new(&params.path, size)
-                };
-                crate::resize_disk_file(&resize)?;
-            }
-            Ok(())
-        }
-        _ => Err(ctx(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "Format driver '{}' does not support option amendment",
-                format.name()
-            ),
-        ))),
+    require(format.capabilities().amend, || {
+        format!(
+            "Format driver '{}' does not support option amendment",
+            format.name()
+        )
+    })
+    .map_err(ctx)?;
+    let (sizes, rest): (Vec<_>, Vec<_>) = params
+        .options
+        .iter()
+        .cloned()
+        .partition(|(k, _)| k == "size");
+    let size = match sizes.last() {
+        Some((key, value)) => Some(blk_core::parse_size_param(key, value).map_err(ctx)?),
+        None => None,
+    };
+    {
+        let image = open_for_change(&params.path, format, params.lock).map_err(ctx)?;
+        image.admin.amend(&rest).map_err(ctx)?;
     }
+    if let Some(size) = size {
+        let resize = crate::ResizeParams {
+            format: Some(format),
+            lock: params.lock,
+            ..crate::ResizeParams::new(&params.path, size)
+        };
+        crate::resize_disk_file(&resize)?;
+    }
+    Ok(())
 }

@@ -1,48 +1,95 @@
-//! Choosing the I/O backend of asynchronous queues: io_uring, then Linux AIO, then synchronous I/O.
+//! Choosing the I/O backend of asynchronous queues: `BACKENDS`, one registration per backend crate in the
+//! order the factory falls back through them (io_uring, then Linux AIO, then synchronous I/O).
 //!
 //! Each backend crate sits behind its own Cargo feature (`io-uring`, `aio`). [`choose_backend`] tries the
-//! requested one and falls back, in that order, to one that is compiled in and works on this host (io_uring
-//! may be disabled by `kernel.io_uring_disabled`, a seccomp filter or an old kernel; AIO by `fs.aio-max-nr` or
-//! a sandbox), and says why in [`BackendChoice::notes`]. The synchronous backend always works. A probe's
+//! requested one and falls back, in the list's order, to one that works on this host (io_uring may be disabled
+//! by `kernel.io_uring_disabled`, a seccomp filter or an old kernel; AIO by `fs.aio-max-nr` or a sandbox), and
+//! says why in [`BackendChoice::notes`]. The synchronous backend always works and ends the list. A probe's
 //! outcome is kept for the life of the process, so opening many disks probes once.
 
-use std::sync::Arc;
-#[cfg(any(feature = "io-uring", feature = "aio"))]
-use std::sync::OnceLock;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
-use blk_core::{HostQueueBackend, SyncHostBackend};
+use blk_core::{BackendDescriptor, Error, ErrorKind, HostQueueBackend, SyncHostBackend};
 
-/// Which I/O backend serves asynchronous queues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Backend {
-    /// The best one compiled in and working on this host: io_uring, else Linux AIO, else synchronous I/O.
-    #[default]
-    Auto,
-    /// io_uring (`blk-uring`, feature `io-uring`).
-    IoUring,
-    /// Linux native AIO (`blk-aio`, feature `aio`): meant for O_DIRECT, as buffered AIO runs synchronously.
-    Aio,
-    /// Synchronous `preadv`/`pwritev` at submission: works everywhere.
-    Sync,
-}
+/// The backends compiled in, in fallback order. Adding a backend is one line here.
+static BACKENDS: &[&dyn BackendDescriptor] = &[
+    #[cfg(feature = "io-uring")]
+    blk_uring::BACKEND,
+    #[cfg(feature = "aio")]
+    blk_aio::BACKEND,
+    blk_core::SYNC_BACKEND,
+];
+
+/// Which I/O backend serves asynchronous queues: [`Backend::AUTO`] (the best one that works here), or one by
+/// name.
+///
+/// ```
+/// use blk_factory::Backend;
+/// assert_eq!(Backend::named("threads").unwrap(), Backend::SYNC); // qemu-img's name for it
+/// assert_eq!(Backend::AUTO.name(), "auto");
+/// assert!(Backend::named("bogus").is_err());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Backend(Option<&'static str>);
 
 impl Backend {
+    /// The best one compiled in and working on this host, in fallback order.
+    pub const AUTO: Backend = Backend(None);
+
+    /// Synchronous `preadv`/`pwritev` at submission: works everywhere.
+    pub const SYNC: Backend = Backend(Some("sync"));
+
+    /// The backend compiled in with this name or alias (`io_uring`; `aio` or `native`; `sync` or `threads`),
+    /// or `None`.
+    pub fn by_name(name: &str) -> Option<Backend> {
+        BACKENDS
+            .iter()
+            .find(|d| d.name() == name || d.aliases().contains(&name))
+            .map(|d| Backend(Some(d.name())))
+    }
+
+    /// [`by_name`](Backend::by_name), with an error naming the backends this build has.
+    pub fn named(name: &str) -> blk_core::Result<Backend> {
+        Backend::by_name(name).ok_or_else(|| {
+            let known: Vec<&str> = BACKENDS.iter().map(|d| d.name()).collect();
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "unknown I/O backend '{name}' (this build has: {})",
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Every backend compiled in, in fallback order.
+    pub fn all() -> impl Iterator<Item = Backend> {
+        BACKENDS.iter().map(|d| Backend(Some(d.name())))
+    }
+
     /// The name the CLI shows and takes (`io_uring`, `aio`, `sync`; `auto`).
     pub fn name(self) -> &'static str {
-        match self {
-            Backend::Auto => "auto",
-            Backend::IoUring => "io_uring",
-            Backend::Aio => "aio",
-            Backend::Sync => "sync",
-        }
+        self.0.unwrap_or("auto")
+    }
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Backend").field(&self.name()).finish()
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 /// The outcome of [`choose_backend`]: the backend that will serve queues, and why others were passed over.
 #[derive(Debug, Clone)]
 pub struct BackendChoice {
-    /// The backend chosen (never [`Backend::Auto`]).
+    /// The backend chosen (never [`Backend::AUTO`]).
     pub backend: Backend,
     /// One line per backend tried and passed over, e.g. "io_uring is not available: ... ; using aio".
     pub notes: Vec<String>,
@@ -56,17 +103,18 @@ impl BackendChoice {
     }
 }
 
-/// The order backends are tried in, starting from `requested`.
-fn candidates(requested: Backend) -> &'static [Backend] {
-    match requested {
-        Backend::Auto | Backend::IoUring => &[Backend::IoUring, Backend::Aio, Backend::Sync],
-        Backend::Aio => &[Backend::Aio, Backend::Sync],
-        Backend::Sync => &[Backend::Sync],
-    }
+/// The backends to try for `requested`, in order: all of them for [`Backend::AUTO`], else the requested one
+/// and those after it in [`BACKENDS`].
+fn candidates(requested: Backend) -> &'static [&'static dyn BackendDescriptor] {
+    let start = requested
+        .0
+        .and_then(|name| BACKENDS.iter().position(|d| d.name() == name))
+        .unwrap_or(0);
+    &BACKENDS[start..]
 }
 
-/// The backend `requested` names if it is built in and works here, else the next one in the order
-/// io_uring, AIO, synchronous; never fails, as the synchronous backend always works.
+/// The backend `requested` names if it works here, else the next one in `BACKENDS` (the fallback order); never fails, as the
+/// synchronous backend always works.
 pub fn choose_backend(requested: Backend) -> BackendChoice {
     let mut notes = Vec::new();
     for &candidate in candidates(requested) {
@@ -76,7 +124,7 @@ pub fn choose_backend(requested: Backend) -> BackendChoice {
                     *last = format!("{last}; using {}", candidate.name());
                 }
                 return BackendChoice {
-                    backend: candidate,
+                    backend: Backend(Some(candidate.name())),
                     notes,
                     handle,
                 };
@@ -84,66 +132,32 @@ pub fn choose_backend(requested: Backend) -> BackendChoice {
             Err(why) => notes.push(why),
         }
     }
-    // Unreachable in practice: `Sync` ends every candidate list and always works.
+    // Unreachable in practice: the synchronous backend ends the list and always works.
     BackendChoice {
-        backend: Backend::Sync,
+        backend: Backend::SYNC,
         notes,
         handle: Arc::new(SyncHostBackend),
     }
 }
 
-/// The backend object for `backend`, or why it cannot be used.
-fn probe(backend: Backend) -> Result<Arc<dyn HostQueueBackend>, String> {
-    match backend {
-        Backend::Sync | Backend::Auto => Ok(Arc::new(SyncHostBackend)),
-        Backend::IoUring => probe_io_uring(),
-        Backend::Aio => probe_aio(),
+/// A backend, or why it cannot be used here.
+type Probed = Result<Arc<dyn HostQueueBackend>, String>;
+
+/// `descriptor`'s backend, probed once per process, or why it cannot be used.
+fn probe(descriptor: &'static dyn BackendDescriptor) -> Probed {
+    static PROBED: OnceLock<Vec<OnceLock<Probed>>> = OnceLock::new();
+    let probed = PROBED.get_or_init(|| BACKENDS.iter().map(|_| OnceLock::new()).collect());
+    let index = BACKENDS
+        .iter()
+        .position(|d| d.name() == descriptor.name())
+        .unwrap_or(0);
+    match probed.get(index) {
+        Some(cell) => cell
+            .get_or_init(|| descriptor.probe().map_err(|e| e.to_string()))
+            .clone(),
+        None => descriptor.probe().map_err(|e| e.to_string()),
     }
 }
-
-#[cfg(feature = "io-uring")]
-fn probe_io_uring() -> Result<Arc<dyn HostQueueBackend>, String> {
-    static PROBED: OnceLock<Result<Arc<dyn HostQueueBackend>, String>> = OnceLock::new();
-    PROBED
-        .get_or_init(|| {
-            if std::env::var_os(DISABLE_IO_URING_ENV).is_some() {
-                return Err(format!(
-                    "io_uring is not available: disabled by {DISABLE_IO_URING_ENV}"
-                ));
-            }
-            blk_uring::UringBackend::new()
-                .map(|b| Arc::new(b) as Arc<dyn HostQueueBackend>)
-                .map_err(|e| e.to_string())
-        })
-        .clone()
-}
-
-#[cfg(not(feature = "io-uring"))]
-fn probe_io_uring() -> Result<Arc<dyn HostQueueBackend>, String> {
-    Err("io_uring is not built in (blk-factory feature `io-uring`)".to_string())
-}
-
-#[cfg(feature = "aio")]
-fn probe_aio() -> Result<Arc<dyn HostQueueBackend>, String> {
-    static PROBED: OnceLock<Result<Arc<dyn HostQueueBackend>, String>> = OnceLock::new();
-    PROBED
-        .get_or_init(|| {
-            blk_aio::AioBackend::new()
-                .map(|b| Arc::new(b) as Arc<dyn HostQueueBackend>)
-                .map_err(|e| e.to_string())
-        })
-        .clone()
-}
-
-#[cfg(not(feature = "aio"))]
-fn probe_aio() -> Result<Arc<dyn HostQueueBackend>, String> {
-    Err("Linux AIO is not built in (blk-factory feature `aio`)".to_string())
-}
-
-/// Setting this environment variable (to anything) makes [`choose_backend`] treat io_uring as unavailable,
-/// as `sysctl kernel.io_uring_disabled=2` would: for sandboxes whose seccomp policy kills a process that calls
-/// `io_uring_setup` instead of failing the call, and for testing the fallback.
-pub const DISABLE_IO_URING_ENV: &str = "BLK_DISABLE_IO_URING";
 
 #[cfg(test)]
 mod tests {
@@ -151,16 +165,16 @@ mod tests {
 
     #[test]
     fn sync_always_works() {
-        let choice = choose_backend(Backend::Sync);
-        assert_eq!(choice.backend, Backend::Sync);
+        let choice = choose_backend(Backend::SYNC);
+        assert_eq!(choice.backend, Backend::SYNC);
         assert!(choice.notes.is_empty());
         assert_eq!(choice.handle().name(), "sync");
     }
 
     #[test]
     fn auto_resolves_to_a_real_backend() {
-        let choice = choose_backend(Backend::Auto);
-        assert_ne!(choice.backend, Backend::Auto);
+        let choice = choose_backend(Backend::AUTO);
+        assert_ne!(choice.backend, Backend::AUTO);
         assert_eq!(choice.handle().name(), choice.backend.name());
         // Every backend passed over says why, and the last note names the one used.
         if let Some(last) = choice.notes.last() {
@@ -169,5 +183,18 @@ mod tests {
                 "{last}"
             );
         }
+    }
+
+    #[test]
+    fn names_are_unique_and_sync_ends_the_list() {
+        let mut names: Vec<&str> = BACKENDS
+            .iter()
+            .flat_map(|d| std::iter::once(d.name()).chain(d.aliases().iter().copied()))
+            .collect();
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "two backends answer to one name");
+        assert_eq!(Backend::all().last(), Some(Backend::SYNC));
     }
 }

@@ -1,14 +1,12 @@
-//! [`change_backing_file`]: the backing file an image records, as `qemu-img rebase` changes it (QCOW2 only;
-//! the guest data is the caller's business).
+//! [`change_backing_file`]: the backing file an image records, as `qemu-img rebase` changes it (formats that
+//! can rewrite it: QCOW2; the guest data is the caller's business).
 
 use std::path::PathBuf;
 
-use blk_core::{Error, ErrorKind, LockMode, Operation, Result};
+use blk_core::{Error, LockMode, Operation, Result};
 
 use crate::format::ImageFormat;
-#[cfg(feature = "qcow2")]
-use crate::offline::open_qcow2;
-use crate::offline::{context, image_format};
+use crate::offline::{context, image_format, open_for_change, require};
 
 /// What [`change_backing_file`] records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +25,8 @@ pub struct ChangeBackingParams {
 }
 
 /// Rewrites the backing file name and format the image `params` names records, without touching guest data
-/// and without opening the old or the new backing file (`qemu-img rebase -u`). Only QCOW2 images have backing
-/// files; other formats fail with "Operation not supported", as in qemu-img.
+/// and without opening the old or the new backing file (`qemu-img rebase -u`). Formats that cannot rewrite it
+/// fail with "Operation not supported", as in qemu-img.
 ///
 /// ```
 /// use blk_factory::{change_backing_file, create_disk_file, ChangeBackingParams, CreateParams, ImageFormat};
@@ -36,12 +34,13 @@ pub struct ChangeBackingParams {
 /// # fn main() -> blk_core::Result<()> {
 /// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("disk.qcow2");
-/// create_disk_file(&CreateParams::new(&path, ImageFormat::Qcow2, Some(1 << 20)))?;
+/// let qcow2: ImageFormat = "qcow2".parse()?;
+/// create_disk_file(&CreateParams::new(&path, qcow2, Some(1 << 20)))?;
 /// change_backing_file(&ChangeBackingParams {
 ///     path: path.clone(),
-///     format: Some(ImageFormat::Qcow2),
+///     format: Some(qcow2),
 ///     backing_file: Some("base.raw".into()),
-///     backing_format: Some(ImageFormat::Raw),
+///     backing_format: Some(ImageFormat::RAW),
 ///     lock: blk_core::LockMode::Auto,
 /// })?;
 /// # Ok(())
@@ -50,21 +49,17 @@ pub struct ChangeBackingParams {
 pub fn change_backing_file(params: &ChangeBackingParams) -> Result<()> {
     let format = image_format(&params.path, params.format, Operation::ChangeBacking)?;
     let ctx = |e: Error| context(e, &params.path, format, Operation::ChangeBacking);
-    match format {
-        #[cfg(feature = "qcow2")]
-        ImageFormat::Qcow2 => {
-            // The image opens without its backing file (old or new); an external data file opens as usual.
-            let image = open_qcow2(&params.path, params.lock).map_err(ctx)?;
-            image
-                .change_backing_file(
-                    params.backing_file.as_deref(),
-                    params.backing_format.map(ImageFormat::name),
-                )
-                .map_err(ctx)
-        }
-        _ => Err(ctx(Error::new(
-            ErrorKind::Unsupported,
-            "Operation not supported",
-        ))),
-    }
+    require(format.capabilities().change_backing_file, || {
+        "Operation not supported".to_string()
+    })
+    .map_err(ctx)?;
+    // The image opens without its backing file (old or new); an external data file opens as usual.
+    let image = open_for_change(&params.path, format, params.lock).map_err(ctx)?;
+    image
+        .admin
+        .change_backing_file(
+            params.backing_file.as_deref(),
+            params.backing_format.map(ImageFormat::name),
+        )
+        .map_err(ctx)
 }

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use blk_core::{CreateOptionInfo, Error, ErrorKind, Operation, Result};
+use blk_core::{
+    BackingFiles, CreateOptionInfo, CreateRequest, Error, ErrorKind, Operation, Result,
+};
 
 use crate::format::ImageFormat;
-#[cfg(any(feature = "qcow2", feature = "vhd", feature = "vhdx"))]
 use crate::named::{FactoryOpener, NamedImagePolicy};
 
 /// What to create.
@@ -47,8 +48,8 @@ impl CreateParams {
 ///
 /// A backing file (or differencing parent) is the user's own choice here, so it is opened read-only to learn
 /// its size and identity, with the format given in [`CreateParams::backing_format`] (or `backing_fmt=` among
-/// the options); without one, creation fails as in qemu-img rather than probing. VHD and VHDX parents are
-/// always of the child's format.
+/// the options); without one, creation fails as in qemu-img rather than probing. Parents of formats whose
+/// images name a parent of their own format (VHD, VHDX) are of the child's format.
 pub fn create_disk_file(params: &CreateParams) -> Result<()> {
     let format = params.format;
     let ctx = |e: Error| {
@@ -56,50 +57,39 @@ pub fn create_disk_file(params: &CreateParams) -> Result<()> {
             .with_path(&params.path)
             .with_operation(Operation::Create)
     };
-    match format {
-        ImageFormat::Raw => {
+    let backing_files = format.capabilities().backing_files;
+    let options = match backing_files {
+        BackingFiles::None => {
             if params.backing_file.is_some() {
                 return Err(ctx(Error::new(
                     ErrorKind::InvalidInput,
-                    "the raw format does not support backing files",
+                    format!(
+                        "the {} format does not support backing files",
+                        format.name()
+                    ),
                 )));
             }
-            let options = blk_raw::RawCreateOptions::from_key_values(params.size, &params.options)
-                .map_err(ctx)?;
-            let raw = blk_raw::Raw::create(&params.path, &options).map_err(ctx)?;
-            blk_core::DiskFile::flush(&raw).map_err(ctx)
+            params.options.clone()
         }
-        #[cfg(feature = "qcow2")]
-        ImageFormat::Qcow2 => {
-            let options = option_list(params).map_err(ctx)?;
-            if !params.unsafe_backing {
+        BackingFiles::AnyFormat | BackingFiles::OwnFormat => {
+            let options = option_list(params, backing_files).map_err(ctx)?;
+            if backing_files == BackingFiles::AnyFormat && !params.unsafe_backing {
                 check_backing_opens(params, &options).map_err(ctx)?;
             }
-            let options = blk_qcow::Qcow2CreateOptions::from_key_values(params.size, &options)
-                .map_err(ctx)?;
-            blk_qcow::Qcow2::create(&params.path, &options, &creation_opener()).map_err(ctx)
+            options
         }
-        #[cfg(feature = "vhd")]
-        ImageFormat::Vpc => {
-            let options = option_list(params).map_err(ctx)?;
-            let options =
-                blk_vhd::VhdCreateOptions::from_key_values(params.size, &options).map_err(ctx)?;
-            blk_vhd::Vhd::create(&params.path, &options, &creation_opener()).map_err(ctx)
-        }
-        #[cfg(feature = "vhdx")]
-        ImageFormat::Vhdx => {
-            let options = option_list(params).map_err(ctx)?;
-            let options =
-                blk_vhdx::VhdxCreateOptions::from_key_values(params.size, &options).map_err(ctx)?;
-            blk_vhdx::Vhdx::create(&params.path, &options, &creation_opener()).map_err(ctx)
-        }
-        #[allow(unreachable_patterns)] // every format compiled in
-        _ => Err(ctx(format.not_compiled_in())),
-    }
+    };
+    let opener = creation_opener();
+    let request = CreateRequest {
+        path: &params.path,
+        size: params.size,
+        options: &options,
+        opener: &opener,
+    };
+    format.descriptor().create(&request).map_err(ctx)
 }
 
 /// The opener for the backing file a user names at creation: read-only, recorded format only.
-#[cfg(any(feature = "qcow2", feature = "vhd", feature = "vhdx"))]
 fn creation_opener() -> FactoryOpener {
     FactoryOpener::new(
         NamedImagePolicy::AllowRecordedFormat,
@@ -110,7 +100,6 @@ fn creation_opener() -> FactoryOpener {
 
 /// Opens the backing file an option list names (read-only, with its given format, relative to the new
 /// image's directory) and closes it again: qemu-img's check that it exists and is what it claims to be.
-#[cfg(feature = "qcow2")]
 fn check_backing_opens(params: &CreateParams, options: &[(String, String)]) -> Result<()> {
     let value = |key: &str| {
         options
@@ -139,9 +128,12 @@ fn check_backing_opens(params: &CreateParams, options: &[(String, String)]) -> R
 }
 
 /// The `-o` list with `-b`/`-F` folded in as `backing_file=`/`backing_fmt=`, refusing a backing file of
-/// unknown format as qemu-img does (differencing VHD and VHDX parents default to the child's format).
-#[cfg(any(feature = "qcow2", feature = "vhd", feature = "vhdx"))]
-fn option_list(params: &CreateParams) -> Result<Vec<(String, String)>> {
+/// unknown format as qemu-img does (parents of formats with [`BackingFiles::OwnFormat`] default to the child's
+/// format).
+fn option_list(
+    params: &CreateParams,
+    backing_files: BackingFiles,
+) -> Result<Vec<(String, String)>> {
     let mut options = params.options.clone();
     let has = |options: &[(String, String)], key: &str| options.iter().any(|(k, _)| k == key);
     if let Some(backing) = &params.backing_file {
@@ -163,7 +155,7 @@ fn option_list(params: &CreateParams) -> Result<Vec<(String, String)>> {
         options.push(("backing_fmt".to_string(), format.name().to_string()));
     }
     if has(&options, "backing_file") && !has(&options, "backing_fmt") {
-        if params.format == ImageFormat::Qcow2 {
+        if backing_files == BackingFiles::AnyFormat {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "Backing file specified without backing format (give it with -F; blk never probes it)",
@@ -175,16 +167,6 @@ fn option_list(params: &CreateParams) -> Result<Vec<(String, String)>> {
 }
 
 /// The creation options `format` accepts (what `create -o help` lists).
-pub fn create_options(format: ImageFormat) -> Result<&'static [CreateOptionInfo]> {
-    match format {
-        ImageFormat::Raw => Ok(blk_raw::CREATE_OPTIONS),
-        #[cfg(feature = "qcow2")]
-        ImageFormat::Qcow2 => Ok(blk_qcow::CREATE_OPTIONS),
-        #[cfg(feature = "vhd")]
-        ImageFormat::Vpc => Ok(blk_vhd::CREATE_OPTIONS),
-        #[cfg(feature = "vhdx")]
-        ImageFormat::Vhdx => Ok(blk_vhdx::CREATE_OPTIONS),
-        #[allow(unreachable_patterns)] // every format compiled in
-        _ => Err(format.not_compiled_in()),
-    }
+pub fn create_options(format: ImageFormat) -> &'static [CreateOptionInfo] {
+    format.descriptor().create_options()
 }

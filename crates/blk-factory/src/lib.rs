@@ -3,18 +3,22 @@
 //! [`open_disk_file`] detects the format (unless given), opens the image with the right format crate and
 //! returns an [`AsyncDiskFile`](blk_core::AsyncDiskFile): synchronous I/O through its
 //! [`DiskFile`](blk_core::DiskFile) methods and one [`AsyncIo`](blk_core::AsyncIo) queue per virtio queue.
-//! [`create_disk_file`] makes new images. Each format and backend sits behind its own Cargo feature; raw is always
-//! there, so `default-features = false` builds a raw-only block layer.
+//! [`open_image`] gives the image's administration ([`ImageAdmin`]: info, check, snapshots, ...) beside it.
+//! [`create_disk_file`] makes new images. Formats and backends are registrations: each format crate exports a
+//! [`FormatDescriptor`](blk_core::FormatDescriptor), each backend crate a
+//! [`BackendDescriptor`](blk_core::BackendDescriptor), and this crate keeps one list of each, every entry
+//! behind its own Cargo feature; raw is always there, so `default-features = false` builds a raw-only block
+//! layer.
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`format`](mod@format) | [`ImageFormat`]: qemu-img's format names |
-//! | [`detect`] | [`detect_format`]: magic-number probing (read-only, side-effect free) |
-//! | [`open`] | [`DiskFileParams`], [`open_disk_file`] |
-//! | [`backend`](mod@backend) | [`Backend`], [`choose_backend`]: io_uring, else AIO, else synchronous I/O |
+//! | [`format`](mod@format) | the registered formats; [`ImageFormat`]: a format by its qemu-img name |
+//! | [`detect`] | [`detect_format`]: every format's probe (read-only, side-effect free) |
+//! | [`open`] | [`DiskFileParams`], [`open_disk_file`], [`open_image`] |
+//! | [`backend`](mod@backend) | the registered backends; [`Backend`], [`choose_backend`]: io_uring, else AIO, else synchronous I/O |
 //! | [`create`] | [`CreateParams`], [`create_disk_file`] |
-//! | [`measure`](mod@measure) | [`MeasureParams`], [`measure()`]: `qemu-img measure` for raw and QCOW2 targets |
-//! | [`resize`] | [`ResizeParams`], [`resize_disk_file`]: `qemu-img resize` for raw and QCOW2 |
+//! | [`measure`](mod@measure) | [`MeasureParams`], [`measure()`]: `qemu-img measure` |
+//! | [`resize`] | [`ResizeParams`], [`resize_disk_file`]: `qemu-img resize` |
 //! | [`amend`] | [`AmendParams`], [`amend_disk_file`]: `qemu-img amend` |
 //! | [`backing`] | [`ChangeBackingParams`], [`change_backing_file`]: `qemu-img rebase -u` |
 //! | [`snapshot`] | [`SnapshotParams`], [`SnapshotOp`], [`change_snapshots`]: `qemu-img snapshot -c/-d/-a` |
@@ -29,7 +33,7 @@
 //! # fn main() -> blk_core::Result<()> {
 //! let dir = tempfile::tempdir().unwrap();
 //! let path = dir.path().join("disk.img");
-//! create_disk_file(&CreateParams::new(&path, ImageFormat::Raw, Some(1 << 20)))?;
+//! create_disk_file(&CreateParams::new(&path, ImageFormat::RAW, Some(1 << 20)))?;
 //!
 //! let disk = open_disk_file(&DiskFileParams::new(&path))?;
 //! disk.write_all_at(0, b"boot sector")?;
@@ -70,14 +74,16 @@ pub mod resize;
 pub mod snapshot;
 
 pub use amend::{amend_disk_file, AmendParams};
-pub use backend::{choose_backend, Backend, BackendChoice, DISABLE_IO_URING_ENV};
+pub use backend::{choose_backend, Backend, BackendChoice};
 pub use backing::{change_backing_file, ChangeBackingParams};
-pub use blk_core::{parse_size, parse_size_param};
+pub use blk_core::{parse_size, parse_size_param, ImageAdmin, OpenedImage};
+#[cfg(feature = "io-uring")]
+pub use blk_uring::DISABLE_IO_URING_ENV;
 pub use create::{create_disk_file, create_options, CreateParams};
 pub use detect::detect_format;
 pub use format::ImageFormat;
 pub use measure::{measure, Measure, MeasureParams, MeasureSource};
 pub use named::{FactoryOpener, NamedImagePolicy, MAX_CHAIN_DEPTH};
-pub use open::{open_disk_file, DiskFileParams};
+pub use open::{open_disk_file, open_image, DiskFileParams};
 pub use resize::{resize_disk_file, ResizeParams};
 pub use snapshot::{change_snapshots, SnapshotOp, SnapshotParams};

@@ -1,28 +1,26 @@
-//! What the offline image operations (`resize`, `rebase`, `amend`, `snapshot`) share: the image's format,
-//! given or detected and compiled in, and a QCOW2 image opened for a metadata change.
+//! What the offline image operations (`resize`, `rebase`, `amend`, `snapshot`) share: the image's format, given
+//! or detected, a capability check with qemu-img's message, and the image opened for a metadata change.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use blk_core::{Error, Operation, Result};
+use blk_core::{Error, ErrorKind, LockMode, OpenOptions, OpenedImage, Operation, Result};
 
 use crate::detect::detect_format;
 use crate::format::ImageFormat;
+use crate::named::{FactoryOpener, NamedImagePolicy};
+use crate::open::DiskFileParams;
 
-/// The format of the image at `path` (`format`, or detected), refused when this build lacks it; errors carry
-/// the path, the format and `operation`.
+/// The format of the image at `path` (`format`, or detected); errors carry the path and `operation`.
 pub(crate) fn image_format(
     path: &Path,
     format: Option<ImageFormat>,
     operation: Operation,
 ) -> Result<ImageFormat> {
-    let format = match format {
-        Some(format) => format,
-        None => detect_format(path).map_err(|e| e.with_path(path).with_operation(operation))?,
-    };
-    if !format.is_compiled_in() {
-        return Err(context(format.not_compiled_in(), path, format, operation));
+    match format {
+        Some(format) => Ok(format),
+        None => detect_format(path).map_err(|e| e.with_path(path).with_operation(operation)),
     }
-    Ok(format)
 }
 
 /// `err` with the image's path, format and the operation.
@@ -32,20 +30,29 @@ pub(crate) fn context(err: Error, path: &Path, format: ImageFormat, operation: O
         .with_operation(operation)
 }
 
-/// Opens the QCOW2 image at `path` writable and locked as `lock` says, for an offline metadata change: without
-/// its backing file (never needed, and it may be the one being replaced), with its external data file.
-#[cfg(feature = "qcow2")]
-pub(crate) fn open_qcow2(path: &Path, lock: blk_core::LockMode) -> Result<blk_qcow::Qcow2> {
-    use crate::open::DiskFileParams;
-    use crate::{FactoryOpener, NamedImagePolicy};
-    let open = DiskFileParams::new(path)
-        .format(Some(ImageFormat::Qcow2))
+/// `Err(message)` unless `supported`: an operation the format does not have, refused before any file is
+/// opened (with qemu-img's message).
+pub(crate) fn require(supported: bool, message: impl FnOnce() -> String) -> Result<()> {
+    if supported {
+        return Ok(());
+    }
+    Err(Error::new(ErrorKind::Unsupported, message()))
+}
+
+/// Opens the image at `path` writable and locked as `lock` says, for an offline metadata change: without its
+/// backing file (never needed, and it may be the one being replaced), with the other files it names (an
+/// external data file).
+pub(crate) fn open_for_change(
+    path: &Path,
+    format: ImageFormat,
+    lock: LockMode,
+) -> Result<OpenedImage> {
+    let params = DiskFileParams::new(path)
+        .format(Some(format))
         .lock(lock)
         .named_images(NamedImagePolicy::AllowRecordedFormat)
         .skip_backing(true);
-    let options = blk_qcow::Qcow2OpenOptions::new(
-        open.host_options(),
-        std::sync::Arc::new(FactoryOpener::for_params(&open)),
-    );
-    blk_qcow::Qcow2::open(path, &options)
+    let options = OpenOptions::new(params.host_options())
+        .opener(Arc::new(FactoryOpener::for_params(&params)));
+    format.descriptor().open(path, &options)
 }

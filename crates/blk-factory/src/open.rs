@@ -1,17 +1,16 @@
 //! Opening images: the parameters a VMM or the CLI gives, and the wiring of a format to a backend.
 
 use std::path::PathBuf;
-#[cfg(any(feature = "qcow2", feature = "vhd", feature = "vhdx"))]
 use std::sync::Arc;
 
-use blk_core::{AsyncDiskFile, HostOpenOptions, LockMode, Operation, Result};
+use blk_core::{
+    AsyncDiskFile, HostOpenOptions, LockMode, OpenOptions, OpenedImage, Operation, Result,
+};
 
 use crate::backend::{choose_backend, Backend};
 use crate::detect::detect_format;
 use crate::format::ImageFormat;
-#[cfg(any(feature = "qcow2", feature = "vhd", feature = "vhdx"))]
-use crate::named::FactoryOpener;
-use crate::named::NamedImagePolicy;
+use crate::named::{FactoryOpener, NamedImagePolicy};
 
 /// What to open and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +56,7 @@ impl DiskFileParams {
             read_only: false,
             direct: false,
             lock: LockMode::Auto,
-            backend: Backend::Auto,
+            backend: Backend::AUTO,
             named_images: NamedImagePolicy::Deny,
             backing_format: None,
             check_mode: false,
@@ -134,8 +133,16 @@ impl DiskFileParams {
 ///
 /// The returned disk serves synchronous I/O directly and one asynchronous queue per
 /// [`AsyncDiskFile::create_async_io`] call. Files the image names (backing files, parents) are opened through
-/// a [`crate::FactoryOpener`] applying [`DiskFileParams::named_images`].
+/// a [`crate::FactoryOpener`] applying [`DiskFileParams::named_images`]. It is the guest's data plane only;
+/// [`open_image`] gives the image's administration too.
 pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>> {
+    open_image(params).map(|image| image.disk)
+}
+
+/// Opens the image `params` describe, as [`open_disk_file`] does, with its administration handle
+/// ([`ImageAdmin`](blk_core::ImageAdmin): info, check, snapshots, ...) beside the disk, both on the same open
+/// image.
+pub fn open_image(params: &DiskFileParams) -> Result<OpenedImage> {
     let format = match params.format {
         Some(format) => format,
         None => detect_format(&params.path)?,
@@ -145,7 +152,7 @@ pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>>
             .with_path(&params.path)
             .with_operation(Operation::Open)
     };
-    if params.snapshot.is_some() && format != ImageFormat::Qcow2 {
+    if params.snapshot.is_some() && !format.capabilities().internal_snapshots {
         return Err(ctx(blk_core::Error::new(
             blk_core::ErrorKind::UnsupportedFeature,
             format!(
@@ -154,47 +161,14 @@ pub fn open_disk_file(params: &DiskFileParams) -> Result<Box<dyn AsyncDiskFile>>
             ),
         )));
     }
-    let io_backend = choose_backend(params.backend).handle();
-    match format {
-        ImageFormat::Raw => {
-            let mut raw = blk_raw::Raw::open(&params.path, params.host_options()).map_err(ctx)?;
-            raw.set_io_backend(io_backend);
-            Ok(Box::new(raw))
-        }
-        #[cfg(feature = "qcow2")]
-        ImageFormat::Qcow2 => {
-            let mut options =
-                blk_qcow::Qcow2OpenOptions::new(params.host_options(), opener_for(params));
-            options.check_mode = params.check_mode;
-            options.backing_format = params.backing_format.map(|f| f.name().to_string());
-            options.snapshot = params.snapshot.clone();
-            let mut image = blk_qcow::Qcow2::open(&params.path, &options).map_err(ctx)?;
-            image.set_io_backend(io_backend);
-            Ok(Box::new(image))
-        }
-        #[cfg(feature = "vhd")]
-        ImageFormat::Vpc => {
-            let options = blk_vhd::VhdOpenOptions::new(params.host_options(), opener_for(params));
-            let mut image = blk_vhd::Vhd::open(&params.path, &options).map_err(ctx)?;
-            image.set_io_backend(io_backend);
-            Ok(Box::new(image))
-        }
-        #[cfg(feature = "vhdx")]
-        ImageFormat::Vhdx => {
-            let mut options =
-                blk_vhdx::VhdxOpenOptions::new(params.host_options(), opener_for(params));
-            options.check_mode = params.check_mode;
-            let mut image = blk_vhdx::Vhdx::open(&params.path, &options).map_err(ctx)?;
-            image.set_io_backend(io_backend);
-            Ok(Box::new(image))
-        }
-        #[allow(unreachable_patterns)] // every format compiled in
-        _ => Err(ctx(format.not_compiled_in())),
-    }
-}
-
-/// The gate for the files the image `params` open names.
-#[cfg(any(feature = "qcow2", feature = "vhd", feature = "vhdx"))]
-fn opener_for(params: &DiskFileParams) -> Arc<dyn blk_core::ImageOpener> {
-    Arc::new(FactoryOpener::for_params(params))
+    let options = OpenOptions::new(params.host_options())
+        .opener(Arc::new(FactoryOpener::for_params(params)))
+        .backend(choose_backend(params.backend).handle())
+        .check_mode(params.check_mode)
+        .backing_format(params.backing_format.map(|f| f.name().to_string()))
+        .snapshot(params.snapshot.clone());
+    format
+        .descriptor()
+        .open(&params.path, &options)
+        .map_err(ctx)
 }

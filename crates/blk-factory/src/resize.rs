@@ -1,8 +1,8 @@
-//! [`resize_disk_file`]: `qemu-img resize`, for the formats QEMU can resize (raw and QCOW2).
+//! [`resize_disk_file`]: `qemu-img resize`, for the formats that can resize (raw and QCOW2).
 
 use std::path::PathBuf;
 
-use blk_core::{Error, ErrorKind, HostOpenOptions, LockMode, Operation, Result};
+use blk_core::{LockMode, Operation, ResizeRequest, Result};
 
 use crate::format::ImageFormat;
 use crate::offline::{context, image_format};
@@ -49,7 +49,7 @@ impl ResizeParams {
 /// # fn main() -> blk_core::Result<()> {
 /// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("disk.img");
-/// create_disk_file(&CreateParams::new(&path, ImageFormat::Raw, Some(1 << 20)))?;
+/// create_disk_file(&CreateParams::new(&path, ImageFormat::RAW, Some(1 << 20)))?;
 /// resize_disk_file(&ResizeParams::new(&path, 4 << 20))?;
 /// assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
 /// # Ok(())
@@ -57,42 +57,15 @@ impl ResizeParams {
 /// ```
 pub fn resize_disk_file(params: &ResizeParams) -> Result<()> {
     let format = image_format(&params.path, params.format, Operation::Resize)?;
-    let ctx = |e: Error| context(e, &params.path, format, Operation::Resize);
-    let host = HostOpenOptions {
-        read_only: false,
-        direct: false,
+    let request = ResizeRequest {
+        path: &params.path,
+        size: params.size,
+        shrink: params.shrink,
+        preallocation: params.preallocation.as_deref(),
         lock: params.lock,
     };
-    match format {
-        ImageFormat::Raw => {
-            let preallocation = match params.preallocation.as_deref() {
-                None => blk_raw::Preallocation::Off,
-                Some(text) => text.parse().map_err(ctx)?,
-            };
-            let options = blk_raw::RawResizeOptions {
-                host,
-                shrink: params.shrink,
-                preallocation,
-            };
-            blk_raw::resize(&params.path, params.size, &options).map_err(ctx)
-        }
-        #[cfg(feature = "qcow2")]
-        ImageFormat::Qcow2 => {
-            if let Some(mode) = params.preallocation.as_deref().filter(|m| *m != "off") {
-                return Err(ctx(Error::new(
-                    ErrorKind::UnsupportedFeature,
-                    format!("blk resizes QCOW2 images without preallocation (asked for '{mode}')"),
-                )));
-            }
-            let options = blk_qcow::Qcow2ResizeOptions {
-                host,
-                shrink: params.shrink,
-            };
-            blk_qcow::resize(&params.path, params.size, &options).map_err(ctx)
-        }
-        _ => Err(ctx(Error::new(
-            ErrorKind::Unsupported,
-            "Image format driver does not support resize",
-        ))),
-    }
+    format
+        .descriptor()
+        .resize(&request)
+        .map_err(|e| context(e, &params.path, format, Operation::Resize))
 }

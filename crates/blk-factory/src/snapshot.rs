@@ -1,13 +1,11 @@
-//! [`change_snapshots`]: `qemu-img snapshot -c / -d / -a` (internal snapshots are a QCOW2 feature).
+//! [`change_snapshots`]: `qemu-img snapshot -c / -d / -a`, for formats with internal snapshots (QCOW2).
 
 use std::path::PathBuf;
 
-use blk_core::{Error, ErrorKind, LockMode, Operation, Result, SnapshotSelector};
+use blk_core::{Error, LockMode, Operation, Result, SnapshotSelector};
 
 use crate::format::ImageFormat;
-#[cfg(feature = "qcow2")]
-use crate::offline::open_qcow2;
-use crate::offline::{context, image_format};
+use crate::offline::{context, image_format, open_for_change, require};
 
 /// What [`change_snapshots`] does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +43,7 @@ pub struct SnapshotParams {
 /// # fn main() -> blk_core::Result<()> {
 /// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("disk.qcow2");
-/// create_disk_file(&CreateParams::new(&path, ImageFormat::Qcow2, Some(1 << 20)))?;
+/// create_disk_file(&CreateParams::new(&path, "qcow2".parse::<ImageFormat>()?, Some(1 << 20)))?;
 /// let params = |op| SnapshotParams { path: path.clone(), format: None, op, lock: blk_core::LockMode::Auto };
 /// change_snapshots(&params(SnapshotOp::Create("before-upgrade".into())))?;
 /// change_snapshots(&params(SnapshotOp::Apply(SnapshotSelector::parse("before-upgrade"))))?;
@@ -56,37 +54,32 @@ pub struct SnapshotParams {
 pub fn change_snapshots(params: &SnapshotParams) -> Result<()> {
     let format = image_format(&params.path, params.format, Operation::Write)?;
     let ctx = |e: Error| context(e, &params.path, format, Operation::Write);
-    match format {
-        #[cfg(feature = "qcow2")]
-        ImageFormat::Qcow2 => {
-            let open_image = || open_qcow2(&params.path, params.lock).map_err(ctx);
-            let mut image = open_image()?;
-            if let SnapshotOp::Apply(selector) = &params.op {
-                // As QEMU: a snapshot taken at another disk size brings that size back (resized first).
-                let size = image.snapshot_disk_size(selector).map_err(ctx)?;
-                if size != blk_core::DiskFile::logical_size(&image) {
-                    drop(image);
-                    let resize = crate::ResizeParams {
-                        format: Some(format),
-                        shrink: true,
-                        lock: params.lock,
-                        ..crate::ResizeParams::new(&params.path, size)
-                    };
-                    crate::resize_disk_file(&resize)?;
-                    image = open_image()?;
-                }
-            }
-            match &params.op {
-                SnapshotOp::Create(name) => image.create_snapshot(name),
-                SnapshotOp::Delete(selector) => image.delete_snapshot(selector),
-                SnapshotOp::Apply(selector) => image.apply_snapshot(selector),
-            }
-            .map_err(ctx)?;
-            blk_core::DiskFile::flush(&image).map_err(ctx)
+    require(format.capabilities().internal_snapshots, || {
+        "Operation not supported".to_string()
+    })
+    .map_err(ctx)?;
+    let open = || open_for_change(&params.path, format, params.lock).map_err(ctx);
+    let mut image = open()?;
+    if let SnapshotOp::Apply(selector) = &params.op {
+        // As QEMU: a snapshot taken at another disk size brings that size back (resized first).
+        let size = image.admin.snapshot_disk_size(selector).map_err(ctx)?;
+        if size != image.disk.logical_size() {
+            drop(image);
+            let resize = crate::ResizeParams {
+                format: Some(format),
+                shrink: true,
+                lock: params.lock,
+                ..crate::ResizeParams::new(&params.path, size)
+            };
+            crate::resize_disk_file(&resize)?;
+            image = open()?;
         }
-        _ => Err(ctx(Error::new(
-            ErrorKind::Unsupported,
-            "Operation not supported",
-        ))),
     }
+    match &params.op {
+        SnapshotOp::Create(name) => image.admin.create_snapshot(name),
+        SnapshotOp::Delete(selector) => image.admin.delete_snapshot(selector),
+        SnapshotOp::Apply(selector) => image.admin.apply_snapshot(selector),
+    }
+    .map_err(ctx)?;
+    image.disk.flush().map_err(ctx)
 }

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use blk_core::{AsyncDiskFile, AsyncIo, IoBuf, IoBufMut, Request, RequestOp};
 use blk_factory::{choose_backend, open_disk_file, Backend, DiskFileParams, NamedImagePolicy};
+use blk_test_support::REFERENCE_WRITES;
 
 const MIB: u64 = 1 << 20;
 /// The test buffer: larger than every corpus image (16 MiB; VHD's CHS geometry rounds up a little).
@@ -43,11 +44,11 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn qemu_io(dir: &Path, fmt: &str, image: &str, cmds: &[&str]) {
+fn qemu_io(dir: &Path, fmt: &str, image: &str, cmds: &[impl AsRef<str>]) {
     let mut c = Command::new("qemu-io");
     c.current_dir(dir).args(["-f", fmt]);
     for cmd in cmds {
-        c.args(["-c", cmd]);
+        c.args(["-c", cmd.as_ref()]);
     }
     run(c.arg(image));
 }
@@ -56,23 +57,14 @@ fn qemu_img(dir: &Path, args: &[&str]) -> String {
     run(Command::new("qemu-img").current_dir(dir).args(args))
 }
 
-/// `make-corpus.sh`'s writes: aligned and unaligned data, zero writes and a discard.
-const FILL: &[&str] = &[
-    "write -P 0xa7 0 128k",
-    "write -P 0x5c 2M 512",
-    "write -P 0x3e 6295040 9k",
-    "write -z 7M 64k",
-    "write -P 0x81 9M 512k",
-    "discard 9502720 128k",
-    "write -P 0xf0 12581376 3k",
-];
-
 /// The corpus: (image, qemu format name). Mirrors `shared/conformance/make-corpus.sh`, keeping `src.raw`.
 fn make_corpus(dir: &Path) -> Vec<(String, &'static str)> {
+    // `make-corpus.sh`'s writes: aligned and unaligned data, zero writes and a discard.
+    let fill = &blk_test_support::qemu_io_commands(REFERENCE_WRITES);
     let mut images = Vec::new();
     let mut add = |name: &str, fmt: &'static str| images.push((name.to_string(), fmt));
     qemu_img(dir, &["create", "-q", "-f", "raw", "raw.img", "16M"]);
-    qemu_io(dir, "raw", "raw.img", FILL);
+    qemu_io(dir, "raw", "raw.img", fill);
     add("raw.img", "raw");
     for o in [
         "compat=1.1",
@@ -83,11 +75,11 @@ fn make_corpus(dir: &Path) -> Vec<(String, &'static str)> {
     ] {
         let name = format!("qcow2-{}.img", o.replace('=', "-"));
         qemu_img(dir, &["create", "-q", "-f", "qcow2", "-o", o, &name, "16M"]);
-        qemu_io(dir, "qcow2", &name, FILL);
+        qemu_io(dir, "qcow2", &name, fill);
         add(&name, "qcow2");
     }
     qemu_img(dir, &["create", "-q", "-f", "raw", "src.raw", "16M"]);
-    qemu_io(dir, "raw", "src.raw", FILL);
+    qemu_io(dir, "raw", "src.raw", fill);
     qemu_img(
         dir,
         &[
@@ -175,7 +167,7 @@ fn make_corpus(dir: &Path) -> Vec<(String, &'static str)> {
             "16M",
         ],
     );
-    qemu_io(dir, "qcow2", "qcow2-datafile.img", FILL);
+    qemu_io(dir, "qcow2", "qcow2-datafile.img", fill);
     add("qcow2-datafile.img", "qcow2");
     for (name, fmt, opts) in [
         ("vpc-dynamic.img", "vpc", "subformat=dynamic"),
@@ -184,7 +176,7 @@ fn make_corpus(dir: &Path) -> Vec<(String, &'static str)> {
         ("vhdx-fixed.img", "vhdx", "subformat=fixed,block_size=2M"),
     ] {
         qemu_img(dir, &["create", "-q", "-f", fmt, "-o", opts, name, "16M"]);
-        qemu_io(dir, fmt, name, FILL);
+        qemu_io(dir, fmt, name, fill);
         add(name, fmt);
     }
     images
@@ -192,8 +184,7 @@ fn make_corpus(dir: &Path) -> Vec<(String, &'static str)> {
 
 /// The backends that work here, each exactly as requested (a fallback is tested in `backend_fallback.rs`).
 fn backends() -> Vec<Backend> {
-    [Backend::IoUring, Backend::Aio, Backend::Sync]
-        .into_iter()
+    Backend::all()
         .filter(|&b| {
             let chosen = choose_backend(b).backend;
             if chosen != b {
@@ -301,7 +292,7 @@ fn async_reads_equal_sync_reads_and_qemu() {
             ],
         );
         let expected = std::fs::read(&expected_path).unwrap();
-        let sync = open(&path, Backend::Sync, true);
+        let sync = open(&path, Backend::SYNC, true);
         let size = sync.logical_size() as usize;
         assert_eq!(size, expected.len(), "{name}: virtual size");
         let mut via_sync = vec![0u8; size];

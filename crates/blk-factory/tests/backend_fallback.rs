@@ -11,8 +11,8 @@ use blk_factory::{
 #[test]
 fn io_uring_unavailable_falls_back_with_a_message() {
     std::env::set_var(DISABLE_IO_URING_ENV, "1");
-    let choice = choose_backend(Backend::IoUring);
-    assert_ne!(choice.backend, Backend::IoUring);
+    let choice = choose_backend(Backend::named("io_uring").unwrap());
+    assert_ne!(choice.backend, Backend::named("io_uring").unwrap());
     let first = &choice.notes[0];
     assert!(first.starts_with("io_uring is not"), "{first}");
     let last = choice.notes.last().unwrap();
@@ -20,13 +20,20 @@ fn io_uring_unavailable_falls_back_with_a_message() {
         last.ends_with(&format!("using {}", choice.backend.name())),
         "{last}"
     );
-    assert_eq!(choose_backend(Backend::Auto).backend, choice.backend);
+    assert_eq!(choose_backend(Backend::AUTO).backend, choice.backend);
 
     // A disk opened asking for io_uring serves its queues on the fallback.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.qcow2");
-    create_disk_file(&CreateParams::new(&path, ImageFormat::Qcow2, Some(1 << 20))).unwrap();
-    let disk = open_disk_file(&DiskFileParams::new(&path).backend(Backend::IoUring)).unwrap();
+    create_disk_file(&CreateParams::new(
+        &path,
+        ImageFormat::by_name("qcow2").unwrap(),
+        Some(1 << 20),
+    ))
+    .unwrap();
+    let disk =
+        open_disk_file(&DiskFileParams::new(&path).backend(Backend::named("io_uring").unwrap()))
+            .unwrap();
     disk.write_all_at(4096, &[7u8; 4096]).unwrap();
     let mut queue = disk.create_async_io(4).unwrap();
     static mut BACK: [u8; 4096] = [0; 4096];

@@ -7,13 +7,5 @@ mod harness;
 
 #[test]
 fn open_image_corpus_replays() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/open_image");
-    let mut replayed = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        harness::open_image(&data);
-        replayed += 1;
-    }
-    assert!(replayed >= 5, "the corpus at {} is missing", dir.display());
+    blk_test_support::replay_corpus("open_image", 5, harness::open_image);
 }

@@ -1,8 +1,9 @@
 //! A VMM's view: guest memory (vm-memory `GuestMemoryMmap` with dirty tracking) read and written in place,
 //! synchronously and through an `AsyncIo` queue, on a disk from the factory.
 
-use blk_core::{AsyncIo, Completion, IoBuf, IoBufMut, Request, RequestFlags, RequestOp};
+use blk_core::{IoBuf, IoBufMut, Request, RequestFlags, RequestOp};
 use blk_factory::{create_disk_file, open_disk_file, CreateParams, DiskFileParams, ImageFormat};
+use blk_test_support::reap;
 use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -28,7 +29,7 @@ fn dirty(mem: &GuestMemory, addr: u64) -> bool {
 fn guest_memory_is_read_and_written_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.raw");
-    create_disk_file(&CreateParams::new(&path, ImageFormat::Raw, Some(1 << 20))).unwrap();
+    create_disk_file(&CreateParams::new(&path, ImageFormat::RAW, Some(1 << 20))).unwrap();
     let disk = open_disk_file(&DiskFileParams::new(&path)).unwrap();
     let mem = guest_memory();
 
@@ -59,7 +60,7 @@ fn guest_memory_is_read_and_written_in_place() {
 fn an_async_queue_serves_guest_memory() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.raw");
-    create_disk_file(&CreateParams::new(&path, ImageFormat::Raw, Some(1 << 20))).unwrap();
+    create_disk_file(&CreateParams::new(&path, ImageFormat::RAW, Some(1 << 20))).unwrap();
     let disk = open_disk_file(&DiskFileParams::new(&path)).unwrap();
     let mem = guest_memory();
     mem.write_slice(&[0x5a; PAGE], GuestAddress(0x1000))
@@ -137,21 +138,4 @@ fn an_async_queue_serves_guest_memory() {
     assert!(back.iter().all(|&b| b == 0x5a));
     queue.submit(&[Request::new(6, RequestOp::Flush)]).unwrap();
     assert!(reap(&mut *queue, 1)[0].result.is_ok());
-}
-
-/// Waits on the queue's eventfd until `n` requests completed; returns their completions.
-fn reap(queue: &mut dyn AsyncIo, n: usize) -> Vec<Completion> {
-    let mut done = Vec::new();
-    while done.len() < n {
-        match queue.next_completed_request() {
-            Some(c) => done.push(c),
-            // The eventfd is non-blocking (a VMM polls it in its event loop): spin until it fires.
-            None => {
-                if queue.notifier().read().is_err() {
-                    std::thread::yield_now();
-                }
-            }
-        }
-    }
-    done
 }

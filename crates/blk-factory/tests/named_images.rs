@@ -19,7 +19,7 @@ fn request(path: std::path::PathBuf, format: Option<&str>, depth: u32) -> NamedI
 fn deny_refuses_everything() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.raw");
-    create_disk_file(&CreateParams::new(&base, ImageFormat::Raw, Some(65536))).unwrap();
+    create_disk_file(&CreateParams::new(&base, ImageFormat::RAW, Some(65536))).unwrap();
     let opener = FactoryOpener::new(NamedImagePolicy::Deny, false, LockMode::Auto);
     let err = opener
         .open_named(&request(base, Some("raw"), 1))
@@ -31,7 +31,7 @@ fn deny_refuses_everything() {
 fn allowed_files_need_a_recorded_format_and_a_bounded_chain() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.raw");
-    create_disk_file(&CreateParams::new(&base, ImageFormat::Raw, Some(65536))).unwrap();
+    create_disk_file(&CreateParams::new(&base, ImageFormat::RAW, Some(65536))).unwrap();
     let opener = FactoryOpener::new(NamedImagePolicy::AllowRecordedFormat, false, LockMode::Auto);
 
     let disk = opener
@@ -62,20 +62,20 @@ fn allowed_files_need_a_recorded_format_and_a_bounded_chain() {
 #[cfg(feature = "qcow2")]
 #[test]
 fn skip_backing_opens_an_overlay_without_its_backing_file() {
-    use blk_factory::{open_disk_file, DiskFileParams};
+    use blk_factory::{open_disk_file, open_image, DiskFileParams};
 
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.raw");
     let overlay = dir.path().join("overlay.qcow2");
-    create_disk_file(&CreateParams::new(&base, ImageFormat::Raw, Some(65536))).unwrap();
+    create_disk_file(&CreateParams::new(&base, ImageFormat::RAW, Some(65536))).unwrap();
     {
         let disk =
-            open_disk_file(&DiskFileParams::new(&base).format(Some(ImageFormat::Raw))).unwrap();
+            open_disk_file(&DiskFileParams::new(&base).format(Some(ImageFormat::RAW))).unwrap();
         disk.write_all_at(0, &[0x5a; 512]).unwrap();
     }
-    let mut params = CreateParams::new(&overlay, ImageFormat::Qcow2, None);
+    let mut params = CreateParams::new(&overlay, ImageFormat::by_name("qcow2").unwrap(), None);
     params.backing_file = Some("base.raw".into());
-    params.backing_format = Some(ImageFormat::Raw);
+    params.backing_format = Some(ImageFormat::RAW);
     create_disk_file(&params).unwrap();
     std::fs::remove_file(&base).unwrap();
 
@@ -85,12 +85,12 @@ fn skip_backing_opens_an_overlay_without_its_backing_file() {
     let err = open_disk_file(&open).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 
-    let disk = open_disk_file(&open.skip_backing(true)).unwrap();
-    assert_eq!(disk.logical_size(), 65536);
-    let info = disk.image_info().unwrap();
+    let image = open_image(&open.skip_backing(true)).unwrap();
+    assert_eq!(image.disk.logical_size(), 65536);
+    let info = image.admin.image_info().unwrap();
     assert_eq!(info.backing_filename.as_deref(), Some("base.raw"));
     assert_eq!(info.backing_format.as_deref(), Some("raw"));
     let mut buf = [0xffu8; 512];
-    disk.read_exact_at(0, &mut buf).unwrap();
+    image.disk.read_exact_at(0, &mut buf).unwrap();
     assert_eq!(buf, [0u8; 512]);
 }

@@ -14,7 +14,7 @@ use blk_core::{Error, ErrorKind, HostFile, InfoValue, Result};
 use zerocopy::byteorder::{BigEndian, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
-use crate::header::Header;
+use crate::image::header::Header;
 use crate::metadata::read_zero_filled;
 use crate::FORMAT_NAME;
 

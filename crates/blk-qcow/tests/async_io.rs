@@ -1,9 +1,9 @@
-//! The native async path (`Qcow2Async`, `Qcow2Mapper`) against the sync path and QEMU: reads of every kind of
-//! image qemu-img makes, the mapper's fast and slow answers, broken images failing per request while the
-//! queue goes on, and the backend set on the image. Writes and multi-queue runs are in `async_writes.rs`.
+//! The async path (a `MappedQueue` over the image's `Mapper`) against the sync path and QEMU: reads of every
+//! kind of image qemu-img makes, the mapper's answers, broken images failing per request while the queue goes
+//! on, and the backend set on the disk. Writes and multi-queue runs are in `async_writes.rs`.
 //!
-//! Two drivers run requests (see `async_support`): the `Qcow2Async` queue itself, and `ManualEngine`, which
-//! executes the mapper's answers in the test, so the mapper's fast path is exercised whatever the engine does.
+//! Two drivers run requests (see `async_support`): the `MappedQueue` itself, and `ManualEngine`, which
+//! executes the mapper's answers in the test, so the mapper's answers are exercised whatever the engine does.
 
 mod async_support;
 mod support;
@@ -14,11 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_support::*;
-use blk_core::{
-    AsyncDiskFile, AsyncIo, AsyncMapper, ErrorKind, Mapped, ReadMapping, SyncHostBackend,
-    WriteMapping,
-};
-use blk_qcow::{Qcow2, Qcow2Async, Qcow2Mapper};
+use blk_core::{AsyncDiskFile, AsyncIo, ErrorKind, ReadMapping, SyncHostBackend, WriteMapping};
 use support::*;
 
 /// Reads the whole disk through `queue` in batches of up to 32 requests of mixed sizes (walking it in order,
@@ -183,11 +179,11 @@ fn check_reads(img: &Path, size: u64, seed: u64, what: &str) {
 
 /// The blk half of `check_reads`.
 fn check_reads_through_blk(img: &Path, size: u64, seed: u64, what: &str, expected: &[u8]) {
-    let disk = Qcow2::open(img, &ro_data()).unwrap();
+    let disk = support::open_disk(img, &ro_data()).unwrap();
     assert_same(&read_all(&disk), expected, &format!("{what}: sync path"));
-    let mut queue = Qcow2Async::new(&disk, &SyncHostBackend, 32).unwrap();
+    let mut queue = queue_of(&disk, &SyncHostBackend, 32);
     let got = read_through_queue(&mut queue, size, seed);
-    assert_same(&got, expected, &format!("{what}: Qcow2Async"));
+    assert_same(&got, expected, &format!("{what}: MappedQueue"));
     let mut queue = disk.create_async_io(32).unwrap();
     let got = read_through_queue(queue.as_mut(), size, seed + 1000);
     assert_same(&got, expected, &format!("{what}: create_async_io"));
@@ -198,7 +194,7 @@ fn check_reads_through_blk(img: &Path, size: u64, seed: u64, what: &str, expecte
     while pos < size {
         let len = ((1 + rng.below(300)) * 512).min(size - pos);
         let mut buf = vec![0u8; len as usize];
-        if engine.read(pos, &mut buf).unwrap() == Mapped::Fast {
+        if engine.read(pos, &mut buf).unwrap() {
             fast += 1;
         }
         assert_same(
@@ -239,18 +235,15 @@ fn mapper_answers_fast_and_slow_as_documented() {
             "write -c -P 0x22 256k 64k",
         ],
     );
-    let disk = Qcow2::open(&img, &rw()).unwrap();
-    let mapper = Qcow2Mapper::new(&disk).unwrap();
+    let disk = support::open_disk(&img, &rw()).unwrap();
+    let mapper = mapper_of(&disk);
     assert_eq!(mapper.host_files().len(), 1);
     let mut reads = Vec::new();
     // Two host-contiguous data clusters, a zero cluster, and an unallocated one: one host piece, one zero
     // piece (zero and unallocated merged).
-    assert_eq!(
-        mapper
-            .map_read(4096, 256 * 1024 - 4096, &mut reads)
-            .unwrap(),
-        Mapped::Fast
-    );
+    mapper
+        .map_read(4096, 256 * 1024 - 4096, &mut reads)
+        .unwrap();
     assert!(
         matches!(reads.as_slice(), [ReadMapping::Host { file: 0, len, .. }, ReadMapping::Zero { len: z }] if *len == 124 * 1024 && *z == 128 * 1024),
         "{reads:?}"
@@ -258,10 +251,7 @@ fn mapper_answers_fast_and_slow_as_documented() {
     // A compressed cluster: an encoded piece (read by the backend, inflated by `decode`), after the zeros of
     // the unallocated cluster before it.
     let before = reads.len();
-    assert_eq!(
-        mapper.map_read(200 * 1024, 100 * 1024, &mut reads).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_read(200 * 1024, 100 * 1024, &mut reads).unwrap();
     assert!(
         matches!(
             &reads[before..],
@@ -295,30 +285,25 @@ fn mapper_answers_fast_and_slow_as_documented() {
 
     let mut writes = Vec::new();
     // In place over allocated data.
-    assert_eq!(
-        mapper.map_write(512, 70_000, &mut writes).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_write(512, 70_000, &mut writes).unwrap();
     assert!(
         matches!(writes.as_slice(), [WriteMapping::Host { len: 70_000, .. }]),
         "{writes:?}"
     );
     // A partial write of an unallocated cluster (copy-on-write) and a compressed cluster: slow.
     writes.clear();
+    mapper.map_write(1 << 20, 4096, &mut writes).unwrap();
+    mapper.map_write(256 * 1024, 65536, &mut writes).unwrap();
     assert_eq!(
-        mapper.map_write(1 << 20, 4096, &mut writes).unwrap(),
-        Mapped::Slow
+        writes,
+        [
+            WriteMapping::Slow { len: 4096 },
+            WriteMapping::Slow { len: 65536 }
+        ]
     );
-    assert_eq!(
-        mapper.map_write(256 * 1024, 65536, &mut writes).unwrap(),
-        Mapped::Slow
-    );
-    assert!(writes.is_empty());
+    writes.clear();
     // Whole fresh clusters: one allocation, linked afterwards.
-    assert_eq!(
-        mapper.map_write(1 << 20, 3 * 65536, &mut writes).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_write(1 << 20, 3 * 65536, &mut writes).unwrap();
     let [WriteMapping::Allocated {
         file: 0,
         offset: host,
@@ -331,18 +316,13 @@ fn mapper_answers_fast_and_slow_as_documented() {
     assert_eq!((*len, link.count), (3 * 65536, 3));
     // While in flight: readers see the old contents (zeros), writers of those clusters go slow.
     let mut reads = Vec::new();
-    assert_eq!(
-        mapper.map_read(1 << 20, 65536, &mut reads).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_read(1 << 20, 65536, &mut reads).unwrap();
     assert_eq!(reads, vec![ReadMapping::Zero { len: 65536 }]);
     let mut other = Vec::new();
-    assert_eq!(
-        mapper
-            .map_write((1 << 20) + 65536, 512, &mut other)
-            .unwrap(),
-        Mapped::Slow
-    );
+    mapper
+        .map_write((1 << 20) + 65536, 512, &mut other)
+        .unwrap();
+    assert_eq!(other, [WriteMapping::Slow { len: 512 }]);
     mapper.host_files()[0]
         .write_all_at(*host, &vec![0x77u8; *len as usize])
         .unwrap();
@@ -353,10 +333,7 @@ fn mapper_answers_fast_and_slow_as_documented() {
         ErrorKind::InvalidInput
     );
     reads.clear();
-    assert_eq!(
-        mapper.map_read(1 << 20, 3 * 65536, &mut reads).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_read(1 << 20, 3 * 65536, &mut reads).unwrap();
     assert_eq!(
         reads,
         vec![ReadMapping::Host {
@@ -367,10 +344,7 @@ fn mapper_answers_fast_and_slow_as_documented() {
     );
     // A failed data write gives the clusters back.
     writes.clear();
-    assert_eq!(
-        mapper.map_write(2 << 20, 65536, &mut writes).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_write(2 << 20, 65536, &mut writes).unwrap();
     let [WriteMapping::Allocated { link, .. }] = writes.as_slice() else {
         panic!("{writes:?}");
     };
@@ -383,10 +357,7 @@ fn mapper_answers_fast_and_slow_as_documented() {
         ErrorKind::Io
     );
     reads.clear();
-    assert_eq!(
-        mapper.map_read(2 << 20, 65536, &mut reads).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_read(2 << 20, 65536, &mut reads).unwrap();
     assert_eq!(reads, vec![ReadMapping::Zero { len: 65536 }]);
     drop(mapper);
     drop(disk);
@@ -398,8 +369,8 @@ fn mapper_answers_fast_and_slow_as_documented() {
     assert!(contents[2 << 20..(2 << 20) + 65536].iter().all(|&b| b == 0));
 
     // Read-only: writes fail per request.
-    let disk = Qcow2::open(&img, &ro()).unwrap();
-    let mapper = Qcow2Mapper::new(&disk).unwrap();
+    let disk = support::open_disk(&img, &ro()).unwrap();
+    let mapper = mapper_of(&disk);
     let e = mapper.map_write(0, 512, &mut writes).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ReadOnly);
 }
@@ -444,7 +415,7 @@ fn corrupt_entries_fail_per_request_and_the_queue_goes_on() {
     let before = reftable_cluster(&onto_meta);
     let arena = Arena::new(1 << 20);
     for (img, read_fails) in [(&past_eof, true), (&onto_meta, false)] {
-        let disk = Qcow2::open(img, &rw()).unwrap();
+        let disk = support::open_disk(img, &rw()).unwrap();
         let mut queue = disk.create_async_io(32).unwrap();
         let batch = vec![
             Op::Read {
@@ -486,7 +457,7 @@ fn corrupt_entries_fail_per_request_and_the_queue_goes_on() {
         );
         assert!(out[4].0 == vec![0x11; 4096], "read beside the errors");
         // The mapper gives the same errors directly.
-        let mapper = Qcow2Mapper::new(&disk).unwrap();
+        let mapper = mapper_of(&disk);
         let mut reads = Vec::new();
         let r = mapper.map_read(3 * 4096, 512, &mut reads);
         assert_eq!(r.is_err(), read_fails);
@@ -527,7 +498,7 @@ fn queues_use_the_backend_set_on_the_image() {
     qemu_create(&img, "cluster_size=64k", "1M");
     let backend = Arc::new(CountingBackend::default());
     {
-        let mut disk = Qcow2::open(&img, &rw()).unwrap();
+        let mut disk = support::open_disk(&img, &rw()).unwrap();
         disk.set_io_backend(backend.clone());
         let clone = disk.try_clone_async().unwrap();
         let mut queue = clone.create_async_io(8).unwrap();

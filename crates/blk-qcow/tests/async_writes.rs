@@ -7,7 +7,6 @@ mod support;
 use async_support::*;
 use blk_core::AsyncDiskFile;
 use blk_core::SyncHostBackend;
-use blk_qcow::{Qcow2, Qcow2Async};
 use support::*;
 
 /// A random sequence of writes, write-zeroes, discards and flushes (some FUA), in batches; with qemu-io
@@ -121,10 +120,10 @@ fn writes_equal_qemu_io() {
             qemu_create(&ours, opts, "4M");
             qemu_io(&ours, "qcow2", &prefill);
             {
-                let disk = Qcow2::open(&ours, &rw()).unwrap();
+                let disk = support::open_disk(&ours, &rw()).unwrap();
                 if driver == "queue" {
                     let arena = Arena::new(64 << 20);
-                    let mut queue = Qcow2Async::new(&disk, &SyncHostBackend, 32).unwrap();
+                    let mut queue = queue_of(&disk, &SyncHostBackend, 32);
                     for batch in &batches {
                         for (op, (_, r)) in batch.iter().zip(run_queue(&mut queue, &arena, batch)) {
                             r.unwrap_or_else(|e| panic!("{opts}: {op:?}: {e}"));
@@ -146,7 +145,7 @@ fn writes_equal_qemu_io() {
     }
 }
 
-/// Four queues (two `Qcow2Async`, two manual engines on their own mappers) on one image, each writing,
+/// Four queues (two `MappedQueue`s, two manual engines on their own mappers) on one image, each writing,
 /// zeroing, discarding and reading its own clusters, from four threads: each sees its model; the whole disk
 /// equals the merged model; qemu-img check is clean.
 #[test]
@@ -158,7 +157,7 @@ fn four_queues_at_once_equal_a_model() {
         let _ = std::fs::remove_file(&img);
         qemu_create(&img, opts, "8M");
         let size = 8u64 << 20;
-        let disk = Qcow2::open(&img, &rw()).unwrap();
+        let disk = support::open_disk(&img, &rw()).unwrap();
         let models: Vec<Vec<u8>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4u64)
                 .map(|t| {

@@ -4,6 +4,7 @@ mod support;
 
 use std::sync::Arc;
 
+use blk_core::ImageAdmin;
 use blk_core::{DenyNamedImages, DiskFile, ErrorKind, HostOpenOptions, NamedImage};
 use blk_qcow::{Qcow2, Qcow2OpenOptions};
 use support::*;
@@ -59,7 +60,7 @@ fn three_level_chain_reads_as_qemu() {
         "qcow2",
         &["write -P 2 1050k 8k", "write -z 4M 64k", "discard 1M 64k"],
     );
-    let disk = Qcow2::open(&top, &rw()).unwrap();
+    let disk = support::open_disk(&top, &rw()).unwrap();
     assert_same(&read_all(&disk), &qemu_contents(&top, "qcow2"), "chain");
     let info = disk.image_info().unwrap();
     assert_eq!(
@@ -102,7 +103,7 @@ fn opener_gate() {
     ]);
     let rec = Arc::new(Recording(Default::default()));
     let opts = Qcow2OpenOptions::new(HostOpenOptions::default(), rec.clone());
-    let disk = Qcow2::open(&img, &opts).unwrap();
+    let disk = support::open_disk(&img, &opts).unwrap();
     assert_eq!(disk.logical_size(), 1 << 20);
     let seen = rec.0.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
@@ -113,13 +114,13 @@ fn opener_gate() {
     drop(disk);
     let denied = Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DenyNamedImages));
     assert_eq!(
-        Qcow2::open(&img, &denied).unwrap_err().kind(),
+        support::open_disk(&img, &denied).unwrap_err().kind(),
         ErrorKind::PermissionDenied
     );
     // The caller's format overrides the recorded one.
     let mut over = ro();
     over.backing_format = Some("qcow2".into());
-    assert!(Qcow2::open(&img, &over).is_err());
+    assert!(support::open_disk(&img, &over).is_err());
 }
 
 /// A backing file shorter than the image reads as zeros past its end, also when copied up.
@@ -138,7 +139,7 @@ fn short_backing_file() {
     )
     .unwrap();
     Qcow2::create(&img, &o, &TestOpener).unwrap();
-    let disk = Qcow2::open(&img, &rw()).unwrap();
+    let disk = support::open_disk(&img, &rw()).unwrap();
     let mut expect = vec![0u8; 1 << 20];
     expect[..100_000].fill(8);
     assert_same(&read_all(&disk), &expect, "short");
@@ -169,7 +170,7 @@ fn test_opener_ends_backing_loops() {
     // A thread with a small stack: a loop the cap did not end would overflow it.
     let opened = std::thread::Builder::new()
         .stack_size(8 << 20)
-        .spawn(move || Qcow2::open(&selfish, &ro()).map(|_| ()))
+        .spawn(move || support::open_disk(&selfish, &ro()).map(|_| ()))
         .unwrap()
         .join()
         .expect("opening a backing loop panicked");

@@ -8,11 +8,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use blk_core::ImageAdmin;
 use blk_core::{
     DenyNamedImages, DiskFile, Error, ErrorKind, HostOpenOptions, ImageOpener, NamedImage,
     RepairMode, Result,
 };
-use blk_qcow::{Qcow2, Qcow2OpenOptions};
+use blk_qcow::Qcow2OpenOptions;
 use support::{path_str, qemu_img, qemu_io, tempdir};
 
 /// Cluster size of the base image (small, so tables are easy to find).
@@ -84,7 +85,7 @@ fn options(read_only: bool) -> Qcow2OpenOptions {
 
 /// Opening fails with one of `kinds`, naming the format and the file.
 fn open_fails(path: &Path, read_only: bool, kinds: &[ErrorKind]) -> Error {
-    let err = Qcow2::open(path, &options(read_only)).expect_err("the broken image opened");
+    let err = support::open_disk(path, &options(read_only)).expect_err("the broken image opened");
     assert!(kinds.contains(&err.kind()), "unexpected kind: {err:?}");
     assert_eq!(err.path(), Some(path), "no path: {err:?}");
     assert_eq!(err.format(), Some("qcow2"), "no format: {err:?}");
@@ -92,7 +93,7 @@ fn open_fails(path: &Path, read_only: bool, kinds: &[ErrorKind]) -> Error {
 }
 
 /// A read either succeeds or fails with an error naming the file; returns whether it succeeded.
-fn read_ok(disk: &Qcow2, path: &Path, offset: u64, len: usize) -> bool {
+fn read_ok(disk: &support::Disk, path: &Path, offset: u64, len: usize) -> bool {
     let mut buf = vec![0u8; len];
     match disk.read_exact_at(offset, &mut buf) {
         Ok(()) => true,
@@ -124,7 +125,7 @@ fn writes_are_safe(path: &Path) {
         buf
     };
     let before = head(path);
-    if let Ok(disk) = Qcow2::open(path, &options(false)) {
+    if let Ok(disk) = support::open_disk(path, &options(false)) {
         for offset in [0u64, 4096, 300 << 10, 700 << 10, (1 << 20) - 8192] {
             if let Err(e) = disk.write_all_at(offset + 512, &[0x77; 4096]) {
                 assert_eq!(e.path(), Some(path), "write error without the path: {e:?}");
@@ -182,7 +183,7 @@ fn overlapping_tables() {
     // L1 over the header.
     let path = base(dir.path(), "l1-over-header.qcow2");
     patch_be(&path, 40, 8, 0);
-    if let Ok(disk) = Qcow2::open(&path, &options(true)) {
+    if let Ok(disk) = support::open_disk(&path, &options(true)) {
         read_ok(&disk, &path, 0, 4096);
     }
     writes_are_safe(&path);
@@ -191,7 +192,7 @@ fn overlapping_tables() {
     let path = base(dir.path(), "reftable-over-l1.qcow2");
     let l1 = l1_offset(&path);
     patch_be(&path, 48, 8, l1);
-    if let Ok(disk) = Qcow2::open(&path, &options(true)) {
+    if let Ok(disk) = support::open_disk(&path, &options(true)) {
         read_ok(&disk, &path, 0, 8192);
     }
     writes_are_safe(&path);
@@ -207,7 +208,7 @@ fn bad_table_entry(name: &str, in_l1: bool, value: u64) {
         l2_offset(&path)
     };
     patch_be(&path, at, 8, value);
-    let disk = Qcow2::open(&path, &options(true)).unwrap();
+    let disk = support::open_disk(&path, &options(true)).unwrap();
     let ok = read_ok(&disk, &path, 0, 4096);
     if name.ends_with("unaligned") {
         assert!(!ok, "{name}: an unaligned table or cluster was read");
@@ -252,7 +253,7 @@ fn compressed_descriptor_past_eof() {
     assert_ne!(entry & (1 << 62), 0, "entry 16 is not compressed");
     // Host offset bits 0..=53 for 4 KiB clusters: move it far past the end.
     patch_be(&path, at, 8, (entry & !((1u64 << 54) - 1)) | (1 << 50));
-    let disk = Qcow2::open(&path, &options(true)).unwrap();
+    let disk = support::open_disk(&path, &options(true)).unwrap();
     read_ok(&disk, &path, 64 << 10, 4096);
     read_ok(&disk, &path, 0, 8192);
     drop(disk);
@@ -361,7 +362,7 @@ impl ImageOpener for CappedOpener {
             ..HostOpenOptions::default()
         };
         let options = Qcow2OpenOptions::new(host, Arc::new(CappedOpener { depth }));
-        Ok(Box::new(Qcow2::open(&image.path, &options)?))
+        Ok(Box::new(support::open_disk(&image.path, &options)?))
     }
 }
 
@@ -400,7 +401,7 @@ fn backing_loops_end() {
         read_only: true,
         ..HostOpenOptions::default()
     };
-    let err = Qcow2::open(
+    let err = support::open_disk(
         &a,
         &Qcow2OpenOptions::new(host, Arc::new(CappedOpener { depth: 0 })),
     )
@@ -425,7 +426,7 @@ fn backing_loops_end() {
         read_only: true,
         ..HostOpenOptions::default()
     };
-    let err = Qcow2::open(
+    let err = support::open_disk(
         &selfish,
         &Qcow2OpenOptions::new(host, Arc::new(CappedOpener { depth: 0 })),
     )
@@ -480,7 +481,7 @@ fn corrupt_bit_allows_read_only_only() {
     patch_be(&path, 72, 8, 2);
     let err = open_fails(&path, false, &[ErrorKind::CorruptImage]);
     assert!(err.to_string().contains("corrupt"), "{err}");
-    let disk = Qcow2::open(&path, &options(true)).unwrap();
+    let disk = support::open_disk(&path, &options(true)).unwrap();
     assert!(read_ok(&disk, &path, 0, 8192));
     assert!(disk.write_all_at(0, &[1]).is_err());
 }
@@ -502,7 +503,7 @@ fn truncated_files() {
     ] {
         let path = dir.path().join(format!("cut-{cut}.qcow2"));
         std::fs::write(&path, &full[..cut]).unwrap();
-        match Qcow2::open(&path, &options(true)) {
+        match support::open_disk(&path, &options(true)) {
             Ok(disk) => {
                 for offset in [0u64, 64 << 10, 128 << 10, 512 << 10] {
                     read_ok(&disk, &path, offset, 4096);
@@ -534,7 +535,7 @@ fn zeroing_a_cluster_whose_entry_points_past_eof() {
         patch_be(&path, l2_offset(&path) + 3 * 8, 8, entry);
         let before = std::fs::metadata(&path).unwrap().len();
         {
-            let disk = Qcow2::open(&path, &options(false)).unwrap();
+            let disk = support::open_disk(&path, &options(false)).unwrap();
             for (may_unmap, op) in [(true, "zero"), (false, "zero"), (true, "discard")] {
                 let result = if op == "discard" {
                     disk.discard(3 * CS, CS)
@@ -562,7 +563,7 @@ fn freeing_a_cluster_over_the_l1_table_is_refused() {
     let l1 = l1_offset(&path);
     patch_be(&path, l2_offset(&path) + 3 * 8, 8, l1 | (1 << 63));
     {
-        let disk = Qcow2::open(&path, &options(false)).unwrap();
+        let disk = support::open_disk(&path, &options(false)).unwrap();
         for result in [
             disk.discard(3 * CS, CS),
             disk.write_zeroes(3 * CS, CS, true),

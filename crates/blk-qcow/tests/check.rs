@@ -13,8 +13,9 @@ mod inject;
 #[path = "check/qemu.rs"]
 mod qemu;
 
+use blk_core::ImageAdmin;
 use blk_core::{DiskFile, HostOpenOptions, RepairMode};
-use blk_qcow::{Qcow2, Qcow2OpenOptions};
+use blk_qcow::Qcow2OpenOptions;
 use inject::{append_leak, layout, read_be, write_be};
 use qemu::{
     assert_clean_by_qemu, assert_same_as_qemu, assert_same_repair_result, blk_check, exit_class,
@@ -259,7 +260,7 @@ fn dirty_image_is_repaired_on_writable_open() {
     l.set_refcount(&path, cluster, 1);
     write_be(&path, 72, 8, read_be(&path, 72, 8) | 1);
     {
-        let disk = Qcow2::open(&path, &support::rw()).unwrap();
+        let disk = support::open_disk(&path, &support::rw()).unwrap();
         assert!(!disk.image_info().unwrap().dirty);
     }
     assert_eq!(read_be(&path, 72, 8) & 1, 0, "the dirty bit is still set");
@@ -281,7 +282,7 @@ fn check_runs_while_clones_write() {
         path_str(&path),
         "8M",
     ]);
-    let disk = Qcow2::open(&path, &support::rw()).unwrap();
+    let disk = support::open_disk(&path, &support::rw()).unwrap();
     let writer = disk.try_clone().unwrap();
     let handle = std::thread::spawn(move || {
         for i in 0..256u64 {
@@ -491,7 +492,7 @@ fn repair_needs_a_writable_image() {
     let _serial = support::serial();
     let dir = tempdir();
     let path = populated(dir.path(), "ro.qcow2", "cluster_size=65536");
-    let disk = Qcow2::open(&path, &support::ro()).unwrap();
+    let disk = support::open_disk(&path, &support::ro()).unwrap();
     let err = disk.check(RepairMode::Leaks).unwrap_err();
     assert_eq!(err.kind(), blk_core::ErrorKind::ReadOnly, "{err:?}");
     assert_eq!(err.path(), Some(path.as_path()), "{err:?}");
@@ -523,7 +524,7 @@ fn writes_after_a_rebuild_use_the_new_structures() {
         let host = HostOpenOptions::default();
         let mut options = Qcow2OpenOptions::new(host, opener());
         options.check_mode = true;
-        let disk = Qcow2::open(&path, &options).unwrap();
+        let disk = support::open_disk(&path, &options).unwrap();
         let report = disk.check(RepairMode::All).unwrap();
         assert!(report.corruptions_fixed > 0, "{report:#?}");
         assert_eq!(exit_class(&disk.check(RepairMode::None).unwrap()), 0);
@@ -547,7 +548,7 @@ fn leak_repairs_while_clones_write() {
     let path = populated(dir.path(), "busy-repair.qcow2", "cluster_size=4096");
     let l = layout(&path);
     append_leak(&path, &l);
-    let disk = Qcow2::open(&path, &support::rw()).unwrap();
+    let disk = support::open_disk(&path, &support::rw()).unwrap();
     let writers: Vec<_> = (0..2u64)
         .map(|t| {
             let clone = disk.try_clone().unwrap();

@@ -85,7 +85,7 @@ fn preallocation_modes_are_clean() {
             .unwrap();
             Qcow2::create(&img, &o, &TestOpener).unwrap();
             assert_qemu_check_clean(&img);
-            let disk = Qcow2::open(&img, &rw()).unwrap();
+            let disk = support::open_disk(&img, &rw()).unwrap();
             let e = disk.map(0, 3 << 20).unwrap();
             assert!(e.is_allocated_data(), "{mode}: {e:?}");
             assert!(read_all(&disk).iter().all(|&b| b == 0));
@@ -112,7 +112,7 @@ fn size_from_backing_file() {
     )
     .unwrap();
     Qcow2::create(&img, &o, &TestOpener).unwrap();
-    let disk = Qcow2::open(&img, &ro()).unwrap();
+    let disk = support::open_disk(&img, &ro()).unwrap();
     assert_eq!(disk.logical_size(), 5 << 20);
     assert!(read_all(&disk).iter().all(|&b| b == 1));
     let info: serde_json::Value =
@@ -129,7 +129,7 @@ fn odd_sizes_round_to_sectors() {
     let img = dir.path().join("odd.qcow2");
     let o = Qcow2CreateOptions::from_key_values(Some(1000), &[]).unwrap();
     Qcow2::create(&img, &o, &TestOpener).unwrap();
-    let disk = Qcow2::open(&img, &rw()).unwrap();
+    let disk = support::open_disk(&img, &rw()).unwrap();
     assert_eq!(disk.logical_size(), 1024);
     disk.write_all_at(1000, &[9u8; 24]).unwrap();
     disk.discard(0, 1024).unwrap();

@@ -6,6 +6,7 @@ mod support;
 
 use std::path::Path;
 
+use blk_core::ImageAdmin;
 use blk_core::{DiskFile, ErrorKind};
 use blk_qcow::Qcow2;
 use support::*;
@@ -32,7 +33,7 @@ fn size_arg(s: &str) -> u64 {
 }
 
 /// Runs one qemu-io command of [`SCRIPT`] through blk.
-fn run_blk(disk: &Qcow2, cmd: &str) {
+fn run_blk(disk: &support::Disk, cmd: &str) {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     let (off, len) = (
         size_arg(words[words.len() - 2]),
@@ -68,7 +69,7 @@ fn create_with_qemu(dir: &Path, opts: &str) -> std::path::PathBuf {
 }
 
 fn check_reads_like_qemu(img: &Path, what: &str) {
-    let disk = Qcow2::open(img, &ro_data()).unwrap();
+    let disk = support::open_disk(img, &ro_data()).unwrap();
     assert_same(&read_all(&disk), &qemu_contents(img, "qcow2"), what);
     assert_eq!(blk_map(&disk), qemu_map(img), "map of {what}");
 }
@@ -90,7 +91,7 @@ fn qemu_made_images_read_like_qemu_and_replays_match() {
         qemu_io(&theirs, "qcow2", SCRIPT);
         check_reads_like_qemu(&theirs, opts);
         {
-            let disk = Qcow2::open(&ours, &rw_data()).unwrap();
+            let disk = support::open_disk(&ours, &rw_data()).unwrap();
             for cmd in SCRIPT {
                 run_blk(&disk, cmd);
             }
@@ -118,7 +119,7 @@ fn info_names_the_data_file() {
     let _g = serial();
     let dir = tempdir();
     let img = create_with_qemu(dir.path(), "data_file=d.raw,data_file_raw=on");
-    let disk = Qcow2::open(&img, &ro_data()).unwrap();
+    let disk = support::open_disk(&img, &ro_data()).unwrap();
     let (_, data) = disk.image_info().unwrap().format_specific.unwrap();
     let name = format!("{}/d.raw", path_str(dir.path()));
     assert!(data.contains(&("data-file".to_string(), blk_core::InfoValue::String(name))));
@@ -130,7 +131,7 @@ fn compressed_writes_are_refused() {
     let _g = serial();
     let dir = tempdir();
     let img = create_with_qemu(dir.path(), "data_file=d.raw");
-    let disk = Qcow2::open(&img, &rw_data()).unwrap();
+    let disk = support::open_disk(&img, &rw_data()).unwrap();
     let err = disk.write_compressed(0, &vec![1u8; 65536]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnsupportedFeature);
 }

@@ -6,6 +6,7 @@ mod support;
 use std::path::Path;
 
 use blk_core::DiskFile;
+use blk_core::ImageAdmin;
 use blk_qcow::Qcow2;
 use support::*;
 
@@ -37,7 +38,7 @@ fn size_arg(s: &str) -> u64 {
 }
 
 /// Runs one qemu-io command of a script through blk.
-fn run_blk(disk: &Qcow2, cmd: &str) {
+fn run_blk(disk: &support::Disk, cmd: &str) {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     let (off, len) = (
         size_arg(words[words.len() - 2]),
@@ -119,7 +120,7 @@ fn scripts_replayed_by_blk_match_qemu() {
             let o = blk_qcow::Qcow2CreateOptions::from_key_values(Some(2 << 20), &kv).unwrap();
             Qcow2::create(&ours, &o, &TestOpener).unwrap();
             {
-                let disk = Qcow2::open(&ours, &rw()).unwrap();
+                let disk = support::open_disk(&ours, &rw()).unwrap();
                 for cmd in SCRIPT.iter().chain(SCRIPT2) {
                     run_blk(&disk, cmd);
                 }
@@ -137,7 +138,7 @@ fn scripts_replayed_by_blk_match_qemu() {
 }
 
 fn check_against_qemu(img: &Path, what: &str) {
-    let disk = Qcow2::open(img, &ro()).unwrap();
+    let disk = support::open_disk(img, &ro()).unwrap();
     assert_same(&read_all(&disk), &qemu_contents(img, "qcow2"), what);
     assert_eq!(blk_map(&disk), qemu_map(img), "map of {what}");
 }
@@ -193,7 +194,7 @@ fn info_reports_extended_l2() {
         path_str(&img),
         "1M",
     ]);
-    let disk = Qcow2::open(&img, &ro()).unwrap();
+    let disk = support::open_disk(&img, &ro()).unwrap();
     let info = disk.image_info().unwrap();
     let (_, data) = info.format_specific.unwrap();
     assert!(data
@@ -228,7 +229,7 @@ fn corrupt_bitmaps_are_refused() {
     patched[l2 + 8..l2 + 16].copy_from_slice(&bitmap.to_be_bytes());
     patched[l2 + 56..l2 + 64].copy_from_slice(&1u64.to_be_bytes());
     std::fs::write(&img, &patched).unwrap();
-    let disk = Qcow2::open(&img, &ro()).unwrap();
+    let disk = support::open_disk(&img, &ro()).unwrap();
     let mut buf = vec![0u8; 4096];
     let err = disk.read_exact_at(0, &mut buf).unwrap_err();
     assert_eq!(err.kind(), blk_core::ErrorKind::CorruptImage, "{err}");
@@ -314,7 +315,7 @@ fn racing_subcluster_writes_lose_nothing() {
     let o = blk_qcow::Qcow2CreateOptions::from_key_values(Some(size), &kv).unwrap();
     Qcow2::create(&img, &o, &TestOpener).unwrap();
     {
-        let disk = Qcow2::open(&img, &rw()).unwrap();
+        let disk = support::open_disk(&img, &rw()).unwrap();
         std::thread::scope(|s| {
             for t in 0..4u64 {
                 let clone = disk.try_clone().unwrap();
@@ -332,7 +333,7 @@ fn racing_subcluster_writes_lose_nothing() {
             }
         });
     }
-    let disk = Qcow2::open(&img, &ro()).unwrap();
+    let disk = support::open_disk(&img, &ro()).unwrap();
     let got = read_all(&disk);
     for p in 0..(size / 1024) {
         for t in 0..4u64 {

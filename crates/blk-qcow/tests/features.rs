@@ -3,8 +3,8 @@
 
 mod support;
 
+use blk_core::ImageAdmin;
 use blk_core::{DiskFile, ErrorKind};
-use blk_qcow::Qcow2;
 use support::*;
 
 fn poke(path: &std::path::Path, at: u64, bytes: &[u8]) {
@@ -29,10 +29,10 @@ fn unknown_incompatible_bit_is_named() {
     qemu_img(&["create", "-q", "-f", "qcow2", path_str(&img), "1M"]);
     // Bit 2 (external data file) is named by qemu's feature table.
     poke(&img, 72, &(1u64 << 2).to_be_bytes());
-    let err = Qcow2::open(&img, &ro()).unwrap_err();
+    let err = support::open_disk(&img, &ro()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnsupportedFeature);
     poke(&img, 72, &(1u64 << 40).to_be_bytes());
-    let err = Qcow2::open(&img, &ro()).unwrap_err();
+    let err = support::open_disk(&img, &ro()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnsupportedFeature);
     assert!(
         err.to_string().contains("Unknown incompatible feature"),
@@ -48,17 +48,17 @@ fn corrupt_bit_allows_read_only() {
     qemu_img(&["create", "-q", "-f", "qcow2", path_str(&img), "1M"]);
     poke(&img, 72, &2u64.to_be_bytes());
     assert_eq!(
-        Qcow2::open(&img, &rw()).unwrap_err().kind(),
+        support::open_disk(&img, &rw()).unwrap_err().kind(),
         ErrorKind::CorruptImage
     );
-    let disk = Qcow2::open(&img, &ro()).unwrap();
+    let disk = support::open_disk(&img, &ro()).unwrap();
     let info = disk.image_info().unwrap();
     let data = info.format_specific.unwrap().1;
     assert!(data.contains(&("corrupt".to_string(), blk_core::InfoValue::Bool(true))));
     drop(disk);
     let mut check = rw();
     check.check_mode = true;
-    Qcow2::open(&img, &check).unwrap();
+    support::open_disk(&img, &check).unwrap();
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn lazy_refcounts_set_dirty_while_open() {
         "1M",
     ]);
     {
-        let disk = Qcow2::open(&img, &rw()).unwrap();
+        let disk = support::open_disk(&img, &rw()).unwrap();
         assert_eq!(peek_u64(&img, 72) & 1, 1);
         assert!(!disk.image_info().unwrap().dirty);
         disk.write_all_at(0, b"x").unwrap();
@@ -93,9 +93,9 @@ fn autoclear_bits_cleared_on_writable_open() {
     let img = dir.path().join("a.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", path_str(&img), "1M"]);
     poke(&img, 88, &(1u64 << 7 | 1u64 << 63).to_be_bytes());
-    drop(Qcow2::open(&img, &ro()).unwrap());
+    drop(support::open_disk(&img, &ro()).unwrap());
     assert_ne!(peek_u64(&img, 88), 0);
-    drop(Qcow2::open(&img, &rw()).unwrap());
+    drop(support::open_disk(&img, &rw()).unwrap());
     assert_eq!(peek_u64(&img, 88), 0);
     assert_qemu_check_clean(&img);
 }
@@ -117,7 +117,7 @@ fn v2_stays_v2_and_extensions_survive() {
     ]);
     let before = std::fs::read(&img).unwrap()[..512].to_vec();
     {
-        let disk = Qcow2::open(&img, &rw()).unwrap();
+        let disk = support::open_disk(&img, &rw()).unwrap();
         disk.write_all_at(4096, &[1u8; 70_000]).unwrap();
     }
     let after = std::fs::read(&img).unwrap()[..512].to_vec();
@@ -146,7 +146,7 @@ fn refcount_table_grows_without_doubling() {
         "3M",
     ]);
     {
-        let disk = Qcow2::open(&img, &rw()).unwrap();
+        let disk = support::open_disk(&img, &rw()).unwrap();
         let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 249) as u8).collect();
         disk.write_all_at(0, &data).unwrap();
         assert_same(&read_all(&disk), &data, "grown");
@@ -188,12 +188,12 @@ fn dirty_repair_leaving_corruptions_opens_like_qemu() {
     std::fs::copy(&ours, &theirs).unwrap();
     qemu_io(&theirs, "qcow2", &["write -P 2 64k 4k"]);
     {
-        let disk = Qcow2::open(&ours, &rw()).expect("the dirty image did not open");
+        let disk = support::open_disk(&ours, &rw()).expect("the dirty image did not open");
         disk.write_all_at(64 << 10, &[2; 4096]).unwrap();
         disk.flush().unwrap();
     }
     assert_eq!(peek_u64(&ours, 72), peek_u64(&theirs, 72));
-    let report = Qcow2::open(&ours, &ro())
+    let report = support::open_disk(&ours, &ro())
         .unwrap()
         .check(blk_core::RepairMode::None)
         .unwrap();
@@ -229,7 +229,7 @@ fn write_over_the_l1_table_marks_the_image_corrupt_like_qemu() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("write failed"));
     {
-        let disk = Qcow2::open(&ours, &rw()).unwrap();
+        let disk = support::open_disk(&ours, &rw()).unwrap();
         let e = disk.write_all_at(3 * 4096, &[2; 4096]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::CorruptImage, "{e:?}");
         let e = disk.write_all_at(100 << 10, &[3; 4096]).unwrap_err();
@@ -245,5 +245,5 @@ fn write_over_the_l1_table_marks_the_image_corrupt_like_qemu() {
     assert!(qemu_contents(&ours, "qcow2")[..8192]
         .iter()
         .all(|&b| b == 1));
-    assert!(Qcow2::open(&ours, &rw()).is_err());
+    assert!(support::open_disk(&ours, &rw()).is_err());
 }

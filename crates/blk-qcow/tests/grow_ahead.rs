@@ -8,8 +8,8 @@ mod support;
 use std::path::Path;
 
 use async_support::*;
+use blk_core::ImageAdmin;
 use blk_core::{DiskFile, IoBuf, SyncHostBackend};
-use blk_qcow::{Qcow2, Qcow2Async};
 use support::*;
 
 fn file_len(path: &Path) -> u64 {
@@ -82,7 +82,7 @@ fn twins(
     (ours, theirs)
 }
 
-fn write_sync(disk: &Qcow2, ops: &[Op]) {
+fn write_sync(disk: &support::Disk, ops: &[Op]) {
     for op in ops {
         if let Op::Write { offset, data, .. } = op {
             disk.write_at(*offset, &[IoBuf::from(&data[..])]).unwrap();
@@ -104,7 +104,7 @@ fn sync_writes_grow_ahead_and_close_cuts_back() {
         ops.extend(sequential_writes(40 << 20, 16));
         ops.extend(sequential_writes(64 << 10, 4));
         let (ours, theirs) = twins(dir.path(), name, opts, "64M", &ops);
-        let disk = Qcow2::open(&ours, &rw()).unwrap();
+        let disk = support::open_disk(&ours, &rw()).unwrap();
         write_sync(&disk, &ops);
         disk.flush().unwrap();
         assert!(
@@ -125,10 +125,10 @@ fn async_writes_grow_ahead_and_close_cuts_back() {
     for (name, opts) in [("c64k", "cluster_size=64k"), ("c4k", "cluster_size=4k")] {
         let ops = sequential_writes(0, 256);
         let (ours, theirs) = twins(dir.path(), name, opts, "64M", &ops);
-        let disk = Qcow2::open(&ours, &rw()).unwrap();
+        let disk = support::open_disk(&ours, &rw()).unwrap();
         {
             let arena = Arena::new(32 * 65536);
-            let mut queue = Qcow2Async::new(&disk, &SyncHostBackend, 32).unwrap();
+            let mut queue = async_support::queue_of(&disk, &SyncHostBackend, 32);
             for batch in ops.chunks(32) {
                 for (op, (_, r)) in batch.iter().zip(run_queue(&mut queue, &arena, batch)) {
                     r.unwrap_or_else(|e| panic!("{name}: {op:?}: {e}"));
@@ -175,7 +175,7 @@ fn a_crash_tail_is_used_and_cut_back() {
         let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
         qemu_io(&theirs, "qcow2", &cmds);
 
-        let disk = Qcow2::open(&ours, &rw()).unwrap();
+        let disk = support::open_disk(&ours, &rw()).unwrap();
         write_sync(&disk, &then);
         drop(disk);
         assert_closed_like_twin(&ours, &theirs, name != "c512");
@@ -197,7 +197,7 @@ fn read_only_opens_never_change_the_length() {
             .unwrap()
             .set_len(used + tail)
             .unwrap();
-        let disk = Qcow2::open(&img, &ro()).unwrap();
+        let disk = support::open_disk(&img, &ro()).unwrap();
         let mut buf = vec![0u8; 1 << 20];
         disk.read_exact_at(0, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 7));
@@ -232,7 +232,7 @@ fn external_data_file_keeps_its_length() {
     };
     qemu_io(theirs, "qcow2", &cmds);
     let data_len = file_len(our_data);
-    let disk = Qcow2::open(ours, &rw_data()).unwrap();
+    let disk = support::open_disk(ours, &rw_data()).unwrap();
     write_sync(&disk, &ops);
     drop(disk);
     assert_eq!(file_len(our_data), data_len, "the data file never grows");
@@ -261,7 +261,7 @@ fn compressed_writes_are_cut_back_like_qemu() {
     let (ours_first, theirs_first) = twins(dir.path(), "first", "cluster_size=64k", "64M", &plain);
     std::fs::rename(ours_first, &ours).unwrap();
     std::fs::rename(theirs_first, &theirs).unwrap();
-    let disk = Qcow2::open(&ours, &rw()).unwrap();
+    let disk = support::open_disk(&ours, &rw()).unwrap();
     write_sync(&disk, &plain);
     drop(disk);
     assert_closed_like_twin(&ours, &theirs, true);
@@ -272,7 +272,7 @@ fn compressed_writes_are_cut_back_like_qemu() {
         .collect();
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
     qemu_io(&theirs, "qcow2", &cmds);
-    let disk = Qcow2::open(&ours, &rw()).unwrap();
+    let disk = support::open_disk(&ours, &rw()).unwrap();
     for &(o, p) in &compressed {
         disk.write_compressed(o, &vec![p; 65536]).unwrap();
     }
@@ -286,7 +286,7 @@ fn compressed_writes_are_cut_back_like_qemu() {
     let cmds = qemu_commands(&more);
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
     qemu_io(&theirs, "qcow2", &cmds);
-    let disk = Qcow2::open(&ours, &rw()).unwrap();
+    let disk = support::open_disk(&ours, &rw()).unwrap();
     write_sync(&disk, &more);
     drop(disk);
     assert_closed_like_twin(&ours, &theirs, true);

@@ -2,6 +2,7 @@
 
 mod support;
 
+use blk_core::ImageAdmin;
 use blk_core::{DiskFile, ExtentKind};
 use blk_qcow::{Qcow2, Qcow2CreateOptions};
 use support::*;
@@ -49,7 +50,7 @@ fn reads_qemu_images() {
                 "write -P 0x33 4999k 1k",
             ],
         );
-        let disk = Qcow2::open(&img, &ro()).unwrap();
+        let disk = support::open_disk(&img, &ro()).unwrap();
         assert_same(&read_all(&disk), &qemu_contents(&img, "qcow2"), opts);
     }
 }
@@ -85,7 +86,7 @@ fn reads_compressed() {
                 path_str(&raw),
                 path_str(&img),
             ]);
-            let disk = Qcow2::open(&img, &ro()).unwrap();
+            let disk = support::open_disk(&img, &ro()).unwrap();
             assert_same(&read_all(&disk), &data, &o);
             assert!(disk.map(0, 4096).unwrap().compressed);
         }
@@ -113,7 +114,7 @@ fn writes_are_clean_for_qemu() {
         assert_qemu_check_clean(&img);
         let mut model = vec![0u8; 3 << 20];
         {
-            let disk = Qcow2::open(&img, &rw()).unwrap();
+            let disk = support::open_disk(&img, &rw()).unwrap();
             let mut w = |off: usize, len: usize, val: u8| {
                 let buf = vec![val; len];
                 disk.write_all_at(off as u64, &buf).unwrap();
@@ -175,7 +176,7 @@ fn backing_chain() {
         &[("backing_file", "mid.qcow2"), ("backing_fmt", "qcow2")],
     );
     {
-        let disk = Qcow2::open(&top, &rw()).unwrap();
+        let disk = support::open_disk(&top, &rw()).unwrap();
         disk.write_all_at(1000, b"top").unwrap();
         disk.write_all_at(300_000, b"cow").unwrap();
         assert!(!disk.has_zero_init());
@@ -235,7 +236,7 @@ fn create_matches_qemu() {
         assert_qemu_check_clean(&ours);
         let qinfo: serde_json::Value =
             serde_json::from_str(&qemu_img(&["info", "--output=json", path_str(&theirs)])).unwrap();
-        let disk = Qcow2::open(&ours, &ro()).unwrap();
+        let disk = support::open_disk(&ours, &ro()).unwrap();
         let info = disk.image_info().unwrap();
         let (kind, data) = info.format_specific.unwrap();
         assert_eq!(kind, "qcow2");
@@ -267,7 +268,7 @@ fn direct_io() {
     {
         let mut opts = rw();
         opts.host.direct = true;
-        let disk = Qcow2::open(&img, &opts).unwrap();
+        let disk = support::open_disk(&img, &opts).unwrap();
         disk.write_all_at(1000, &[5u8; 10_000]).unwrap();
         model[1000..11_000].fill(5);
         disk.write_all_at(1 << 20, &[6u8; 1 << 20]).unwrap();
@@ -290,7 +291,7 @@ fn range_and_read_only_errors() {
     let dir = tempdir();
     let img = dir.path().join("e.qcow2");
     create(&img, 1 << 20, &[]);
-    let disk = Qcow2::open(&img, &ro()).unwrap();
+    let disk = support::open_disk(&img, &ro()).unwrap();
     let mut buf = [0u8; 16];
     let e = disk.read_exact_at((1 << 20) - 8, &mut buf).unwrap_err();
     assert_eq!(e.kind(), blk_core::ErrorKind::OutOfBounds);
@@ -317,7 +318,7 @@ fn compressed_writes_then_overwrites() {
         );
         let mut model = vec![0u8; size];
         {
-            let disk = Qcow2::open(&img, &rw()).unwrap();
+            let disk = support::open_disk(&img, &rw()).unwrap();
             assert_eq!(disk.compressed_write_size(), Some(cs as u64));
             for c in 0..=40usize {
                 let len = cs.min(size - c * cs);
@@ -354,7 +355,7 @@ fn compressed_writes_end_the_file_on_a_sector() {
     let img = dir.path().join("pad.qcow2");
     let cs = 4096usize;
     create(&img, 16 * cs as u64, &[("cluster_size", "4096")]);
-    let disk = Qcow2::open(&img, &rw()).unwrap();
+    let disk = support::open_disk(&img, &rw()).unwrap();
     for c in 0..6usize {
         // Data compressing to odd lengths.
         let buf: Vec<u8> = (0..cs)
@@ -386,7 +387,7 @@ fn write_zeroes_unmap_over_allocated_clusters_matches_qemu() {
         &["write -z -u 1M 4M", "write -z -u 5M 6k"],
     );
     {
-        let disk = Qcow2::open(&ours, &rw()).unwrap();
+        let disk = support::open_disk(&ours, &rw()).unwrap();
         disk.write_zeroes(1 << 20, 4 << 20, true).unwrap();
         disk.write_zeroes(5 << 20, 6 << 10, true).unwrap();
         disk.flush().unwrap();

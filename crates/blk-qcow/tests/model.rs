@@ -128,7 +128,7 @@ fn run(cfg: Config, threads: Vec<Vec<Op>>) {
     let o = Qcow2CreateOptions::from_key_values(Some(size), &kv).unwrap();
     Qcow2::create(&img, &o, &TestOpener).unwrap();
     {
-        let disk: Arc<dyn DiskFile> = Arc::new(Qcow2::open(&img, &rw()).unwrap());
+        let disk: Arc<dyn DiskFile> = Arc::new(support::open_disk(&img, &rw()).unwrap());
         let mut regions: Vec<&mut [u8]> = Vec::new();
         let mut rest = &mut model[..];
         for t in 0..nthreads {
@@ -156,7 +156,7 @@ fn run(cfg: Config, threads: Vec<Vec<Op>>) {
     let _g = serial();
     assert_qemu_check_clean(&img);
     assert_same(&qemu_contents(&img, "qcow2"), &model, "through qemu");
-    let disk = Qcow2::open(&img, &ro()).unwrap();
+    let disk = support::open_disk(&img, &ro()).unwrap();
     assert_same(&read_all(&disk), &model, "reopened");
 }
 

@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use blk_core::DiskFile;
+use blk_core::ImageAdmin;
 use blk_qcow::Qcow2;
 use script::{matrix_size, mixed_data, standard_script, touched_windows};
 use support::*;
@@ -58,7 +59,7 @@ fn read_chunked(disk: &dyn DiskFile, chunk: usize) -> Vec<u8> {
 #[track_caller]
 fn assert_reads_like_qemu(image: &Path, what: &str) {
     let expected = qemu_contents(image, "qcow2");
-    let disk = Qcow2::open(image, &ro()).unwrap_or_else(|e| panic!("{what}: open: {e}"));
+    let disk = support::open_disk(image, &ro()).unwrap_or_else(|e| panic!("{what}: open: {e}"));
     assert_eq!(disk.logical_size(), expected.len() as u64, "{what}: size");
     assert_equal(&read_all(&disk), &expected, what);
     assert_equal(
@@ -92,7 +93,7 @@ fn assert_windows_read_like_qemu(image: &Path, windows: &[(u64, u64)], what: &st
         path_str(&raw),
     ]);
     let raw = std::fs::File::open(&raw).expect("opening qemu-img's conversion");
-    let disk = Qcow2::open(image, &ro()).unwrap_or_else(|e| panic!("{what}: open: {e}"));
+    let disk = support::open_disk(image, &ro()).unwrap_or_else(|e| panic!("{what}: open: {e}"));
     assert_eq!(disk.logical_size(), raw.metadata().unwrap().len(), "{what}");
     for &(start, len) in windows {
         let mut expected = vec![0u8; len as usize];
@@ -395,7 +396,7 @@ fn compressed_writes_with_narrow_refcounts() {
         Qcow2::create(&image, &create, &blk_core::DenyNamedImages).expect("create");
         let data = mixed_data(MIB as usize);
         {
-            let disk = Qcow2::open(&image, &rw()).expect("open");
+            let disk = support::open_disk(&image, &rw()).expect("open");
             for (i, chunk) in data.chunks(4096).enumerate() {
                 disk.write_compressed(i as u64 * 4096, chunk)
                     .unwrap_or_else(|e| panic!("{bits}-bit refcounts: compressed write {i}: {e}"));

@@ -6,6 +6,7 @@ mod support;
 
 use std::path::Path;
 
+use blk_core::ImageAdmin;
 use blk_core::{DiskFile, ExtentKind};
 use blk_qcow::{Qcow2, Qcow2CreateOptions};
 use serde_json::Value;
@@ -22,7 +23,7 @@ fn size_arg(s: &str) -> u64 {
 }
 
 /// Runs one qemu-io command through blk.
-fn run_blk(disk: &Qcow2, cmd: &str) {
+fn run_blk(disk: &support::Disk, cmd: &str) {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     let (off, len) = (
         size_arg(words[words.len() - 2]),
@@ -59,7 +60,7 @@ fn qemu_map(img: &Path) -> Vec<Value> {
 }
 
 /// blk's map runs merged as the CLI merges them, in qemu-img's JSON shape (without offsets).
-fn blk_map(disk: &Qcow2) -> Vec<Value> {
+fn blk_map(disk: &support::Disk) -> Vec<Value> {
     let size = disk.logical_size();
     let mut runs: Vec<Value> = Vec::new();
     // Host offset where the previous run ends, to merge only runs that continue on the host (as qemu-img).
@@ -149,7 +150,7 @@ fn qemu_io_scripts_replay_equal() {
         let o = Qcow2CreateOptions::from_key_values(Some(2 << 20), &kv).unwrap();
         Qcow2::create(&ours, &o, &TestOpener).unwrap();
         {
-            let disk = Qcow2::open(&ours, &rw()).unwrap();
+            let disk = support::open_disk(&ours, &rw()).unwrap();
             for cmd in SCRIPT {
                 run_blk(&disk, cmd);
             }
@@ -165,7 +166,7 @@ fn qemu_io_scripts_replay_equal() {
             qemu_map(&theirs),
             "{opts} backing={backing}"
         );
-        let disk = Qcow2::open(&theirs, &ro()).unwrap();
+        let disk = support::open_disk(&theirs, &ro()).unwrap();
         assert_eq!(
             blk_map(&disk),
             qemu_map(&theirs),

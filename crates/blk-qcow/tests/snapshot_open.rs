@@ -4,7 +4,6 @@
 mod support;
 
 use blk_core::{ErrorKind, SnapshotSelector};
-use blk_qcow::Qcow2;
 use support::*;
 
 fn image_with_snapshot(dir: &std::path::Path) -> std::path::PathBuf {
@@ -27,12 +26,12 @@ fn reads_the_snapshot_not_the_current_disk() {
     let dir = tempdir();
     let path = image_with_snapshot(dir.path());
     for selector in ["snap", "1", "snapshot.name=snap", "snapshot.id=1"] {
-        let disk = Qcow2::open(&path, &with_snapshot(true, selector)).unwrap();
+        let disk = support::open_disk(&path, &with_snapshot(true, selector)).unwrap();
         let data = read_all(&disk);
         assert!(data[..64 << 10].iter().all(|&b| b == 0x5a), "{selector}");
         assert!(data[64 << 10..].iter().all(|&b| b == 0), "{selector}");
     }
-    let current = Qcow2::open(&path, &ro()).unwrap();
+    let current = support::open_disk(&path, &ro()).unwrap();
     assert!(read_all(&current)[..128 << 10].iter().all(|&b| b == 0xa5));
 }
 
@@ -40,9 +39,9 @@ fn reads_the_snapshot_not_the_current_disk() {
 fn refuses_writable_opens_and_unknown_snapshots() {
     let dir = tempdir();
     let path = image_with_snapshot(dir.path());
-    let e = Qcow2::open(&path, &with_snapshot(false, "snap")).unwrap_err();
+    let e = support::open_disk(&path, &with_snapshot(false, "snap")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-    let e = Qcow2::open(&path, &with_snapshot(true, "other")).unwrap_err();
+    let e = support::open_disk(&path, &with_snapshot(true, "other")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(e.to_string().contains("Can't find snapshot"), "{e}");
 }
@@ -64,7 +63,7 @@ fn broken_snapshot_l1_tables_are_corrupt() {
         let mut broken = image.clone();
         broken[table + field..table + field + bytes.len()].copy_from_slice(&bytes);
         std::fs::write(&path, &broken).unwrap();
-        let e = Qcow2::open(&path, &with_snapshot(true, "snap")).unwrap_err();
+        let e = support::open_disk(&path, &with_snapshot(true, "snap")).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::CorruptImage, "{e}");
     }
 }

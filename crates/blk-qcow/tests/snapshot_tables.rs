@@ -8,7 +8,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use blk_core::{DiskFile, ErrorKind};
-use blk_qcow::Qcow2;
 use support::{assert_qemu_check_clean, path_str, qemu_img, qemu_io, tempdir};
 
 const CS: u64 = 4096;
@@ -45,7 +44,7 @@ fn writing_next_to_a_snapshot_keeps_refcounts_as_qemu() {
     let dir = tempdir();
     let path = snapshotted(dir.path());
     {
-        let disk = Qcow2::open(&path, &support::rw()).unwrap();
+        let disk = support::open_disk(&path, &support::rw()).unwrap();
         disk.write_all_at(3 * CS, &[0x33; 4096]).unwrap();
         // Overwriting a cluster shared with the snapshot copies it.
         disk.write_all_at(CS, &[0x44; 512]).unwrap();
@@ -81,7 +80,7 @@ fn shared_table_entry_past_eof_grows_nothing() {
     drop(file);
     let before = std::fs::metadata(&path).unwrap().len();
     {
-        let disk = Qcow2::open(&path, &support::rw()).unwrap();
+        let disk = support::open_disk(&path, &support::rw()).unwrap();
         // Copies the shared table (the bad entry with it) without touching its refcount.
         disk.write_all_at(7 * CS, &[0x77; 4096]).unwrap();
         for result in [

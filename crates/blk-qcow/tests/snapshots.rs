@@ -6,8 +6,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
+use blk_core::ImageAdmin;
 use blk_core::{DiskFile, ErrorKind, SnapshotSelector};
-use blk_qcow::Qcow2;
 use support::*;
 
 const SIZE: u64 = 2 << 20;
@@ -40,8 +40,8 @@ fn create_image(dir: &Path, name: &str, compat: &str, cs: u64, extended: bool) -
     path
 }
 
-fn open_rw(path: &Path) -> Qcow2 {
-    Qcow2::open(path, &rw()).unwrap()
+fn open_rw(path: &Path) -> support::Disk {
+    support::open_disk(path, &rw()).unwrap()
 }
 
 /// A cluster-sized buffer that compresses well but is not uniform.
@@ -50,17 +50,17 @@ fn compressible(cs: u64, seed: u8) -> Vec<u8> {
 }
 
 /// Writes through `disk` and records the write in `model`.
-fn write(disk: &Qcow2, model: &mut [u8], offset: u64, data: &[u8]) {
+fn write(disk: &support::Disk, model: &mut [u8], offset: u64, data: &[u8]) {
     disk.write_all_at(offset, data).unwrap();
     model[offset as usize..offset as usize + data.len()].copy_from_slice(data);
 }
 
-fn zeroes(disk: &Qcow2, model: &mut [u8], offset: u64, len: u64, unmap: bool) {
+fn zeroes(disk: &support::Disk, model: &mut [u8], offset: u64, len: u64, unmap: bool) {
     disk.write_zeroes(offset, len, unmap).unwrap();
     model[offset as usize..(offset + len) as usize].fill(0);
 }
 
-fn compressed(disk: &Qcow2, model: &mut [u8], offset: u64, data: &[u8]) {
+fn compressed(disk: &support::Disk, model: &mut [u8], offset: u64, data: &[u8]) {
     disk.write_compressed(offset, data).unwrap();
     model[offset as usize..offset as usize + data.len()].copy_from_slice(data);
 }
@@ -109,7 +109,7 @@ fn by_name(name: &str) -> SnapshotSelector {
 
 /// Data, compressed, zero (with and without an offset) clusters, writes across an L2 boundary and, with
 /// extended L2 entries, partial subclusters.
-fn populate(disk: &Qcow2, model: &mut [u8], cs: u64) {
+fn populate(disk: &support::Disk, model: &mut [u8], cs: u64) {
     write(disk, model, 0, &vec![0x11; 3 * cs as usize]);
     compressed(disk, model, 4 * cs, &compressible(cs, 0x22));
     write(disk, model, 6 * cs, &vec![0x33; cs as usize]);
@@ -122,7 +122,7 @@ fn populate(disk: &Qcow2, model: &mut [u8], cs: u64) {
 }
 
 /// Writes after a snapshot: copy-on-write of shared data, compressed and zero clusters.
-fn overwrite(disk: &Qcow2, model: &mut [u8], cs: u64, seed: u8) {
+fn overwrite(disk: &support::Disk, model: &mut [u8], cs: u64, seed: u8) {
     write(disk, model, cs + 7, &[seed; 100]);
     write(disk, model, 4 * cs + 1, &vec![seed ^ 1; cs as usize / 2]);
     zeroes(disk, model, 0, cs, false);
@@ -134,7 +134,7 @@ fn overwrite(disk: &Qcow2, model: &mut [u8], cs: u64, seed: u8) {
 
 fn assert_current(image: &Path, model: &[u8], what: &str) {
     assert_same(&qemu_contents(image, "qcow2"), model, what);
-    let disk = Qcow2::open(image, &ro()).unwrap();
+    let disk = support::open_disk(image, &ro()).unwrap();
     assert_same(&read_all(&disk), model, what);
 }
 
@@ -222,7 +222,7 @@ enum Step {
 }
 
 /// Does `cmd` (a qemu-io `write [-P n] [-z] [-c] OFFSET LEN` command) through blk.
-fn blk_io(disk: &Qcow2, cmd: &str) {
+fn blk_io(disk: &support::Disk, cmd: &str) {
     let words: Vec<&str> = cmd.split_whitespace().collect();
     let mut pattern = 0xcdu8;
     let (mut zero, mut comp) = (false, false);
@@ -393,7 +393,7 @@ fn read_only_and_data_file_images_are_refused() {
     let _serial = serial();
     let dir = tempdir();
     let path = create_image(dir.path(), "r.qcow2", "1.1", 65536, false);
-    let disk = Qcow2::open(&path, &ro()).unwrap();
+    let disk = support::open_disk(&path, &ro()).unwrap();
     assert!(disk.create_snapshot("a").is_err());
     drop(disk);
     let data = file(dir.path(), "d.qcow2");
@@ -408,7 +408,7 @@ fn read_only_and_data_file_images_are_refused() {
         path_str(&data),
         "1M",
     ]);
-    let disk = Qcow2::open(&data, &rw_data()).unwrap();
+    let disk = support::open_disk(&data, &rw_data()).unwrap();
     let e = disk.create_snapshot("a").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
 }

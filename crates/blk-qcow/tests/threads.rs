@@ -39,7 +39,7 @@ fn racing_allocations_lose_no_write() {
             create(&img, size, &[("cluster_size", "4k")]);
         }
         {
-            let disk = Qcow2::open(&img, &rw()).unwrap();
+            let disk = support::open_disk(&img, &rw()).unwrap();
             std::thread::scope(|s| {
                 for t in 0..4u64 {
                     let clone = disk.try_clone().unwrap();
@@ -99,7 +99,7 @@ fn parallel_regions() {
         &[("cluster_size", "512"), ("refcount_bits", "8")],
     );
     {
-        let disk = Qcow2::open(&img, &rw()).unwrap();
+        let disk = support::open_disk(&img, &rw()).unwrap();
         std::thread::scope(|s| {
             for t in 0..3u64 {
                 let clone = disk.try_clone().unwrap();
@@ -119,6 +119,6 @@ fn parallel_regions() {
         });
     }
     assert_qemu_check_clean(&img);
-    let disk = Qcow2::open(&img, &ro()).unwrap();
+    let disk = support::open_disk(&img, &ro()).unwrap();
     assert_same(&read_all(&disk), &qemu_contents(&img, "qcow2"), "threads");
 }

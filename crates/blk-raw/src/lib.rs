@@ -1,21 +1,21 @@
 //! The raw disk-image format: the guest disk is the host file (or block device) byte for byte.
 //!
 //! ```
-//! use blk_core::{DiskFile, HostOpenOptions};
+//! use blk_core::{DiskFile, HostOpenOptions, ImageAdmin, MappedDisk};
 //! use blk_raw::{Preallocation, Raw, RawCreateOptions};
 //!
 //! # fn main() -> blk_core::Result<()> {
 //! let dir = tempfile::tempdir().unwrap();
 //! let path = dir.path().join("disk.img");
 //! let options = RawCreateOptions { size: 1 << 20, preallocation: Preallocation::Off };
-//! let disk = Raw::create(&path, &options)?;
+//! let disk = MappedDisk::new(Raw::create(&path, &options)?);
 //! disk.write_all_at(4096, b"hello")?;
 //! let mut back = [0u8; 5];
 //! disk.read_exact_at(4096, &mut back)?;
 //! assert_eq!(&back, b"hello");
 //! drop(disk); // releases the exclusive lock
 //!
-//! let disk = Raw::open(&path, HostOpenOptions { read_only: true, ..HostOpenOptions::default() })?;
+//! let disk = MappedDisk::new(Raw::open(&path, HostOpenOptions { read_only: true, ..HostOpenOptions::default() })?);
 //! assert_eq!(disk.logical_size(), 1 << 20);
 //! assert_eq!(disk.image_info()?.format, "raw");
 //! # Ok(())
@@ -24,9 +24,9 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`raw`] | [`Raw`]: opening, guest I/O ([`blk_core::DiskFile`]) and queues ([`blk_core::AsyncDiskFile`]) |
-//! | [`raw_async`] | [`RawAsync`], [`RawMapper`]: the native async queue, batches straight to the I/O backend |
-//! | `map` | [`DiskFile::map`](blk_core::DiskFile::map) from `SEEK_DATA`/`SEEK_HOLE`, as `qemu-img map` shows it |
+//! | [`raw`] | [`Raw`]: opening, its one translation ([`blk_core::Mapper`], the identity) and `info` ([`blk_core::ImageAdmin`]) |
+//! | `map` | [`Mapper::block_status`](blk_core::Mapper::block_status) from `SEEK_DATA`/`SEEK_HOLE`, as `qemu-img map` shows it |
+//! | `format` | [`FORMAT`]: raw's registration with the factory (probe, open, create, measure, resize) |
 //! | `create` | [`Raw::create`] with qemu's preallocation modes |
 //! | `resize` | [`resize()`]: a new size, as `qemu-img resize -f raw` sets it |
 //! | `preallocation` | growing a file with qemu's preallocation modes |
@@ -35,16 +35,16 @@
 //! Every error is a [`blk_core::Error`] naming the format `raw`, the file, the offset and the operation.
 
 mod create;
+mod format;
 mod map;
 pub mod options;
 mod preallocation;
 pub mod raw;
-pub mod raw_async;
 mod resize;
 
+pub use format::FORMAT;
 pub use options::{Preallocation, RawCreateOptions, CREATE_OPTIONS};
 pub use raw::Raw;
-pub use raw_async::{RawAsync, RawMapper};
 pub use resize::{resize, RawResizeOptions};
 
 /// The format name, as qemu-img spells it.

@@ -24,7 +24,6 @@ pub struct RawResizeOptions {
 /// device cannot grow (a smaller size leaves it unchanged).
 ///
 /// ```
-/// use blk_core::DiskFile;
 /// use blk_raw::{Preallocation, Raw, RawCreateOptions, RawResizeOptions};
 ///
 /// # fn main() -> blk_core::Result<()> {

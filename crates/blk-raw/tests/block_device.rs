@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use blk_core::{DiskFile, ErrorKind, ExtentKind};
-use blk_raw::Raw;
 use common::*;
 
 /// A loop device attached to a file, detached on drop.
@@ -55,7 +54,7 @@ fn raw_serves_a_block_device() {
     let Some(device) = LoopDevice::attach(&file, 512) else {
         return;
     };
-    let disk = Raw::open(&device.0, rw()).unwrap();
+    let disk = open_disk(&device.0, rw()).unwrap();
     assert!(disk.host_file().is_block_device());
     assert_eq!(disk.logical_size(), size);
     assert_eq!(disk.physical_size().unwrap(), size);
@@ -83,7 +82,7 @@ fn raw_serves_a_block_device() {
     assert_eq!(err.kind(), ErrorKind::OutOfBounds);
     drop(disk);
 
-    let direct = Raw::open(&device.0, direct()).unwrap();
+    let direct = open_disk(&device.0, direct()).unwrap();
     let mut odd = vec![0u8; 18];
     direct.read_exact_at(1000, &mut odd).unwrap();
     assert_eq!(&odd, b"through the device");
@@ -102,7 +101,7 @@ fn a_4k_device_shows_4k_sectors() {
     let Some(device) = LoopDevice::attach(&file, 4096) else {
         return;
     };
-    let disk = Raw::open(&device.0, direct()).unwrap();
+    let disk = open_disk(&device.0, direct()).unwrap();
     let topology = disk.topology();
     assert_eq!(topology.logical_block_size, 4096);
     assert!(topology.physical_block_size >= 4096);

@@ -5,7 +5,10 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
-use blk_core::{AsyncDiskFile, DiskFile, ErrorKind, ExtentKind, HostFile, IoBuf, Operation};
+use blk_core::{
+    AsyncDiskFile, DiskFile, ErrorKind, ExtentKind, HostFile, ImageAdmin, IoBuf, MappedDisk,
+    Operation,
+};
 use blk_raw::{Preallocation, Raw, RawCreateOptions, FORMAT_NAME};
 use common::*;
 
@@ -15,7 +18,7 @@ const MIB: u64 = 1 << 20;
 fn read_write_zero_discard_round_trip() {
     let dir = tempdir();
     let path = new_image(dir.path(), "a.img", MIB);
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     assert_eq!(disk.logical_size(), MIB);
     assert!(!disk.is_read_only());
     assert_eq!(read_all(&disk), vec![0; MIB as usize]);
@@ -55,7 +58,7 @@ fn read_write_zero_discard_round_trip() {
 fn whole_blocks_unmapped_are_deallocated() {
     let dir = tempdir();
     let path = new_image(dir.path(), "a.img", MIB);
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     disk.write_all_at(0, &pattern(2, MIB as usize)).unwrap();
     disk.flush().unwrap();
     let full = disk.physical_size().unwrap();
@@ -87,7 +90,7 @@ fn assert_out_of_bounds(
 fn requests_past_the_end_are_out_of_bounds() {
     let dir = tempdir();
     let path = new_image(dir.path(), "a.img", 64 << 10);
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     let size = disk.logical_size();
     let mut buf = [0u8; 20];
     let err = disk.read_exact_at(size - 10, &mut buf).unwrap_err();
@@ -116,7 +119,7 @@ fn read_only_disks_refuse_changes() {
     let dir = tempdir();
     let path = new_image(dir.path(), "a.img", 64 << 10);
     fs::write(&path, pattern(3, 64 << 10)).unwrap();
-    let disk = Raw::open(&path, ro()).unwrap();
+    let disk = open_disk(&path, ro()).unwrap();
     assert!(disk.is_read_only());
     for (err, operation) in [
         (disk.write_all_at(0, b"x").unwrap_err(), Operation::Write),
@@ -148,14 +151,14 @@ fn read_only_disks_refuse_changes() {
 #[test]
 fn opening_a_directory_or_a_missing_file_fails() {
     let dir = tempdir();
-    let err = Raw::open(dir.path(), rw()).unwrap_err();
+    let err = open_disk(dir.path(), rw()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert_eq!(err.path(), Some(dir.path()));
     assert_eq!(err.format(), Some(FORMAT_NAME));
     assert_eq!(err.operation(), Some(Operation::Open));
 
     let missing = dir.path().join("missing.img");
-    let err = Raw::open(&missing, ro()).unwrap_err();
+    let err = open_disk(&missing, ro()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert_eq!(err.path(), Some(missing.as_path()));
     assert_eq!(err.format(), Some(FORMAT_NAME));
@@ -172,7 +175,7 @@ fn opening_a_directory_or_a_missing_file_fails() {
 fn a_file_truncated_under_us_reads_zeros_past_its_end() {
     let dir = tempdir();
     let path = new_image(dir.path(), "a.img", 64 << 10);
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     disk.write_all_at(0, &pattern(4, 64 << 10)).unwrap();
     fs::OpenOptions::new()
         .write(true)
@@ -200,7 +203,7 @@ fn map_reports_holes_and_data() {
     let dir = tempdir();
     let path = dir.path().join("a.img");
     fs::File::create(&path).unwrap().set_len(MIB).unwrap();
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     assert_eq!(
         full_map(&disk),
         vec![blk_core::Extent::zero(0, MIB, Some(0))]
@@ -252,7 +255,7 @@ fn map_reports_holes_and_data() {
 fn info_sizes_and_topology() {
     let dir = tempdir();
     let path = new_image(dir.path(), "a.img", MIB);
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     disk.write_all_at(0, &[7; 8192]).unwrap();
     let info = disk.image_info().unwrap();
     assert_eq!(info.format, "raw");
@@ -281,7 +284,7 @@ fn info_sizes_and_topology() {
     drop(disk);
 
     // O_DIRECT's host alignment (often 4 KiB) stays in the host layer: the guest still sees 512-byte sectors.
-    let direct = Raw::open(&path, direct()).unwrap();
+    let direct = open_disk(&path, direct()).unwrap();
     let alignment = direct.host_file().direct_io_alignment().unwrap();
     assert!(alignment.offset >= 512 && alignment.memory >= 1);
     assert_eq!(direct.topology(), topology);
@@ -299,7 +302,7 @@ fn from_host_file_serves_an_open_file() {
         .unwrap();
     file.set_len(12_345).unwrap();
     let host = HostFile::from_file(file, "fd:3", rw()).unwrap();
-    let disk = Raw::from_host_file(host).unwrap();
+    let disk = MappedDisk::new(Raw::from_host_file(host).unwrap());
     // Whole sectors, as QEMU shows them: the partial last sector reads as zeros and can be written.
     assert_eq!(disk.logical_size(), 12_800);
     let mut tail = [1u8; 60];
@@ -319,7 +322,7 @@ fn from_host_file_serves_an_open_file() {
 fn clones_share_the_disk() {
     let dir = tempdir();
     let path = new_image(dir.path(), "a.img", MIB);
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     let clone = disk.try_clone().unwrap();
     let async_clone = disk.try_clone_async().unwrap();
     clone.write_all_at(100, b"from the clone").unwrap();
@@ -337,14 +340,16 @@ fn create_rounds_up_and_preallocates() {
     let dir = tempdir();
     let path = dir.path().join("c.img");
     let create = |size, preallocation| {
-        Raw::create(
-            &path,
-            &RawCreateOptions {
-                size,
-                preallocation,
-            },
+        MappedDisk::new(
+            Raw::create(
+                &path,
+                &RawCreateOptions {
+                    size,
+                    preallocation,
+                },
+            )
+            .unwrap(),
         )
-        .unwrap()
     };
 
     let disk = create(1000, Preallocation::Off);
@@ -382,7 +387,7 @@ fn create_rounds_up_and_preallocates() {
         drop(disk);
     }
     // The last image was fully written: all data.
-    let disk = Raw::open(&path, ro()).unwrap();
+    let disk = open_disk(&path, ro()).unwrap();
     assert!(full_map(&disk).iter().all(|e| e.kind == ExtentKind::Data));
     drop(disk);
 
@@ -394,7 +399,7 @@ fn create_rounds_up_and_preallocates() {
 fn create_over_an_image_in_use_fails_and_keeps_it() {
     let dir = tempdir();
     let path = new_image(dir.path(), "a.img", MIB);
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     disk.write_all_at(0, b"precious").unwrap();
     let err = Raw::create(
         &path,
@@ -462,7 +467,7 @@ fn direct_io_aligned_and_unaligned() {
     let path = dir.path().join("d.img");
     fs::write(&path, pattern(5, size as usize)).unwrap();
     let mut model = pattern(5, size as usize);
-    let disk = Raw::open(&path, direct()).unwrap();
+    let disk = open_disk(&path, direct()).unwrap();
     assert!(disk.host_file().direct_io_alignment().is_some());
     assert_eq!(disk.logical_size(), size);
 
@@ -513,7 +518,7 @@ fn direct_io_aligned_and_unaligned() {
 fn queues_come_from_async_disks() {
     let dir = tempdir();
     let path = new_image(dir.path(), "a.img", MIB);
-    let disk: Box<dyn AsyncDiskFile> = Box::new(Raw::open(&path, rw()).unwrap());
+    let disk: Box<dyn AsyncDiskFile> = Box::new(open_disk(&path, rw()).unwrap());
     let queue = disk.create_async_io(8).unwrap();
     assert_eq!(queue.ring_depth(), 8);
 }

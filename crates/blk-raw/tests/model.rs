@@ -3,7 +3,6 @@
 mod common;
 
 use blk_core::{DiskFile, HostOpenOptions};
-use blk_raw::Raw;
 use common::*;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -188,7 +187,7 @@ fn check(options: HostOpenOptions) {
     proptest!(config(), |(ops in prop::collection::vec(op(), 1..24))| {
         // A fresh image per case.
         std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
-        let disk = Raw::open(&path, options).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let disk = open_disk(&path, options).map_err(|e| TestCaseError::fail(e.to_string()))?;
         run(&disk, &ops)?;
     });
 }

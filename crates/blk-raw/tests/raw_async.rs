@@ -1,18 +1,15 @@
-//! `RawAsync` (the native async queue) on blk-core's `SyncHostBackend`: batches at depth 32 equal the
+//! Raw's async queues (`MappedQueue`s over `Raw`) on blk-core's `SyncHostBackend`: batches at depth 32 equal the
 //! synchronous path and qemu-io's result of the same writes, guest memory is read and written in place, and
 //! O_DIRECT requests go to the kernel as they are (aligned) or fail alone (misaligned).
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use blk_core::{
-    AsyncDiskFile, AsyncIo, Completion, DiskFile, ErrorKind, HostQueueBackend, IoBuf, IoBufMut,
-    Request, RequestFlags, RequestOp, SyncHostBackend,
+    AsyncDiskFile, AsyncIo, DiskFile, ErrorKind, HostQueueBackend, IoBuf, IoBufMut, MappedQueue,
+    Mapper, Request, RequestFlags, RequestOp, SyncHostBackend,
 };
-use blk_raw::{Raw, RawAsync};
 use common::*;
 use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -48,25 +45,6 @@ fn guest_bytes(memory: &Memory, addr: u64, len: usize) -> Vec<u8> {
         .read_slice(&mut out, GuestAddress(addr))
         .expect("in guest memory");
     out
-}
-
-/// Submits `batch` and reaps until all of it completed, waiting on the notifier.
-fn complete(queue: &mut dyn AsyncIo, batch: &[Request<'_>]) -> Vec<Completion> {
-    queue.submit(batch).unwrap();
-    let started = Instant::now();
-    let mut done = Vec::new();
-    while done.len() < batch.len() {
-        match queue.next_completed_request() {
-            Some(c) => done.push(c),
-            None => {
-                assert!(started.elapsed() < Duration::from_secs(30), "queue hangs");
-                let _ = queue.notifier().read();
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-    }
-    done.sort_by_key(|c| c.user_data);
-    done
 }
 
 /// Deterministic pseudo-random numbers.
@@ -112,15 +90,6 @@ fn scenario(batches: usize) -> Vec<Vec<Write>> {
         .collect()
 }
 
-fn qemu_available() -> bool {
-    let found = Command::new("qemu-img").arg("--version").output().is_ok()
-        && Command::new("qemu-io").arg("--version").output().is_ok();
-    if !found {
-        println!("note: qemu-img or qemu-io not found, skipping the QEMU comparison");
-    }
-    found
-}
-
 #[test]
 fn batches_equal_the_sync_path_and_qemu_io() {
     let _serial = serial();
@@ -129,8 +98,9 @@ fn batches_equal_the_sync_path_and_qemu_io() {
     let ours = new_image(dir.path(), "ours.img", SIZE);
     let batches = scenario(6);
     {
-        let disk = Raw::open(&ours, rw()).unwrap();
-        let mut queue = RawAsync::new(&disk, &SyncHostBackend, DEPTH as u32).unwrap();
+        let disk = open_disk(&ours, rw()).unwrap();
+        let raw = Mapper::duplicate(&*disk).unwrap();
+        let mut queue = MappedQueue::new(raw, &SyncHostBackend, DEPTH as u32).unwrap();
         assert_eq!(queue.ring_depth(), DEPTH as u32);
         for (b, writes) in batches.iter().enumerate() {
             let mut lists: Vec<Vec<IoBuf<'static>>> = Vec::new();
@@ -217,7 +187,7 @@ fn batches_equal_the_sync_path_and_qemu_io() {
                 .zip(&lists)
                 .enumerate()
                 .map(|(i, (&(offset, _), bufs))| {
-                    Request::new((round * DEPTH + i) as u64, RequestOp::Read { offset, bufs })
+                    read_request((round * DEPTH + i) as u64, offset, bufs)
                 })
                 .collect();
             for c in complete(&mut queue, &batch) {
@@ -236,37 +206,23 @@ fn batches_equal_the_sync_path_and_qemu_io() {
         assert!(region.bitmap().dirty_at(0));
     }
 
-    if !qemu_available() {
+    if !have_qemu() {
         return;
     }
     let theirs = new_image(dir.path(), "theirs.img", SIZE);
-    let mut args: Vec<String> = vec!["-f".into(), "raw".into()];
-    for w in batches.iter().flatten() {
-        args.push("-c".into());
-        args.push(if w.zeroes {
-            format!("write -z {} {}", w.offset, w.len)
-        } else {
-            format!("write -P {} {} {}", w.byte, w.offset, w.len)
-        });
-    }
-    args.push(theirs.to_str().unwrap().into());
-    let out = Command::new("qemu-io").args(&args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "raw"])
-        .args([&ours, &theirs])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img compare: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let commands: Vec<String> = batches
+        .iter()
+        .flatten()
+        .map(|w| {
+            if w.zeroes {
+                format!("write -z {} {}", w.offset, w.len)
+            } else {
+                format!("write -P {} {} {}", w.byte, w.offset, w.len)
+            }
+        })
+        .collect();
+    qemu_io("raw", &theirs, &commands);
+    qemu_compare("raw", &ours, "raw", &theirs);
 }
 
 #[test]
@@ -276,7 +232,7 @@ fn guest_memory_through_the_sync_path_and_the_queue() {
     let memory = guest_memory(64 << 10);
     let data = pattern(5, 12 << 10);
     memory.write_slice(&data, GuestAddress(0)).unwrap();
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     // Synchronous: straight from guest memory, three segments.
     let slices: Vec<IoBuf<'_>> = [(0, 1000), (1000, 5000), (6000, 6288)]
         .iter()
@@ -294,27 +250,9 @@ fn guest_memory_through_the_sync_path_and_the_queue() {
     let mut queue = disk.create_async_io(8).unwrap();
     let w = [guest(&memory, 0, 4096), guest(&memory, 4096, 8192)];
     let r = [guest_mut(&memory, 32768, 12 << 10)];
-    let done = complete(
-        &mut *queue,
-        &[Request::new(
-            1,
-            RequestOp::Write {
-                offset: 65536,
-                bufs: &w,
-            },
-        )],
-    );
+    let done = complete(&mut *queue, &[write_request(1, 65536, &w)]);
     assert_eq!(done[0].result.as_ref().unwrap(), &(12 << 10));
-    let done = complete(
-        &mut *queue,
-        &[Request::new(
-            2,
-            RequestOp::Read {
-                offset: 65536,
-                bufs: &r,
-            },
-        )],
-    );
+    let done = complete(&mut *queue, &[read_request(2, 65536, &r)]);
     assert_eq!(done[0].result.as_ref().unwrap(), &(12 << 10));
     assert_eq!(guest_bytes(&memory, 32768, 12 << 10), data);
     drop(queue);
@@ -328,36 +266,19 @@ fn the_partial_last_sector_reads_as_zeros() {
     let dir = tempdir();
     let path = dir.path().join("odd.img");
     std::fs::write(&path, vec![7u8; 1000]).unwrap();
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     assert_eq!(disk.logical_size(), 1024);
     let memory = guest_memory(4096);
     memory.write_slice(&[0xee; 1024], GuestAddress(0)).unwrap();
-    let mut queue = RawAsync::new(&disk, &SyncHostBackend, 4).unwrap();
+    let raw = Mapper::duplicate(&*disk).unwrap();
+    let mut queue = MappedQueue::new(raw, &SyncHostBackend, 4).unwrap();
     let r = [guest_mut(&memory, 0, 1024)];
-    let done = complete(
-        &mut queue,
-        &[Request::new(
-            1,
-            RequestOp::Read {
-                offset: 0,
-                bufs: &r,
-            },
-        )],
-    );
+    let done = complete(&mut queue, &[read_request(1, 0, &r)]);
     assert_eq!(done[0].result.as_ref().unwrap(), &1024);
     let got = guest_bytes(&memory, 0, 1024);
     assert!(got[..1000].iter().all(|&b| b == 7) && got[1000..].iter().all(|&b| b == 0));
     // Past the end: refused alone.
-    let done = complete(
-        &mut queue,
-        &[Request::new(
-            2,
-            RequestOp::Read {
-                offset: 512,
-                bufs: &r,
-            },
-        )],
-    );
+    let done = complete(&mut queue, &[read_request(2, 512, &r)]);
     assert_eq!(
         done[0].result.as_ref().unwrap_err().kind(),
         ErrorKind::OutOfBounds
@@ -368,7 +289,7 @@ fn the_partial_last_sector_reads_as_zeros() {
 fn o_direct_aligned_requests_go_straight_through() {
     let dir = tempdir();
     let path = new_image(dir.path(), "d.img", 1 << 20);
-    let Ok(mut disk) = Raw::open(&path, direct()) else {
+    let Ok(mut disk) = open_disk(&path, direct()) else {
         println!("note: O_DIRECT refused here, skipping");
         return;
     };
@@ -385,27 +306,9 @@ fn o_direct_aligned_requests_go_straight_through() {
         guest_mut(&memory, 16384, 4096),
         guest_mut(&memory, 40960, 4096),
     ];
-    let done = complete(
-        &mut *queue,
-        &[Request::new(
-            1,
-            RequestOp::Write {
-                offset: 8192,
-                bufs: &w,
-            },
-        )],
-    );
+    let done = complete(&mut *queue, &[write_request(1, 8192, &w)]);
     assert_eq!(done[0].result.as_ref().unwrap(), &8192);
-    let done = complete(
-        &mut *queue,
-        &[Request::new(
-            2,
-            RequestOp::Read {
-                offset: 8192,
-                bufs: &r,
-            },
-        )],
-    );
+    let done = complete(&mut *queue, &[read_request(2, 8192, &r)]);
     assert_eq!(done[0].result.as_ref().unwrap(), &8192);
     let mut got = guest_bytes(&memory, 16384, 4096);
     got.extend(guest_bytes(&memory, 40960, 4096));
@@ -414,27 +317,9 @@ fn o_direct_aligned_requests_go_straight_through() {
     let odd = [guest_mut(&memory, 1, 4096)];
     let short = [guest_mut(&memory, 0, 100)];
     let batch = [
-        Request::new(
-            3,
-            RequestOp::Read {
-                offset: 0,
-                bufs: &odd,
-            },
-        ),
-        Request::new(
-            4,
-            RequestOp::Read {
-                offset: 0,
-                bufs: &short,
-            },
-        ),
-        Request::new(
-            5,
-            RequestOp::Read {
-                offset: 8192,
-                bufs: &r,
-            },
-        ),
+        read_request(3, 0, &odd),
+        read_request(4, 0, &short),
+        read_request(5, 8192, &r),
     ];
     let done = complete(&mut *queue, &batch);
     for c in &done[..2] {
@@ -523,7 +408,7 @@ fn queue_worker(disk: &dyn AsyncDiskFile, quarter: u64, seed: u64) -> Vec<u8> {
 fn four_queues_on_one_disk_equal_a_model() {
     let dir = tempdir();
     let path = new_image(dir.path(), "mq.img", SIZE);
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     let models: Vec<Vec<u8>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..4u64)
             .map(|q| {

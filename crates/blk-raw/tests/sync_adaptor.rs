@@ -6,7 +6,6 @@ use blk_core::{
     AsyncIo, Completion, DiskFile, ErrorKind, IoBuf, IoBufMut, Request, RequestFlags, RequestOp,
     SyncAdaptor,
 };
-use blk_raw::Raw;
 use common::*;
 
 const SIZE: u64 = 1 << 20;
@@ -25,7 +24,7 @@ fn reap(queue: &mut dyn blk_core::AsyncIo) -> Vec<Completion> {
 fn a_batch_completes_every_request() {
     let dir = tempdir();
     let path = new_image(dir.path(), "q.img", SIZE);
-    let disk = Raw::open(&path, rw()).unwrap();
+    let disk = open_disk(&path, rw()).unwrap();
     let background = pattern(9, 256 << 10);
     disk.write_all_at(0, &background).unwrap();
     let mut queue = SyncAdaptor::new(disk.try_clone().unwrap(), 16).unwrap();
@@ -168,7 +167,7 @@ fn a_batch_completes_every_request() {
 fn a_read_only_queue_fails_changes() {
     let dir = tempdir();
     let path = new_image(dir.path(), "q.img", SIZE);
-    let disk = Raw::open(&path, ro()).unwrap();
+    let disk = open_disk(&path, ro()).unwrap();
     let mut queue = SyncAdaptor::new(disk.try_clone().unwrap(), 4).unwrap();
     let data = vec![1u8; 512];
     // SAFETY: `data` outlives the batch, which completes inside `submit`, and is only read.

@@ -4,7 +4,6 @@
 mod common;
 
 use blk_core::{DiskFile, HostOpenOptions};
-use blk_raw::Raw;
 use common::*;
 
 const SIZE: u64 = 512 << 10;
@@ -34,7 +33,7 @@ fn data(round: u64, offset: u64, len: usize) -> Vec<u8> {
 fn hammer(options: HostOpenOptions) {
     let dir = tempdir();
     let path = new_image(dir.path(), "threads.img", SIZE);
-    let disk: Box<dyn DiskFile> = Box::new(Raw::open(&path, options).unwrap());
+    let disk: Box<dyn DiskFile> = Box::new(open_disk(&path, options).unwrap());
     let ranges = ranges();
     let handles: Vec<Box<dyn DiskFile>> = (0..THREADS).map(|_| disk.try_clone().unwrap()).collect();
     std::thread::scope(|scope| {

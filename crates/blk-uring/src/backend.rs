@@ -1,8 +1,12 @@
-//! [`UringBackend`]: probes that io_uring works on this host and makes [`UringQueue`]s.
+//! [`UringBackend`]: probes that io_uring works on this host and makes [`UringQueue`]s; [`BACKEND`], its
+//! registration with the factory.
 
 use std::io;
+use std::sync::Arc;
 
-use blk_core::{Error, ErrorKind, HostFile, HostQueue, HostQueueBackend, Result};
+use blk_core::{
+    BackendDescriptor, Error, ErrorKind, HostFile, HostQueue, HostQueueBackend, Result,
+};
 use io_uring::{opcode, IoUring, Probe};
 
 use crate::queue::UringQueue;
@@ -73,11 +77,38 @@ impl UringBackend {
 
 impl HostQueueBackend for UringBackend {
     fn name(&self) -> &'static str {
-        "io_uring"
+        crate::BACKEND_NAME
     }
 
     fn create_queue(&self, files: &[&HostFile], depth: u32) -> Result<Box<dyn HostQueue>> {
         Ok(Box::new(self.create_uring_queue(files, depth)?))
+    }
+}
+
+/// Setting this environment variable (to anything) makes [`BACKEND`]'s probe treat io_uring as unavailable, as
+/// `sysctl kernel.io_uring_disabled=2` would: for sandboxes whose seccomp policy kills a process that calls
+/// `io_uring_setup` instead of failing the call, and for testing the fallback. [`UringBackend::new`] itself
+/// does not look at it.
+pub const DISABLE_IO_URING_ENV: &str = "BLK_DISABLE_IO_URING";
+
+/// The io_uring backend's registration: `io_uring` (no alias; qemu-img's name too). Its probe fails when
+/// [`DISABLE_IO_URING_ENV`] is set, without touching io_uring, and otherwise is [`UringBackend::new`].
+pub const BACKEND: &dyn BackendDescriptor = &UringDescriptor;
+
+/// What [`BACKEND`] points at.
+#[derive(Debug)]
+struct UringDescriptor;
+
+impl BackendDescriptor for UringDescriptor {
+    fn name(&self) -> &'static str {
+        crate::BACKEND_NAME
+    }
+
+    fn probe(&self) -> Result<Arc<dyn HostQueueBackend>> {
+        if std::env::var_os(DISABLE_IO_URING_ENV).is_some() {
+            return Err(unavailable(&format!("disabled by {DISABLE_IO_URING_ENV}")));
+        }
+        Ok(Arc::new(UringBackend::new()?))
     }
 }
 

@@ -1,5 +1,5 @@
 //! The files a queue does I/O on: registered with the ring (SQEs name them by index, `types::Fixed`), or, where
-//! the kernel refuses to register them, duplicated descriptors the queue owns.
+//! the kernel refuses to register them, named by the queue's own duplicated descriptors.
 
 use std::os::fd::AsRawFd;
 
@@ -8,54 +8,52 @@ use io_uring::IoUring;
 
 use crate::slot::FileRef;
 
-/// The queue's reference to its files; either way they stay open as long as the queue does, whatever happens
-/// to the `HostFile`s it was made from.
+/// The queue's files. It always keeps duplicates (`HostFile::try_clone`), so the files stay open as long as the
+/// queue does, whatever happens to the `HostFile`s it was made from, and so it can ask a file's length (the
+/// end-of-file check after a read fails part-way); SQEs name the registered index when registration worked.
 #[derive(Debug)]
-pub(crate) enum FileTable {
-    /// Registered with `IORING_REGISTER_FILES`: the kernel holds its own reference to each file.
-    Registered {
-        /// How many files were registered.
-        count: usize,
-    },
-    /// Duplicates (`HostFile::try_clone`) named by descriptor in each SQE.
-    Owned(Vec<HostFile>),
+pub(crate) struct FileTable {
+    files: Vec<HostFile>,
+    /// Registered with `IORING_REGISTER_FILES` (the kernel then holds its own reference to each file).
+    registered: bool,
 }
 
 impl FileTable {
-    /// Registers `files` with `ring`, or duplicates them when registration is refused (e.g. more files than
-    /// `RLIMIT_NOFILE` allows the table to hold).
+    /// Duplicates `files` and registers them with `ring`; when registration is refused (e.g. more files than
+    /// `RLIMIT_NOFILE` allows the table to hold), SQEs name the duplicates' descriptors instead.
     pub(crate) fn new(ring: &IoUring, files: &[&HostFile]) -> Result<FileTable> {
+        let files = files
+            .iter()
+            .map(|f| f.try_clone())
+            .collect::<Result<Vec<_>>>()?;
         if files.is_empty() {
-            return Ok(FileTable::Registered { count: 0 });
+            return Ok(FileTable {
+                files,
+                registered: true,
+            });
         }
         let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
-        match ring.submitter().register_files(&fds) {
-            Ok(()) => Ok(FileTable::Registered { count: fds.len() }),
-            Err(_) => Ok(FileTable::Owned(
-                files
-                    .iter()
-                    .map(|f| f.try_clone())
-                    .collect::<Result<Vec<_>>>()?,
-            )),
-        }
+        let registered = ring.submitter().register_files(&fds).is_ok();
+        Ok(FileTable { files, registered })
     }
 
     /// How an SQE names file `index`, or `None` when the queue has no such file.
     pub(crate) fn get(&self, index: usize) -> Option<FileRef> {
-        match self {
-            FileTable::Registered { count } => {
-                if index < *count {
-                    u32::try_from(index).ok().map(FileRef::Fixed)
-                } else {
-                    None
-                }
-            }
-            FileTable::Owned(files) => files.get(index).map(|f| FileRef::Fd(f.as_raw_fd())),
+        let file = self.files.get(index)?;
+        if self.registered {
+            u32::try_from(index).ok().map(FileRef::Fixed)
+        } else {
+            Some(FileRef::Fd(file.as_raw_fd()))
         }
+    }
+
+    /// The current length of file `index`, if it can be asked.
+    pub(crate) fn len_of(&self, index: usize) -> Option<u64> {
+        self.files.get(index)?.len().ok()
     }
 
     /// Whether the files are registered with the ring.
     pub(crate) fn is_registered(&self) -> bool {
-        matches!(self, FileTable::Registered { .. })
+        self.registered
     }
 }

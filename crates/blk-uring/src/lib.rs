@@ -3,32 +3,39 @@
 //! [`UringBackend`] implements blk-core's [`HostQueueBackend`](blk_core::HostQueueBackend); each
 //! [`UringQueue`] it makes is one io_uring ring implementing [`HostQueue`](blk_core::HostQueue). Formats never
 //! name this crate: the factory hands an `Arc<dyn HostQueueBackend>` to their async queues
-//! ([`MappedQueue`](blk_core::MappedQueue)), and a raw image's queues use it directly.
+//! ([`MappedQueue`](blk_core::MappedQueue)). The factory finds the backend through [`BACKEND`], its
+//! [`BackendDescriptor`](blk_core::BackendDescriptor): the name `io_uring` (as `-i` takes it) and a probe that
+//! honours [`DISABLE_IO_URING_ENV`].
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | `backend` | [`UringBackend`]: the probe (`UringBackend::new`) and queue creation |
+//! | `backend` | [`UringBackend`]: the probe (`UringBackend::new`) and queue creation; [`BACKEND`], the registration |
 //! | `queue` | [`UringQueue`]: the ring, submission with a backlog, reaping, waiting on drop |
-//! | `slot` | the slot table: each operation's copied buffer list and progress until it completes |
-//! | `files` | the queue's files: registered with the ring, or duplicated when the kernel refuses |
+//! | `slot` | the slot table: each operation's copied buffer list and progress (a `HostTransfer`) until it completes |
+//! | `files` | the queue's files: duplicated, and registered with the ring unless the kernel refuses |
 //! | `fixed_buffers` | registered buffers ([`UringQueue::register_buffers`]): which region holds a buffer |
 //!
 //! # The contract, as this backend keeps it
+//!
+//! The contract is blk-core's ([`blk_core::host_queue`]); here is how io_uring meets it.
 //!
 //! - [`UringBackend::new`] creates and drops a tiny ring and checks the operations it needs (`READV`, `WRITEV`,
 //!   `FSYNC`; `READ`/`WRITE` are used for single buffers when the kernel has them). When io_uring cannot be
 //!   used (too old a kernel, `kernel.io_uring_disabled`, seccomp answering `ENOSYS`/`EPERM`) it fails with
 //!   [`ErrorKind::Unsupported`](blk_core::ErrorKind::Unsupported) and `io_uring is not available: <reason>`, so
-//!   a factory can fall back to another backend.
+//!   a factory can fall back to another backend. [`BACKEND`]'s probe fails the same way, with the reason
+//!   `disabled by BLK_DISABLE_IO_URING`, when that environment variable is set (before touching io_uring at
+//!   all: some sandboxes kill a process that tries).
 //! - A queue's ring has `depth` entries rounded up to a power of two (at most [`MAX_QUEUE_DEPTH`]); at most
 //!   `depth` operations are in the ring at once. The completion ring is twice as large, so it never overflows.
-//! - Files are registered with the ring (`IORING_REGISTER_FILES`; SQEs use `types::Fixed`), so the queue works
-//!   after the `HostFile`s it was made from are dropped. If the kernel refuses to register them, the queue
-//!   keeps duplicated descriptors instead ([`UringQueue::files_registered`] says which). Either way the queue
-//!   keeps the files' open file descriptions, and with them their advisory (OFD) locks, while it lives, like a
-//!   [`HostFile::try_clone`](blk_core::HostFile::try_clone) handle. On drop it unregisters the files, so the
-//!   locks go at once (a closed ring would release them later, from a kernel worker, and a `qemu-img` run
-//!   right after could find the image still locked).
+//! - The queue keeps duplicates of its files ([`HostFile::try_clone`](blk_core::HostFile::try_clone)), so it
+//!   works after the `HostFile`s it was made from are dropped and can ask a file's length, and registers them
+//!   with the ring (`IORING_REGISTER_FILES`; SQEs use `types::Fixed`). If the kernel refuses to register
+//!   them, SQEs name the duplicated descriptors instead ([`UringQueue::files_registered`] says which). Either
+//!   way the queue keeps the files' open file descriptions, and with them their advisory (OFD) locks, while
+//!   it lives. On drop it unregisters the files and closes the duplicates, so the locks go at once (a closed
+//!   ring would release registered files later, from a kernel worker, and a `qemu-img` run right after could
+//!   find the image still locked).
 //! - The queue's eventfd is registered with the ring (`IORING_REGISTER_EVENTFD`): the kernel writes it for
 //!   every completion. Completions the queue makes itself (an operation naming a file index the queue does
 //!   not have: `EBADF`) are signalled by writing it in [`submit`](blk_core::HostQueue::submit).
@@ -39,15 +46,19 @@
 //!   from [`next_completion`](blk_core::HostQueue::next_completion) once the completion ring is drained and
 //!   slots are free. `EAGAIN`/`EBUSY` from the kernel leave the entries queued for the next call.
 //! - [`next_completion`](blk_core::HostQueue::next_completion) reads the completion ring directly (no system
-//!   call per completion). A short transfer is continued from where it stopped; a read ends at the end of the
-//!   file (a short count), or at an error after some bytes (the bytes so far, as `preadv` reports them). A list
-//!   of more than 1024 (`IOV_MAX`) buffers goes out as several entries, one after the other.
+//!   call per completion). Each completion entry of a read or write is a step of the operation's
+//!   [`HostTransfer`](blk_core::host_queue::HostTransfer): a short transfer goes back to the backlog for the
+//!   rest, from where it stopped; a read ends at the end of the file (a short count); an error ends the
+//!   operation with the error, even after some bytes (unless a read stopped at the end of the file: then the
+//!   bytes so far); a write that makes no progress fails with `EIO`. A list of more than 1024 (`IOV_MAX`)
+//!   buffers goes out as several entries, one after the other.
 //! - `SyncData` is `IORING_OP_FSYNC` with `DATASYNC`: it covers the writes completed before it was pushed,
 //!   as the contract asks (not writes still in flight beside it).
 //! - The memory behind an operation's buffers must stay valid until its completion has been returned (the
 //!   [`HostQueue`](blk_core::HostQueue) contract). Dropping a queue waits for every operation the kernel has
-//!   been handed, so the caller's memory is not written after the drop; backlogged operations are dropped
-//!   unexecuted and produce no completion.
+//!   been handed, so the caller's memory is not written after the drop; backlogged operations (and the rest of
+//!   a short transfer waiting there) are dropped unexecuted and produce no completion. `pending()` counts
+//!   pushes minus completions returned, nothing else.
 //!
 //! O_DIRECT is the caller's business: the kernel gets the buffers as they are, so a misaligned buffer on an
 //! O_DIRECT file completes with `EINVAL` (the queue keeps working). Formats bounce unaligned I/O before it gets
@@ -126,6 +137,9 @@ mod fixed_buffers;
 mod queue;
 mod slot;
 
-pub use backend::UringBackend;
+pub use backend::{UringBackend, BACKEND, DISABLE_IO_URING_ENV};
 pub use fixed_buffers::{MAX_FIXED_BUFFERS, MAX_FIXED_BUFFER_LEN};
 pub use queue::{UringQueue, MAX_QUEUE_DEPTH};
+
+/// The backend's name, as [`BACKEND`] and [`blk_core::HostQueueBackend::name`] give it and `-i` takes it.
+pub const BACKEND_NAME: &str = "io_uring";

@@ -17,7 +17,7 @@ use io_uring::IoUring;
 use crate::backend::{ring_setup_error, RingFeatures};
 use crate::files::FileTable;
 use crate::fixed_buffers::FixedBuffers;
-use crate::slot::{SlotKind, SlotTable};
+use crate::slot::SlotTable;
 
 /// The largest queue depth (and ring size) a queue uses; a larger `depth` is clamped to it.
 pub const MAX_QUEUE_DEPTH: u32 = 4096;
@@ -257,35 +257,20 @@ impl UringQueue {
     }
 
     /// Accounts for the CQE of slot `index` with result `res`: the operation's completion, or `None` when the
-    /// rest of it went back to the backlog (a short transfer, or more iovecs than one SQE takes).
+    /// rest of it went back to the backlog (a short transfer, or more iovecs than one SQE takes). Whether it
+    /// goes on, and what it completes with, is blk-core's [`HostTransfer`](blk_core::host_queue::HostTransfer)
+    /// decision.
     fn finish(&mut self, index: u32, res: i32) -> Option<HostCompletion> {
+        let files = &self.files;
         let slot = self.slots.get_mut(index)?;
-        let errno = res.checked_neg().unwrap_or(libc::EIO);
-        let result = match slot.kind {
-            SlotKind::SyncData => {
-                if res < 0 {
-                    Err(errno)
-                } else {
-                    Ok(0)
-                }
-            }
-            SlotKind::Read | SlotKind::Write if res > 0 => {
-                // `res > 0`, so the conversion cannot fail.
-                slot.advance(u64::try_from(res).unwrap_or(0));
-                if slot.remaining > 0 {
-                    self.ready.push_back(index);
-                    return None;
-                }
-                Ok(slot.done)
-            }
-            // A read stops at the end of the file (0) or at an error after some bytes (e.g. an O_DIRECT read
-            // whose rest starts unaligned at the end of the file): the bytes so far, as preadv reports them.
-            SlotKind::Read if res == 0 || slot.done > 0 => Ok(slot.done),
-            SlotKind::Read => Err(errno),
-            SlotKind::Write if res == 0 && slot.remaining == 0 => Ok(slot.done),
-            // A write that makes no progress would loop forever: report it.
-            SlotKind::Write if res == 0 => Err(libc::EIO),
-            SlotKind::Write => Err(errno),
+        let result = match usize::try_from(res) {
+            Ok(n) => Ok(n),
+            Err(_) => Err(res.checked_neg().unwrap_or(libc::EIO)),
+        };
+        let file = slot.file;
+        let Some(result) = slot.step(result, || files.len_of(file)) else {
+            self.ready.push_back(index);
+            return None;
         };
         let user_data = slot.user_data;
         self.slots.release(index);
@@ -399,8 +384,9 @@ impl Drop for UringQueue {
         }
         // Closing a ring releases its registered files later, from a kernel worker: the files (and the
         // advisory locks on their open file descriptions) would outlive the queue for a while, and a reopen
-        // right after the drop could find the image still locked. Unregistering releases them now. Errors
-        // only mean the ring will release them itself.
+        // right after the drop could find the image still locked. Unregistering releases them now (the
+        // queue's duplicated descriptors close right after, with its fields). Errors only mean the ring will
+        // release them itself.
         if self.files.is_registered() {
             let _ = self.ring.submitter().unregister_files();
         }

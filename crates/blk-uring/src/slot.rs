@@ -7,6 +7,7 @@
 //! the `Slot` structs, not the heap arrays the SQEs point into).
 
 use blk_core::buffer::{as_iovecs, as_iovecs_mut};
+use blk_core::host_queue::HostTransfer;
 use blk_core::{HostOp, IoBuf, IoBufMut};
 use io_uring::{opcode, squeue, types};
 
@@ -14,7 +15,7 @@ use crate::fixed_buffers::FixedBuffers;
 
 /// `IOV_MAX`: the most iovecs one `READV`/`WRITEV` takes. Longer lists go out in several SQEs, one after the
 /// other.
-pub(crate) const MAX_IOVECS_PER_SQE: usize = 1024;
+pub(crate) const MAX_IOVECS_PER_SQE: usize = blk_core::host_queue::IOV_MAX;
 
 /// The most bytes one single-buffer `READ`/`WRITE` SQE asks for (its length field is 32 bits; the kernel
 /// transfers at most `MAX_RW_COUNT` anyway and the rest is resubmitted).
@@ -45,15 +46,10 @@ pub(crate) struct Slot {
     pub(crate) kind: SlotKind,
     /// Index into the queue's files.
     pub(crate) file: usize,
-    /// Host offset of the next byte to transfer.
-    offset: u64,
-    /// Bytes transferred so far (by earlier SQEs of this operation).
-    pub(crate) done: u64,
-    /// Bytes still to transfer.
-    pub(crate) remaining: u64,
-    /// First buffer not completely transferred.
-    start: usize,
-    /// Destination buffers of a read (the first one trimmed as bytes arrive).
+    /// Where a read or write stands: the next offset, the first buffer left, the bytes done (blk-core's rules
+    /// on short transfers).
+    pub(crate) transfer: HostTransfer,
+    /// Destination buffers of a read (the first one left cut as bytes arrive).
     read_bufs: Vec<IoBufMut<'static>>,
     /// Source buffers of a write (likewise).
     write_bufs: Vec<IoBuf<'static>>,
@@ -65,10 +61,7 @@ impl Slot {
             user_data: 0,
             kind: SlotKind::SyncData,
             file: 0,
-            offset: 0,
-            done: 0,
-            remaining: 0,
-            start: 0,
+            transfer: HostTransfer::read(0, 0),
             read_bufs: Vec::new(),
             write_bufs: Vec::new(),
         }
@@ -77,95 +70,49 @@ impl Slot {
     /// Copies `op` into the slot (buffer lists reuse their capacity).
     fn fill(&mut self, user_data: u64, op: HostOp<'_>) {
         self.user_data = user_data;
-        self.done = 0;
-        self.start = 0;
         self.read_bufs.clear();
         self.write_bufs.clear();
         match op {
             HostOp::Read { file, offset, bufs } => {
                 self.kind = SlotKind::Read;
                 self.file = file;
-                self.offset = offset;
                 self.read_bufs.extend_from_slice(bufs);
-                self.remaining = blk_core::buffer::total_len_mut(bufs);
+                self.transfer = HostTransfer::read(offset, blk_core::buffer::total_len_mut(bufs));
             }
             HostOp::Write { file, offset, bufs } => {
                 self.kind = SlotKind::Write;
                 self.file = file;
-                self.offset = offset;
                 self.write_bufs.extend_from_slice(bufs);
-                self.remaining = blk_core::buffer::total_len(bufs);
+                self.transfer = HostTransfer::write(offset, blk_core::buffer::total_len(bufs));
             }
             HostOp::SyncData { file } => {
                 self.kind = SlotKind::SyncData;
                 self.file = file;
-                self.offset = 0;
-                self.remaining = 0;
+                self.transfer = HostTransfer::read(0, 0);
             }
         }
     }
 
-    /// Records `n` more bytes transferred: moves the offset and trims the buffer lists. Called only while no
-    /// SQE of this slot is in the ring.
-    pub(crate) fn advance(&mut self, n: u64) {
-        let n = n.min(self.remaining);
-        self.offset = self.offset.saturating_add(n);
-        self.done += n;
-        self.remaining -= n;
-        // usize and u64 have the same width on every target io_uring exists on (64-bit Linux); saturate anyway.
-        let mut left = usize::try_from(n).unwrap_or(usize::MAX);
+    /// Accounts for one finished SQE of a read or write (`result`: bytes or errno): `None` when the operation
+    /// goes on (its buffer list is cut to what is left), or its result. `file_len` is asked only when a read
+    /// fails after a partial transfer. Called only while no SQE of this slot is in the ring.
+    pub(crate) fn step(
+        &mut self,
+        result: std::result::Result<usize, i32>,
+        file_len: impl FnOnce() -> Option<u64>,
+    ) -> Option<std::result::Result<u64, i32>> {
         match self.kind {
             SlotKind::Read => {
-                while left > 0 {
-                    let Some(buf) = self.read_bufs.get_mut(self.start) else {
-                        break;
-                    };
-                    if left >= buf.len() {
-                        left -= buf.len();
-                        self.start += 1;
-                    } else {
-                        if let Some(rest) = buf.subslice(left, buf.len() - left) {
-                            *buf = rest;
-                        }
-                        left = 0;
-                    }
-                }
+                let outcome = self.transfer.step(result, &self.read_bufs, file_len);
+                self.transfer.cut_in_place(&mut self.read_bufs);
+                outcome
             }
             SlotKind::Write => {
-                while left > 0 {
-                    let Some(buf) = self.write_bufs.get_mut(self.start) else {
-                        break;
-                    };
-                    if left >= buf.len() {
-                        left -= buf.len();
-                        self.start += 1;
-                    } else {
-                        if let Some(rest) = buf.subslice(left, buf.len() - left) {
-                            *buf = rest;
-                        }
-                        left = 0;
-                    }
-                }
+                let outcome = self.transfer.step(result, &self.write_bufs, file_len);
+                self.transfer.cut_in_place(&mut self.write_bufs);
+                outcome
             }
-            SlotKind::SyncData => {}
-        }
-        // Zero-length buffers left at the front carry nothing: skip them so the next SQE starts with data.
-        match self.kind {
-            SlotKind::Read => {
-                while self.read_bufs.get(self.start).is_some_and(|b| b.is_empty()) {
-                    self.start += 1;
-                }
-            }
-            SlotKind::Write => {
-                while self
-                    .write_bufs
-                    .get(self.start)
-                    .is_some_and(|b| b.is_empty())
-                {
-                    self.start += 1;
-                }
-            }
-            SlotKind::SyncData => {}
+            SlotKind::SyncData => Some(result.map(|_| 0)),
         }
     }
 
@@ -199,7 +146,10 @@ impl Slot {
         let mut uses_fixed = false;
         let entry = match self.kind {
             SlotKind::Read => {
-                let bufs = self.read_bufs.get(self.start..).unwrap_or(&[]);
+                let bufs = self
+                    .read_bufs
+                    .get(self.transfer.first_buffer()..)
+                    .unwrap_or(&[]);
                 let bufs = bufs.get(..MAX_IOVECS_PER_SQE).unwrap_or(bufs);
                 let registered = match bufs {
                     [one] if one.len() <= MAX_SINGLE_BUFFER_LEN => {
@@ -213,14 +163,14 @@ impl Slot {
                         // The cast cannot truncate: the length was checked against MAX_SINGLE_BUFFER_LEN.
                         let len = one.len() as u32;
                         with_file!(fd => opcode::ReadFixed::new(fd, one.as_mut_ptr(), len, index)
-                            .offset(self.offset)
+                            .offset(self.transfer.offset())
                             .build())
                     }
                     ([one], None) if single_buffer_ops && one.len() <= MAX_SINGLE_BUFFER_LEN => {
                         // The cast cannot truncate: the length was checked against MAX_SINGLE_BUFFER_LEN.
                         let len = one.len() as u32;
                         with_file!(fd => opcode::Read::new(fd, one.as_mut_ptr(), len)
-                            .offset(self.offset)
+                            .offset(self.transfer.offset())
                             .build())
                     }
                     _ => {
@@ -228,13 +178,16 @@ impl Slot {
                         // The cast cannot truncate: at most MAX_IOVECS_PER_SQE entries.
                         let count = iovecs.len() as u32;
                         with_file!(fd => opcode::Readv::new(fd, iovecs.as_ptr(), count)
-                            .offset(self.offset)
+                            .offset(self.transfer.offset())
                             .build())
                     }
                 }
             }
             SlotKind::Write => {
-                let bufs = self.write_bufs.get(self.start..).unwrap_or(&[]);
+                let bufs = self
+                    .write_bufs
+                    .get(self.transfer.first_buffer()..)
+                    .unwrap_or(&[]);
                 let bufs = bufs.get(..MAX_IOVECS_PER_SQE).unwrap_or(bufs);
                 let registered = match bufs {
                     [one] if one.len() <= MAX_SINGLE_BUFFER_LEN => {
@@ -248,14 +201,14 @@ impl Slot {
                         // The cast cannot truncate: the length was checked against MAX_SINGLE_BUFFER_LEN.
                         let len = one.len() as u32;
                         with_file!(fd => opcode::WriteFixed::new(fd, one.as_ptr(), len, index)
-                            .offset(self.offset)
+                            .offset(self.transfer.offset())
                             .build())
                     }
                     ([one], None) if single_buffer_ops && one.len() <= MAX_SINGLE_BUFFER_LEN => {
                         // The cast cannot truncate: the length was checked against MAX_SINGLE_BUFFER_LEN.
                         let len = one.len() as u32;
                         with_file!(fd => opcode::Write::new(fd, one.as_ptr(), len)
-                            .offset(self.offset)
+                            .offset(self.transfer.offset())
                             .build())
                     }
                     _ => {
@@ -263,7 +216,7 @@ impl Slot {
                         // The cast cannot truncate: at most MAX_IOVECS_PER_SQE entries.
                         let count = iovecs.len() as u32;
                         with_file!(fd => opcode::Writev::new(fd, iovecs.as_ptr(), count)
-                            .offset(self.offset)
+                            .offset(self.transfer.offset())
                             .build())
                     }
                 }
@@ -349,13 +302,14 @@ mod tests {
             )
             .unwrap();
         let slot = table.get_mut(i).unwrap();
-        assert_eq!(slot.remaining, 8);
-        slot.advance(4);
-        assert_eq!((slot.done, slot.remaining, slot.offset), (4, 4, 104));
-        assert_eq!(slot.start, 2);
+        assert_eq!(slot.transfer.remaining(), 8);
+        assert_eq!(slot.step(Ok(4), || None), None);
+        let t = slot.transfer;
+        assert_eq!((t.done(), t.remaining(), t.offset()), (4, 4, 104));
+        assert_eq!(t.first_buffer(), 2);
         assert_eq!(slot.read_bufs[2].len(), 4);
-        slot.advance(10);
-        assert_eq!((slot.done, slot.remaining), (8, 0));
+        assert_eq!(slot.step(Ok(10), || None), Some(Ok(8)));
+        assert_eq!((slot.transfer.done(), slot.transfer.remaining()), (8, 0));
         table.release(i);
         assert_eq!(table.insert(1, HostOp::SyncData { file: 0 }), Some(i));
     }

@@ -3,6 +3,7 @@
 mod common;
 
 use blk_core::{HostFile, HostOp, HostOpenOptions, HostQueueBackend};
+use blk_test_support::{host_read, host_write};
 use common::{backend, buf, buf_mut, wait_for};
 use proptest::prelude::*;
 
@@ -131,11 +132,11 @@ proptest! {
                 let host_op = match *op {
                     ModelOp::Read { offset, .. } => {
                         ri += 1;
-                        HostOp::Read { file: 0, offset, bufs: &read_bufs[ri - 1] }
+                        host_read(0, offset, &read_bufs[ri - 1])
                     }
                     ModelOp::Write { offset, .. } => {
                         wi += 1;
-                        HostOp::Write { file: 0, offset, bufs: &write_bufs[wi - 1] }
+                        host_write(0, offset, &write_bufs[wi - 1])
                     }
                     ModelOp::Sync => HostOp::SyncData { file: 0 },
                 };

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use blk_core::{HostFile, HostOp, HostOpenOptions, HostQueueBackend};
+use blk_test_support::{host_read, host_write};
 use common::{backend, buf, buf_mut, wait_for};
 
 /// Runs `qemu-io -f raw -c CMD PATH`; `None` when qemu-io is not installed.
@@ -34,14 +35,7 @@ fn qemu_io_reads_what_the_queue_wrote_and_the_queue_reads_what_qemu_io_wrote() {
         let mut queue = backend.create_queue(&[&file], 4).unwrap();
         let data = vec![0x5au8; 128 * 1024];
         let bufs: Vec<_> = data.chunks(20_000).map(buf).collect();
-        queue.push(
-            1,
-            HostOp::Write {
-                file: 0,
-                offset: 65536,
-                bufs: &bufs,
-            },
-        );
+        queue.push(1, host_write(0, 65536, &bufs));
         queue.push(2, HostOp::SyncData { file: 0 });
         queue.submit().unwrap();
         let done = wait_for(queue.as_mut(), 2);
@@ -69,14 +63,7 @@ fn qemu_io_reads_what_the_queue_wrote_and_the_queue_reads_what_qemu_io_wrote() {
     let mut queue = backend.create_queue(&[&file], 4).unwrap();
     let mut back = vec![0u8; 2 * 65536];
     let bufs: Vec<_> = back.chunks_mut(4096).map(buf_mut).collect();
-    queue.push(
-        3,
-        HostOp::Read {
-            file: 0,
-            offset: 131072,
-            bufs: &bufs,
-        },
-    );
+    queue.push(3, host_read(0, 131072, &bufs));
     queue.submit().unwrap();
     assert_eq!(wait_for(queue.as_mut(), 1)[0].result, Ok(2 * 65536));
     drop(bufs);

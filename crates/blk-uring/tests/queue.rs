@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 
 use blk_core::{ErrorKind, HostFile, HostOp, HostOpenOptions, HostQueue, HostQueueBackend};
+use blk_test_support::{
+    assert_pending_counts_the_backlog, host_read, host_write, page_size, GuardedMapping,
+};
 use common::{backend, buf, buf_mut, pattern, wait_for};
 
 fn temp_file(dir: &tempfile::TempDir, name: &str, len: u64) -> HostFile {
@@ -55,14 +58,7 @@ fn mixed_batch_over_many_files_reads_back_what_was_written() {
         bufs.push(vec![buf(&d[..1000]), buf(&d[1000..1000]), buf(&d[1000..])]);
     }
     for (i, b) in bufs.iter().enumerate() {
-        queue.push(
-            i as u64,
-            HostOp::Write {
-                file: i,
-                offset: 512 * i as u64 + 7,
-                bufs: b,
-            },
-        );
+        queue.push(i as u64, host_write(i, 512 * i as u64 + 7, b));
     }
     queue.submit().unwrap();
     let done = by_user_data(wait_for(queue.as_mut(), 6));
@@ -80,14 +76,7 @@ fn mixed_batch_over_many_files_reads_back_what_was_written() {
         .map(|(a, b)| [buf_mut(a), buf_mut(b)])
         .collect();
     for (i, b) in read_bufs.iter().enumerate() {
-        queue.push(
-            200 + i as u64,
-            HostOp::Read {
-                file: i,
-                offset: 512 * i as u64 + 7,
-                bufs: b,
-            },
-        );
+        queue.push(200 + i as u64, host_read(i, 512 * i as u64 + 7, b));
     }
     assert_eq!(queue.pending(), 12);
     queue.submit().unwrap();
@@ -121,14 +110,7 @@ fn backlog_of_ten_times_the_depth_completes_with_correct_data() {
     let data: Vec<Vec<u8>> = (0..n).map(|i| pattern(i as u8, 4096)).collect();
     let bufs: Vec<_> = data.iter().map(|d| [buf(d)]).collect();
     for (i, b) in bufs.iter().enumerate() {
-        queue.push(
-            i as u64,
-            HostOp::Write {
-                file: 0,
-                offset: 4096 * i as u64,
-                bufs: b,
-            },
-        );
+        queue.push(i as u64, host_write(0, 4096 * i as u64, b));
     }
     queue.submit().unwrap();
     assert!(
@@ -141,14 +123,7 @@ fn backlog_of_ten_times_the_depth_completes_with_correct_data() {
     let mut back = vec![vec![0u8; 4096]; n];
     let read_bufs: Vec<_> = back.iter_mut().map(|b| [buf_mut(b)]).collect();
     for (i, b) in read_bufs.iter().enumerate() {
-        queue.push(
-            i as u64,
-            HostOp::Read {
-                file: 0,
-                offset: 4096 * i as u64,
-                bufs: b,
-            },
-        );
+        queue.push(i as u64, host_read(0, 4096 * i as u64, b));
     }
     queue.submit().unwrap();
     let done = by_user_data(wait_for(&mut queue, n));
@@ -165,26 +140,12 @@ fn more_buffers_than_iov_max_in_one_operation() {
     let mut queue = backend.create_queue(&[&file], 4).unwrap();
     let data = pattern(3, 3000 * 8);
     let bufs: Vec<_> = data.chunks(8).map(buf).collect();
-    queue.push(
-        1,
-        HostOp::Write {
-            file: 0,
-            offset: 100,
-            bufs: &bufs,
-        },
-    );
+    queue.push(1, host_write(0, 100, &bufs));
     queue.submit().unwrap();
     assert_eq!(wait_for(queue.as_mut(), 1)[0].result, Ok(24000));
     let mut back = vec![0u8; 24000];
     let read_bufs: Vec<_> = back.chunks_mut(8).map(buf_mut).collect();
-    queue.push(
-        2,
-        HostOp::Read {
-            file: 0,
-            offset: 100,
-            bufs: &read_bufs,
-        },
-    );
+    queue.push(2, host_read(0, 100, &read_bufs));
     queue.submit().unwrap();
     assert_eq!(wait_for(queue.as_mut(), 1)[0].result, Ok(24000));
     drop(read_bufs);
@@ -205,30 +166,9 @@ fn reads_past_the_end_give_short_counts() {
     let ba = [buf_mut(&mut a)];
     let bb = [buf_mut(&mut b1), buf_mut(&mut b2)];
     let bc = [buf_mut(&mut c)];
-    queue.push(
-        1,
-        HostOp::Read {
-            file: 0,
-            offset: 0,
-            bufs: &ba,
-        },
-    );
-    queue.push(
-        2,
-        HostOp::Read {
-            file: 0,
-            offset: 0,
-            bufs: &bb,
-        },
-    );
-    queue.push(
-        3,
-        HostOp::Read {
-            file: 0,
-            offset: 5000,
-            bufs: &bc,
-        },
-    );
+    queue.push(1, host_read(0, 0, &ba));
+    queue.push(2, host_read(0, 0, &bb));
+    queue.push(3, host_read(0, 5000, &bc));
     queue.submit().unwrap();
     let done = by_user_data(wait_for(queue.as_mut(), 3));
     assert_eq!(done[&1], Ok(1000));
@@ -257,34 +197,13 @@ fn bad_operations_fail_alone_and_the_queue_keeps_working() {
     let wb = [buf(&data)];
     let mut back = [0u8; 512];
     let rb = [buf_mut(&mut back)];
-    queue.push(
-        1,
-        HostOp::Write {
-            file: 0,
-            offset: 0,
-            bufs: &wb,
-        },
-    );
-    queue.push(
-        2,
-        HostOp::Read {
-            file: 7,
-            offset: 0,
-            bufs: &rb,
-        },
-    );
+    queue.push(1, host_write(0, 0, &wb));
+    queue.push(2, host_read(7, 0, &rb));
     queue.submit().unwrap();
     let done = by_user_data(wait_for(queue.as_mut(), 2));
     assert_eq!(done[&1], Err(libc::EBADF));
     assert_eq!(done[&2], Err(libc::EBADF));
-    queue.push(
-        3,
-        HostOp::Read {
-            file: 0,
-            offset: 0,
-            bufs: &rb,
-        },
-    );
+    queue.push(3, host_read(0, 0, &rb));
     queue.submit().unwrap();
     assert_eq!(wait_for(queue.as_mut(), 1)[0].result, Ok(512));
 }
@@ -332,32 +251,11 @@ fn misaligned_o_direct_read_fails_with_einval_and_the_queue_keeps_working() {
     // Misaligned offset, then a misaligned length, then an aligned read: only the last one succeeds.
     let good_bufs = [buf_mut(good)];
     let bad_len = [buf_mut(&mut rest[..align + 1])];
-    queue.push(
-        1,
-        HostOp::Read {
-            file: 0,
-            offset: 1,
-            bufs: &good_bufs,
-        },
-    );
+    queue.push(1, host_read(0, 1, &good_bufs));
     queue.submit().unwrap();
     assert_eq!(wait_for(queue.as_mut(), 1)[0].result, Err(libc::EINVAL));
-    queue.push(
-        2,
-        HostOp::Read {
-            file: 0,
-            offset: 0,
-            bufs: &bad_len,
-        },
-    );
-    queue.push(
-        3,
-        HostOp::Read {
-            file: 0,
-            offset: align as u64,
-            bufs: &good_bufs,
-        },
-    );
+    queue.push(2, host_read(0, 0, &bad_len));
+    queue.push(3, host_read(0, align as u64, &good_bufs));
     queue.submit().unwrap();
     let done = by_user_data(wait_for(queue.as_mut(), 2));
     assert_eq!(done[&2], Err(libc::EINVAL));
@@ -365,14 +263,7 @@ fn misaligned_o_direct_read_fails_with_einval_and_the_queue_keeps_working() {
     assert_eq!(&good[..], &data[align..3 * align]);
     // A read across the unaligned end of the file: the kernel transfers up to the end, the rest cannot go on
     // unaligned; the completion reports the bytes read.
-    queue.push(
-        4,
-        HostOp::Read {
-            file: 0,
-            offset: 65536,
-            bufs: &good_bufs,
-        },
-    );
+    queue.push(4, host_read(0, 65536, &good_bufs));
     queue.submit().unwrap();
     assert_eq!(wait_for(queue.as_mut(), 1)[0].result, Ok(100));
     assert_eq!(&good[..100], &data[65536..]);
@@ -418,14 +309,7 @@ fn dropping_a_queue_waits_for_operations_in_flight() {
         let mut queue = backend.create_queue(&[&file], 16).unwrap();
         let bufs: Vec<_> = back.chunks_mut(4096).map(|c| [buf_mut(c)]).collect();
         for (i, b) in bufs.iter().enumerate() {
-            queue.push(
-                i as u64,
-                HostOp::Read {
-                    file: 0,
-                    offset: 4096 * i as u64,
-                    bufs: b,
-                },
-            );
+            queue.push(i as u64, host_read(0, 4096 * i as u64, b));
         }
         queue.submit().unwrap();
         // Dropped here with up to 16 reads in the kernel and the rest in the backlog.
@@ -453,14 +337,7 @@ fn the_queue_outlives_its_host_files() {
     drop(file);
     let mut back = [0u8; 10];
     let b = [buf_mut(&mut back)];
-    queue.push(
-        1,
-        HostOp::Read {
-            file: 0,
-            offset: 0,
-            bufs: &b,
-        },
-    );
+    queue.push(1, host_read(0, 0, &b));
     queue.submit().unwrap();
     assert_eq!(wait_for(queue.as_mut(), 1)[0].result, Ok(10));
     assert_eq!(&back, b"still here");
@@ -480,14 +357,7 @@ fn queues_on_cloned_files_work_from_threads() {
                 let bufs: Vec<_> = data.chunks(4096).map(|c| [buf(c)]).collect();
                 for (i, b) in bufs.iter().enumerate() {
                     let offset = u64::from(t) * 65536 + 4096 * i as u64;
-                    queue.push(
-                        i as u64,
-                        HostOp::Write {
-                            file: 0,
-                            offset,
-                            bufs: b,
-                        },
-                    );
+                    queue.push(i as u64, host_write(0, offset, b));
                 }
                 queue.push(99, HostOp::SyncData { file: 0 });
                 queue.submit().unwrap();
@@ -527,36 +397,15 @@ fn registered_buffers_are_used_for_single_buffer_operations() {
     let outside = pattern(43, 4096);
     let w1 = [buf(&region_a[4096..4096 + 8192])];
     let w2 = [buf(&outside)];
-    queue.push(
-        1,
-        HostOp::Write {
-            file: 0,
-            offset: 0,
-            bufs: &w1,
-        },
-    );
-    queue.push(
-        2,
-        HostOp::Write {
-            file: 0,
-            offset: 8192,
-            bufs: &w2,
-        },
-    );
+    queue.push(1, host_write(0, 0, &w1));
+    queue.push(2, host_write(0, 8192, &w2));
     queue.submit().unwrap();
     let done = by_user_data(wait_for(&mut queue, 2));
     assert_eq!((done[&1], done[&2]), (Ok(8192), Ok(4096)));
     assert_eq!(queue.fixed_buffer_ops(), 1);
 
     let r1 = [buf_mut(&mut region_b[100..100 + 12288])];
-    queue.push(
-        3,
-        HostOp::Read {
-            file: 0,
-            offset: 0,
-            bufs: &r1,
-        },
-    );
+    queue.push(3, host_read(0, 0, &r1));
     queue.submit().unwrap();
     assert_eq!(wait_for(&mut queue, 1)[0].result, Ok(12288));
     assert_eq!(queue.fixed_buffer_ops(), 2);
@@ -601,4 +450,69 @@ fn lock_bytes_held(path: &std::path::Path) -> bool {
     let r = unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
     lock.l_type != libc::F_UNLCK as libc::c_short
+}
+
+/// A read whose buffers run into an inaccessible page: the kernel reads what fits (a short step), and the
+/// continuation fails with EFAULT. The read fails with it: the file goes on, so this is no end of file (the
+/// engine would zero-fill a short read). A read over the same range into good memory, and a read across the
+/// end of the file, still complete with their bytes.
+#[test]
+fn an_error_after_a_partial_read_fails_the_read() {
+    let Some(backend) = backend() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let page = page_size();
+    let file = temp_file(&dir, "a", 0);
+    file.write_all_at(0, &pattern(4, 4 * page)).unwrap();
+    let mut queue = backend.create_queue(&[&file], 4).unwrap();
+    let single = GuardedMapping::new(1);
+    let single_bufs = [single.read_buf(2 * page)];
+    let guarded = GuardedMapping::new(1);
+    let mut head = vec![0u8; page];
+    let vectored_bufs = [buf_mut(&mut head), guarded.read_buf(2 * page)];
+    let mut good = vec![0u8; 4 * page];
+    let good_bufs = [buf_mut(&mut good)];
+    queue.push(1, host_read(0, 0, &single_bufs));
+    queue.push(2, host_read(0, 0, &vectored_bufs));
+    queue.push(3, host_read(0, page as u64, &good_bufs));
+    queue.submit().unwrap();
+    let done = by_user_data(wait_for(queue.as_mut(), 3));
+    assert_eq!(done[&1], Err(libc::EFAULT));
+    assert_eq!(done[&2], Err(libc::EFAULT));
+    assert_eq!(done[&3], Ok(3 * page as u64));
+    assert_eq!(queue.pending(), 0);
+    assert_eq!(single.accessible(), &pattern(4, page)[..]);
+    assert_eq!(head, &pattern(4, page)[..]);
+    assert_eq!(guarded.accessible(), &pattern(4, 2 * page)[page..]);
+}
+
+/// `pending()` is pushes minus completions returned, whatever the queue does in between; dropping the queue
+/// waits for what the kernel holds and discards the backlog unexecuted.
+#[test]
+fn pending_is_exact_and_drop_discards_the_backlog() {
+    let Some(backend) = backend() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = temp_file(&dir, "a", 0);
+    file.write_all_at(0, &[0u8; 8192]).unwrap();
+    let data = pattern(6, 512);
+    let wb = [buf(&data)];
+    let mut queue = backend.create_queue(&[&file], 2).unwrap();
+    assert_pending_counts_the_backlog(queue.as_mut(), &wb);
+
+    // One write in the ring, three in the backlog: the drop waits for the first and discards the others.
+    let mut queue = backend.create_queue(&[&file], 1).unwrap();
+    let other = pattern(7, 512);
+    let ob = [buf(&other)];
+    for i in 0..4u64 {
+        queue.push(10 + i, host_write(0, 4096 + i * 1024, &ob));
+    }
+    queue.submit().unwrap();
+    assert_eq!(queue.pending(), 4);
+    drop(queue);
+    let mut back = vec![0u8; 512];
+    file.read_exact_at(4096, &mut back).unwrap();
+    assert_eq!(back, other);
+    for i in 1..4u64 {
+        file.read_exact_at(4096 + i * 1024, &mut back).unwrap();
+        assert_eq!(back, [0u8; 512], "a backlogged write ran");
+    }
 }

@@ -276,6 +276,47 @@ impl SparseLayout {
             .and_then(|i| bat.get(i).copied())
             .unwrap_or(UNALLOCATED)
     }
+
+    /// Where the data of the block allocated at `entry` starts in the file (after its sector bitmap).
+    pub fn data_offset(&self, entry: u32) -> u64 {
+        u64::from(entry) * 512 + self.bitmap_size
+    }
+
+    /// The block-bounded pieces of `len` guest bytes at `offset`, in order.
+    pub fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = BlockPiece> + '_ {
+        let end = offset + len;
+        let mut pos = offset;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let in_block = pos % self.block_size;
+            let piece = BlockPiece {
+                pos,
+                done: pos - offset,
+                block: pos / self.block_size,
+                in_block,
+                len: (self.block_size - in_block).min(end - pos),
+            };
+            pos += piece.len;
+            Some(piece)
+        })
+    }
+}
+
+/// The part of a guest range that lies in one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockPiece {
+    /// Guest offset of the piece.
+    pub pos: u64,
+    /// Bytes of the range before the piece.
+    pub done: u64,
+    /// The block's index.
+    pub block: u64,
+    /// Offset of the piece in the block.
+    pub in_block: u64,
+    /// Length of the piece.
+    pub len: u64,
 }
 
 #[cfg(test)]

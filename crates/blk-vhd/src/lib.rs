@@ -1,10 +1,12 @@
 //! The VHD (qemu's `vpc`) disk-image format: fixed, dynamic and differencing images, read and write.
 //!
 //! Written from Microsoft's "Virtual Hard Disk Image Format Specification" (sections cited in each module)
-//! and matched against QEMU's `block/vpc.c` behaviour (qemu-img 10).
+//! and matched against QEMU's `block/vpc.c` behaviour (qemu-img 10). [`Vhd`] answers where a guest range lives
+//! (a [`blk_core::Mapper`]); blk-core's engines do the data I/O: [`blk_core::MappedDisk`] synchronously, its
+//! queues asynchronously. The factory finds the format through [`FORMAT`].
 //!
 //! ```
-//! use blk_core::{DenyNamedImages, DiskFile, HostOpenOptions};
+//! use blk_core::{DenyNamedImages, DiskFile, ImageAdmin, MappedDisk};
 //! use blk_vhd::{Vhd, VhdCreateOptions, VhdOpenOptions};
 //!
 //! # fn main() -> blk_core::Result<()> {
@@ -12,7 +14,7 @@
 //! let path = dir.path().join("disk.vhd");
 //! let create = VhdCreateOptions::from_key_values(Some(10 << 20), &[])?;
 //! Vhd::create(&path, &create, &DenyNamedImages)?;
-//! let disk = Vhd::open(&path, &VhdOpenOptions::default())?;
+//! let disk = MappedDisk::new(Vhd::open(&path, &VhdOpenOptions::default())?);
 //! assert_eq!(disk.logical_size(), 10_514_432); // rounded up to a CHS geometry, as qemu-img does
 //! disk.write_all_at(2 << 20, b"hello")?;
 //! let mut back = [0u8; 5];
@@ -28,13 +30,17 @@
 //! | [`footer`] | the hard disk footer, checksums, disk types |
 //! | [`dynamic_header`] | the dynamic disk header and parent locator entries |
 //! | [`geometry`] | CHS geometry and the virtual size, as QEMU derives them |
-//! | [`bat`] | the block allocation table, file layout validation, metadata regions |
+//! | [`bat`] | the block allocation table, file layout validation, metadata regions, block-bounded pieces |
 //! | [`parent`] | differencing parents: locators, opening through the opener, identity check |
 //! | [`options`] | [`VhdOpenOptions`], [`VhdCreateOptions`], [`CREATE_OPTIONS`] |
 //! | [`vhd`] | [`Vhd`]: opening and shared state |
-//! | `io` | reads (sector bitmaps honoured), writes (block allocation), write-zeroes |
-//! | [`vhd_async`] | [`VhdMapper`], [`VhdAsync`]: the asynchronous path (host ranges from the cached BAT, the rest slow) |
-//! | `map`, `check`, `create`, `disk_file` | `map`, `check`, [`Vhd::create`], the `DiskFile` impl and `image_info` |
+//! | `sector_bitmap` | sector bitmaps and the one classification of a block (unallocated, full, partial) |
+//! | `mapper` | the single translation: `impl Mapper for Vhd` (reads, in-place writes, write-zeroes) |
+//! | `slow_write` | what the mapper answers slow: block allocation, bitmap bits, partial-sector merges |
+//! | `block_status` | `map`: runs of equal status |
+//! | `image_admin`, `check` | `ImageAdmin for Vhd`: `image_info`, `check`, `has_zero_init` |
+//! | `create` | [`Vhd::create`] |
+//! | [`descriptor`] | [`FORMAT`]: probe, open, create and options for the factory |
 //!
 //! # Behaviour
 //!
@@ -48,6 +54,8 @@
 //!   then the BAT entry), set bitmap bits, and merge partial sectors with what lies below.
 //! - **write_zeroes**: dynamic disks zero allocated blocks in place and leave unallocated ones; differencing
 //!   disks write zeros. **discard** is a no-op, as in QEMU.
+//! - **Host ranges past the end of the file** (only possible when the file shrinks under an open image: every
+//!   BAT entry is checked at open) read as zeros, as QEMU's file driver reads them.
 //! - **Differencing**: see [`parent`]. The parent is opened only through the opener, read-only, format `vpc`;
 //!   its footer's unique id must equal the child's *Parent Unique ID*; a parent that is the child itself (by
 //!   path or unique id) is refused as a loop, and the opener caps chain depth.
@@ -83,35 +91,34 @@
 //! held while the new block's first data is written (its data must land before the BAT entry publishes it);
 //! sector-bitmap read-modify-writes take `bitmap_lock`; unaligned writes that merge partial sectors take
 //! `merge_lock` first. Order: `merge_lock` → `next_block` → `bat` (write) ; `bitmap_lock` is taken alone.
-//! Reads and writes into allocated blocks hold no lock during data I/O.
 //!
-//! The asynchronous path ([`VhdAsync`]) fits in without a lock of its own: [`VhdMapper`] takes the BAT's read
-//! lock once per request to copy entries and reads the per-block bitmap states (atomics), releases it before the
-//! queue submits any I/O, and maps only what needs no metadata change (in-place writes to blocks whose bitmap
-//! is full, reads of such blocks and of holes). Everything else (allocation, bitmap updates, merges, parents,
-//! flush, write-zeroes) runs through the synchronous path above, which stays the only writer of metadata, so
-//! its crash-safe order and lock order are unchanged. Queues do host I/O on the backend set with
-//! [`Vhd::set_io_backend`] (default: blk-core's `SyncHostBackend`).
+//! The mapping takes the BAT's read lock once per block to copy the entry, and reads the block's cached
+//! full/partial state (an atomic); the first time it meets an allocated block it reads the block's sector
+//! bitmap (metadata I/O, no lock held) and caches whether it is full. It maps in place only what needs no
+//! metadata change (reads, and writes into full blocks); everything else runs in `write_slow`, the only writer
+//! of metadata, so its crash-safe order and lock order are unchanged. No lock is held during data I/O.
 
 pub mod bat;
+mod block_status;
 mod check;
 mod create;
-mod disk_file;
+pub mod descriptor;
 pub mod dynamic_header;
 pub mod footer;
 pub mod geometry;
-mod io;
-mod map;
+mod image_admin;
+mod mapper;
 pub mod options;
 pub mod parent;
+mod sector_bitmap;
+mod slow_write;
 pub mod vhd;
-pub mod vhd_async;
 
 pub use create::DEFAULT_BLOCK_SIZE;
+pub use descriptor::FORMAT;
 pub use footer::DiskType;
 pub use options::{Subformat, VhdCreateOptions, VhdOpenOptions, CREATE_OPTIONS};
 pub use vhd::Vhd;
-pub use vhd_async::{VhdAsync, VhdMapper};
 
 /// The format's name, as qemu-img spells it.
 pub const FORMAT_NAME: &str = "vpc";

@@ -3,9 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use blk_core::{
-    DiskFile, Error, ErrorKind, HostFile, HostQueueBackend, Operation, Result, SyncHostBackend,
-};
+use blk_core::{DiskFile, Error, ErrorKind, HostFile, Operation, Result};
 
 use crate::bat::SparseLayout;
 use crate::dynamic_header::{DynamicHeader, HEADER_SIZE};
@@ -15,17 +13,18 @@ use crate::options::VhdOpenOptions;
 use crate::parent::{locator_regions, open_parent, ParentInfo};
 use crate::FORMAT_NAME;
 
-/// A VHD image (fixed, dynamic or differencing) opened for guest I/O.
+/// A VHD image (fixed, dynamic or differencing), opened: a [`Mapper`](blk_core::Mapper) served for guest I/O
+/// by [`MappedDisk`](blk_core::MappedDisk), and an [`ImageAdmin`](blk_core::ImageAdmin).
 ///
-/// Handles from [`DiskFile::try_clone`] have their own file descriptor and share the metadata (BAT, allocation
-/// state) through an `Arc`; see the crate docs for the locking rules.
+/// Handles from [`Mapper::duplicate`](blk_core::Mapper::duplicate) have their own file descriptor (and parent
+/// handle) and share the metadata (BAT, allocation state) through an `Arc`; see the crate docs for the
+/// locking rules.
 #[derive(Debug)]
 pub struct Vhd {
     pub(crate) file: HostFile,
     pub(crate) shared: Arc<Shared>,
+    /// A differencing disk's parent ([`Mapper::disk`](blk_core::Mapper::disk) 0).
     pub(crate) parent: Option<Box<dyn DiskFile>>,
-    /// The backend asynchronous queues make their host queues with (kept by clones).
-    pub(crate) backend: Arc<dyn HostQueueBackend>,
 }
 
 /// What every handle of one image shares.
@@ -138,7 +137,6 @@ impl Vhd {
                 file,
                 shared: Arc::new(shared(None, None)),
                 parent: None,
-                backend: Arc::new(SyncHostBackend),
             });
         }
 
@@ -191,25 +189,6 @@ impl Vhd {
             file,
             shared: Arc::new(shared(Some(sparse), parent_info)),
             parent,
-            backend: Arc::new(SyncHostBackend),
-        })
-    }
-
-    /// A second handle on the same image, with its own descriptor (and its own parent handle).
-    pub(crate) fn duplicate(&self) -> Result<Vhd> {
-        let file = self
-            .file
-            .try_clone()
-            .map_err(|e| self.context(e, Operation::Open, None))?;
-        let parent = match &self.parent {
-            Some(p) => Some(p.try_clone()?),
-            None => None,
-        };
-        Ok(Vhd {
-            file,
-            shared: Arc::clone(&self.shared),
-            parent,
-            backend: Arc::clone(&self.backend),
         })
     }
 
@@ -223,17 +202,6 @@ impl Vhd {
             Some(offset) => err.with_offset(offset),
             None => err,
         }
-    }
-
-    /// Sets the backend the queues of [`create_async_io`](blk_core::AsyncDiskFile::create_async_io) do host
-    /// I/O on (default: [`SyncHostBackend`]); handles cloned afterwards keep it.
-    pub fn set_io_backend(&mut self, backend: Arc<dyn HostQueueBackend>) {
-        self.backend = backend;
-    }
-
-    /// The backend asynchronous queues do host I/O on.
-    pub fn io_backend(&self) -> &Arc<dyn HostQueueBackend> {
-        &self.backend
     }
 
     /// The host file the image is stored in.

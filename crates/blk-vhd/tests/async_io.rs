@@ -1,18 +1,16 @@
-//! The asynchronous path ([`VhdAsync`], [`VhdMapper`]) against the synchronous one and QEMU: reads of images
-//! qemu-img and qemu-io made, writes compared with qemu-io's result of the same writes, per-request errors, and
-//! the mapper's answers one by one.
+//! The asynchronous path (`MappedQueue`s on the `Vhd` mapper) against the synchronous one and QEMU: reads of
+//! images qemu-img and qemu-io made, writes compared with qemu-io's result of the same writes, per-request
+//! errors, and the mapper's answers one by one.
 
-mod async_support;
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use async_support::*;
 use blk_core::{
-    AsyncDiskFile, AsyncIo, AsyncMapper, DiskFile, ErrorKind, IoBuf, Mapped, ReadMapping,
-    RepairMode, Request, RequestOp, SyncHostBackend, WriteMapping,
+    AsyncDiskFile, AsyncIo, DiskFile, ErrorKind, ImageAdmin, IoBuf, MappedQueue, Mapper,
+    ReadMapping, RepairMode, SyncHostBackend, WriteMapping,
 };
-use blk_vhd::{VhdAsync, VhdMapper};
 use common::*;
 
 /// Data qemu-io writes into the images: scattered, partial blocks, holes left (2 MiB blocks).
@@ -42,34 +40,8 @@ fn qemu_image(dir: &Path, name: &str, subformat: &str) -> std::path::PathBuf {
         "qemu-img",
         &["create", "-f", "vpc", "-o", &sub, path_str(&path), "16M"],
     );
-    qemu_io(&path, QEMU_WRITES);
+    qemu_io("vpc", &path, QEMU_WRITES);
     path
-}
-
-fn qemu_io(path: &Path, commands: &[&str]) {
-    let mut args = vec!["-f", "vpc"];
-    for c in commands {
-        args.extend(["-c", c]);
-    }
-    args.push(path_str(path));
-    run("qemu-io", &args);
-}
-
-fn qemu_raw(image: &Path) -> Vec<u8> {
-    let raw = image.with_extension("raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "vpc",
-            "-O",
-            "raw",
-            path_str(image),
-            path_str(&raw),
-        ],
-    );
-    std::fs::read(raw).unwrap()
 }
 
 #[test]
@@ -80,13 +52,13 @@ fn reads_equal_the_sync_path_and_qemu() {
     let dir = tempdir();
     for subformat in ["dynamic", "fixed"] {
         let path = qemu_image(dir.path(), &format!("{subformat}.vhd"), subformat);
-        let expected = qemu_raw(&path);
+        let expected = qemu_raw("vpc", &path, dir.path());
         let disk = open_ro(&path);
         let size = disk.logical_size();
         let arena = arena(size);
         let mut queue = disk.create_async_io(DEPTH).unwrap();
         assert_eq!(queue.ring_depth(), DEPTH);
-        // Cold (first touches of allocated blocks are slow and warm the bitmap states), then warm.
+        // Cold (first touches of allocated blocks read their bitmaps while mapping), then warm.
         for pass in 0..2 {
             let got = read_through(queue.as_mut(), size, arena);
             assert!(got == expected, "{subformat}, pass {pass}");
@@ -98,7 +70,7 @@ fn reads_equal_the_sync_path_and_qemu() {
 /// A qemu-made base with a blk-made child, written through the sync path in whole and partial blocks.
 fn differencing(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
     let base = qemu_image(dir, "base.vhd", "dynamic");
-    let mut model = qemu_raw(&base);
+    let mut model = qemu_raw("vpc", &base, dir);
     let child = dir.join("child.vhd");
     create(
         &child,
@@ -151,29 +123,16 @@ fn writes_equal_qemu_io_of_the_same_writes() {
             let disk = open_rw(&path);
             let size = disk.logical_size();
             let mut queue = disk.create_async_io(DEPTH).unwrap();
-            // Warm the blocks' bitmap states, so writes into allocated blocks take the fast path.
+            // Warm the blocks' bitmap states (the mapping would read them on first touch anyway).
             read_through(queue.as_mut(), size, arena(size));
             write_through(queue.as_mut(), writes);
             let report = disk.check(RepairMode::None).unwrap();
             assert_eq!(report.corruptions, 0, "{subformat}: {report:?}");
         }
-        let commands = qemu_commands(writes);
-        let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
-        qemu_io(&twin, &commands);
-        run(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "vpc",
-                "-F",
-                "vpc",
-                path_str(&path),
-                path_str(&twin),
-            ],
-        );
+        qemu_io("vpc", &twin, &qemu_commands(writes));
+        qemu_compare("vpc", &path, "vpc", &twin);
         // qemu-img has no check for vpc; it must still open and convert the image.
-        assert!(qemu_raw(&path) == qemu_raw(&twin));
+        assert!(qemu_raw("vpc", &path, dir.path()) == qemu_raw("vpc", &twin, dir.path()));
     }
 }
 
@@ -220,30 +179,33 @@ fn mapper_answers_from_the_bat() {
     let dir = tempdir();
     let path = qemu_image(dir.path(), "dynamic.vhd", "dynamic");
     let disk = open_rw(&path);
-    let mapper = VhdMapper::new(&disk).unwrap();
+    let mapper: &dyn Mapper = &*disk;
     assert_eq!(mapper.host_files().len(), 1);
     let bat = disk.bat();
     let data = |block: usize, in_block: u64| u64::from(bat[block]) * 512 + 512 + in_block;
     let mut reads = Vec::new();
     // Holes (blocks 3 and 5 after 4) read as zeros, merged.
-    assert_eq!(
-        mapper.map_read(6 << 20, 1000, &mut reads).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_read(6 << 20, 1000, &mut reads).unwrap();
     assert_eq!(reads, [ReadMapping::Zero { len: 1000 }]);
     reads.clear();
-    // An allocated block whose bitmap was never read is slow, and nothing is left pushed.
+    // An allocated block whose bitmap was never read: the mapping reads it (every bit set) and answers the
+    // host range at once.
+    mapper.map_read(4 << 20, 4 << 20, &mut reads).unwrap();
     assert_eq!(
-        mapper.map_read(4 << 20, 4 << 20, &mut reads).unwrap(),
-        Mapped::Slow
+        reads,
+        [
+            ReadMapping::Host {
+                file: 0,
+                offset: data(2, 0),
+                len: 2 << 20
+            },
+            ReadMapping::Zero { len: 2 << 20 },
+        ]
     );
-    assert!(reads.is_empty());
+    reads.clear();
     let mut scratch = vec![0u8; 16 << 20];
     disk.read_exact_at(0, &mut scratch).unwrap();
-    assert_eq!(
-        mapper.map_read(5 << 20, 3 << 20, &mut reads).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_read(5 << 20, 3 << 20, &mut reads).unwrap();
     assert_eq!(
         reads,
         [
@@ -256,10 +218,7 @@ fn mapper_answers_from_the_bat() {
         ]
     );
     let mut writes = Vec::new();
-    assert_eq!(
-        mapper.map_write(4097, 10, &mut writes).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_write(4097, 10, &mut writes).unwrap();
     assert_eq!(
         writes,
         [WriteMapping::Host {
@@ -269,21 +228,33 @@ fn mapper_answers_from_the_bat() {
         }]
     );
     writes.clear();
-    // Into a hole: allocation, slow.
-    assert_eq!(
-        mapper
-            .map_write((2 << 20) - 512, 1024, &mut writes)
-            .unwrap(),
-        Mapped::Fast
+    // Across two allocated blocks: in place.
+    mapper
+        .map_write((2 << 20) - 512, 1024, &mut writes)
+        .unwrap();
+    assert!(
+        writes
+            .iter()
+            .all(|w| matches!(w, WriteMapping::Host { .. })),
+        "{writes:?}"
     );
     writes.clear();
+    // Into a hole: allocation, slow (the allocated block's part stays in place).
+    mapper
+        .map_write((6 << 20) - 512, 1024, &mut writes)
+        .unwrap();
     assert_eq!(
-        mapper
-            .map_write((6 << 20) - 512, 1024, &mut writes)
-            .unwrap(),
-        Mapped::Slow
+        writes,
+        [
+            WriteMapping::Host {
+                file: 0,
+                offset: data(2, (2 << 20) - 512),
+                len: 512
+            },
+            WriteMapping::Slow { len: 512 },
+        ]
     );
-    assert!(writes.is_empty());
+    writes.clear();
     // Out of range.
     let size = disk.logical_size();
     let err = mapper.map_read(size - 512, 1024, &mut reads).unwrap_err();
@@ -293,12 +264,9 @@ fn mapper_answers_from_the_bat() {
     // Fixed disks map to one range; a read-only disk refuses writes.
     let fixed = qemu_image(dir.path(), "fixed.vhd", "fixed");
     let fixed = open_ro(&fixed);
-    let mapper = VhdMapper::new(&fixed).unwrap();
+    let mapper: &dyn Mapper = &*fixed;
     reads.clear();
-    assert_eq!(
-        mapper.map_read(100, 5 << 20, &mut reads).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_read(100, 5 << 20, &mut reads).unwrap();
     assert_eq!(
         reads,
         [ReadMapping::Host {
@@ -319,33 +287,48 @@ fn differencing_mapper_sends_parents_and_merges_to_the_slow_path() {
     let dir = tempdir();
     let (child, _) = differencing(dir.path());
     let disk = open_rw(&child);
-    let mapper = VhdMapper::new(&disk).unwrap();
-    let mut scratch = vec![0u8; disk.logical_size() as usize];
-    disk.read_exact_at(0, &mut scratch).unwrap();
+    let mapper: &dyn Mapper = &*disk;
+    let bat = disk.bat();
     let mut reads = Vec::new();
     let mut writes = Vec::new();
     // Block 1 was written whole: full bitmap.
-    assert_eq!(
-        mapper.map_read(2 << 20, 2 << 20, &mut reads).unwrap(),
-        Mapped::Fast
-    );
+    mapper.map_read(2 << 20, 2 << 20, &mut reads).unwrap();
     assert_eq!(reads.len(), 1);
-    assert_eq!(
-        mapper.map_write(3 << 20, 4096, &mut writes).unwrap(),
-        Mapped::Fast
-    );
-    assert_eq!(
-        mapper.map_write((3 << 20) + 1, 4096, &mut writes).unwrap(),
-        Mapped::Slow
-    );
-    // Unallocated: the parent's data; partial block 4: its bitmap.
+    assert!(matches!(reads[0], ReadMapping::Host { .. }));
+    mapper.map_write(3 << 20, 4096, &mut writes).unwrap();
+    assert!(matches!(writes[..], [WriteMapping::Host { .. }]));
+    writes.clear();
+    // Unaligned: merged with the parent's data, slow.
+    mapper.map_write((3 << 20) + 1, 4096, &mut writes).unwrap();
+    assert_eq!(writes, [WriteMapping::Slow { len: 4096 }]);
+    // Unallocated: the parent's data; partial block 4: its bitmap, per run of sectors.
     reads.clear();
-    assert_eq!(mapper.map_read(0, 512, &mut reads).unwrap(), Mapped::Slow);
+    mapper.map_read(0, 512, &mut reads).unwrap();
     assert_eq!(
-        mapper.map_read(9 << 20, 512, &mut reads).unwrap(),
-        Mapped::Slow
+        reads,
+        [ReadMapping::Disk {
+            disk: 0,
+            offset: 0,
+            len: 512
+        }]
     );
-    assert!(reads.is_empty());
+    reads.clear();
+    mapper.map_read((9 << 20) - 512, 1024, &mut reads).unwrap();
+    assert_eq!(
+        reads,
+        [
+            ReadMapping::Disk {
+                disk: 0,
+                offset: (9 << 20) - 512,
+                len: 512
+            },
+            ReadMapping::Host {
+                file: 0,
+                offset: u64::from(bat[4]) * 512 + 512 + (1 << 20),
+                len: 512
+            },
+        ]
+    );
 }
 
 #[test]
@@ -355,11 +338,12 @@ fn bad_requests_fail_alone_and_the_queue_keeps_working() {
     }
     let dir = tempdir();
     let path = qemu_image(dir.path(), "dynamic.vhd", "dynamic");
-    let expected = qemu_raw(&path);
+    let expected = qemu_raw("vpc", &path, dir.path());
     let disk = open_rw(&path);
     let size = disk.logical_size();
     let arena = arena(size);
-    let mut queue = VhdAsync::new(&disk, &SyncHostBackend, DEPTH).unwrap();
+    let image: Arc<dyn Mapper> = Arc::clone(disk.image()) as Arc<dyn Mapper>;
+    let mut queue = MappedQueue::new(image, &SyncHostBackend, DEPTH).unwrap();
     read_through(&mut queue, size, arena);
 
     // Past the end, read and write, between good requests.
@@ -369,34 +353,10 @@ fn bad_requests_fail_alone_and_the_queue_keeps_working() {
     let wbufs = [IoBuf::from(data)];
     queue
         .submit(&[
-            Request::new(
-                1,
-                RequestOp::Read {
-                    offset: 0,
-                    bufs: &bufs,
-                },
-            ),
-            Request::new(
-                2,
-                RequestOp::Read {
-                    offset: size - 512,
-                    bufs: &tail,
-                },
-            ),
-            Request::new(
-                3,
-                RequestOp::Write {
-                    offset: size,
-                    bufs: &wbufs,
-                },
-            ),
-            Request::new(
-                4,
-                RequestOp::Read {
-                    offset: 12 << 20,
-                    bufs: &tail,
-                },
-            ),
+            read_request(1, 0, &bufs),
+            read_request(2, size - 512, &tail),
+            write_request(3, size, &wbufs),
+            read_request(4, 12 << 20, &tail),
         ])
         .unwrap();
     let mut done = reap(&mut queue, 4);
@@ -413,28 +373,13 @@ fn bad_requests_fail_alone_and_the_queue_keeps_working() {
     assert_eq!(done[3].result.as_ref().unwrap(), &1024);
 
     // Blocks lost under the open image (the file truncated behind its back; BAT entries are all checked at
-    // open, so a corrupt one never reaches a queue): the synchronous path fails, the queue's engine reads the
-    // host file's end as zeros (as QEMU's file driver does); either way no stale byte, and the queue goes on.
+    // open, so a corrupt one never reaches a queue): both paths serve the one mapping, and the engines read
+    // the host file's end as zeros (as QEMU's file driver does); no stale byte, and the queue goes on.
     let block6 = u64::from(disk.bat()[6]) * 512;
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(block6).unwrap();
     queue
-        .submit(&[
-            Request::new(
-                5,
-                RequestOp::Read {
-                    offset: 12 << 20,
-                    bufs: &bufs,
-                },
-            ),
-            Request::new(
-                6,
-                RequestOp::Read {
-                    offset: 0,
-                    bufs: &tail,
-                },
-            ),
-        ])
+        .submit(&[read_request(5, 12 << 20, &bufs), read_request(6, 0, &tail)])
         .unwrap();
     let mut done = reap(&mut queue, 2);
     done.sort_by_key(|c| c.user_data);
@@ -443,7 +388,9 @@ fn bad_requests_fail_alone_and_the_queue_keeps_working() {
         bufs[0].as_io_buf().copy_to(&mut lost);
         assert_eq!(lost, [0u8; 4096]);
     }
-    assert!(disk.read_exact_at(12 << 20, &mut [0u8; 4096]).is_err());
+    let mut lost = [1u8; 4096];
+    disk.read_exact_at(12 << 20, &mut lost).unwrap();
+    assert_eq!(lost, [0u8; 4096]);
     assert_eq!(done[1].result.as_ref().unwrap(), &1024);
     let mut back = [0u8; 1024];
     tail[0].as_io_buf().copy_to(&mut back);
@@ -459,22 +406,7 @@ fn clones_keep_the_backend() {
     disk.set_io_backend(std::sync::Arc::new(SyncHostBackend));
     let clone = disk.try_clone_async().unwrap();
     assert_eq!(disk.io_backend().name(), "sync");
-    let mut queue = clone.create_async_io(4).unwrap();
-    let data: &'static [u8] = Box::leak(vec![9u8; 512].into_boxed_slice());
-    let bufs = [IoBuf::from(data)];
-    queue
-        .submit(&[Request::new(
-            7,
-            RequestOp::Write {
-                offset: 0,
-                bufs: &bufs,
-            },
-        )])
-        .unwrap();
-    assert_eq!(reap(queue.as_mut(), 1)[0].result.as_ref().unwrap(), &512);
-    let mut back = [0u8; 512];
-    disk.read_exact_at(0, &mut back).unwrap();
-    assert_eq!(back, [9u8; 512]);
+    assert_queue_write_reads_back(clone.as_ref(), &disk);
 }
 
 /// The mapper's answers, executed directly, equal qemu's reads and qemu-io's writes, and the fast path is
@@ -489,53 +421,34 @@ fn mapper_answers_executed_equal_qemu() {
         let path = qemu_image(dir.path(), &format!("{subformat}.vhd"), subformat);
         let twin = dir.path().join(format!("{subformat}-twin.vhd"));
         std::fs::copy(&path, &twin).unwrap();
-        let expected = qemu_raw(&path);
+        let expected = qemu_raw("vpc", &path, dir.path());
         let writes = WRITES;
         {
             let disk = open_rw(&path);
-            let mapper = VhdMapper::new(&disk).unwrap();
+            let mapper: &dyn Mapper = &*disk;
             let size = disk.logical_size();
             let mut fast = 0;
             for pass in 0..2 {
                 let mut got = Vec::new();
-                let mut offset = 0;
-                for &len in SIZES.iter().cycle() {
-                    if offset >= size {
-                        break;
-                    }
-                    let len = len.min(size - offset);
-                    let (bytes, mapped) = read_via_mapper(&mapper, offset, len);
+                for (offset, len) in pieces(size) {
+                    let (bytes, mapped) = read_via_mapper(mapper, offset, len);
                     fast += usize::from(mapped == Mapped::Fast);
                     got.extend_from_slice(&bytes);
-                    offset += len;
                 }
                 assert!(got == expected, "{subformat}, pass {pass}");
             }
             assert!(fast > 0);
             let mut fast_writes = 0;
             for &(offset, byte, len) in writes {
-                let mapped = write_via_mapper(&mapper, offset, &vec![byte; len as usize]);
+                let mapped = write_via_mapper(mapper, offset, &vec![byte; len as usize]);
                 fast_writes += usize::from(mapped == Mapped::Fast);
             }
             // The first three land in allocated blocks.
             assert!(fast_writes >= 3, "{subformat}: {fast_writes}");
-            mapper.disk().flush().unwrap();
+            mapper.flush().unwrap();
         }
-        let commands = qemu_commands(writes);
-        let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
-        qemu_io(&twin, &commands);
-        run(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "vpc",
-                "-F",
-                "vpc",
-                path_str(&path),
-                path_str(&twin),
-            ],
-        );
+        qemu_io("vpc", &twin, &qemu_commands(writes));
+        qemu_compare("vpc", &path, "vpc", &twin);
     }
 }
 
@@ -547,21 +460,15 @@ fn differencing_mapper_answers_executed_equal_the_model() {
     let dir = tempdir();
     let (child, model) = differencing(dir.path());
     let disk = open_ro(&child);
-    let mapper = VhdMapper::new(&disk).unwrap();
+    let mapper: &dyn Mapper = &*disk;
     let size = disk.logical_size();
     for _ in 0..2 {
-        let mut offset = 0;
-        for &len in SIZES.iter().cycle() {
-            if offset >= size {
-                break;
-            }
-            let len = len.min(size - offset);
-            let (bytes, _) = read_via_mapper(&mapper, offset, len);
+        for (offset, len) in pieces(size) {
+            let (bytes, _) = read_via_mapper(mapper, offset, len);
             assert!(
                 bytes[..] == model[offset as usize..(offset + len) as usize],
                 "at {offset}"
             );
-            offset += len;
         }
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use blk_core::{DiskFile, ErrorKind, HostOpenOptions, RepairMode};
+use blk_core::{DiskFile, ErrorKind, HostOpenOptions, ImageAdmin, MappedDisk, RepairMode};
 use blk_vhd::dynamic_header::DynamicHeader;
 use blk_vhd::footer::Footer;
 use blk_vhd::{Vhd, VhdOpenOptions};
@@ -38,13 +38,14 @@ fn put_bat(bytes: &mut [u8], index: usize, value: u32) {
     bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
 }
 
-fn open_bytes(dir: &Path, bytes: &[u8]) -> blk_core::Result<Vhd> {
+fn open_bytes(dir: &Path, bytes: &[u8]) -> blk_core::Result<MappedDisk<Vhd>> {
     let path = dir.join("bad.vhd");
     std::fs::write(&path, bytes).unwrap();
     Vhd::open(
         &path,
         &VhdOpenOptions::new(HostOpenOptions::default(), VhdOpener::new()),
     )
+    .map(MappedDisk::new)
 }
 
 fn expect_err(dir: &Path, bytes: &[u8], kind: ErrorKind, words: &str) -> blk_core::Error {

@@ -4,7 +4,9 @@
 
 mod common;
 
-use blk_core::{DenyNamedImages, DiskFile, ErrorKind, ExtentKind, HostOpenOptions};
+use blk_core::{
+    DenyNamedImages, DiskFile, ErrorKind, ExtentKind, HostOpenOptions, ImageAdmin, MappedDisk,
+};
 use blk_vhd::dynamic_header::DynamicHeader;
 use blk_vhd::footer::{Footer, VHD_EPOCH};
 use blk_vhd::parent::{decode_locator, PLATFORM_MACX, PLATFORM_W2KU, PLATFORM_W2RU};
@@ -331,16 +333,16 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn apply(path: &std::path::Path, slot: &mut Option<Vhd>, model: &mut [u8], op: &Op) {
+fn apply(path: &std::path::Path, slot: &mut Option<MappedDisk<Vhd>>, model: &mut [u8], op: &Op) {
     if let Op::Reopen = op {
         *slot = None;
-        *slot = Some(
+        *slot = Some(MappedDisk::new(
             Vhd::open(
                 path,
                 &VhdOpenOptions::new(HostOpenOptions::default(), VhdOpener::new()),
             )
             .unwrap(),
-        );
+        ));
         return;
     }
     let disk = slot.as_ref().unwrap();
@@ -358,7 +360,7 @@ fn apply(path: &std::path::Path, slot: &mut Option<Vhd>, model: &mut [u8], op: &
     }
 }
 
-fn open_ro_size(disk: &Option<Vhd>) -> usize {
+fn open_ro_size(disk: &Option<MappedDisk<Vhd>>) -> usize {
     disk.as_ref().unwrap().logical_size() as usize
 }
 

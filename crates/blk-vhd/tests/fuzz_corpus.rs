@@ -7,22 +7,14 @@ mod harness;
 
 #[test]
 fn vhd_corpus_replays() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/vhd");
-    let mut replayed = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        harness::vhd(&data);
-        replayed += 1;
-    }
-    assert!(replayed >= 10, "the corpus at {} is missing", dir.display());
+    blk_test_support::replay_corpus("vhd", 10, harness::vhd);
 }
 
 /// The corpus's named inputs open, or fail with the kind of error their name says.
 #[test]
 fn vhd_corpus_outcomes() {
     use blk_core::ErrorKind::*;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/vhd");
+    let dir = blk_test_support::corpus_dir("vhd");
     let expected = [
         ("dyn-small", Ok(64 << 10)),
         ("dyn-empty", Ok(64 << 10)),

@@ -7,68 +7,60 @@ mod common;
 
 use std::path::Path;
 
-use blk_core::{DiskFile, ExtentKind};
+use blk_core::{DiskFile, ExtentKind, ImageAdmin};
 use common::*;
-
-/// One step of the write pattern: qemu-io's command and what blk does.
-#[derive(Clone, Copy)]
-enum Step {
-    Pattern { offset: u64, len: u64, byte: u8 },
-    Zero { offset: u64, len: u64 },
-    Discard { offset: u64, len: u64 },
-}
 
 /// The standard pattern: aligned and unaligned writes, writes across block boundaries, zero writes over
 /// allocated and unallocated space, a discard, the last sector. Steps past `size` are dropped.
-fn steps(size: u64) -> Vec<Step> {
+fn steps(size: u64) -> Vec<WriteStep> {
     let all = [
-        Step::Pattern {
+        WriteStep::Pattern {
             offset: 0,
             len: 128 << 10,
             byte: 0xa7,
         },
-        Step::Pattern {
+        WriteStep::Pattern {
             offset: (2 << 20) - 512,
             len: 1024,
             byte: 0x5c,
         },
-        Step::Pattern {
+        WriteStep::Pattern {
             offset: 3_000_001,
             len: 777,
             byte: 0x11,
         },
-        Step::Pattern {
+        WriteStep::Pattern {
             offset: 6_295_040,
             len: 9 << 10,
             byte: 0x3e,
         },
-        Step::Zero {
+        WriteStep::Zero {
             offset: 7 << 20,
             len: 64 << 10,
         },
-        Step::Zero {
+        WriteStep::Zero {
             offset: 4096,
             len: 8192,
         },
-        Step::Pattern {
+        WriteStep::Pattern {
             offset: 8 << 20,
             len: 1 << 20,
             byte: 0x81,
         },
-        Step::Discard {
+        WriteStep::Discard {
             offset: 8_500_000 & !511,
             len: 128 << 10,
         },
-        Step::Zero {
+        WriteStep::Zero {
             offset: 8_400_000 & !511,
             len: 4096,
         },
-        Step::Pattern {
+        WriteStep::Pattern {
             offset: size.saturating_sub(512),
             len: 512,
             byte: 0xf0,
         },
-        Step::Pattern {
+        WriteStep::Pattern {
             offset: size.saturating_sub(700),
             len: 300,
             byte: 0x0f,
@@ -76,65 +68,10 @@ fn steps(size: u64) -> Vec<Step> {
     ];
     all.into_iter()
         .filter(|s| {
-            let (o, l) = match *s {
-                Step::Pattern { offset, len, .. }
-                | Step::Zero { offset, len }
-                | Step::Discard { offset, len } => (offset, len),
-            };
+            let (o, l) = s.range();
             o + l <= size
         })
         .collect()
-}
-
-fn qemu_io_args(steps: &[Step]) -> Vec<String> {
-    let mut args = Vec::new();
-    for s in steps {
-        args.push("-c".to_string());
-        args.push(match *s {
-            Step::Pattern { offset, len, byte } => format!("write -P {byte:#x} {offset} {len}"),
-            Step::Zero { offset, len } => format!("write -z {offset} {len}"),
-            Step::Discard { offset, len } => format!("discard {offset} {len}"),
-        });
-    }
-    args
-}
-
-fn replay(disk: &dyn DiskFile, steps: &[Step]) {
-    for s in steps {
-        match *s {
-            Step::Pattern { offset, len, byte } => disk
-                .write_all_at(offset, &vec![byte; len as usize])
-                .unwrap(),
-            Step::Zero { offset, len } => disk.write_zeroes(offset, len, false).unwrap(),
-            Step::Discard { offset, len } => disk.discard(offset, len).unwrap(),
-        }
-    }
-    disk.flush().unwrap();
-}
-
-fn qemu_write(path: &Path, steps: &[Step]) {
-    let mut args = vec!["-f".to_string(), "vpc".to_string()];
-    args.extend(qemu_io_args(steps));
-    args.push(path_str(path).to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run("qemu-io", &args);
-}
-
-fn qemu_raw(path: &Path, dir: &Path) -> Vec<u8> {
-    let raw = dir.join("out.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "vpc",
-            "-O",
-            "raw",
-            path_str(path),
-            path_str(&raw),
-        ],
-    );
-    std::fs::read(raw).unwrap()
 }
 
 const KINDS: &[&[(&str, &str)]] = &[
@@ -180,8 +117,8 @@ fn qemu_written_images_read_back_identical() {
             let disk = open_ro(&path);
             let steps = steps(disk.logical_size());
             drop(disk);
-            qemu_write(&path, &steps);
-            let expected = qemu_raw(&path, dir.path());
+            qemu_io("vpc", &path, &qemu_io_commands(&steps));
+            let expected = qemu_raw("vpc", &path, dir.path());
             let disk = open_ro(&path);
             assert_eq!(
                 disk.logical_size(),
@@ -274,7 +211,7 @@ fn blk_written_images_compare_equal_with_qemu() {
             let steps = steps(disk.logical_size());
             replay(&disk, &steps);
             drop(disk);
-            qemu_write(&q, &steps);
+            qemu_io("vpc", &q, &qemu_io_commands(&steps));
             let expected = dir.path().join("expected.raw");
             run(
                 "qemu-img",
@@ -288,18 +225,7 @@ fn blk_written_images_compare_equal_with_qemu() {
                     path_str(&expected),
                 ],
             );
-            run(
-                "qemu-img",
-                &[
-                    "compare",
-                    "-f",
-                    "vpc",
-                    "-F",
-                    "raw",
-                    path_str(&b),
-                    path_str(&expected),
-                ],
-            );
+            qemu_compare("vpc", &b, "raw", &expected);
             // And blk reads back what it wrote.
             let disk = open_ro(&b);
             assert!(
@@ -386,7 +312,7 @@ fn map_matches_qemu_for_dynamic_images() {
         let path = dir.path().join("m.vhd");
         qemu_create(&path, size, &[]);
         let steps = steps(open_ro(&path).logical_size());
-        qemu_write(&path, &steps);
+        qemu_io("vpc", &path, &qemu_io_commands(&steps));
         let disk = open_ro(&path);
         assert_eq!(blk_map(&disk), qemu_map(&path), "{size}");
         // The same for an image blk wrote.

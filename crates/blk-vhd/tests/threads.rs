@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use blk_core::{AsyncDiskFile, DiskFile, IoBuf, Request, RequestOp};
+use blk_core::{AsyncDiskFile, DiskFile, ImageAdmin, IoBuf, MappedDisk};
 use common::*;
 
 const SIZE: u64 = 16 << 20;
@@ -54,18 +54,7 @@ fn dynamic_disk_parallel_allocation() {
     if have_qemu() {
         let raw = dir.path().join("model.raw");
         std::fs::write(&raw, &model).unwrap();
-        run(
-            "qemu-img",
-            &[
-                "compare",
-                "-f",
-                "vpc",
-                "-F",
-                "raw",
-                path_str(&path),
-                path_str(&raw),
-            ],
-        );
+        qemu_compare("vpc", &path, "raw", &raw);
     }
 }
 
@@ -117,15 +106,7 @@ fn async_queues_share_the_image() {
                 for i in 0..8u64 {
                     let offset = (q * 8 + i) * (1 << 20);
                     let bufs = [IoBuf::from(data)];
-                    queue
-                        .submit(&[Request::new(
-                            i,
-                            RequestOp::Write {
-                                offset,
-                                bufs: &bufs,
-                            },
-                        )])
-                        .unwrap();
+                    queue.submit(&[write_request(i, offset, &bufs)]).unwrap();
                     let mut done = None;
                     while done.is_none() {
                         done = queue.next_completed_request();
@@ -153,8 +134,9 @@ fn direct_io_opens_work() {
         direct: true,
         ..blk_core::HostOpenOptions::default()
     };
-    let disk =
-        blk_vhd::Vhd::open(&path, &blk_vhd::VhdOpenOptions::new(host, VhdOpener::new())).unwrap();
+    let disk = MappedDisk::new(
+        blk_vhd::Vhd::open(&path, &blk_vhd::VhdOpenOptions::new(host, VhdOpener::new())).unwrap(),
+    );
     disk.write_all_at(777, &pattern(3, 5000)).unwrap();
     disk.write_all_at(4 << 20, &pattern(4, 65536)).unwrap();
     let mut back = vec![0u8; 5000];

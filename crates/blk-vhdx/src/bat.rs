@@ -44,6 +44,79 @@ pub fn entry(state: u64, offset: u64) -> u64 {
     (offset & !(MIB - 1)) | (state & 7)
 }
 
+/// What a payload block's BAT entry says its guest bytes are in this layer: the one classification of block
+/// states that the mapping, the slow writes, write-zeroes and the allocation status share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadBlock {
+    /// FULLY_PRESENT: the whole block at `host` in this file.
+    Present {
+        /// The block's file offset.
+        host: u64,
+    },
+    /// PARTIALLY_PRESENT: the block at `host`; its sector bitmap says which sectors are this file's (the
+    /// others are the parent's).
+    Partial {
+        /// The block's file offset.
+        host: u64,
+    },
+    /// NOT_PRESENT in a differencing image: the parent's data.
+    Parent,
+    /// NOT_PRESENT without a parent: zeros, never allocated.
+    Unallocated,
+    /// ZERO, UNDEFINED, UNMAPPED (both codes): zeros.
+    Zero,
+    /// A state no reader knows.
+    Invalid(u64),
+}
+
+impl PayloadBlock {
+    /// The classification of payload entry `entry` in an image with or without a parent.
+    pub fn of(entry: u64, has_parent: bool) -> PayloadBlock {
+        match state(entry) {
+            PAYLOAD_FULLY_PRESENT => PayloadBlock::Present {
+                host: file_offset(entry),
+            },
+            PAYLOAD_PARTIALLY_PRESENT => PayloadBlock::Partial {
+                host: file_offset(entry),
+            },
+            PAYLOAD_NOT_PRESENT if has_parent => PayloadBlock::Parent,
+            PAYLOAD_NOT_PRESENT => PayloadBlock::Unallocated,
+            PAYLOAD_UNDEFINED | PAYLOAD_ZERO | PAYLOAD_UNMAPPED | PAYLOAD_UNMAPPED_V095 => {
+                PayloadBlock::Zero
+            }
+            st => PayloadBlock::Invalid(st),
+        }
+    }
+
+    /// Whether the block reads as zeros from this layer alone.
+    pub fn reads_zero(self) -> bool {
+        matches!(self, PayloadBlock::Unallocated | PayloadBlock::Zero)
+    }
+
+    /// The host range the block holds in this file, if any.
+    pub fn host(self) -> Option<u64> {
+        match self {
+            PayloadBlock::Present { host } | PayloadBlock::Partial { host } => Some(host),
+            _ => None,
+        }
+    }
+}
+
+/// The part of a guest range that lies in one payload block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockPart {
+    /// The guest offset of the part.
+    pub guest: u64,
+    /// The payload block.
+    pub block: u64,
+    /// The block's BAT index.
+    pub index: usize,
+    /// The part's offset in the block.
+    pub in_block: u64,
+    /// The part's length.
+    pub len: u64,
+}
+
 /// The disk's shape: block size, chunk ratio, BAT size.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {
@@ -118,6 +191,30 @@ impl Geometry {
         (index + 1) % (self.chunk_ratio + 1) == 0
     }
 
+    /// The parts of the guest range `offset..offset + len` in each payload block, in order.
+    pub fn parts(&self, offset: u64, len: u64) -> impl Iterator<Item = BlockPart> {
+        let geometry = *self;
+        let end = offset.saturating_add(len);
+        let mut guest = offset;
+        std::iter::from_fn(move || {
+            if guest >= end {
+                return None;
+            }
+            let block = guest / geometry.block_size;
+            let in_block = guest % geometry.block_size;
+            let len = (geometry.block_size - in_block).min(end - guest);
+            let part = BlockPart {
+                guest,
+                block,
+                index: geometry.payload_index(block),
+                in_block,
+                len,
+            };
+            guest += len;
+            Some(part)
+        })
+    }
+
     /// The bytes of BAT the disk needs.
     pub fn bat_bytes(&self) -> u64 {
         self.bat_entries * 8
@@ -186,14 +283,10 @@ pub fn check_entries(
             }
             (st == SB_PRESENT && geometry.has_parent, MIB)
         } else {
-            match st {
-                PAYLOAD_NOT_PRESENT
-                | PAYLOAD_UNDEFINED
-                | PAYLOAD_ZERO
-                | PAYLOAD_UNMAPPED
-                | PAYLOAD_UNMAPPED_V095 => (false, 0),
-                PAYLOAD_FULLY_PRESENT => (true, geometry.block_size),
-                PAYLOAD_PARTIALLY_PRESENT if geometry.has_parent => {
+            match PayloadBlock::of(e, geometry.has_parent) {
+                PayloadBlock::Parent | PayloadBlock::Unallocated | PayloadBlock::Zero => (false, 0),
+                PayloadBlock::Present { .. } => (true, geometry.block_size),
+                PayloadBlock::Partial { .. } if geometry.has_parent => {
                     let chunk = (index as u64) / (geometry.chunk_ratio + 1);
                     let sb = bat.get(geometry.bitmap_index(chunk)).copied().unwrap_or(0);
                     if state(sb) != SB_PRESENT {
@@ -201,7 +294,7 @@ pub fn check_entries(
                     }
                     (true, geometry.block_size)
                 }
-                _ => {
+                PayloadBlock::Partial { .. } | PayloadBlock::Invalid(_) => {
                     problems.push(BatProblem {
                         index,
                         message: format!("BAT entry {index} has the invalid state {st}"),

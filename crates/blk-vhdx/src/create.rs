@@ -14,9 +14,10 @@ use crate::guid::Guid;
 use crate::header::{RawHeader, FILE_SIGNATURE, HEADER_OFFSETS, HEADER_SECTION_END, MIB};
 use crate::metadata::{build_metadata, DiskParameters, HAS_PARENT, LEAVE_BLOCKS_ALLOCATED};
 use crate::options::{Subformat, VhdxCreateOptions};
+use crate::parent::read_data_write_guid;
 use crate::parent_locator::ParentLocator;
 use crate::region::{build_table, Region, REGION_TABLE_OFFSETS};
-use crate::vhdx::{read_data_write_guid, Vhdx};
+use crate::vhdx::Vhdx;
 use crate::FORMAT_NAME;
 
 /// What the parent of a new differencing image gives it.

@@ -2,7 +2,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use blk_core::{DenyNamedImages, DiskFile, HostOpenOptions};
+//! use blk_core::{DenyNamedImages, DiskFile, HostOpenOptions, ImageAdmin, MappedDisk};
 //! use blk_vhdx::{Vhdx, VhdxCreateOptions, VhdxOpenOptions};
 //!
 //! # fn main() -> blk_core::Result<()> {
@@ -10,7 +10,8 @@
 //! let path = dir.path().join("disk.vhdx");
 //! let create = VhdxCreateOptions::from_key_values(Some(64 << 20), &[])?;
 //! Vhdx::create(&path, &create, &DenyNamedImages)?;
-//! let disk = Vhdx::open(&path, &VhdxOpenOptions::new(HostOpenOptions::default(), Arc::new(DenyNamedImages)))?;
+//! let options = VhdxOpenOptions::new(HostOpenOptions::default(), Arc::new(DenyNamedImages));
+//! let disk = MappedDisk::new(Vhdx::open(&path, &options)?);
 //! disk.write_all_at(4096, b"hello")?;
 //! let mut back = [0u8; 5];
 //! disk.read_exact_at(4096, &mut back)?;
@@ -25,12 +26,14 @@
 //! | `header` | file identifier, the two headers, choosing and updating them (2.2.1, 2.2.2) |
 //! | `region` | the region table (2.2.3) |
 //! | `metadata`, `parent_locator` | the metadata region and its items (2.6) |
-//! | `bat` | BAT entries, geometry (chunk ratio, interleaving), BAT checks (2.4, 2.5) |
+//! | `bat` | BAT entries and what a payload block's state means, geometry (chunk ratio, interleaving), BAT checks (2.4, 2.5) |
 //! | `log_format`, `log_replay`, `log_writer` | log entries, finding and replaying the active sequence, logged updates (2.3) |
-//! | `vhdx` | [`Vhdx`]: open, shared state, parent |
-//! | `io` | guest reads, writes, allocation, write-zeroes and discard |
-//! | `vhdx_async` | [`VhdxMapper`], [`VhdxAsync`]: the asynchronous path (host ranges and zeros from the cached BAT, the rest slow) |
-//! | `disk_file`, `info` | [`blk_core::DiskFile`], info, check, allocation status |
+//! | `vhdx` | [`Vhdx`]: opening an image |
+//! | `shared`, `parent` | the state every handle shares and the metadata updates made through it; the differencing parent |
+//! | `mapper` | the one translation: [`blk_core::Mapper`] for [`Vhdx`] (host ranges, zeros, the parent, sector bitmaps) |
+//! | `slow_write` | slow writes: the data write GUID, allocation and promotion, write-zeroes and discard |
+//! | `admin` | [`blk_core::ImageAdmin`]: info, check |
+//! | `descriptor` | [`FORMAT`]: vhdx's registration with the factory (probe, open, create) |
 //! | `create`, [`options`] | [`Vhdx::create`], [`VhdxCreateOptions`], [`VhdxOpenOptions`], [`CREATE_OPTIONS`] |
 //! | `guid`, `checksum`, `error` | GUIDs, CRC-32C, error constructors |
 //!
@@ -44,21 +47,14 @@
 //!
 //! # Locking
 //!
-//! Handles from `try_clone` share one `Arc`'d state. The BAT sits behind an `RwLock`, taken for reading only
-//! long enough to copy an entry, never across I/O: reads and in-place writes of present blocks run in parallel.
-//! A `Mutex` (`meta`) serializes metadata changes: headers, the log, allocation at the end of the file and the
-//! set of blocks being allocated. Lock order: `meta`, then the BAT's write lock (held only to store entries).
-//! An allocating write reserves its block under `meta`, releases it while writing and flushing the block's data,
-//! then retakes it to log the BAT entry; other writers to that block wait on a condition variable.
-//!
-//! The asynchronous path ([`VhdxAsync`]) adds no lock: [`VhdxMapper`] takes the BAT's read lock once per request
-//! to copy the entries it needs and releases it before the queue submits any I/O. It maps only reads of fully
-//! present blocks and of blocks that read as zeros, and in-place writes to fully present blocks once the
-//! session's data write GUID is written; everything that changes metadata (allocation, BAT states, the log,
-//! headers), reads of the parent or of partially present blocks, flush, write-zeroes and discard run through the
-//! synchronous path above, which stays the only writer of metadata, so the crash-safety order and the lock order
-//! are unchanged. Queues do host I/O on the backend set with [`Vhdx::set_io_backend`] (default: blk-core's
-//! `SyncHostBackend`).
+//! Handles from `duplicate` share one `Arc`'d state. The BAT sits behind an `RwLock`, taken for reading only
+//! long enough to copy entries (once per request in the mapping), never across I/O: reads and in-place writes
+//! of present blocks run in parallel, on the calling thread or on blk-core's queues. A `Mutex` (`meta`)
+//! serializes metadata changes: headers, the log, allocation at the end of the file and the set of blocks being
+//! allocated. Lock order: `meta`, then the BAT's write lock (held only to store entries). An allocating write
+//! reserves its block under `meta`, releases it while writing and flushing the block's data, then retakes it to
+//! log the BAT entry; other writers to that block wait on a condition variable. Only the slow writes change
+//! metadata, so the crash-safety order and the lock order hold on every path.
 //!
 //! # Limits
 //!
@@ -71,29 +67,32 @@
 //!   QEMU ignores such a log).
 //! - `map` mirrors qemu-img (all data, no offsets: QEMU's vhdx has no block status); [`Vhdx::allocation`] gives
 //!   the real status.
+//! - Host ranges past the end of the file read as zeros (as QEMU's file driver reads them).
 
+mod admin;
 mod bat;
 mod checksum;
 mod create;
-mod disk_file;
+mod descriptor;
 mod error;
 mod guid;
 mod header;
-mod info;
-mod io;
 mod log_format;
 mod log_replay;
 mod log_writer;
+mod mapper;
 mod metadata;
 pub mod options;
+mod parent;
 mod parent_locator;
 mod region;
+mod shared;
+mod slow_write;
 mod vhdx;
-mod vhdx_async;
 
+pub use descriptor::FORMAT;
 pub use options::{Subformat, VhdxCreateOptions, VhdxOpenOptions, CREATE_OPTIONS};
 pub use vhdx::Vhdx;
-pub use vhdx_async::{VhdxAsync, VhdxMapper};
 
 /// The format's name, as qemu-img spells it.
 pub const FORMAT_NAME: &str = "vhdx";

@@ -18,7 +18,7 @@ pub struct VhdxOpenOptions {
     pub host: HostOpenOptions,
     /// Opens a differencing image's parent (read-only, format `vhdx`); the default refuses.
     pub opener: Arc<dyn ImageOpener>,
-    /// Open for `check`: BAT problems are reported by [`DiskFile::check`](blk_core::DiskFile::check) instead of
+    /// Open for `check`: BAT problems are reported by [`ImageAdmin::check`](blk_core::ImageAdmin::check) instead of
     /// failing the open (QEMU's `BDRV_O_CHECK`). Default off.
     pub check_mode: bool,
     /// How deep in a differencing chain this image sits (0 for the image the user named).

@@ -1,52 +1,63 @@
-//! The asynchronous path ([`VhdxAsync`], [`VhdxMapper`]) against the synchronous one and QEMU: reads of images
-//! qemu-img and qemu-io made (dynamic, fixed, 4 KiB sectors, differencing), writes compared with qemu-io's
-//! result of the same writes, per-request errors (corrupt BAT entries, past the end), and the mapper's answers.
+//! The asynchronous path (queues of a [`MappedDisk`] of [`Vhdx`], and its mapper's answers) against the synchronous
+//! one and QEMU: reads of images qemu-img and qemu-io made (dynamic, fixed, 4 KiB sectors, differencing), writes
+//! compared with qemu-io's result of the same writes, per-request errors (corrupt BAT entries, past the end), and
+//! the mapper's answers.
 
-mod async_support;
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_support::*;
 use blk_core::{
-    AsyncDiskFile, AsyncIo, AsyncMapper, DiskFile, ErrorKind, HostOpenOptions, IoBuf, Mapped,
-    ReadMapping, Request, RequestOp, SyncHostBackend,
+    AsyncDiskFile, AsyncIo, DiskFile, ErrorKind, ImageAdmin, IoBuf, MappedDisk, MappedQueue,
+    Mapper, ReadMapping, SyncHostBackend,
 };
-use blk_vhdx::{Vhdx, VhdxAsync, VhdxCreateOptions, VhdxMapper, VhdxOpenOptions};
+use blk_vhdx::{Vhdx, VhdxCreateOptions, VhdxOpenOptions};
 use common::*;
 
 const SIZE: u64 = 24 << 20;
 
-/// Data written into the images (1 MiB blocks): scattered, partial blocks, holes left; `None` writes zeros.
-const BASE_WRITES: &[(u64, Option<u8>, u64)] = &[
-    (0, Some(0xa7), 128 << 10),
-    (1 << 20, Some(0x5c), 64 << 10),
-    (1 << 20, None, 4096),
-    (3_000_000, Some(0x11), 70000),
-    (9 << 20, Some(0x22), 4096),
-    (12 << 20, Some(0x33), 2 << 20),
-    (23 << 20, Some(0x44), 1 << 20),
+/// Data written into the images (1 MiB blocks): scattered, partial blocks, holes left, zeros.
+const BASE_WRITES: &[WriteStep] = &[
+    WriteStep::Pattern {
+        offset: 0,
+        len: 128 << 10,
+        byte: 0xa7,
+    },
+    WriteStep::Pattern {
+        offset: 1 << 20,
+        len: 64 << 10,
+        byte: 0x5c,
+    },
+    WriteStep::Zero {
+        offset: 1 << 20,
+        len: 4096,
+    },
+    WriteStep::Pattern {
+        offset: 3_000_000,
+        len: 70000,
+        byte: 0x11,
+    },
+    WriteStep::Pattern {
+        offset: 9 << 20,
+        len: 4096,
+        byte: 0x22,
+    },
+    WriteStep::Pattern {
+        offset: 12 << 20,
+        len: 2 << 20,
+        byte: 0x33,
+    },
+    WriteStep::Pattern {
+        offset: 23 << 20,
+        len: 1 << 20,
+        byte: 0x44,
+    },
 ];
-
-/// [`BASE_WRITES`] as qemu-io commands.
-fn base_commands() -> Vec<String> {
-    BASE_WRITES
-        .iter()
-        .map(|&(o, b, l)| match b {
-            Some(b) => format!("write -P {b:#x} {o} {l}"),
-            None => format!("write -z {o} {l}"),
-        })
-        .collect()
-}
 
 /// What a disk holds after [`BASE_WRITES`].
 fn base_model() -> Vec<u8> {
-    let mut model = vec![0u8; SIZE as usize];
-    for &(o, b, l) in BASE_WRITES {
-        model[o as usize..(o + l) as usize].fill(b.unwrap_or(0));
-    }
-    model
+    model(SIZE, BASE_WRITES)
 }
 
 /// Writes done through the queue and by qemu-io: in present blocks (aligned, unaligned, across two), into
@@ -71,11 +82,8 @@ fn image(dir: &Path, kind: &str) -> PathBuf {
         options.logical_sector_size = 4096;
         Vhdx::create(&path, &options, &VhdxOpener).unwrap();
         let disk = open(&path, false).unwrap();
-        for &(o, b, l) in BASE_WRITES {
-            match b {
-                Some(b) => disk.write_all_at(o, &vec![b; l as usize]).unwrap(),
-                None => disk.write_zeroes(o, l, false).unwrap(),
-            }
+        for step in BASE_WRITES {
+            step.apply(&disk);
         }
         return path;
     }
@@ -87,11 +95,9 @@ fn image(dir: &Path, kind: &str) -> PathBuf {
     };
     run(
         "qemu-img",
-        &["create", "-f", "vhdx", "-o", &o, p(&path), "24M"],
+        &["create", "-f", "vhdx", "-o", &o, path_str(&path), "24M"],
     );
-    let commands = base_commands();
-    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
-    qemu_io(&path, &commands);
+    qemu_io("vhdx", &path, &qemu_io_commands(BASE_WRITES));
     path
 }
 
@@ -100,7 +106,7 @@ fn expected(path: &Path, kind: &str, dir: &Path) -> Vec<u8> {
     if kind == "4k" {
         return base_model();
     }
-    let raw = qemu_raw(path, dir);
+    let raw = qemu_raw("vhdx", path, dir);
     assert!(raw == base_model());
     raw
 }
@@ -116,10 +122,7 @@ fn assert_same(kind: &str, path: &Path, twin: &Path) {
         return;
     }
     qemu_check(path);
-    run(
-        "qemu-img",
-        &["compare", "-f", "vhdx", "-F", "vhdx", p(path), p(twin)],
-    );
+    qemu_compare("vhdx", path, "vhdx", twin);
 }
 
 /// Applies [`WRITES`] to `path` through blk's synchronous path, or qemu-io when QEMU opens the image.
@@ -132,27 +135,15 @@ fn twin_writes(kind: &str, twin: &Path) {
         }
         return;
     }
-    let commands = qemu_commands(WRITES);
-    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
-    qemu_io(twin, &commands);
-}
-
-fn have_qemu() -> bool {
-    std::process::Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok()
+    qemu_io("vhdx", twin, &qemu_commands(WRITES));
 }
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("blk-vhdx-async")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
+    target_tempdir!("blk-vhdx-async")
 }
 
 fn qemu_check(path: &Path) {
-    run("qemu-img", &["check", "-f", "vhdx", p(path)]);
+    run("qemu-img", &["check", "-f", "vhdx", path_str(path)]);
 }
 
 #[test]
@@ -175,10 +166,10 @@ fn reads_equal_the_sync_path_and_qemu() {
         );
         assert!(read_all(&disk) == expected, "{kind}");
         // The mapper's answers, executed directly, read the same; present blocks and holes are fast.
-        let mapper = VhdxMapper::new(&disk).unwrap();
+        let mapper: &Vhdx = &disk;
         let mut fast = 0;
         for (offset, len) in pieces(SIZE) {
-            let (bytes, mapped) = read_via_mapper(&mapper, offset, len);
+            let (bytes, mapped) = read_via_mapper(mapper, offset, len);
             fast += usize::from(mapped == Mapped::Fast);
             let want = &expected[offset as usize..(offset + len) as usize];
             assert!(bytes[..] == *want, "{kind} at {offset}");
@@ -223,16 +214,12 @@ fn differencing_reads_and_writes_equal_the_sync_path() {
         let disk = open(&child, true).unwrap();
         let mut queue = disk.create_async_io(DEPTH).unwrap();
         assert!(read_through(queue.as_mut(), SIZE, arena(SIZE)) == model);
-        let mapper = VhdxMapper::new(&disk).unwrap();
-        let mut reads = Vec::new();
+        let mapper: &Vhdx = &disk;
         // Block 2 is present in the child; block 0 only in the parent.
-        assert_eq!(
-            mapper.map_read(2 << 20, 4096, &mut reads).unwrap(),
-            Mapped::Fast
-        );
-        assert_eq!(mapper.map_read(0, 4096, &mut reads).unwrap(), Mapped::Slow);
+        assert_eq!(read_via_mapper(mapper, 2 << 20, 4096).1, Mapped::Fast);
+        assert_eq!(read_via_mapper(mapper, 0, 4096).1, Mapped::Slow);
         for (offset, len) in pieces(SIZE) {
-            let (bytes, _) = read_via_mapper(&mapper, offset, len);
+            let (bytes, _) = read_via_mapper(mapper, offset, len);
             assert!(bytes[..] == model[offset as usize..(offset + len) as usize]);
         }
     }
@@ -291,10 +278,10 @@ fn mapper_answers_executed_equal_qemu_io() {
         std::fs::copy(&path, &twin).unwrap();
         {
             let disk = open(&path, false).unwrap();
-            let mapper = VhdxMapper::new(&disk).unwrap();
+            let mapper: &Vhdx = &disk;
             let mut answers = Vec::new();
             for &(offset, byte, len) in WRITES {
-                answers.push(write_via_mapper(&mapper, offset, &vec![byte; len as usize]));
+                answers.push(write_via_mapper(mapper, offset, &vec![byte; len as usize]));
             }
             // The first write is slow (data write GUID); then present blocks are written in place.
             let expected_fast: &[bool] = if kind == "fixed" {
@@ -304,7 +291,7 @@ fn mapper_answers_executed_equal_qemu_io() {
             };
             let fast: Vec<bool> = answers.iter().map(|&m| m == Mapped::Fast).collect();
             assert_eq!(fast, expected_fast, "{kind}");
-            mapper.disk().flush().unwrap();
+            disk.flush().unwrap();
         }
         twin_writes(kind, &twin);
         assert_same(kind, &path, &twin);
@@ -319,30 +306,26 @@ fn mapper_merges_and_refuses() {
     let dir = tempdir();
     let path = image(dir.path(), "fixed");
     let disk = open(&path, false).unwrap();
-    let mapper = VhdxMapper::new(&disk).unwrap();
+    let mapper: &Vhdx = &disk;
     assert_eq!(mapper.host_files().len(), 1);
     let mut reads = Vec::new();
     // A fixed image's blocks lie back to back: one host range for many blocks.
-    assert_eq!(
-        mapper.map_read(100, 5 << 20, &mut reads).unwrap(),
-        Mapped::Fast
-    );
+    assert_eq!(read_via_mapper(mapper, 100, 5 << 20).1, Mapped::Fast);
+    mapper.map_read(100, 5 << 20, &mut reads).unwrap();
     assert_eq!(reads.len(), 1, "{reads:?}");
     let err = mapper.map_read(SIZE - 512, 1024, &mut reads).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::OutOfBounds);
     let mut writes = Vec::new();
     assert!(mapper.map_write(SIZE, 1, &mut writes).is_err());
-    drop((mapper, disk));
+    drop(disk);
 
     let dynamic = image(dir.path(), "dynamic");
     let disk = open(&dynamic, true).unwrap();
-    let mapper = VhdxMapper::new(&disk).unwrap();
+    let mapper: &Vhdx = &disk;
     reads.clear();
     // Holes (ZERO blocks as qemu-img makes them) merge into one zero piece.
-    assert_eq!(
-        mapper.map_read(4 << 20, 4 << 20, &mut reads).unwrap(),
-        Mapped::Fast
-    );
+    assert_eq!(read_via_mapper(mapper, 4 << 20, 4 << 20).1, Mapped::Fast);
+    mapper.map_read(4 << 20, 4 << 20, &mut reads).unwrap();
     assert_eq!(reads, [ReadMapping::Zero { len: 4 << 20 }]);
     let err = mapper.map_write(0, 512, &mut writes).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ReadOnly);
@@ -381,25 +364,19 @@ fn bad_requests_fail_alone_and_the_queue_keeps_working() {
         open(&path, true).unwrap_err().kind(),
         ErrorKind::CorruptImage
     );
-    let mut options = VhdxOpenOptions::new(
-        HostOpenOptions {
-            read_only: true,
-            ..HostOpenOptions::default()
-        },
-        Arc::new(VhdxOpener),
-    );
+    let mut options = VhdxOpenOptions::new(ro(), Arc::new(VhdxOpener));
     options.check_mode = true;
-    let disk = Vhdx::open(&path, &options).unwrap();
+    let disk = MappedDisk::new(Vhdx::open(&path, &options).unwrap());
 
     // The mapper fails exactly as the synchronous reader does.
-    let mapper = VhdxMapper::new(&disk).unwrap();
+    let mapper: &Vhdx = &disk;
     let sync_err = disk.read_exact_at(2 << 20, &mut [0u8; 512]).unwrap_err();
     let async_err = mapper.map_read(2 << 20, 512, &mut Vec::new()).unwrap_err();
     assert_eq!(async_err.kind(), ErrorKind::CorruptImage);
     assert_eq!(async_err.to_string(), sync_err.to_string());
 
     let arena = arena(SIZE);
-    let mut queue = VhdxAsync::new(&disk, &SyncHostBackend, DEPTH).unwrap();
+    let mut queue = MappedQueue::new(disk.image().clone(), &SyncHostBackend, DEPTH).unwrap();
     let good = [arena.subslice(0, 4096).unwrap()];
     let bad = [arena.subslice(2 << 20, 4096).unwrap()];
     let tail = [arena.subslice(4096, 1024).unwrap()];
@@ -407,41 +384,11 @@ fn bad_requests_fail_alone_and_the_queue_keeps_working() {
     let wbufs = [IoBuf::from(data)];
     queue
         .submit(&[
-            Request::new(
-                1,
-                RequestOp::Read {
-                    offset: 0,
-                    bufs: &good,
-                },
-            ),
-            Request::new(
-                2,
-                RequestOp::Read {
-                    offset: 2 << 20,
-                    bufs: &bad,
-                },
-            ),
-            Request::new(
-                3,
-                RequestOp::Read {
-                    offset: SIZE - 512,
-                    bufs: &tail,
-                },
-            ),
-            Request::new(
-                4,
-                RequestOp::Write {
-                    offset: 0,
-                    bufs: &wbufs,
-                },
-            ),
-            Request::new(
-                5,
-                RequestOp::Read {
-                    offset: 12 << 20,
-                    bufs: &tail,
-                },
-            ),
+            read_request(1, 0, &good),
+            read_request(2, 2 << 20, &bad),
+            read_request(3, SIZE - 512, &tail),
+            write_request(4, 0, &wbufs),
+            read_request(5, 12 << 20, &tail),
         ])
         .unwrap();
     let mut done = reap(&mut queue, 5);
@@ -476,20 +423,5 @@ fn clones_keep_the_backend() {
     disk.set_io_backend(Arc::new(SyncHostBackend));
     assert_eq!(disk.io_backend().name(), "sync");
     let clone = disk.try_clone_async().unwrap();
-    let mut queue = clone.create_async_io(4).unwrap();
-    let data: &'static [u8] = Box::leak(vec![9u8; 512].into_boxed_slice());
-    let bufs = [IoBuf::from(data)];
-    queue
-        .submit(&[Request::new(
-            7,
-            RequestOp::Write {
-                offset: 0,
-                bufs: &bufs,
-            },
-        )])
-        .unwrap();
-    assert_eq!(reap(queue.as_mut(), 1)[0].result.as_ref().unwrap(), &512);
-    let mut back = [0u8; 512];
-    disk.read_exact_at(0, &mut back).unwrap();
-    assert_eq!(back, [9u8; 512]);
+    assert_queue_write_reads_back(clone.as_ref(), &disk);
 }

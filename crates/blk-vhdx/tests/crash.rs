@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use blk_core::{DiskFile, RepairMode};
+use blk_core::{DiskFile, ImageAdmin, RepairMode};
 use common::*;
 
 const ENV_IMAGE: &str = "BLK_VHDX_CRASH_WRITER_IMAGE";
@@ -91,7 +91,10 @@ fn killed_writer_loses_no_flushed_write() {
         // qemu-img check -r all on a copy replays whatever log is left and finds no corruption.
         let copy = dir.path().join("copy.vhdx");
         std::fs::copy(&image, &copy).unwrap();
-        let (code, out) = run_status("qemu-img", &["check", "-r", "all", "-f", "vhdx", p(&copy)]);
+        let (code, out) = run_status(
+            "qemu-img",
+            &["check", "-r", "all", "-f", "vhdx", path_str(&copy)],
+        );
         assert_eq!(code, 0, "round {round}: {out}");
         // blk replays (writable open), finds no corruption, and every acknowledged write is there.
         let disk = open(&image, false).unwrap();

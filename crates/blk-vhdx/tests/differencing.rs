@@ -3,7 +3,7 @@
 
 mod common;
 
-use blk_core::{DiskFile, ErrorKind};
+use blk_core::{DiskFile, ErrorKind, ImageAdmin};
 use common::*;
 use proptest::prelude::*;
 

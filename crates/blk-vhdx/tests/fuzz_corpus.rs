@@ -7,13 +7,5 @@ mod harness;
 
 #[test]
 fn vhdx_corpus_replays() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/vhdx");
-    let mut replayed = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        harness::vhdx(&data);
-        replayed += 1;
-    }
-    assert!(replayed >= 10, "the corpus at {} is missing", dir.display());
+    blk_test_support::replay_corpus("vhdx", 10, harness::vhdx);
 }

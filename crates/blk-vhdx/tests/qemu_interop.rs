@@ -2,7 +2,7 @@
 
 mod common;
 
-use blk_core::{DiskFile, ErrorKind, RepairMode};
+use blk_core::{DiskFile, ErrorKind, ImageAdmin, RepairMode};
 use common::*;
 
 #[test]
@@ -22,10 +22,10 @@ fn qemu_made_images_read_back_identical() {
         if !opts.is_empty() {
             args.extend(["-o", opts]);
         }
-        args.extend([p(&image), "64M"]);
+        args.extend([path_str(&image), "64M"]);
         run("qemu-img", &args);
-        qemu_io(&image, PATTERN);
-        let expected = qemu_raw(&image, dir.path());
+        qemu_io("vhdx", &image, PATTERN);
+        let expected = qemu_raw("vhdx", &image, dir.path());
         let disk = open(&image, true).unwrap();
         assert!(
             read_all(&disk) == expected,
@@ -60,9 +60,9 @@ fn blk_written_images_pass_qemu_check_and_compare() {
         if !joined.is_empty() {
             args.extend(["-o", joined.as_str()]);
         }
-        args.extend([p(&theirs), "64M"]);
+        args.extend([path_str(&theirs), "64M"]);
         run("qemu-img", &args);
-        run("qemu-img", &["check", "-f", "vhdx", p(&ours)]);
+        run("qemu-img", &["check", "-f", "vhdx", path_str(&ours)]);
         {
             let disk = open(&ours, false).unwrap();
             disk.write_all_at(0, &vec![0xa7; 128 << 10]).unwrap();
@@ -82,15 +82,23 @@ fn blk_written_images_pass_qemu_check_and_compare() {
             .copied()
             .filter(|c| !c.starts_with("discard"))
             .collect();
-        qemu_io(&theirs, &pattern);
-        run("qemu-img", &["check", "-f", "vhdx", p(&ours)]);
+        qemu_io("vhdx", &theirs, &pattern);
+        run("qemu-img", &["check", "-f", "vhdx", path_str(&ours)]);
         let (code, out) = run_status(
             "qemu-img",
-            &["compare", "-f", "vhdx", "-F", "vhdx", p(&ours), p(&theirs)],
+            &[
+                "compare",
+                "-f",
+                "vhdx",
+                "-F",
+                "vhdx",
+                path_str(&ours),
+                path_str(&theirs),
+            ],
         );
         assert_eq!(code, 0, "{name}: {out}");
         // And blk reads what QEMU reads.
-        let expected = qemu_raw(&ours, dir.path());
+        let expected = qemu_raw("vhdx", &ours, dir.path());
         assert!(read_all(&open(&ours, true).unwrap()) == expected);
         // Discard of a whole block and of a partial range: zeros, and the image stays consistent.
         {
@@ -105,8 +113,8 @@ fn blk_written_images_pass_qemu_check_and_compare() {
             disk.read_exact_at((63 << 20) + 4096, &mut small).unwrap();
             assert!(small.iter().all(|&b| b == 0));
         }
-        run("qemu-img", &["check", "-f", "vhdx", p(&ours)]);
-        let expected = qemu_raw(&ours, dir.path());
+        run("qemu-img", &["check", "-f", "vhdx", path_str(&ours)]);
+        let expected = qemu_raw("vhdx", &ours, dir.path());
         assert!(read_all(&open(&ours, true).unwrap()) == expected);
     }
 }
@@ -124,7 +132,7 @@ fn qemu_abort_leaves_a_clean_log_and_blk_replays_its_own() {
             "vhdx",
             "-o",
             "block_size=1M",
-            p(&image),
+            path_str(&image),
             "16M",
         ],
     );
@@ -139,7 +147,7 @@ fn qemu_abort_leaves_a_clean_log_and_blk_replays_its_own() {
             "write -P 0xab 0 1M",
             "-c",
             "abort",
-            p(&image),
+            path_str(&image),
         ],
     );
     let bytes = std::fs::read(&image).unwrap();
@@ -158,9 +166,9 @@ fn create_matches_qemu_layout_and_info() {
     create(&ours, 200 << 30, &[]);
     let info = run(
         "qemu-img",
-        &["info", "--output=json", "-f", "vhdx", p(&ours)],
+        &["info", "--output=json", "-f", "vhdx", path_str(&ours)],
     );
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["virtual-size"], 200u64 << 30);
     assert_eq!(info["cluster-size"], 32u64 << 20);
     let disk = open(&ours, true).unwrap();
@@ -174,7 +182,7 @@ fn create_matches_qemu_layout_and_info() {
     assert_eq!(&rt[..4], b"regi");
     assert_eq!(u64::from_le_bytes(rt[32..40].try_into().unwrap()), 2 << 20);
     assert_eq!(u64::from_le_bytes(rt[64..72].try_into().unwrap()), 3 << 20);
-    let (code, _) = run_status("qemu-img", &["check", "-f", "vhdx", p(&ours)]);
+    let (code, _) = run_status("qemu-img", &["check", "-f", "vhdx", path_str(&ours)]);
     assert_eq!(code, 0);
 }
 
@@ -197,7 +205,10 @@ fn read_only_open_of_dirty_log_fails_and_writable_replays_and_qemu_agrees() {
     // qemu-img check -r all on a copy replays our log.
     let copy = dir.path().join("copy.vhdx");
     std::fs::copy(&image, &copy).unwrap();
-    let (code, out) = run_status("qemu-img", &["check", "-r", "all", "-f", "vhdx", p(&copy)]);
+    let (code, out) = run_status(
+        "qemu-img",
+        &["check", "-r", "all", "-f", "vhdx", path_str(&copy)],
+    );
     assert_eq!(code, 0, "{out}");
     let mut buf = vec![0u8; 4096];
     open(&copy, true)
@@ -236,8 +247,8 @@ fn threads_on_cloned_handles_allocate_the_same_blocks_safely() {
         }
     });
     drop(disk);
-    run("qemu-img", &["check", "-f", "vhdx", p(&image)]);
-    let raw = qemu_raw(&image, dir.path());
+    run("qemu-img", &["check", "-f", "vhdx", path_str(&image)]);
+    let raw = qemu_raw("vhdx", &image, dir.path());
     for block in 0..32usize {
         for t in 0..4usize {
             let at = block * (1 << 20) + t * 4096;

@@ -1,27 +1,23 @@
 //! Helpers shared by the integration tests: the backend (or a skip), buffers the kernel may fill after the
-//! borrow checker has forgotten them, and waiting for completions.
+//! borrow checker has forgotten them, and waiting for completions; and, for every test, the workspace's
+//! shared test support.
 
 #![allow(dead_code)]
+
+#[allow(unused_imports)]
+pub use blk_test_support::*;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blk_aio::AioBackend;
 use blk_core::{
-    ErrorKind, HostCompletion, HostFile, HostOpenOptions, HostQueue, HostQueueBackend, IoBuf,
-    IoBufMut,
+    HostCompletion, HostFile, HostOpenOptions, HostQueue, HostQueueBackend, IoBuf, IoBufMut,
 };
 
 /// The backend, or `None` (the test returns early) where the kernel has no AIO.
 pub fn backend() -> Option<AioBackend> {
-    match AioBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) if e.kind() == ErrorKind::Unsupported => {
-            eprintln!("skipping: {e}");
-            None
-        }
-        Err(e) => panic!("unexpected probe failure: {e}"),
-    }
+    unless_unsupported(AioBackend::new())
 }
 
 /// A queue of `depth` over `files`.

@@ -1,4 +1,4 @@
-//! Linux system calls: positioned vectored I/O, fallocate, SEEK_DATA/SEEK_HOLE, OFD locks, statx and
+//! Linux system calls: positioned vectored I/O, file status flags (O_DIRECT), fallocate, SEEK_DATA/SEEK_HOLE, OFD locks, statx and
 //! block-device ioctls.
 
 use std::io;
@@ -49,6 +49,21 @@ pub(crate) fn pwritev(fd: BorrowedFd<'_>, bufs: &[IoBuf<'_>], offset: u64) -> io
     } else {
         Ok(n as usize)
     }
+}
+
+/// Adds `flags` (e.g. `O_DIRECT`) to the file status flags of the open file description (`fcntl(2)`
+/// `F_GETFL`, then `F_SETFL`).
+pub(crate) fn add_status_flags(fd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no argument and returns the flags as a plain integer, on a descriptor we borrow.
+    let current = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if current < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL takes the flags as a plain integer; no memory is passed.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, current | flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `fallocate(2)` with `mode` over `len` bytes at `offset`.

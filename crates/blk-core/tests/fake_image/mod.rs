@@ -1,15 +1,16 @@
 //! A fake cluster-mapped image over a temporary host file, for testing `MappedQueue`: clusters are
-//! unallocated, zero, or at a host offset; some clusters always answer `Mapped::Slow`; writes into unallocated
-//! clusters are `Allocated` pieces (fresh host clusters from a bump allocator, never reused, so they read as
-//! zeros), linked in `finish_allocation`, which counts how often each link is finished.
+//! unallocated, zero, or at a host offset; some clusters ("slow" ones) are read through another disk (a
+//! `DiskFile` reading the same image its own way) and written as `WriteMapping::Slow` pieces; writes into
+//! unallocated clusters are `Allocated` pieces (fresh host clusters from a bump allocator, never reused, so
+//! they read as zeros), linked in `finish_allocation`, which counts how often each link is finished.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use blk_core::{
-    check_range, AllocationLink, AsyncMapper, DiskFile, DiskTopology, Error, ErrorKind, HostFile,
-    ImageInfo, IoBuf, IoBufMut, Mapped, ReadMapping, Result, WriteMapping,
+    check_range, AllocationLink, DiskFile, DiskTopology, Error, ErrorKind, HostFile, IoBuf,
+    IoBufMut, Mapper, ReadMapping, Result, WriteMapping,
 };
 
 pub const CLUSTER: u64 = 4096;
@@ -93,6 +94,11 @@ impl FakeMapper {
     pub fn shared(&self) -> &Shared {
         &self.disk.shared
     }
+
+    /// The image read and written through the fake's own byte-level code (what slow pieces use).
+    pub fn fake_disk(&self) -> &dyn DiskFile {
+        &self.disk
+    }
 }
 
 impl Shared {
@@ -112,8 +118,8 @@ impl Shared {
         self.meta.lock().unwrap().issued.len()
     }
 
-    fn slow(&self, offset: u64, len: u64) -> bool {
-        self.slow_clusters && clusters(offset, len).any(|(i, _, _)| i % 5 == 2)
+    fn slow(&self, cluster: u64) -> bool {
+        self.slow_clusters && cluster % 5 == 2
     }
 }
 
@@ -133,22 +139,48 @@ fn clusters(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
     })
 }
 
-impl AsyncMapper for FakeMapper {
-    fn disk(&self) -> &dyn DiskFile {
-        &self.disk
+impl Mapper for FakeMapper {
+    fn format_name(&self) -> &'static str {
+        "fake"
     }
 
-    fn host_files(&self) -> Vec<&HostFile> {
-        vec![&self.disk.file]
+    fn logical_size(&self) -> u64 {
+        SIZE
     }
 
-    fn map_read(&self, offset: u64, len: u64, out: &mut Vec<ReadMapping>) -> Result<Mapped> {
+    fn host_files(&self) -> &[HostFile] {
+        std::slice::from_ref(&self.disk.file)
+    }
+
+    fn duplicate(&self) -> Result<Arc<dyn Mapper>> {
+        Ok(Arc::new(FakeMapper {
+            disk: FakeDisk {
+                file: self.disk.file.try_clone()?,
+                shared: self.disk.shared.clone(),
+            },
+        }))
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.disk.shared.read_only
+    }
+
+    fn disk(&self, index: usize) -> Option<&dyn DiskFile> {
+        (index == 0).then_some(&self.disk as &dyn DiskFile)
+    }
+
+    fn map_read(&self, offset: u64, len: u64, out: &mut Vec<ReadMapping>) -> Result<()> {
         let shared = &self.disk.shared;
-        if shared.slow(offset, len) {
-            return Ok(Mapped::Slow);
-        }
         let meta = shared.meta.lock().unwrap();
         for (i, in_off, n) in clusters(offset, len) {
+            if shared.slow(i) {
+                out.push(ReadMapping::Disk {
+                    disk: 0,
+                    offset: i * CLUSTER + in_off,
+                    len: n,
+                });
+                continue;
+            }
             out.push(match meta.map[i as usize] {
                 State::Unallocated | State::Zero => ReadMapping::Zero { len: n },
                 State::Host(h) => ReadMapping::Host {
@@ -164,17 +196,19 @@ impl AsyncMapper for FakeMapper {
                 }
             });
         }
-        Ok(Mapped::Fast)
+        Ok(())
     }
 
-    fn map_write(&self, offset: u64, len: u64, out: &mut Vec<WriteMapping>) -> Result<Mapped> {
+    fn map_write(&self, offset: u64, len: u64, out: &mut Vec<WriteMapping>) -> Result<()> {
         let shared = &self.disk.shared;
-        if shared.slow(offset, len) {
-            return Ok(Mapped::Slow);
-        }
         let mut meta = shared.meta.lock().unwrap();
+        let start = out.len();
         for (i, in_off, n) in clusters(offset, len) {
-            out.push(match meta.map[i as usize] {
+            if shared.slow(i) {
+                out.push(WriteMapping::Slow { len: n });
+                continue;
+            }
+            let piece = match meta.map[i as usize] {
                 State::Host(h) => WriteMapping::Host {
                     file: 0,
                     offset: h + in_off,
@@ -197,14 +231,22 @@ impl AsyncMapper for FakeMapper {
                     }
                 }
                 State::Pending(_) => {
+                    // Nothing may stay allocated for a failed mapping: give back what this request took.
+                    for piece in out.drain(start..) {
+                        if let WriteMapping::Allocated { link, .. } = piece {
+                            meta.map[link.guest as usize] = State::Unallocated;
+                            *meta.finished.entry((link.guest, link.host)).or_default() += 1;
+                        }
+                    }
                     return Err(Error::new(
                         ErrorKind::CorruptImage,
                         "write to a pending cluster",
-                    ))
+                    ));
                 }
-            });
+            };
+            out.push(piece);
         }
-        Ok(Mapped::Fast)
+        Ok(())
     }
 
     fn finish_allocation(&self, link: AllocationLink, written: Result<()>) -> Result<()> {
@@ -217,10 +259,27 @@ impl AsyncMapper for FakeMapper {
         } else {
             State::Unallocated
         };
+        written?;
         if fail {
             return Err(Error::new(ErrorKind::NoSpace, "injected link failure"));
         }
         Ok(())
+    }
+
+    fn write_slow(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        self.disk.write_at(offset, bufs)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> Result<()> {
+        self.disk.zero(offset, len)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.disk.zero(offset, len)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.disk.flush()
     }
 }
 
@@ -345,8 +404,5 @@ impl DiskFile for FakeDisk {
     fn flush(&self) -> Result<()> {
         self.shared.flushes.fetch_add(1, Ordering::SeqCst);
         self.file.sync_data()
-    }
-    fn image_info(&self) -> Result<ImageInfo> {
-        Err(Error::new(ErrorKind::Unsupported, "fake"))
     }
 }

@@ -1,6 +1,8 @@
 //! The test harness for `MappedQueue`: guest buffers at stable addresses, a queue over the fake image with an
-//! in-memory model of its contents, and helpers to build, submit and reap requests.
+//! in-memory model of its contents; and the shared helpers to build, submit and reap requests.
 #![allow(dead_code)]
+
+pub use blk_test_support::{complete, read_request, write_request};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use blk_core::{
     AsyncIo, Completion, DiskFile, HostFile, HostOpenOptions, IoBuf, IoBufMut, LockMode,
-    MappedQueue, Request, RequestOp, SyncHostBackend,
+    MappedQueue, SyncHostBackend,
 };
 
 use crate::fake_image::{FakeMapper, FakeOptions, CLUSTER, SIZE};
@@ -173,32 +175,6 @@ pub fn whole_disk(disk: &dyn DiskFile) -> Vec<u8> {
     let mut all = vec![0u8; SIZE as usize];
     disk.read_exact_at(0, &mut all).unwrap();
     all
-}
-
-pub fn read_request<'a>(id: u64, offset: u64, bufs: &'a [IoBufMut<'static>]) -> Request<'a> {
-    Request::new(id, RequestOp::Read { offset, bufs })
-}
-
-pub fn write_request<'a>(id: u64, offset: u64, bufs: &'a [IoBuf<'static>]) -> Request<'a> {
-    Request::new(id, RequestOp::Write { offset, bufs })
-}
-
-/// Submits one batch and reaps until every request of it completed.
-pub fn complete(queue: &mut MappedQueue, batch: &[Request<'_>]) -> Vec<Completion> {
-    queue.submit(batch).unwrap();
-    let started = Instant::now();
-    let mut done = Vec::new();
-    while done.len() < batch.len() {
-        match queue.next_completed_request() {
-            Some(c) => done.push(c),
-            None => {
-                assert!(started.elapsed() < Duration::from_secs(30), "queue hangs");
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-    }
-    done.sort_by_key(|c| c.user_data);
-    done
 }
 
 /// Whether two guest ranges share a cluster: the fake image (like a real format) maps whole clusters, so

@@ -9,7 +9,7 @@ use super::layout::{decode_be64, read_padded, L2_OFFSET_MASK};
 use crate::bitmaps::{
     AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_DIRECTORY_BYTES, MAX_TABLE_ENTRIES,
 };
-use crate::header::Header;
+use crate::image::header::Header;
 
 /// Bitmap table entries read at once (the table itself may be up to 1 GiB; it is streamed).
 const TABLE_CHUNK: u64 = 1 << 17;

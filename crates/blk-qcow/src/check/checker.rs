@@ -3,7 +3,7 @@
 
 use blk_core::{CheckReport, HostFile, RepairMode, Result};
 
-use crate::header::Header;
+use crate::image::header::Header;
 
 use super::bitmaps::BitmapDirectory;
 use super::expected::{ExpectedRefcounts, TooLarge};

@@ -2,14 +2,16 @@
 
 use blk_core::{Error, ErrorKind, HostFile, Operation, Result};
 
-use crate::header::Header;
+use crate::image::header::Header;
 use crate::FORMAT_NAME;
 
-pub(super) use crate::features::{INCOMPAT_DATA_FILE, INCOMPAT_EXTL2 as INCOMPAT_EXTENDED_L2};
-pub(super) use crate::header::{
+pub(super) use crate::image::features::{
+    INCOMPAT_DATA_FILE, INCOMPAT_EXTL2 as INCOMPAT_EXTENDED_L2,
+};
+pub(super) use crate::image::header::{
     MAX_L1_BYTES, MAX_REFTABLE_BYTES, REFTABLE_OFFSET_FIELD as REFTABLE_FIELDS_OFFSET,
 };
-pub(super) use crate::tables::{
+pub(super) use crate::metadata::tables::{
     COMPRESSED as OFLAG_COMPRESSED, COPIED as OFLAG_COPIED, L1_OFFSET_MASK, L2_OFFSET_MASK,
     ZERO as OFLAG_ZERO,
 };

@@ -1,10 +1,10 @@
 //! The snapshot table: only what the check needs (each snapshot's L1 table and the table's own extent), from
-//! the crate's one snapshot-table parser ([`crate::snapshot_table`]).
+//! the crate's one snapshot-table parser ([`crate::snapshots::table`]).
 
 use blk_core::HostFile;
 
 use super::layout::Layout;
-use crate::snapshot_table;
+use crate::snapshots::table;
 
 /// One snapshot's L1 table.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ impl SnapshotTable {
     /// Reads the table the header names, with QEMU's caps; the error is the message for a table that cannot
     /// be read.
     pub fn read(file: &HostFile, file_len: u64, layout: &Layout) -> Result<SnapshotTable, String> {
-        let table = snapshot_table::SnapshotTable::read(
+        let table = table::SnapshotTable::read(
             file,
             file_len,
             layout.nb_snapshots,

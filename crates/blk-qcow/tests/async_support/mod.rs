@@ -1,7 +1,8 @@
 //! Drivers shared by the async-path tests (`async_io.rs`, `async_writes.rs`): requests (`Op`), a `'static`
-//! buffer arena, a runner for `AsyncIo` queues, `ManualEngine` (executes a `Qcow2Mapper`'s answers itself:
-//! host pieces with `pread`/`pwrite` on the mapper's host files, zero pieces in memory, `finish_allocation`
-//! after each allocated piece, slow requests on the sync path), and a backend that counts host operations.
+//! buffer arena, a runner for `AsyncIo` queues, `ManualEngine` (executes the image's mapper answers itself:
+//! host pieces with `pread`/`pwrite` on the mapper's host files, zero pieces in memory, other disks' pieces
+//! through their `DiskFile`, `finish_allocation` after each allocated piece, slow pieces with `write_slow`),
+//! and a backend that counts host operations.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -9,13 +10,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use blk_core::{
-    AsyncIo, AsyncMapper, HostCompletion, HostFile, HostOp, HostQueue, HostQueueBackend, IoBuf,
-    IoBufMut, Mapped, ReadMapping, Request, RequestFlags, RequestOp, Result, SyncHostBackend,
+    AsyncIo, HostCompletion, HostFile, HostOp, HostQueue, HostQueueBackend, IoBuf, IoBufMut,
+    MappedQueue, Mapper, ReadMapping, Request, RequestFlags, RequestOp, Result, SyncHostBackend,
     WriteMapping,
 };
-use blk_qcow::{Qcow2, Qcow2Mapper};
 
-use crate::support::{path_str, qemu_img};
+use crate::support::{path_str, qemu_img, Disk};
+
+/// Another handle of `disk`'s image, as its mapper (its own descriptor, the same metadata).
+pub fn mapper_of(disk: &Disk) -> Arc<dyn Mapper> {
+    Mapper::duplicate(&**disk).unwrap()
+}
+
+/// A queue of `depth` requests over a new handle of `disk`'s image, doing host I/O on `backend`.
+pub fn queue_of(disk: &Disk, backend: &dyn HostQueueBackend, depth: u32) -> MappedQueue {
+    MappedQueue::new(mapper_of(disk), backend, depth).unwrap()
+}
 
 /// A deterministic pseudo-random sequence (xorshift), so failures replay.
 pub struct Rng(pub u64);
@@ -215,49 +225,42 @@ pub fn run_queue(queue: &mut dyn AsyncIo, arena: &Arena, ops: &[Op]) -> Vec<Outc
 
 /// Executes a mapper's answers itself (see the module docs).
 pub struct ManualEngine {
-    pub mapper: Qcow2Mapper,
+    pub mapper: Arc<dyn Mapper>,
 }
 
 impl ManualEngine {
-    pub fn new(image: &Qcow2) -> ManualEngine {
+    pub fn new(disk: &Disk) -> ManualEngine {
         ManualEngine {
-            mapper: Qcow2Mapper::new(image).unwrap(),
+            mapper: mapper_of(disk),
         }
     }
 
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<Mapped> {
+    /// Reads through the mapping; returns whether every piece was the image's own (no other disk read).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
         let mut pieces = Vec::new();
-        let mapped = self
-            .mapper
+        self.mapper
             .map_read(offset, buf.len() as u64, &mut pieces)?;
-        if mapped == Mapped::Slow {
-            assert!(pieces.is_empty(), "a slow answer pushes nothing");
-            self.mapper.disk().read_exact_at(offset, buf)?;
-            return Ok(mapped);
-        }
         let files = self.mapper.host_files();
+        let mut own = true;
         let mut at = 0usize;
         for piece in pieces {
+            let len = piece.len() as usize;
+            let part = &mut buf[at..at + len];
             match piece {
-                ReadMapping::Host { file, offset, len } => {
-                    let part = &mut buf[at..at + len as usize];
+                ReadMapping::Host { file, offset, .. } => {
                     let got =
                         files[file].read_vectored_at(offset, &[IoBufMut::from(&mut *part)])?;
                     part[got..].fill(0);
-                    at += len as usize;
                 }
-                ReadMapping::Zero { len } => {
-                    buf[at..at + len as usize].fill(0);
-                    at += len as usize;
-                }
+                ReadMapping::Zero { .. } => part.fill(0),
                 ReadMapping::Encoded {
                     file,
                     offset,
                     host_len,
                     decoded_len,
                     skip,
-                    len,
                     codec,
+                    ..
                 } => {
                     let mut encoded = vec![0u8; host_len as usize];
                     let got = files[file]
@@ -265,56 +268,70 @@ impl ManualEngine {
                     encoded[got..].fill(0);
                     let mut decoded = vec![0u8; decoded_len as usize];
                     self.mapper.decode(codec, &encoded, &mut decoded)?;
-                    let (skip, len) = (skip as usize, len as usize);
-                    buf[at..at + len].copy_from_slice(&decoded[skip..skip + len]);
-                    at += len;
+                    let skip = skip as usize;
+                    part.copy_from_slice(&decoded[skip..skip + len]);
+                }
+                ReadMapping::Disk { disk, offset, .. } => {
+                    own = false;
+                    let other = self.mapper.disk(disk).expect("a disk the mapper names");
+                    other.read_exact_at(offset, part)?;
                 }
             }
+            at += len;
         }
         assert_eq!(at, buf.len(), "the pieces cover the request");
-        Ok(mapped)
+        Ok(own)
     }
 
-    pub fn write(&self, offset: u64, data: &[u8]) -> Result<Mapped> {
+    /// Writes through the mapping; returns whether no piece was slow.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<bool> {
         let mut pieces = Vec::new();
-        let mapped = self
-            .mapper
+        self.mapper
             .map_write(offset, data.len() as u64, &mut pieces)?;
-        if mapped == Mapped::Slow {
-            assert!(pieces.is_empty(), "a slow answer pushes nothing");
-            self.mapper.disk().write_all_at(offset, data)?;
-            return Ok(mapped);
-        }
         let files = self.mapper.host_files();
+        let mut fast = true;
         let mut at = 0usize;
         let mut result = Ok(());
         for piece in pieces {
+            let len = piece.len() as usize;
+            let part = &data[at..at + len];
             match piece {
-                WriteMapping::Host { file, offset, len } => {
-                    let part = &data[at..at + len as usize];
+                WriteMapping::Host { file, offset, .. } => {
                     if result.is_ok() {
                         result = files[file].write_all_at(offset, part);
                     }
-                    at += len as usize;
                 }
                 WriteMapping::Allocated {
-                    file,
-                    offset,
-                    len,
-                    link,
+                    file, offset, link, ..
                 } => {
-                    let part = &data[at..at + len as usize];
-                    let written = files[file].write_all_at(offset, part);
+                    let written = match &result {
+                        Ok(()) => files[file].write_all_at(offset, part),
+                        Err(_) => Err(blk_core::Error::new(blk_core::ErrorKind::Io, "not written")),
+                    };
                     let linked = self.mapper.finish_allocation(link, written);
                     if result.is_ok() {
                         result = linked;
                     }
-                    at += len as usize;
+                }
+                WriteMapping::Disk { disk, offset, .. } => {
+                    if result.is_ok() {
+                        let other = self.mapper.disk(disk).expect("a disk the mapper names");
+                        result = other.write_all_at(offset, part);
+                    }
+                }
+                WriteMapping::Slow { .. } => {
+                    fast = false;
+                    if result.is_ok() {
+                        result = self
+                            .mapper
+                            .write_slow(offset + at as u64, &[IoBuf::from(part)]);
+                    }
                 }
             }
+            at += len;
         }
         assert_eq!(at, data.len(), "the pieces cover the request");
-        result.map(|()| mapped)
+        result.map(|()| fast)
     }
 
     pub fn run(&self, op: &Op) -> Outcome {
@@ -327,22 +344,18 @@ impl ManualEngine {
             Op::Write { offset, data, fua } => {
                 let mut r = self.write(*offset, data).map(|_| data.len() as u64);
                 if *fua && r.is_ok() {
-                    r = self.mapper.disk().flush().map(|()| data.len() as u64);
+                    r = self.mapper.flush().map(|()| data.len() as u64);
                 }
                 (Vec::new(), r)
             }
             Op::WriteZeroes { offset, len, unmap } => (
                 Vec::new(),
-                self.mapper
-                    .disk()
-                    .write_zeroes(*offset, *len, *unmap)
-                    .map(|()| 0),
+                self.mapper.write_zeroes(*offset, *len, *unmap).map(|()| 0),
             ),
-            Op::Discard { offset, len } => (
-                Vec::new(),
-                self.mapper.disk().discard(*offset, *len).map(|()| 0),
-            ),
-            Op::Flush => (Vec::new(), self.mapper.disk().flush().map(|()| 0)),
+            Op::Discard { offset, len } => {
+                (Vec::new(), self.mapper.discard(*offset, *len).map(|()| 0))
+            }
+            Op::Flush => (Vec::new(), self.mapper.flush().map(|()| 0)),
         }
     }
 }

@@ -236,7 +236,7 @@ fn dirty_data_file_image_opened_writable() {
     let l = layout(&path);
     append_leak(&path, &l);
     write_be(&path, 72, 8, read_be(&path, 72, 8) | DIRTY);
-    let disk = blk_qcow::Qcow2::open(&path, &support::rw_data()).unwrap();
+    let disk = crate::support::open_disk(&path, &support::rw_data()).unwrap();
     disk.write_all_at(1 << 20, &[0x55; 4096]).unwrap();
     disk.flush().unwrap();
     drop(disk);

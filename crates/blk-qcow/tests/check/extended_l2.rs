@@ -2,7 +2,7 @@
 //! qemu-img.
 
 use blk_core::{HostOpenOptions, RepairMode};
-use blk_qcow::{Qcow2, Qcow2OpenOptions};
+use blk_qcow::Qcow2OpenOptions;
 
 use crate::inject::{append_leak, layout, read_be, write_be};
 use crate::qemu::{assert_same_as_qemu, exit_class, repair_like_qemu};
@@ -37,7 +37,7 @@ fn extended_l2_images_match_qemu() {
         read_only: true,
         ..HostOpenOptions::default()
     };
-    if let Err(e) = Qcow2::open(&path, &Qcow2OpenOptions::new(host, opener())) {
+    if let Err(e) = crate::support::open_disk(&path, &Qcow2OpenOptions::new(host, opener())) {
         // Only while the engine refuses extended L2 entries.
         assert_eq!(e.kind(), blk_core::ErrorKind::UnsupportedFeature, "{e:?}");
         return;
@@ -61,7 +61,7 @@ fn extended_l2_images_match_qemu() {
     // A leak, repaired.
     append_leak(&path, &l);
     assert_same_as_qemu(&path);
-    if let Err(e) = Qcow2::open(&path, &support::rw()) {
+    if let Err(e) = crate::support::open_disk(&path, &support::rw()) {
         // Only while the engine opens extended L2 images read-only.
         assert_eq!(e.kind(), blk_core::ErrorKind::UnsupportedFeature, "{e:?}");
         return;

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use blk_core::{CheckReport, DiskFile, HostOpenOptions, RepairMode};
-use blk_qcow::{Qcow2, Qcow2OpenOptions};
+use blk_core::{CheckReport, HostOpenOptions, ImageAdmin, RepairMode};
+use blk_qcow::Qcow2OpenOptions;
 
 use crate::support::{path_str, qemu_img, qemu_img_status, qemu_io, DataFileOpener};
 
@@ -29,7 +29,7 @@ pub fn blk_check(path: &Path, repair: RepairMode) -> CheckReport {
     };
     let mut options = Qcow2OpenOptions::new(host, std::sync::Arc::new(DataFileOpener));
     options.check_mode = true;
-    let disk = Qcow2::open(path, &options).unwrap();
+    let disk = crate::support::open_disk(path, &options).unwrap();
     disk.check(repair).unwrap()
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use blk_core::buffer::{total_len, total_len_mut};
 use blk_core::{
-    DiskFile, DiskTopology, Error, ErrorKind, HostFile, HostOpenOptions, ImageInfo, ImageOpener,
-    IoBuf, IoBufMut, NamedImage, Result,
+    DiskFile, DiskTopology, Error, ErrorKind, HostFile, HostOpenOptions, ImageOpener, IoBuf,
+    IoBufMut, MappedDisk, NamedImage, Result,
 };
 use blk_qcow::{Qcow2, Qcow2OpenOptions};
 
@@ -41,7 +41,7 @@ impl ImageOpener for TestOpener {
             Some("qcow2") => {
                 let mut options = Qcow2OpenOptions::new(host, Arc::new(TestOpener));
                 options.depth = image.depth;
-                Ok(Box::new(Qcow2::open(&image.path, &options)?))
+                Ok(Box::new(open_disk(&image.path, &options)?))
             }
             other => Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -49,6 +49,14 @@ impl ImageOpener for TestOpener {
             )),
         }
     }
+}
+
+/// A QCOW2 image served for guest I/O, as the tests hold it (it derefs to [`Qcow2`]).
+pub type Disk = MappedDisk<Qcow2>;
+
+/// Opens the image at `path` with `options` and serves it: `MappedDisk::new(Qcow2::open(..)?)`.
+pub fn open_disk(path: impl AsRef<Path>, options: &Qcow2OpenOptions) -> Result<Disk> {
+    Qcow2::open(path, options).map(MappedDisk::new)
 }
 
 /// The opener as the `Arc` open options want.
@@ -140,21 +148,6 @@ impl DiskFile for TestRaw {
     }
     fn flush(&self) -> Result<()> {
         Ok(())
-    }
-    fn image_info(&self) -> Result<ImageInfo> {
-        Ok(ImageInfo {
-            format: "raw",
-            filename: self.file.path().to_path_buf(),
-            virtual_size: self.size,
-            actual_size: self.file.allocated_size()?,
-            cluster_size: None,
-            dirty: false,
-            backing_filename: None,
-            full_backing_filename: None,
-            backing_format: None,
-            snapshots: Vec::new(),
-            format_specific: None,
-        })
     }
 }
 
@@ -372,21 +365,6 @@ impl DiskFile for TestRawFile {
     }
     fn flush(&self) -> Result<()> {
         self.file.sync_data()
-    }
-    fn image_info(&self) -> Result<ImageInfo> {
-        Ok(ImageInfo {
-            format: "raw",
-            filename: self.file.path().to_path_buf(),
-            virtual_size: self.size,
-            actual_size: self.file.allocated_size()?,
-            cluster_size: None,
-            dirty: false,
-            backing_filename: None,
-            full_backing_filename: None,
-            backing_format: None,
-            snapshots: Vec::new(),
-            format_specific: None,
-        })
     }
 }
 

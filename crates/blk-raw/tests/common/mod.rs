@@ -1,53 +1,23 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: opening and creating raw images, aligned and split buffers; and,
+//! for every test, the workspace's shared test support.
 #![allow(dead_code)]
+
+#[allow(unused_imports)]
+pub use blk_test_support::*;
 
 use std::path::{Path, PathBuf};
 
-use blk_core::{HostOpenOptions, LockMode};
+use blk_core::{HostOpenOptions, MappedDisk};
 use blk_raw::{Preallocation, Raw, RawCreateOptions};
-
-/// Serializes the tests of one test binary that spawn processes (qemu-img, losetup) while holding images open.
-///
-/// A child process briefly holds a copy of every descriptor of its parent, between the fork and the exec that
-/// closes them (`O_CLOEXEC`). An image closed by one test thread while another thread spawns a process can so
-/// stay open, with its OFD locks, for a moment longer, and a test reopening it sees `Locked`. Tests that spawn
-/// processes and also lock images take this guard first.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A temporary directory on the target's file system (ext4 here), where O_DIRECT works, unlike tmpfs.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("blk-raw-test")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("creating a temporary directory")
+    blk_test_support::target_tempdir!("blk-raw-test")
 }
 
-pub fn rw() -> HostOpenOptions {
-    HostOpenOptions::default()
-}
-
-pub fn ro() -> HostOpenOptions {
-    HostOpenOptions {
-        read_only: true,
-        ..HostOpenOptions::default()
-    }
-}
-
-pub fn direct() -> HostOpenOptions {
-    HostOpenOptions {
-        direct: true,
-        ..HostOpenOptions::default()
-    }
-}
-
-pub fn unlocked() -> HostOpenOptions {
-    HostOpenOptions {
-        lock: LockMode::None,
-        ..HostOpenOptions::default()
-    }
+/// Opens the raw image at `path` as a disk for guest I/O.
+pub fn open_disk(path: &Path, options: HostOpenOptions) -> blk_core::Result<MappedDisk<Raw>> {
+    Raw::open(path, options).map(MappedDisk::new)
 }
 
 /// Creates a sparse raw image of `size` bytes at `dir/name` with blk and closes it.
@@ -62,19 +32,6 @@ pub fn new_image(dir: &Path, name: &str, size: u64) -> PathBuf {
     )
     .expect("creating the image");
     path
-}
-
-/// Deterministic non-trivial bytes: distinct for different seeds and positions.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// A heap buffer whose first byte is aligned to `align` bytes.
@@ -141,26 +98,4 @@ pub fn split<'a>(buf: &'a [u8], cuts: &[usize]) -> Vec<blk_core::IoBuf<'a>> {
     }
     bufs.push(blk_core::IoBuf::from(&buf[done..]));
     bufs
-}
-
-/// Reads the whole disk.
-pub fn read_all(disk: &dyn blk_core::DiskFile) -> Vec<u8> {
-    let mut data = vec![0u8; disk.logical_size() as usize];
-    disk.read_exact_at(0, &mut data).expect("reading the disk");
-    data
-}
-
-/// Every run of the disk's map, from `DiskFile::map` called until the end.
-pub fn full_map(disk: &dyn blk_core::DiskFile) -> Vec<blk_core::Extent> {
-    let size = disk.logical_size();
-    let mut runs = Vec::new();
-    let mut offset = 0;
-    while offset < size {
-        let run = disk.map(offset, size - offset).expect("mapping");
-        assert_eq!(run.offset, offset);
-        assert!(run.length > 0 && run.length <= size - offset, "{run:?}");
-        offset += run.length;
-        runs.push(run);
-    }
-    runs
 }

@@ -1,21 +1,17 @@
-//! Helpers shared by the blk-uring integration tests.
+//! Helpers shared by the blk-uring integration tests; and, for every test, the workspace's shared test support.
 #![allow(dead_code)]
+
+#[allow(unused_imports)]
+pub use blk_test_support::*;
 
 use std::os::fd::AsRawFd;
 
-use blk_core::{ErrorKind, HostCompletion, HostQueue, IoBuf, IoBufMut};
+use blk_core::{HostCompletion, HostQueue, IoBuf, IoBufMut};
 use blk_uring::UringBackend;
 
 /// The backend, or `None` (with a note on stderr) when io_uring cannot be used on this host.
 pub fn backend() -> Option<UringBackend> {
-    match UringBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) if e.kind() == ErrorKind::Unsupported => {
-            eprintln!("skipping: {e}");
-            None
-        }
-        Err(e) => panic!("probing io_uring failed unexpectedly: {e}"),
-    }
+    unless_unsupported(UringBackend::new())
 }
 
 /// A `'static` view of `buf` for a host operation.

@@ -1,34 +1,23 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: opening and creating VHD images, an opener for parents; and, for
+//! every test, the workspace's shared test support.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[allow(unused_imports)]
+pub use blk_test_support::*;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use blk_core::{
-    DiskFile, Error, ErrorKind, HostOpenOptions, ImageOpener, NamedImage, NamedImageRole, Result,
+    DiskFile, Error, ErrorKind, HostOpenOptions, ImageOpener, MappedDisk, NamedImage,
+    NamedImageRole, Result,
 };
 use blk_vhd::{Vhd, VhdCreateOptions, VhdOpenOptions};
 
-/// Serializes the tests of one binary that spawn processes while holding images open (see blk-raw's tests).
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
+/// A temporary directory in the target's `tmp`.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("blk-vhd-test")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("creating a temporary directory")
-}
-
-pub fn ro() -> HostOpenOptions {
-    HostOpenOptions {
-        read_only: true,
-        ..HostOpenOptions::default()
-    }
+    blk_test_support::target_tempdir!("blk-vhd-test")
 }
 
 /// Opens `vpc` parents with `Vhd::open`, recursively, read-only, refusing chains deeper than `max_depth`.
@@ -64,23 +53,25 @@ impl ImageOpener for VhdOpener {
             max_depth: self.max_depth,
             opened: Arc::clone(&self.opened),
         });
-        Ok(Box::new(Vhd::open(
+        Ok(Box::new(MappedDisk::new(Vhd::open(
             &image.path,
             &VhdOpenOptions::new(ro(), below),
-        )?))
+        )?)))
     }
 }
 
-pub fn open_rw(path: &Path) -> Vhd {
-    Vhd::open(
-        path,
-        &VhdOpenOptions::new(HostOpenOptions::default(), VhdOpener::new()),
+pub fn open_rw(path: &Path) -> MappedDisk<Vhd> {
+    MappedDisk::new(
+        Vhd::open(
+            path,
+            &VhdOpenOptions::new(HostOpenOptions::default(), VhdOpener::new()),
+        )
+        .unwrap(),
     )
-    .unwrap()
 }
 
-pub fn open_ro(path: &Path) -> Vhd {
-    Vhd::open(path, &VhdOpenOptions::new(ro(), VhdOpener::new())).unwrap()
+pub fn open_ro(path: &Path) -> MappedDisk<Vhd> {
+    MappedDisk::new(Vhd::open(path, &VhdOpenOptions::new(ro(), VhdOpener::new())).unwrap())
 }
 
 pub fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -95,45 +86,4 @@ pub fn create(path: &Path, size: Option<u64>, pairs: &[(&str, &str)]) {
     let options = VhdCreateOptions::from_key_values(size, &kv(pairs)).unwrap();
     let opener = VhdOpener::new();
     Vhd::create(path, &options, opener.as_ref()).unwrap();
-}
-
-pub fn have_qemu() -> bool {
-    Command::new("qemu-img").arg("--version").output().is_ok()
-}
-
-pub fn run(program: &str, args: &[&str]) -> std::process::Output {
-    let out = Command::new(program).args(args).output().expect("spawning");
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-pub fn read_all(disk: &dyn DiskFile) -> Vec<u8> {
-    let mut data = vec![0u8; disk.logical_size() as usize];
-    disk.read_exact_at(0, &mut data).unwrap();
-    data
-}
-
-pub fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-pub fn join(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
-}
-
-/// Deterministic bytes.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }

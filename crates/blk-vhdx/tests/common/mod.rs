@@ -1,43 +1,16 @@
-//! Helpers shared by the integration tests: running qemu-img/qemu-io, opening images, an opener for parents.
+//! Helpers shared by the integration tests: opening and creating VHDX images, an opener for parents, the
+//! standard qemu-io write pattern; and, for every test, the workspace's shared test support.
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[allow(unused_imports)]
+pub use blk_test_support::*;
+
+use std::path::Path;
 use std::sync::Arc;
 
-use blk_core::{DiskFile, HostOpenOptions, ImageOpener, NamedImage, Result};
+use blk_core::{DiskFile, HostOpenOptions, ImageOpener, MappedDisk, NamedImage, Result};
 use blk_vhdx::{Vhdx, VhdxCreateOptions, VhdxOpenOptions};
-
-/// Runs a command, panicking with its output when it fails.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .expect("running qemu tool");
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command and returns its exit code and stdout.
-pub fn run_status(program: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .expect("running qemu tool");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-pub fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// Opens `vhdx` parents recursively through `Vhdx::open`, read-only.
 #[derive(Debug)]
@@ -55,11 +28,15 @@ impl ImageOpener for VhdxOpener {
             Arc::new(VhdxOpener),
         );
         options.depth = image.depth;
-        Ok(Box::new(Vhdx::open(&image.path, &options)?))
+        Ok(Box::new(MappedDisk::new(Vhdx::open(
+            &image.path,
+            &options,
+        )?)))
     }
 }
 
-pub fn open(path: &Path, read_only: bool) -> Result<Vhdx> {
+/// Opens the image at `path` as a disk for guest I/O (it dereferences to the [`Vhdx`]).
+pub fn open(path: &Path, read_only: bool) -> Result<MappedDisk<Vhdx>> {
     let options = VhdxOpenOptions::new(
         HostOpenOptions {
             read_only,
@@ -67,7 +44,7 @@ pub fn open(path: &Path, read_only: bool) -> Result<Vhdx> {
         },
         Arc::new(VhdxOpener),
     );
-    Vhdx::open(path, &options)
+    Vhdx::open(path, &options).map(MappedDisk::new)
 }
 
 pub fn create(path: &Path, size: u64, kv: &[(&str, &str)]) {
@@ -77,26 +54,6 @@ pub fn create(path: &Path, size: u64, kv: &[(&str, &str)]) {
         .collect();
     let options = VhdxCreateOptions::from_key_values(Some(size), &kv).unwrap();
     Vhdx::create(path, &options, &VhdxOpener).unwrap();
-}
-
-/// Reads the whole disk.
-pub fn read_all(disk: &dyn DiskFile) -> Vec<u8> {
-    let mut all = vec![0u8; disk.logical_size() as usize];
-    disk.read_exact_at(0, &mut all).unwrap();
-    all
-}
-
-/// `qemu-img convert -O raw` of `image`.
-pub fn qemu_raw(image: &Path, dir: &Path) -> Vec<u8> {
-    let raw: PathBuf = dir.join(format!(
-        "{}.raw",
-        image.file_name().unwrap().to_str().unwrap()
-    ));
-    run(
-        "qemu-img",
-        &["convert", "-f", "vhdx", "-O", "raw", p(image), p(&raw)],
-    );
-    std::fs::read(raw).unwrap()
 }
 
 /// The standard write pattern, as qemu-io commands.
@@ -110,13 +67,3 @@ pub const PATTERN: &[&str] = &[
     "discard 20M 1M",
     "write -P 0x44 63M 1M",
 ];
-
-pub fn qemu_io(image: &Path, commands: &[&str]) {
-    let mut args = vec!["-f", "vhdx"];
-    for c in commands {
-        args.push("-c");
-        args.push(c);
-    }
-    args.push(p(image));
-    run("qemu-io", &args);
-}

@@ -8,19 +8,6 @@ use clap::Args;
 
 use super::{parse_format, parse_options, wants_option_help};
 
-/// The options `amend` can change, as qemu-img's `-o help` lists them for qcow2 (its encryption options
-/// aside: blk has no encryption).
-const AMEND_OPTIONS: &[&str] = &[
-    "backing_file",
-    "backing_fmt",
-    "compat",
-    "data_file",
-    "data_file_raw",
-    "lazy_refcounts",
-    "refcount_bits",
-    "size",
-];
-
 /// Arguments of `blk amend`.
 #[derive(Debug, Args)]
 pub struct AmendArgs {
@@ -71,7 +58,7 @@ pub fn run(args: AmendArgs) -> Result<u8> {
 }
 
 fn print_amend_help(format: ImageFormat) -> Result<u8> {
-    if format != ImageFormat::Qcow2 {
+    if !format.capabilities().amend {
         return Err(Error::new(
             ErrorKind::Unsupported,
             format!(
@@ -81,8 +68,9 @@ fn print_amend_help(format: ImageFormat) -> Result<u8> {
         ));
     }
     println!("Amend options for '{}':", format.name());
-    for option in blk_factory::create_options(format)? {
-        if AMEND_OPTIONS.contains(&option.name) {
+    let amendable = format.descriptor().amend_options();
+    for option in blk_factory::create_options(format) {
+        if amendable.contains(&option.name) {
             println!("{}", option.help_line());
         }
     }

@@ -157,14 +157,10 @@ fn parse_cache_mode(mode: Option<&str>) -> Result<CacheMode> {
     })
 }
 
-/// qemu's `-i` names and blk's.
+/// A backend by the name or alias its crate registered (qemu's `-i` names, `threads`, `native`,
+/// `io_uring`, and blk's, `sync`, `aio`).
 fn parse_aio(name: &str) -> Result<Backend> {
-    match name {
-        "threads" | "sync" => Ok(Backend::Sync),
-        "native" | "aio" => Ok(Backend::Aio),
-        "io_uring" => Ok(Backend::IoUring),
-        _ => Err(invalid(format!("Invalid aio option: {name}"))),
-    }
+    Backend::by_name(name).ok_or_else(|| invalid(format!("Invalid aio option: {name}")))
 }
 
 /// "Invalid WHAT specified. Must be between MIN and MAX.", qemu's range message.
@@ -257,10 +253,12 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
     };
     let count = int("request count", &args.count, 1, INT_MAX, 75000)?;
     let depth = int("queue depth", &args.depth, 1, INT_MAX, 64)?;
-    let mut backend = if args.native {
-        Backend::Aio
-    } else {
-        Backend::Sync
+    // qemu-img's `-n` is `-i native`: Linux AIO.
+    let native = Backend::by_name("native");
+    let mut backend = match native {
+        Some(native) if args.native => native,
+        _ if args.native => return Err(invalid("Invalid aio option: native")),
+        _ => Backend::SYNC,
     };
     if let Some(name) = &args.aio {
         backend = parse_aio(name)?;
@@ -286,7 +284,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
     if flush_interval > 0 && flush_interval < depth {
         return Err(invalid("Flush interval can't be smaller than depth"));
     }
-    if backend == Backend::Aio && !cache.direct {
+    if native == Some(backend) && !cache.direct {
         return Err(invalid(format!(
             "Could not open '{}': aio=native was specified, but it requires cache.direct=on, which was \
              not specified.",
@@ -492,11 +490,11 @@ mod tests {
 
     #[test]
     fn aio_and_cache_names() {
-        assert_eq!(parse_aio("threads").unwrap(), Backend::Sync);
-        assert_eq!(parse_aio("sync").unwrap(), Backend::Sync);
-        assert_eq!(parse_aio("aio").unwrap(), Backend::Aio);
-        assert_eq!(parse_aio("native").unwrap(), Backend::Aio);
-        assert_eq!(parse_aio("io_uring").unwrap(), Backend::IoUring);
+        assert_eq!(parse_aio("threads").unwrap(), Backend::SYNC);
+        assert_eq!(parse_aio("sync").unwrap(), Backend::SYNC);
+        assert_eq!(parse_aio("aio").unwrap().name(), "aio");
+        assert_eq!(parse_aio("native").unwrap().name(), "aio");
+        assert_eq!(parse_aio("io_uring").unwrap().name(), "io_uring");
         assert!(parse_aio("bogus").is_err());
         assert!(parse_cache_mode(Some("none")).unwrap().direct);
         assert!(parse_cache_mode(Some("directsync")).unwrap().fua);

@@ -127,8 +127,9 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         skip_backing: false,
         snapshot: None,
     };
-    let disk = open_image(path, spec)?;
-    let mut report = match disk.check(mode) {
+    let image = open_image(path, spec)?;
+    let admin = &*image.admin;
+    let mut report = match admin.check(mode) {
         Ok(report) => report,
         Err(e) if e.kind() == ErrorKind::Unsupported => {
             eprintln!("blk: This image format does not support checks");
@@ -146,7 +147,7 @@ pub fn run(args: CheckArgs) -> Result<u8> {
                 "The following inconsistencies were found and repaired:\n\n    {leaks_fixed} leaked clusters\n    {corruptions_fixed} corruptions\n\nDouble checking the fixed image now..."
             );
         }
-        report = disk
+        report = admin
             .check(RepairMode::None)
             .map_err(|e| e.with_path(path))?;
         for message in &report.messages {
@@ -159,7 +160,7 @@ pub fn run(args: CheckArgs) -> Result<u8> {
         match args.image.output {
             OutputFormat::Human => print!("{}", report_human(&report)),
             OutputFormat::Json => {
-                let format = disk.image_info().map_err(|e| e.with_path(path))?.format;
+                let format = admin.image_info().map_err(|e| e.with_path(path))?.format;
                 println!(
                     "{}",
                     to_json_pretty(&report_json(&display_path(path), format, &report))

@@ -7,7 +7,7 @@ use blk_core::{DiskFile, Error, ErrorKind, ExtentKind, LockMode, Result};
 use blk_factory::{resize_disk_file, ResizeParams};
 use clap::Args;
 
-use super::{cache_is_direct, open_image, progress, OpenSpec, CHUNK};
+use super::{cache_is_direct, open_disk, open_image, progress, OpenSpec, CHUNK};
 
 /// Arguments of `blk commit`.
 #[derive(Debug, Args)]
@@ -46,7 +46,7 @@ pub fn run(args: CommitArgs) -> Result<u8> {
         ..OpenSpec::default()
     };
     let top = open_image(path, spec)?;
-    let info = top.image_info().map_err(|e| e.with_path(path))?;
+    let info = top.admin.image_info().map_err(|e| e.with_path(path))?;
     let Some(base_path) = info.full_backing_filename.clone() else {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -74,14 +74,14 @@ pub fn run(args: CommitArgs) -> Result<u8> {
         )
         .with_path(path));
     };
-    let size = top.logical_size();
+    let size = top.disk.logical_size();
     let base_spec = OpenSpec {
         format: Some(&base_format),
         direct,
         ..OpenSpec::default()
     };
     // As QEMU's commit: a shorter backing file grows to the image's size first.
-    let base_size = open_image(
+    let base_size = open_disk(
         &base_path,
         OpenSpec {
             read_only: true,
@@ -97,14 +97,14 @@ pub fn run(args: CommitArgs) -> Result<u8> {
         };
         resize_disk_file(&params).map_err(|e| e.with_path(&base_path))?;
     }
-    let base = open_image(&base_path, base_spec)?;
-    copy_own_data(&*top, &*base, size, args.progress && !args.quiet)
+    let base = open_disk(&base_path, base_spec)?;
+    copy_own_data(&*top.disk, &*base, size, args.progress && !args.quiet)
         .map_err(|e| e.with_path(path))?;
     base.flush().map_err(|e| e.with_path(&base_path))?;
     drop(base);
     if !args.keep && args.base.is_none() {
-        top.make_empty().map_err(|e| e.with_path(path))?;
-        top.flush().map_err(|e| e.with_path(path))?;
+        top.admin.make_empty().map_err(|e| e.with_path(path))?;
+        top.disk.flush().map_err(|e| e.with_path(path))?;
     }
     if !args.quiet {
         println!("Image committed.");

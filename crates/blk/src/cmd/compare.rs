@@ -11,7 +11,7 @@ use blk_core::{DiskFile, Error, Extent, ExtentKind, Result};
 use clap::Args;
 
 use super::scan::{first_different_sector, first_nonzero_sector};
-use super::{cache_is_direct, map_extent, open_image, progress, report, OpenSpec, CHUNK};
+use super::{cache_is_direct, map_extent, open_disk, progress, report, OpenSpec, CHUNK};
 
 /// Exit code: the images are different (or differ in size with `-s`).
 const DIFFERENT: u8 = 1;
@@ -195,7 +195,7 @@ pub fn run(args: CompareArgs) -> Result<u8> {
             skip_backing: false,
             snapshot: None,
         };
-        open_image(path, spec)
+        open_disk(path, spec)
     };
     let disk_a = match open(&args.file_a, args.format_a.as_deref()) {
         Ok(d) => d,

@@ -8,12 +8,12 @@
 //! - `-S 0` writes every byte, zeros included, so the target is fully allocated;
 //! - `-B` creates the target over a backing file and copies only what the sources' top layers allocate (the
 //!   rest is assumed to be in the new backing file, as qemu-img assumes);
-//! - `-c` writes whole clusters through [`DiskFile::write_compressed`], leaving all-zero clusters out.
+//! - `-c` writes whole clusters through [`ImageAdmin::write_compressed`], leaving all-zero clusters out.
 
 use std::path::{Path, PathBuf};
 
 use blk_core::{
-    DiskFile, Error, ErrorKind, Extent, ExtentKind, Result, ResultExt, SnapshotSelector,
+    DiskFile, Error, ErrorKind, Extent, ExtentKind, ImageAdmin, Result, ResultExt, SnapshotSelector,
 };
 use blk_factory::{CreateParams, ImageFormat};
 use clap::Args;
@@ -23,7 +23,7 @@ use super::create::create_image;
 use super::scan::{is_zero, SECTOR};
 use super::sparse::{allocated_sectors_min, parse_sparse};
 use super::{
-    cache_is_direct, invalid, map_extent, open_image, parse_format, parse_options,
+    cache_is_direct, invalid, map_extent, open_disk, open_image, parse_format, parse_options,
     print_option_help, progress, refuse_overwriting_source, wants_option_help, OpenSpec, CHUNK,
 };
 
@@ -100,6 +100,8 @@ pub struct ConvertArgs {
 #[derive(Debug)]
 struct Target<'a> {
     disk: &'a dyn DiskFile,
+    /// The target's administration: compressed writes.
+    admin: &'a dyn ImageAdmin,
     path: &'a Path,
     /// `-S` in bytes; 0 writes everything.
     min_sparse: u64,
@@ -248,7 +250,7 @@ impl Sources<'_> {
 }
 
 /// `-c`: copies `total` bytes of `sources` one compression unit at a time; all-zero units are left out (or
-/// zeroed when the target does not read as zeros), the rest go through [`DiskFile::write_compressed`].
+/// zeroed when the target does not read as zeros), the rest go through [`ImageAdmin::write_compressed`].
 fn copy_compressed(
     sources: &Sources<'_>,
     target: &Target<'_>,
@@ -272,7 +274,7 @@ fn copy_compressed(
                 target.zero(offset, len)?;
             } else {
                 target
-                    .disk
+                    .admin
                     .write_compressed(offset, data)
                     .with_path(target.path)?;
             }
@@ -355,7 +357,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
             skip_backing: false,
             snapshot: snapshot.as_ref(),
         };
-        opened.push((open_image(path, spec)?, path));
+        opened.push((open_disk(path, spec)?, path));
     }
     let total = opened
         .iter()
@@ -396,7 +398,8 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         snapshot: None,
         direct: target_direct,
     };
-    let target_disk = open_image(target_path, spec)?;
+    let target_image = open_image(target_path, spec)?;
+    let target_disk = &*target_image.disk;
     if target_disk.logical_size() < total {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -406,11 +409,12 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
     }
     let min_sectors = (min_sparse / SECTOR as u64).max(1);
     let target = Target {
-        disk: &*target_disk,
+        disk: target_disk,
+        admin: &*target_image.admin,
         path: target_path,
         min_sparse,
         alignment: 1u64 << min_sectors.ilog2(),
-        zero_init: args.target_is_zero || (!args.no_create && target_disk.has_zero_init()),
+        zero_init: args.target_is_zero || (!args.no_create && target_image.admin.has_zero_init()),
         zeros: if min_sparse == 0 {
             vec![0u8; CHUNK as usize]
         } else {
@@ -420,7 +424,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
     let bar = progress::bar(total, args.progress && !args.quiet);
     let top_only = args.backing.is_some();
     if args.compress {
-        let Some(unit) = target_disk.compressed_write_size() else {
+        let Some(unit) = target_image.admin.compressed_write_size() else {
             return Err(compression_unsupported());
         };
         let mut disks = Vec::with_capacity(opened.len());

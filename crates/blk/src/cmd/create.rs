@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::formatting::formatting_line;
 use super::{
-    open_image, parse_format, parse_options, parse_size_arg, print_option_help, wants_option_help,
+    open_disk, parse_format, parse_options, parse_size_arg, print_option_help, wants_option_help,
     OpenSpec,
 };
 
@@ -57,7 +57,7 @@ pub fn create_image(params: &CreateParams, quiet: bool) -> Result<()> {
             skip_backing: true,
             ..OpenSpec::read_only(None, true)
         };
-        let size = open_image(&params.path, spec)?.logical_size();
+        let size = open_disk(&params.path, spec)?.logical_size();
         println!("{}", formatting_line(params, Some(size)));
     }
     Ok(())

@@ -11,7 +11,7 @@ use blk_factory::{CreateParams, ImageFormat};
 use clap::Args;
 
 use super::create::create_image;
-use super::{invalid, open_image, parse_size_arg, refuse_overwriting_source, OpenSpec, CHUNK};
+use super::{invalid, open_disk, parse_size_arg, refuse_overwriting_source, OpenSpec, CHUNK};
 
 /// qemu-img's largest block size: `INT_MAX`.
 const MAX_BS: u64 = i32::MAX as u64;
@@ -83,7 +83,7 @@ pub fn run(args: DdArgs) -> Result<u8> {
         .parse()
         .map_err(|e: blk_core::Error| e.with_path(&output))?;
     let bs = ops.bs.unwrap_or(512);
-    let source = open_image(
+    let source = open_disk(
         &input,
         OpenSpec::read_only(args.format.as_deref(), args.force_share),
     )?;
@@ -103,7 +103,7 @@ pub fn run(args: DdArgs) -> Result<u8> {
     refuse_overwriting_source(&output, &[&input])?;
     let params = CreateParams::new(&output, out_format, Some(size - start));
     create_image(&params, true)?;
-    let target = open_image(
+    let target = open_disk(
         &output,
         OpenSpec {
             format: Some(out_format.name()),

@@ -5,65 +5,10 @@
 //! given on the command line as parsed integers (`cluster_size=4k` prints `cluster_size=4096`), other values as
 //! given, and options left out only when they have a default (`cluster_size=65536`, `extended_l2=off`, ...).
 
-use blk_core::parse_size_param;
-use blk_factory::{CreateParams, ImageFormat};
+use blk_core::{parse_size_param, OptionPrint, FILE_FORMATTING_OPTIONS};
+use blk_factory::CreateParams;
 
 use super::display_path;
-
-/// How qemu prints an option's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// A byte count: printed as an integer when given.
-    Size,
-    /// A plain number: printed as an integer when given.
-    Number,
-    /// Printed as given.
-    Text,
-}
-
-/// One option of qemu's list: its name, how it prints, and the default qemu prints when it is not given.
-type OptionDesc = (&'static str, Kind, Option<&'static str>);
-
-/// The `file` protocol's options, which qemu appends to every format's list.
-const FILE_OPTIONS: &[OptionDesc] = &[
-    ("size", Kind::Size, None),
-    ("nocow", Kind::Text, None),
-    ("preallocation", Kind::Text, None),
-    ("extent_size_hint", Kind::Size, None),
-];
-
-/// qemu 10's option lists, in its order (QCOW2's encryption options, which blk refuses, are left out).
-fn options_of(format: ImageFormat) -> &'static [OptionDesc] {
-    match format {
-        ImageFormat::Raw => FILE_OPTIONS,
-        ImageFormat::Qcow2 => &[
-            ("cluster_size", Kind::Size, Some("65536")),
-            ("extended_l2", Kind::Text, Some("off")),
-            ("preallocation", Kind::Text, None),
-            ("compression_type", Kind::Text, Some("zlib")),
-            ("size", Kind::Size, None),
-            ("compat", Kind::Text, None),
-            ("backing_file", Kind::Text, None),
-            ("backing_fmt", Kind::Text, None),
-            ("data_file", Kind::Text, None),
-            ("data_file_raw", Kind::Text, None),
-            ("lazy_refcounts", Kind::Text, Some("off")),
-            ("refcount_bits", Kind::Number, Some("16")),
-        ],
-        ImageFormat::Vpc => &[
-            ("size", Kind::Size, None),
-            ("subformat", Kind::Text, None),
-            ("force_size", Kind::Text, None),
-        ],
-        ImageFormat::Vhdx => &[
-            ("size", Kind::Size, None),
-            ("log_size", Kind::Size, Some("1048576")),
-            ("block_size", Kind::Size, Some("0")),
-            ("subformat", Kind::Text, None),
-            ("block_state_zero", Kind::Text, None),
-        ],
-    }
-}
 
 /// The line qemu-img create prints for `params`, whose virtual size is `size` (the given one, or the backing
 /// file's).
@@ -88,15 +33,16 @@ pub fn formatting_line(params: &CreateParams, size: Option<u64>) -> String {
         display_path(&params.path),
         params.format.name()
     );
-    let own = options_of(params.format);
-    let protocol = FILE_OPTIONS
+    let own = params.format.descriptor().formatting_options();
+    let protocol = FILE_FORMATTING_OPTIONS
         .iter()
-        .filter(|(name, _, _)| !own.iter().any(|(n, _, _)| n == name));
+        .filter(|o| !own.iter().any(|own| own.name == o.name));
     let mut printed: Vec<&str> = Vec::new();
-    for &(name, kind, default) in own.iter().chain(protocol) {
+    for option in own.iter().chain(protocol) {
+        let name = option.name;
         let value = match given.iter().find(|(k, _)| k == name) {
-            Some((_, text)) => Some(print_value(name, kind, text)),
-            None => default.map(str::to_string),
+            Some((_, text)) => Some(print_value(name, option.print, text)),
+            None => option.default.map(str::to_string),
         };
         if let Some(value) = value {
             line.push_str(&format!(" {name}={value}"));
@@ -112,11 +58,11 @@ pub fn formatting_line(params: &CreateParams, size: Option<u64>) -> String {
     line
 }
 
-fn print_value(name: &str, kind: Kind, text: &str) -> String {
-    let parsed = match kind {
-        Kind::Size => parse_size_param(name, text).ok(),
-        Kind::Number => text.parse::<u64>().ok(),
-        Kind::Text => None,
+fn print_value(name: &str, print: OptionPrint, text: &str) -> String {
+    let parsed = match print {
+        OptionPrint::Size => parse_size_param(name, text).ok(),
+        OptionPrint::Number => text.parse::<u64>().ok(),
+        OptionPrint::Text => None,
     };
     parsed.map_or_else(|| text.to_string(), |n| n.to_string())
 }
@@ -124,16 +70,21 @@ fn print_value(name: &str, kind: Kind, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blk_factory::ImageFormat;
+
+    fn format(name: &str) -> ImageFormat {
+        name.parse().unwrap()
+    }
 
     #[test]
     fn qcow2_defaults_and_given_values_in_qemus_order() {
-        let mut params = CreateParams::new("x.qcow2", ImageFormat::Qcow2, Some(1 << 30));
+        let mut params = CreateParams::new("x.qcow2", format("qcow2"), Some(1 << 30));
         params.options = vec![
             ("refcount_bits".into(), "1".into()),
             ("cluster_size".into(), "4k".into()),
         ];
         params.backing_file = Some("base.raw".into());
-        params.backing_format = Some(ImageFormat::Raw);
+        params.backing_format = Some(ImageFormat::RAW);
         assert_eq!(
             formatting_line(&params, params.size),
             "Formatting 'x.qcow2', fmt=qcow2 cluster_size=4096 extended_l2=off compression_type=zlib \
@@ -143,13 +94,13 @@ mod tests {
 
     #[test]
     fn raw_and_vhdx_lists() {
-        let mut params = CreateParams::new("x.raw", ImageFormat::Raw, Some(4096));
+        let mut params = CreateParams::new("x.raw", ImageFormat::RAW, Some(4096));
         params.options = vec![("preallocation".into(), "falloc".into())];
         assert_eq!(
             formatting_line(&params, params.size),
             "Formatting 'x.raw', fmt=raw size=4096 preallocation=falloc"
         );
-        let params = CreateParams::new("x.vhdx", ImageFormat::Vhdx, Some(1 << 20));
+        let params = CreateParams::new("x.vhdx", format("vhdx"), Some(1 << 20));
         assert_eq!(
             formatting_line(&params, params.size),
             "Formatting 'x.vhdx', fmt=vhdx size=1048576 log_size=1048576 block_size=0"

@@ -101,8 +101,8 @@ impl Described {
             skip_backing: true,
             ..OpenSpec::read_only(format, force_share)
         };
-        let disk = open_image(path, spec)?;
-        let info = disk.image_info().map_err(|e| e.with_path(path))?;
+        let image = open_image(path, spec)?;
+        let info = image.admin.image_info().map_err(|e| e.with_path(path))?;
         let file = FileNode::stat(path)?;
         Ok(Described {
             filename: display_path(path),

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use blk_core::{DiskFile, Error, ErrorKind, Result};
+use blk_core::{DiskFile, Error, ErrorKind, OpenedImage, Result};
 use clap::Args;
 
 use super::{cache_is_direct, open_image, OpenSpec};
@@ -301,7 +301,8 @@ fn read(disk: &dyn DiskFile, args: &[&str]) -> Outcome {
     outcome
 }
 
-fn write(disk: &dyn DiskFile, args: &[&str]) -> Outcome {
+fn write(image: &OpenedImage, args: &[&str]) -> Outcome {
+    let disk = &*image.disk;
     let parsed = getopt("write", args, "qzufnbpcC", "Ps")?;
     let zero = parsed.has('z');
     if u8::from(zero)
@@ -335,7 +336,7 @@ fn write(disk: &dyn DiskFile, args: &[&str]) -> Outcome {
         disk.write_zeroes(offset, len, parsed.has('u'))
             .map_err(|e| Failure::Io("write", e))?;
     } else if parsed.has('c') {
-        write_compressed(disk, offset, len, pattern).map_err(|e| Failure::Io("write", e))?;
+        write_compressed(image, offset, len, pattern).map_err(|e| Failure::Io("write", e))?;
     } else {
         let buf = vec![pattern; len as usize];
         disk.write_all_at(offset, &buf)
@@ -354,11 +355,12 @@ fn write(disk: &dyn DiskFile, args: &[&str]) -> Outcome {
 
 /// `write -c`: `len` bytes of `pattern` stored compressed, one compression unit (cluster) at a time; like
 /// qemu-io, the range must start on a unit and cover whole units but at the end of the disk.
-fn write_compressed(disk: &dyn DiskFile, offset: u64, len: u64, pattern: u8) -> Result<()> {
-    let Some(unit) = disk.compressed_write_size() else {
-        return disk.write_compressed(offset, &[]);
+fn write_compressed(image: &OpenedImage, offset: u64, len: u64, pattern: u8) -> Result<()> {
+    let admin = &*image.admin;
+    let Some(unit) = admin.compressed_write_size() else {
+        return admin.write_compressed(offset, &[]);
     };
-    let ends_disk = offset.checked_add(len) == Some(disk.logical_size());
+    let ends_disk = offset.checked_add(len) == Some(image.disk.logical_size());
     if unit == 0 || offset % unit != 0 || (len % unit != 0 && !ends_disk) {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -372,7 +374,7 @@ fn write_compressed(disk: &dyn DiskFile, offset: u64, len: u64, pattern: u8) -> 
     let mut done = 0;
     while done < len {
         let n = unit.min(len - done);
-        disk.write_compressed(offset + done, &buf[..n as usize])?;
+        admin.write_compressed(offset + done, &buf[..n as usize])?;
         done += n;
     }
     Ok(())
@@ -397,15 +399,16 @@ fn flush(disk: &dyn DiskFile, args: &[&str]) -> Outcome {
     disk.flush().map_err(|e| Failure::Io("flush", e))
 }
 
-/// Runs one command line against `disk`.
-pub fn execute(disk: &dyn DiskFile, command: &str) -> Outcome {
+/// Runs one command line against `image`.
+pub fn execute(image: &OpenedImage, command: &str) -> Outcome {
+    let disk = &*image.disk;
     let words: Vec<&str> = command.split_whitespace().collect();
     let Some((&name, args)) = words.split_first() else {
         return Ok(());
     };
     match name {
         "read" | "r" => read(disk, args),
-        "write" | "w" => write(disk, args),
+        "write" | "w" => write(image, args),
         "discard" | "d" => discard(disk, args),
         "flush" | "f" | "aio_flush" => flush(disk, args),
         _ => Err(usage(format!("command \"{name}\" not found"))),
@@ -425,7 +428,7 @@ pub fn run(args: IoArgs) -> Result<u8> {
         skip_backing: false,
         snapshot: None,
     };
-    let disk = open_image(path, spec)?;
+    let image = open_image(path, spec)?;
     let commands = if args.commands.is_empty() {
         stdin_commands()?
     } else {
@@ -433,7 +436,7 @@ pub fn run(args: IoArgs) -> Result<u8> {
     };
     let mut failed = false;
     for command in &commands {
-        match execute(&*disk, command) {
+        match execute(&image, command) {
             Ok(()) => {}
             Err(Failure::Reported) => failed = true,
             Err(Failure::Io(op, err)) => {

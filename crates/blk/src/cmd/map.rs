@@ -138,11 +138,11 @@ impl ChainNames {
             let Some((path, format)) = self.next.take() else {
                 return Ok(String::new());
             };
-            let disk = open_image(
+            let image = open_image(
                 &path,
                 OpenSpec::read_only(format.as_deref(), self.force_share),
             )?;
-            let info = disk.image_info().map_err(|e| e.with_path(&path))?;
+            let info = image.admin.image_info().map_err(|e| e.with_path(&path))?;
             self.next = info
                 .full_backing_filename
                 .map(|p| (p, info.backing_format.clone()));
@@ -213,10 +213,11 @@ pub fn run(args: MapArgs) -> Result<u8> {
         .as_deref()
         .map(|s| parse_size_arg("max length", s))
         .transpose()?;
-    let disk = open_image(
+    let image = open_image(
         path,
         OpenSpec::read_only(args.image.format.as_deref(), args.image.force_share),
     )?;
+    let disk = &*image.disk;
     let size = disk.logical_size();
     let end = match max_length {
         Some(max) => start.saturating_add(max).min(size),
@@ -224,7 +225,7 @@ pub fn run(args: MapArgs) -> Result<u8> {
     };
     let mut names = ChainNames::new(path, None, args.image.force_share);
     if args.image.output == OutputFormat::Human {
-        let info = disk.image_info().map_err(|e| e.with_path(path))?;
+        let info = image.admin.image_info().map_err(|e| e.with_path(path))?;
         names = ChainNames::new(
             path,
             info.full_backing_filename.map(|p| (p, info.backing_format)),
@@ -245,7 +246,7 @@ pub fn run(args: MapArgs) -> Result<u8> {
     let mut curr = MapEntry::empty(start);
     while curr.start + curr.length < end {
         let offset = curr.start + curr.length;
-        let extent = map_extent(&*disk, path, offset, end - offset)?;
+        let extent = map_extent(disk, path, offset, end - offset)?;
         let mut next = MapEntry::from_extent(&extent);
         if curr.mergeable(&next) {
             curr.length += next.length;

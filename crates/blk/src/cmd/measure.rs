@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use blk_core::{DiskFile, Result, SnapshotSelector};
+use blk_core::{Result, SnapshotSelector};
 use blk_factory::{ImageFormat, MeasureParams, MeasureSource};
 use clap::Args;
 
@@ -78,7 +78,10 @@ pub fn run(args: MeasureArgs) -> Result<u8> {
         None => None,
     };
     let source = match (&input, size) {
-        (Some(disk), _) => MeasureSource::Image(&**disk as &dyn DiskFile),
+        (Some(image), _) => MeasureSource::Image {
+            disk: &*image.disk,
+            admin: &*image.admin,
+        },
         (None, Some(size)) => MeasureSource::Size(size),
         (None, None) => {
             return Err(invalid(

@@ -26,7 +26,7 @@ use std::ffi::OsString;
 use std::path::Path;
 
 use blk_core::{AsyncDiskFile, DiskFile, Error, ErrorKind, Extent, LockMode, Operation, Result};
-use blk_factory::{DiskFileParams, ImageFormat, NamedImagePolicy};
+use blk_factory::{DiskFileParams, ImageFormat, NamedImagePolicy, OpenedImage};
 use clap::{Parser, Subcommand};
 
 /// The size of one copy or compare step: large enough for throughput, small enough to keep memory low.
@@ -233,9 +233,15 @@ impl<'a> OpenSpec<'a> {
     }
 }
 
-/// Opens `path` through the factory as `spec` says. Backing files an image names are opened read-only with
-/// their recorded format, as qemu-img does; every error carries the path.
-pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<Box<dyn AsyncDiskFile>> {
+/// Opens `path` through the factory as `spec` says, for guest data only (see [`open_image`]).
+pub fn open_disk(path: &Path, spec: OpenSpec<'_>) -> Result<Box<dyn AsyncDiskFile>> {
+    open_image(path, spec).map(|image| image.disk)
+}
+
+/// Opens `path` through the factory as `spec` says: the disk and its administration (info, check, ...).
+/// Backing files an image names are opened read-only with their recorded format, as qemu-img does; every error
+/// carries the path.
+pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<OpenedImage> {
     let format = parse_format(spec.format).map_err(|e| e.with_path(path))?;
     let params = DiskFileParams::new(path)
         .format(format)
@@ -253,7 +259,7 @@ pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<Box<dyn AsyncDiskFi
         snapshot: spec.snapshot.cloned(),
         ..params
     };
-    blk_factory::open_disk_file(&params).map_err(|e| e.with_path(path))
+    blk_factory::open_image(&params).map_err(|e| e.with_path(path))
 }
 
 /// Whether an `-o` list asks for the format's options (`-o help` or `-o ?`), as qemu-img accepts anywhere in it.
@@ -266,7 +272,7 @@ pub fn wants_option_help(lists: &[String]) -> bool {
 
 /// Prints the creation options of `format` as `qemu-img create -o help` does.
 pub fn print_option_help(format: ImageFormat) -> Result<u8> {
-    let options = blk_factory::create_options(format)?;
+    let options = blk_factory::create_options(format);
     println!("Supported options:");
     for option in options {
         println!("{}", option.help_line());

@@ -8,7 +8,7 @@ use blk_core::{DiskFile, Error, ErrorKind, ExtentKind, LockMode, Result};
 use blk_factory::{change_backing_file, ChangeBackingParams};
 use clap::Args;
 
-use super::{cache_is_direct, open_image, parse_format, progress, OpenSpec, CHUNK};
+use super::{cache_is_direct, open_disk, open_image, parse_format, progress, OpenSpec, CHUNK};
 
 /// Arguments of `blk rebase`.
 #[derive(Debug, Args)]
@@ -115,17 +115,19 @@ fn copy_differences(args: &RebaseArgs, backing: Option<&str>) -> Result<()> {
                 direct: cache_is_direct(args.source_cache.as_deref())?,
                 ..OpenSpec::default()
             };
-            Some(open_image(&full, spec)?)
+            Some(open_disk(&full, spec)?)
         }
         None => None,
     };
-    let size = image.logical_size();
+    let size = image.disk.logical_size();
     let cluster = image
+        .admin
         .image_info()
         .map_err(|e| e.with_path(path))?
         .cluster_size
         .unwrap_or(64 << 10)
         .max(512);
+    let image = image.disk;
     let step = (CHUNK / cluster).max(1) * cluster;
     let bar = progress::bar(size, args.progress && !args.quiet);
     let mut old = vec![0u8; step as usize];

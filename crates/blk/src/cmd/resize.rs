@@ -6,7 +6,7 @@ use blk_core::{Error, ErrorKind, LockMode, Result};
 use blk_factory::{resize_disk_file, ResizeParams};
 use clap::Args;
 
-use super::{open_image, parse_format, parse_size_arg, OpenSpec};
+use super::{open_disk, parse_format, parse_size_arg, OpenSpec};
 
 /// Arguments of `blk resize`.
 #[derive(Debug, Args)]
@@ -73,7 +73,7 @@ fn new_size(args: &ResizeArgs) -> Result<u64> {
         skip_backing: true,
         ..OpenSpec::read_only(None, false)
     };
-    let current = open_image(&args.filename, spec)?.logical_size();
+    let current = open_disk(&args.filename, spec)?.logical_size();
     let size = if sign > 0 {
         current.checked_add(amount)
     } else {

@@ -95,6 +95,7 @@ fn list(args: &SnapshotArgs) -> Result<u8> {
         ..OpenSpec::read_only(args.format.as_deref(), args.force_share)
     };
     let info = open_image(path, spec)?
+        .admin
         .image_info()
         .map_err(|e| e.with_path(path))?;
     print!("{}", snapshot_list(&info.snapshots));

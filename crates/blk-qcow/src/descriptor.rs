@@ -1,0 +1,149 @@
+//! [`FORMAT`]: the QCOW2 format as the factory sees it: detection, open, create, measure, resize and what it can
+//! do, with qemu-img's messages.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use blk_core::{
+    BackingFiles, CreateOptionInfo, CreateRequest, Error, ErrorKind, FormatCapabilities,
+    FormatDescriptor, FormattingOption, HostOpenOptions, Measure, MeasureSource, OpenOptions,
+    OpenedImage, Operation, OptionPrint, ProbeInput, ResizeRequest, Result, PROBE_MAGIC,
+};
+
+use crate::image::options::{Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS};
+use crate::offline::resize::{resize, Qcow2ResizeOptions};
+use crate::{Qcow2, FORMAT_NAME};
+
+/// The QCOW2 format's registration with the factory.
+pub const FORMAT: &dyn FormatDescriptor = &Qcow2Format;
+
+/// QCOW2's magic, `QFI\xfb`, at offset 0.
+const MAGIC: &[u8] = b"QFI\xfb";
+/// The smallest QCOW2 header (version 2).
+const MIN_HEADER: u64 = 72;
+
+/// qemu 10's option list for qcow2, in its order, for the `Formatting ...` line (the encryption options,
+/// which blk refuses, left out).
+const FORMATTING_OPTIONS: &[FormattingOption] = &[
+    FormattingOption::new("cluster_size", OptionPrint::Size, Some("65536")),
+    FormattingOption::new("extended_l2", OptionPrint::Text, Some("off")),
+    FormattingOption::new("preallocation", OptionPrint::Text, None),
+    FormattingOption::new("compression_type", OptionPrint::Text, Some("zlib")),
+    FormattingOption::new("size", OptionPrint::Size, None),
+    FormattingOption::new("compat", OptionPrint::Text, None),
+    FormattingOption::new("backing_file", OptionPrint::Text, None),
+    FormattingOption::new("backing_fmt", OptionPrint::Text, None),
+    FormattingOption::new("data_file", OptionPrint::Text, None),
+    FormattingOption::new("data_file_raw", OptionPrint::Text, None),
+    FormattingOption::new("lazy_refcounts", OptionPrint::Text, Some("off")),
+    FormattingOption::new("refcount_bits", OptionPrint::Number, Some("16")),
+];
+
+/// The options `amend` can change, as qemu-img's `amend -o help` lists them for qcow2 (its encryption options
+/// aside: blk has no encryption).
+const AMEND_OPTIONS: &[&str] = &[
+    "backing_file",
+    "backing_fmt",
+    "compat",
+    "data_file",
+    "data_file_raw",
+    "lazy_refcounts",
+    "refcount_bits",
+    "size",
+];
+
+/// The descriptor behind [`FORMAT`].
+#[derive(Debug)]
+struct Qcow2Format;
+
+impl FormatDescriptor for Qcow2Format {
+    fn name(&self) -> &'static str {
+        FORMAT_NAME
+    }
+
+    fn capabilities(&self) -> FormatCapabilities {
+        FormatCapabilities {
+            backing_files: BackingFiles::AnyFormat,
+            compression: true,
+            internal_snapshots: true,
+            amend: true,
+            change_backing_file: true,
+            resize: true,
+            measure: true,
+        }
+    }
+
+    fn probe(&self, input: &ProbeInput<'_>) -> Result<u32> {
+        if !input.head.starts_with(MAGIC) {
+            return Ok(0);
+        }
+        if input.len < MIN_HEADER {
+            return Err(Error::new(
+                ErrorKind::InvalidFormat,
+                format!(
+                    "truncated {FORMAT_NAME} image: the file has {} bytes, its headers need at least {MIN_HEADER}",
+                    input.len
+                ),
+            )
+            .with_format(FORMAT_NAME)
+            .with_offset(input.len));
+        }
+        Ok(PROBE_MAGIC)
+    }
+
+    fn open(&self, path: &Path, options: &OpenOptions) -> Result<OpenedImage> {
+        let mut qcow2 = Qcow2OpenOptions::new(options.host, Arc::clone(&options.opener));
+        qcow2.check_mode = options.check_mode;
+        qcow2.backing_format = options.backing_format.clone();
+        qcow2.snapshot = options.snapshot.clone();
+        let image = Qcow2::open(path, &qcow2)?;
+        Ok(OpenedImage::new(image, Arc::clone(&options.backend)))
+    }
+
+    fn create(&self, request: &CreateRequest<'_>) -> Result<()> {
+        let options =
+            Qcow2CreateOptions::from_key_values(request.size, request.options).map_err(|e| {
+                e.with_format(FORMAT_NAME)
+                    .with_path(request.path)
+                    .with_operation(Operation::Create)
+            })?;
+        Qcow2::create(request.path, &options, request.opener)
+    }
+
+    fn create_options(&self) -> &'static [CreateOptionInfo] {
+        CREATE_OPTIONS
+    }
+
+    fn formatting_options(&self) -> &'static [FormattingOption] {
+        FORMATTING_OPTIONS
+    }
+
+    fn amend_options(&self) -> &'static [&'static str] {
+        AMEND_OPTIONS
+    }
+
+    fn measure(&self, options: &[(String, String)], source: MeasureSource<'_>) -> Result<Measure> {
+        crate::offline::measure::measure_source(options, source)
+    }
+
+    fn resize(&self, request: &ResizeRequest<'_>) -> Result<()> {
+        if let Some(mode) = request.preallocation.filter(|m| *m != "off") {
+            return Err(Error::new(
+                ErrorKind::UnsupportedFeature,
+                format!("blk resizes QCOW2 images without preallocation (asked for '{mode}')"),
+            )
+            .with_format(FORMAT_NAME)
+            .with_path(request.path)
+            .with_operation(Operation::Resize));
+        }
+        let options = Qcow2ResizeOptions {
+            host: HostOpenOptions {
+                read_only: false,
+                direct: false,
+                lock: request.lock,
+            },
+            shrink: request.shrink,
+        };
+        resize(request.path, request.size, &options)
+    }
+}

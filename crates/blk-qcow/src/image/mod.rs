@@ -1,0 +1,170 @@
+//! The open image: [`Qcow2`] (one handle: its own descriptor, the shared state), opening it, its header and
+//! options, the files it names, and the description and administration it answers ([`blk_core::ImageAdmin`]).
+//!
+//! Handles from [`Mapper::duplicate`](blk_core::Mapper::duplicate) share one `Arc<Shared>`: the fixed
+//! layout, the metadata behind the one metadata lock (see `metadata` for the locking rules), the condition
+//! variable writers of a cluster being allocated wait on, and the backing and data files. Closing the last
+//! handle of a writable image writes the caches back, clears the dirty bit this open set and cuts the file
+//! back to its used end.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `open` | [`Qcow2::open`]: the header checked, the tables read, named files opened, a dirty image repaired |
+//! | `admin` | `impl ImageAdmin for Qcow2`: `info`, and the administration each room implements |
+//! | `options` | [`Qcow2OpenOptions`], [`Qcow2CreateOptions`], `CREATE_OPTIONS` |
+//! | `header` | the header: parsing, validation against QEMU's caps, serializing |
+//! | `header_update` | rewriting the header cluster (for `rebase` and `amend`) |
+//! | `extensions` | header extensions (backing format, feature names, unknown ones kept byte for byte) |
+//! | `features` | incompatible / compatible / autoclear feature bits |
+//! | `backing` | the backing file |
+//! | `data_file` | the external data file |
+
+mod admin;
+pub(crate) mod backing;
+pub(crate) mod data_file;
+pub(crate) mod extensions;
+pub(crate) mod features;
+pub(crate) mod header;
+pub(crate) mod header_update;
+mod open;
+pub(crate) mod options;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+
+use blk_core::{Error, HostFile, ImageOpener, Operation, Result};
+
+use crate::image::backing::Backing;
+use crate::image::data_file::DataFile;
+use crate::image::features::INCOMPAT_DIRTY;
+use crate::image::options::Qcow2CreateOptions;
+use crate::metadata::{Geometry, Metadata};
+use crate::FORMAT_NAME;
+
+/// State shared by every clone of one open image.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) geometry: Geometry,
+    /// The metadata file handle (metadata I/O and the final flush).
+    pub(crate) file: HostFile,
+    pub(crate) meta: Mutex<Metadata>,
+    /// Signalled when an in-flight cluster is linked.
+    pub(crate) linked: Condvar,
+    pub(crate) backing: Option<Backing>,
+    /// The external data file, when the image has one.
+    pub(crate) data_file: Option<DataFile>,
+    pub(crate) backing_name: Option<String>,
+    pub(crate) backing_format: Option<String>,
+    pub(crate) read_only: bool,
+    /// Whether this open set the dirty bit (lazy refcounts) and must clear it on close.
+    pub(crate) set_dirty: bool,
+    /// Whether the image looks metadata-preallocated (decided on the first `map`, as QEMU does).
+    pub(crate) metadata_preallocated: OnceLock<bool>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if self.read_only {
+            return;
+        }
+        let meta = self.meta.get_mut().unwrap_or_else(|p| p.into_inner());
+        if meta.flush(&self.file).is_ok() {
+            if self.set_dirty {
+                let _ = meta.update_incompatible(&self.file, 0, INCOMPAT_DIRTY);
+            }
+            // The part grown ahead of need (see `allocator`): nothing past the used end is referenced.
+            let _ = meta.cut_to_used_end(&self.file);
+        }
+    }
+}
+
+/// An open QCOW2 image: its [`blk_core::Mapper`] (guest I/O, through [`blk_core::MappedDisk`]) and its
+/// [`blk_core::ImageAdmin`].
+///
+/// Handles from [`blk_core::Mapper::duplicate`] share the metadata (one `Arc`) and each own a descriptor.
+#[derive(Debug)]
+pub struct Qcow2 {
+    pub(crate) shared: Arc<Shared>,
+    /// This handle's descriptor of the image file: [`blk_core::Mapper::host_files`].
+    pub(crate) files: [HostFile; 1],
+}
+
+impl Qcow2 {
+    /// Creates (overwrites) a qcow2 image at `path`, laid out as `qemu-img create` does. With a backing file
+    /// and no size, the size is the backing file's, opened through `opener`.
+    pub fn create(
+        path: impl AsRef<Path>,
+        options: &Qcow2CreateOptions,
+        opener: &dyn ImageOpener,
+    ) -> Result<()> {
+        crate::offline::create::create(path.as_ref(), options, opener)
+    }
+
+    /// The image's host file (the shared descriptor: metadata I/O and the final flush).
+    pub(crate) fn host_file(&self) -> &HostFile {
+        &self.shared.file
+    }
+
+    /// The image's fixed layout.
+    pub(crate) fn geometry(&self) -> &Geometry {
+        &self.shared.geometry
+    }
+
+    /// Takes the metadata lock.
+    pub(crate) fn lock_metadata(&self) -> MutexGuard<'_, Metadata> {
+        self.shared.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This handle's descriptor of the image file.
+    pub(crate) fn file(&self) -> &HostFile {
+        &self.files[0]
+    }
+
+    /// The path of the image file.
+    pub fn path(&self) -> &Path {
+        self.file().path()
+    }
+
+    /// Adds format, path, operation and offset to an error.
+    pub(crate) fn context(&self, err: Error, operation: Operation, offset: Option<u64>) -> Error {
+        let err = err
+            .with_format(FORMAT_NAME)
+            .with_path(self.file().path())
+            .with_operation(operation);
+        match offset {
+            Some(o) => err.with_offset(o),
+            None => err,
+        }
+    }
+
+    /// Refuses `operation` (at `offset`) on a read-only open.
+    pub(crate) fn writable(&self, operation: Operation, offset: u64) -> Result<()> {
+        if self.shared.read_only {
+            return Err(self.context(
+                blk_core::read_only_error(operation),
+                operation,
+                Some(offset),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Another handle: its own descriptor, the same metadata.
+    pub(crate) fn duplicate(&self) -> Result<Qcow2> {
+        Ok(Qcow2 {
+            shared: Arc::clone(&self.shared),
+            files: [self
+                .file()
+                .try_clone()
+                .map_err(|e| self.context(e, Operation::Open, None))?],
+        })
+    }
+
+    /// The backing file's path as the image names it, resolved against the image's directory.
+    pub(crate) fn full_backing_filename(&self) -> Option<PathBuf> {
+        self.shared
+            .backing_name
+            .as_ref()
+            .map(|n| backing::backing_path(self.file().path(), n))
+    }
+}

@@ -1,0 +1,160 @@
+//! The writes the mapper answers slow ([`Mapper::write_slow`](blk_core::Mapper::write_slow)): block allocation
+//! in crash-safe order, sector bitmap bits to set, and partial sectors merged with what lies below.
+//!
+//! Block allocation (VHD spec, "Block Allocation Table and Data Blocks"; QEMU's `alloc_block`): under the
+//! allocation lock, the new block's sector bitmap and the first write's data go where the end footer was, the
+//! footer is rewritten after the block, the file is synced, and only then is the BAT entry written (and
+//! published in memory). A crash leaves either the old image (the footer copy at 0 still describes it) or the
+//! new block fully in place.
+
+use blk_core::buffer::{range, total_len};
+use blk_core::{read_mapped, Error, ErrorKind, IoBuf, IoBufMut, Result};
+use zerocopy::IntoBytes;
+
+use crate::bat::{SparseLayout, BITMAP_FULL, UNALLOCATED};
+use crate::footer::DiskType;
+use crate::sector_bitmap::{set_bit, Block};
+use crate::vhd::Vhd;
+
+impl Vhd {
+    /// Writes `bufs` at guest `offset`, a range the mapper answered slow, block by block.
+    pub(crate) fn write_slow_pieces(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        let Some(sparse) = &self.shared.sparse else {
+            // Never answered slow: fixed disks are written in place.
+            return self.file.write_vectored_at(offset, bufs);
+        };
+        for piece in sparse.pieces(offset, total_len(bufs)) {
+            self.write_chunk(sparse, piece.pos, &range(bufs, piece.done, piece.len))?;
+        }
+        Ok(())
+    }
+
+    /// Writes within one block, merging partial sectors first where the bitmap would otherwise expose bytes
+    /// the guest never wrote.
+    fn write_chunk(&self, sparse: &SparseLayout, pos: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        let len = total_len(bufs);
+        let aligned = pos % 512 == 0 && len % 512 == 0;
+        if aligned || !self.needs_merge(sparse, pos, len)? {
+            return self.write_sectors(sparse, pos, bufs);
+        }
+        let _merge = self
+            .shared
+            .merge_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let start = pos - pos % 512;
+        let end = (pos + len).div_ceil(512) * 512;
+        // At most one block (and its size was checked at open).
+        let mut merged = vec![0u8; (end - start) as usize];
+        read_mapped(self, start, &[IoBufMut::from(&mut merged[..])])?;
+        let mut at = (pos - start) as usize;
+        for b in bufs {
+            let dst = merged
+                .get_mut(at..at + b.len())
+                .ok_or_else(|| Error::new(ErrorKind::Io, "merge buffer overflow"))?;
+            b.copy_to(dst);
+            at += b.len();
+        }
+        self.write_sectors(sparse, start, &[IoBuf::from(&merged[..])])
+    }
+
+    /// Whether an unaligned write must merge its partial sectors: always for differencing disks (the rest of
+    /// the sector comes from the parent), for dynamic ones only when a partial sector's bit is clear in an
+    /// allocated block.
+    fn needs_merge(&self, sparse: &SparseLayout, pos: u64, len: u64) -> Result<bool> {
+        if self.shared.disk_type == DiskType::Differencing {
+            return Ok(true);
+        }
+        let Block::Partial { bitmap, .. } = self.classify(sparse, pos / sparse.block_size)? else {
+            return Ok(false);
+        };
+        let in_block = pos % sparse.block_size;
+        let first = in_block / 512;
+        let last = (in_block + len - 1) / 512;
+        let bits = self.read_bitmap(bitmap, first, last)?;
+        Ok(!(bits.present(first) && bits.present(last)))
+    }
+
+    /// Writes within one block (sector-aligned for differencing disks), allocating it if needed, and sets the
+    /// bitmap bits of the sectors written.
+    fn write_sectors(&self, sparse: &SparseLayout, pos: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        let len = total_len(bufs);
+        let block = pos / sparse.block_size;
+        let in_block = pos % sparse.block_size;
+        let first = in_block / 512;
+        let last = (in_block + len - 1) / 512;
+        loop {
+            match self.classify(sparse, block)? {
+                Block::Full { data } => return self.file.write_vectored_at(data + in_block, bufs),
+                Block::Partial { bitmap, data } => {
+                    self.file.write_vectored_at(data + in_block, bufs)?;
+                    return self.set_bits(sparse, block, bitmap, first, last);
+                }
+                Block::Unallocated => {}
+            }
+            let mut next = sparse.next_block.lock().unwrap_or_else(|e| e.into_inner());
+            if sparse.entry(block) != UNALLOCATED {
+                continue;
+            }
+            let sectors = (first, last);
+            return self.allocate(sparse, &mut next, block, in_block, sectors, bufs);
+        }
+    }
+
+    /// Allocates `block` at `*next` and writes the first data into it, at `in_block`, covering sectors
+    /// `first..=last` (see the module docs for the order).
+    fn allocate(
+        &self,
+        sparse: &SparseLayout,
+        next: &mut u64,
+        block: u64,
+        in_block: u64,
+        (first, last): (u64, u64),
+        bufs: &[IoBuf<'_>],
+    ) -> Result<()> {
+        let start = *next;
+        let sector = u32::try_from(start / 512)
+            .ok()
+            .filter(|&s| s != UNALLOCATED)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NoSpace,
+                    "the image file outgrew the BAT's 32-bit sector numbers",
+                )
+            })?;
+        let data = start + sparse.bitmap_size;
+        let end = data + sparse.block_size;
+        // Bounded by the bitmap size (512 KiB at most).
+        let mut bitmap = vec![0u8; sparse.bitmap_size as usize];
+        if self.shared.disk_type == DiskType::Dynamic {
+            // As QEMU: every sector present; the rest of the block is zeros.
+            bitmap.fill(0xff);
+            let old_len = self.file.len()?;
+            if old_len > data {
+                self.file
+                    .zero_range(data, old_len.min(end) - data, true, false)?;
+            }
+        } else {
+            for s in first..=last {
+                set_bit(&mut bitmap, s);
+            }
+        }
+        self.file.write_all_at(start, &bitmap)?;
+        self.file.write_vectored_at(data + in_block, bufs)?;
+        self.file.write_all_at(end, self.shared.footer.as_bytes())?;
+        self.file.sync_data()?;
+        let bat_at = sparse.bat_offset + 4 * block;
+        self.file.write_all_at(bat_at, &sector.to_be_bytes())?;
+        if self.shared.disk_type == DiskType::Dynamic {
+            sparse.set_bitmap_state(block, BITMAP_FULL);
+        }
+        {
+            let mut bat = sparse.bat.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = usize::try_from(block).ok().and_then(|i| bat.get_mut(i)) {
+                *slot = sector;
+            }
+        }
+        *next = end;
+        Ok(())
+    }
+}
