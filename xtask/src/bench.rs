@@ -8,7 +8,9 @@
 //!   contenders within one run, medians and speed ratios against issue 7's targets (timings on this hardware
 //!   vary by about 30% between runs, so only ratios measured in one run are meaningful); see
 //!   [`bench_compare`]. Its options: `--runs N` (5), `--quick` (tiny images and counts,
-//!   one run: a smoke test), `--scenario K` (repeatable).
+//!   one run: a smoke test), `--scenario K` (repeatable), `--baseline-blk PATH` (an older `blk` binary run
+//!   beside every blk contender, alternating with it, with a check that the current build is at most 5%
+//!   slower).
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +67,7 @@ impl Suite {
                     qemu_img: PathBuf::from("qemu-img"),
                     target_dir: target,
                     run_timeout: std::time::Duration::from_secs(120),
+                    baseline_blk: compare.baseline_blk.clone(),
                 };
                 bench_compare::run_suite(&env, compare, command_line)
             }
@@ -91,20 +94,11 @@ impl Suite {
     }
 }
 
-/// Features `blk` is built with for the comparison: the io_uring and Linux AIO backends of `blk-factory`.
-pub const BLK_FEATURES: &str = "blk-factory/io-uring,blk-factory/aio";
-
-/// Builds `blk` in release mode with [`BLK_FEATURES`] and returns the binary's path.
+/// Builds `blk` in release mode with its default features (every format and backend) and returns the binary's
+/// path.
 fn build_release_blk(root: &Path, target: &Path) -> Result<PathBuf, String> {
     let mut command = cmd::cargo_command(root);
-    command.args([
-        "build",
-        "--release",
-        "-p",
-        "blk",
-        "--features",
-        BLK_FEATURES,
-    ]);
+    command.args(["build", "--release", "-p", "blk"]);
     println!("--> {}", cmd::display(&command));
     cmd::run(&mut command)?;
     Ok(target.join("release").join("blk"))

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::bench_images::{Image, ImageSet};
 use crate::bench_report::{self, ContenderResult, ScenarioResult};
-use crate::bench_scenarios::{scenarios, Contender, Scale, Scenario, Tool, SCENARIO_COUNT};
+use crate::bench_scenarios::{
+    scenarios, with_baseline, Contender, Scale, Scenario, Tool, SCENARIO_COUNT,
+};
 use crate::cmd;
 
 /// How the suite runs (`cargo xtask bench --suite compare [--runs N] [--quick] [--scenario K]...`).
@@ -26,6 +28,9 @@ pub struct CompareOptions {
     pub quick: bool,
     /// Only these scenarios (1-based); empty: all.
     pub scenarios: Vec<u32>,
+    /// `--baseline-blk PATH`: another `blk` binary (an older build) run beside every blk contender, with a
+    /// ratio check that the current build is at most 5% slower.
+    pub baseline_blk: Option<PathBuf>,
 }
 
 impl Default for CompareOptions {
@@ -34,6 +39,7 @@ impl Default for CompareOptions {
             runs: 5,
             quick: false,
             scenarios: Vec::new(),
+            baseline_blk: None,
         }
     }
 }
@@ -57,6 +63,10 @@ impl CompareOptions {
                     runs_given = true;
                 }
                 "--quick" => options.quick = true,
+                "--baseline-blk" => {
+                    let path = it.next().ok_or("--baseline-blk needs a blk binary")?;
+                    options.baseline_blk = Some(PathBuf::from(path));
+                }
                 "--scenario" => {
                     let k = it.next().ok_or("--scenario needs a number")?;
                     let k: u32 = k
@@ -93,6 +103,8 @@ pub struct Environment {
     pub target_dir: PathBuf,
     /// The longest a run may take before it is killed and reported as failed.
     pub run_timeout: Duration,
+    /// The baseline `blk` binary of [`CompareOptions::baseline_blk`].
+    pub baseline_blk: Option<PathBuf>,
 }
 
 /// The outcome of one run: its time, the backend blk named, or why it failed.
@@ -108,6 +120,7 @@ pub struct RunOutcome {
 pub fn command_for(env: &Environment, contender: &Contender, image: &Path) -> Command {
     let mut command = match contender.tool {
         Tool::Blk => Command::new(&env.blk),
+        Tool::BlkBaseline => Command::new(env.baseline_blk.as_ref().unwrap_or(&env.blk)),
         Tool::QemuImg => Command::new(&env.qemu_img),
     };
     command
@@ -272,6 +285,10 @@ pub fn run_suite(
     let selected: Vec<Scenario> = scenarios(&scale)
         .into_iter()
         .filter(|s| options.selects(s.id))
+        .map(|s| match options.baseline_blk {
+            Some(_) => with_baseline(s),
+            None => s,
+        })
         .collect();
     println!(
         "making {} MiB images in {}",

@@ -16,6 +16,8 @@ pub enum Tool {
     Blk,
     /// `qemu-img bench`.
     QemuImg,
+    /// `blk bench` of the baseline build (`--baseline-blk`).
+    BlkBaseline,
 }
 
 /// One contender of a scenario: a tool, an image and the `bench` arguments.
@@ -91,6 +93,42 @@ impl Scale {
 /// `args` as owned strings.
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
+}
+
+/// The least ratio `time(baseline) / time(current)` a blk contender must reach against its baseline twin: at
+/// most 5% slower.
+pub const BASELINE_TARGET: f64 = 0.95;
+
+/// `scenario` with a baseline twin of every blk contender (same image and arguments, run by the
+/// `--baseline-blk` binary, named `<name> (baseline)`) and a ratio check of each against its twin.
+pub fn with_baseline(mut scenario: Scenario) -> Scenario {
+    let twins: Vec<Contender> = scenario
+        .contenders
+        .iter()
+        .filter(|c| c.tool == Tool::Blk)
+        .map(|c| Contender {
+            // Names are static in the report; the handful made here live as long as the process.
+            name: Box::leak(format!("{} (baseline)", c.name).into_boxed_str()),
+            tool: Tool::BlkBaseline,
+            ..c.clone()
+        })
+        .collect();
+    for (twin, current) in twins.iter().zip(
+        scenario
+            .contenders
+            .iter()
+            .filter(|c| c.tool == Tool::Blk)
+            .map(|c| c.name),
+    ) {
+        scenario.checks.push(RatioCheck {
+            label: Box::leak(format!("{current} vs its baseline").into_boxed_str()),
+            subject: current,
+            faster_of: vec![twin.name],
+            target: BASELINE_TARGET,
+        });
+    }
+    scenario.contenders.extend(twins);
+    scenario
 }
 
 /// The six scenarios of issue 7 at `scale`.

@@ -22,6 +22,7 @@ fn environment(dir: &Path, blk: PathBuf) -> Environment {
         qemu_img: PathBuf::from("qemu-img"),
         target_dir: dir.to_path_buf(),
         run_timeout: Duration::from_secs(60),
+        baseline_blk: None,
     }
 }
 
