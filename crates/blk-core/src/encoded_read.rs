@@ -14,8 +14,9 @@
 
 use std::sync::Arc;
 
-use crate::buffer::IoBufMut;
+use crate::buffer::{total_len_mut, IoBufMut};
 use crate::direct_io::{Bounce, DirectIoAlignment};
+use crate::error::{Error, ErrorKind, Result};
 
 /// How much a sequential reader's window reads at once.
 pub(crate) const READ_AHEAD: u64 = 256 << 10;
@@ -228,4 +229,24 @@ impl EncodedReads {
             }
         }
     }
+}
+
+/// Copies an encoded piece's guest bytes, `skip` bytes into its `decoded` unit, to `out` (as many as `out`
+/// holds); returns how many. Both engines finish an encoded read with this.
+pub(crate) fn copy_decoded(decoded: &[u8], skip: usize, out: &[IoBufMut<'_>]) -> Result<u64> {
+    let len = total_len_mut(out);
+    let bytes = usize::try_from(len)
+        .ok()
+        .and_then(|len| decoded.get(skip..skip.checked_add(len)?))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::CorruptImage,
+                "an encoded piece reaches past its decoded unit",
+            )
+        })?;
+    let mut at = 0;
+    for buf in out {
+        at += buf.copy_from(&bytes[at..]);
+    }
+    Ok(len)
 }

@@ -17,6 +17,7 @@ use std::thread::LocalKey;
 
 use crate::buffer::{total_len, total_len_mut, IoBuf, IoBufMut};
 use crate::disk_file::DiskFile;
+use crate::encoded_read::copy_decoded;
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::host_file::HostFile;
 use crate::mapper::{Mapper, ReadMapping, WriteMapping};
@@ -222,22 +223,8 @@ fn read_encoded<M: Mapper + ?Sized>(
         let got = file.read_at(unit.offset, &mut input)?;
         input[got..].fill(0);
         mapper.decode(unit.codec, &input, &mut output)?;
-        let want = total_len_mut(part);
-        let bytes = usize::try_from(unit.skip)
-            .ok()
-            .and_then(|skip| Some((skip, skip.checked_add(usize::try_from(want).ok()?)?)))
-            .and_then(|(skip, end)| output.get(skip..end))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::CorruptImage,
-                    "an encoded piece reaches past its decoded unit",
-                )
-            })?;
-        let mut at = 0;
-        for buf in part {
-            at += buf.copy_from(&bytes[at..]);
-        }
-        Ok(())
+        let skip = usize::try_from(unit.skip).map_err(|_| too_big())?;
+        copy_decoded(&output, skip, part).map(drop)
     })();
     ENCODED.set((input, output));
     result

@@ -60,6 +60,15 @@ fn continues(file: usize, offset: u64, len: u64, next_file: usize, next_offset: 
     file == next_file && offset.checked_add(len) == Some(next_offset)
 }
 
+/// Pushes `piece` onto `out`, or merges it into the last piece when `extend` says it continues it (never into
+/// a piece before index `start`, another request's).
+fn push_merged<P>(out: &mut Vec<P>, start: usize, piece: P, extend: fn(&mut P, &P) -> bool) {
+    if out.len() > start && out.last_mut().is_some_and(|last| extend(last, &piece)) {
+        return;
+    }
+    out.push(piece);
+}
+
 /// Where a piece of a guest read lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMapping {
@@ -166,10 +175,7 @@ impl ReadMapping {
     /// [`try_extend`](ReadMapping::try_extend)); `start` is the index of the request's first piece in `out`,
     /// so pieces of an earlier request are never extended.
     pub fn push_onto(self, out: &mut Vec<ReadMapping>, start: usize) {
-        if out.len() > start && out.last_mut().is_some_and(|last| last.try_extend(&self)) {
-            return;
-        }
-        out.push(self);
+        push_merged(out, start, self, ReadMapping::try_extend);
     }
 }
 
@@ -308,10 +314,7 @@ impl WriteMapping {
     /// Pushes `self` onto `out`, merged into the last piece when it continues it (see
     /// [`try_extend`](WriteMapping::try_extend)); `start` is the index of the request's first piece in `out`.
     pub fn push_onto(self, out: &mut Vec<WriteMapping>, start: usize) {
-        if out.len() > start && out.last_mut().is_some_and(|last| last.try_extend(&self)) {
-            return;
-        }
-        out.push(self);
+        push_merged(out, start, self, WriteMapping::try_extend);
     }
 }
 

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::buffer::{total_len, total_len_mut, IoBuf, IoBufMut};
-use crate::encoded_read::DecodeInput;
+use crate::encoded_read::{copy_decoded, DecodeInput};
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::mapped_io::{context, mapping_mismatch, read_mapped, write_mapped};
 use crate::mapper::Mapper;
@@ -339,18 +339,5 @@ fn decode(
     mapper
         .decode(piece.codec, encoded, scratch)
         .map_err(|e| context(mapper, e, Operation::Read, None))?;
-    let len = total_len_mut(out) as usize;
-    let bytes = scratch
-        .get(piece.skip..piece.skip.saturating_add(len))
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::CorruptImage,
-                "an encoded piece reaches past its decoded unit",
-            )
-        })?;
-    let mut at = 0;
-    for buf in out {
-        at += buf.copy_from(&bytes[at..]);
-    }
-    Ok(len as u64)
+    copy_decoded(scratch, piece.skip, out)
 }

@@ -1,6 +1,7 @@
 //! The test harness for `MappedQueue`: guest buffers at stable addresses, a queue over the fake image with an
 //! in-memory model of its contents; and the shared helpers to build, submit and reap requests.
-#![allow(dead_code)]
+// Shared by several test binaries, each of which uses a part of it.
+#![allow(dead_code, unused_imports)]
 
 pub use blk_test_support::{complete, read_request, write_request};
 
