@@ -132,7 +132,7 @@ fn reads_equal_the_sync_path_and_qemu() {
         }
         qemu_create(&img, &opts, "4M");
         let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
-        qemu_io(&img, "qcow2", &cmds);
+        qemu_io("qcow2", &img, &cmds);
         check_reads(&img, size, i as u64 + 1, name);
     }
     // Compressed images, zlib and zstd, made by qemu-img convert -c (with an uncompressed tail written
@@ -145,20 +145,8 @@ fn reads_equal_the_sync_path_and_qemu() {
     .unwrap();
     for (i, kind) in ["zlib", "zstd"].iter().enumerate() {
         let img = dir.path().join(format!("{kind}.qcow2"));
-        qemu_img(&[
-            "convert",
-            "-q",
-            "-c",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "-o",
-            &format!("compression_type={kind}"),
-            path_str(&raw),
-            path_str(&img),
-        ]);
-        qemu_io(&img, "qcow2", &["write -P 0x55 2M 256k", "write -z 3M 64k"]);
+        qemu_convert_compressed(&raw, &img, &format!("compression_type={kind}"));
+        qemu_io("qcow2", &img, &["write -P 0x55 2M 256k", "write -z 3M 64k"]);
         check_reads(&img, size, 100 + i as u64, kind);
     }
 }
@@ -168,7 +156,7 @@ fn check_reads(img: &Path, size: u64, seed: u64, what: &str) {
     let expected = qemu_contents(img, "qcow2");
     check_reads_through_blk(img, size, seed, what, &expected);
     // qemu-io's own read of one range agrees too (once blk's handles are closed).
-    let out = qemu_io(img, "qcow2", &["read -v 1536k 512"]);
+    let out = qemu_io("qcow2", img, &["read -v 1536k 512"]);
     let first = out.lines().next().unwrap_or_default().to_string();
     let byte = expected[1536 << 10];
     assert!(
@@ -227,8 +215,8 @@ fn mapper_answers_fast_and_slow_as_documented() {
     let img = dir.path().join("m.qcow2");
     qemu_create(&img, "cluster_size=64k", "4M");
     qemu_io(
-        &img,
         "qcow2",
+        &img,
         &[
             "write -P 0x11 0 128k",
             "write -z 128k 64k",
@@ -385,7 +373,7 @@ fn patch_l2(path: &Path, gc: u64, cluster_bits: u32, value: u64) {
 fn corrupt_image(dir: &Path, name: &str, bad_host: impl Fn(&Path) -> u64) -> PathBuf {
     let img = dir.join(name);
     qemu_create(&img, "cluster_size=4k", "1M");
-    qemu_io(&img, "qcow2", &["write -P 0x11 0 64k"]);
+    qemu_io("qcow2", &img, &["write -P 0x11 0 64k"]);
     let host = bad_host(&img);
     patch_l2(&img, 3, 12, host | (1 << 63));
     img

@@ -111,14 +111,14 @@ fn writes_equal_qemu_io() {
         let prefill = ["write -P 0x10 0 512k", "write -P 0x12 2M 256k"];
         let theirs = dir.path().join(format!("theirs{case}.qcow2"));
         qemu_create(&theirs, opts, "4M");
-        qemu_io(&theirs, "qcow2", &prefill);
+        qemu_io("qcow2", &theirs, &prefill);
         let cmds = qemu_commands(&batches);
         let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
-        qemu_io(&theirs, "qcow2", &cmds);
+        qemu_io("qcow2", &theirs, &cmds);
         for driver in ["queue", "manual"] {
             let ours = dir.path().join(format!("ours{case}-{driver}.qcow2"));
             qemu_create(&ours, opts, "4M");
-            qemu_io(&ours, "qcow2", &prefill);
+            qemu_io("qcow2", &ours, &prefill);
             {
                 let disk = support::open_disk(&ours, &rw()).unwrap();
                 if driver == "queue" {

@@ -24,40 +24,20 @@ fn three_level_chain_reads_as_qemu() {
     std::fs::create_dir(&sub).unwrap();
     let mid = sub.join("mid.qcow2");
     let top = dir.path().join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "compat=0.10,cluster_size=4k",
-        "-b",
-        "../base.raw",
-        "-F",
-        "raw",
-        path_str(&mid),
-        "4M",
-    ]);
-    qemu_io(
+    qemu_create(
         &mid,
+        "compat=0.10,cluster_size=4k,backing_file=../base.raw,backing_fmt=raw",
+        "4M",
+    );
+    qemu_io(
         "qcow2",
+        &mid,
         &["write -P 1 1M 100k", "write -z 2M 64k", "discard 0 64k"],
     );
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "sub/mid.qcow2",
-        "-F",
-        "qcow2",
-        path_str(&top),
-        "5M",
-    ]);
+    qemu_create(&top, "backing_file=sub/mid.qcow2,backing_fmt=qcow2", "5M");
     qemu_io(
-        &top,
         "qcow2",
+        &top,
         &["write -P 2 1050k 8k", "write -z 4M 64k", "discard 1M 64k"],
     );
     let disk = support::open_disk(&top, &rw()).unwrap();
@@ -130,12 +110,9 @@ fn short_backing_file() {
     let dir = tempdir();
     std::fs::write(dir.path().join("b.raw"), vec![8u8; 100_000]).unwrap();
     let img = dir.path().join("t.qcow2");
-    let o = blk_qcow::Qcow2CreateOptions::from_key_values(
-        Some(1 << 20),
-        &[
-            ("backing_file".into(), "b.raw".into()),
-            ("backing_fmt".into(), "raw".into()),
-        ],
+    let o = create_options(
+        1 << 20,
+        &[("backing_file", "b.raw"), ("backing_fmt", "raw")],
     )
     .unwrap();
     Qcow2::create(&img, &o, &TestOpener).unwrap();
@@ -154,19 +131,8 @@ fn short_backing_file() {
 fn test_opener_ends_backing_loops() {
     let dir = tempdir();
     let selfish = dir.path().join("self.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&selfish), "1M"]);
-    qemu_img(&[
-        "rebase",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        "self.qcow2",
-        "-F",
-        "qcow2",
-        path_str(&selfish),
-    ]);
+    qemu_create(&selfish, "", "1M");
+    qemu_rebase_unsafe(&selfish, "self.qcow2");
     // A thread with a small stack: a loop the cap did not end would overflow it.
     let opened = std::thread::Builder::new()
         .stack_size(8 << 20)

@@ -14,46 +14,21 @@ use blk_core::{
     RepairMode, Result,
 };
 use blk_qcow::Qcow2OpenOptions;
-use support::{path_str, qemu_img, qemu_io, tempdir};
+use support::{
+    patch, path_str, qemu_create, qemu_img, qemu_io, qemu_rebase_unsafe, read_be, tempdir, write_be,
+};
 
 /// Cluster size of the base image (small, so tables are easy to find).
 const CS: u64 = 4096;
-
-fn read_be(path: &Path, offset: u64, n: usize) -> u64 {
-    let mut buf = vec![0u8; n];
-    std::fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut buf, offset)
-        .unwrap();
-    buf.iter().fold(0, |acc, &b| (acc << 8) | u64::from(b))
-}
-
-fn patch(path: &Path, offset: u64, bytes: &[u8]) {
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.write_all_at(bytes, offset).unwrap();
-}
-
-fn patch_be(path: &Path, offset: u64, n: usize, value: u64) {
-    patch(path, offset, &value.to_be_bytes()[8 - n..]);
-}
 
 /// A 1 MiB image, 4 KiB clusters: data at 0..8k (0x11), a compressed cluster at 64k (0x22), a zero cluster at
 /// 128k. Layout (qemu-img's): header, refcount table at 0x1000, refcount block at 0x2000, L1 at 0x3000.
 fn base(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        path_str(&path),
-        "1M",
-    ]);
+    qemu_create(&path, "cluster_size=4096", "1M");
     qemu_io(
-        &path,
         "qcow2",
+        &path,
         &[
             "write -P 0x11 0 8k",
             "write -c -P 0x22 64k 4k",
@@ -159,7 +134,7 @@ fn writes_are_safe(path: &Path) {
 fn huge_tables_fail_fast() {
     let dir = tempdir();
     let path = base(dir.path(), "huge-l1.qcow2");
-    patch_be(&path, 36, 4, 1 << 31);
+    write_be(&path, 36, 4, 1 << 31);
     let err = open_fails(
         &path,
         true,
@@ -168,7 +143,7 @@ fn huge_tables_fail_fast() {
     assert_eq!(err.offset(), Some(36), "{err:?}");
 
     let path = base(dir.path(), "huge-reftable.qcow2");
-    patch_be(&path, 56, 4, 1 << 20);
+    write_be(&path, 56, 4, 1 << 20);
     let err = open_fails(
         &path,
         true,
@@ -182,7 +157,7 @@ fn overlapping_tables() {
     let dir = tempdir();
     // L1 over the header.
     let path = base(dir.path(), "l1-over-header.qcow2");
-    patch_be(&path, 40, 8, 0);
+    write_be(&path, 40, 8, 0);
     if let Ok(disk) = support::open_disk(&path, &options(true)) {
         read_ok(&disk, &path, 0, 4096);
     }
@@ -191,7 +166,7 @@ fn overlapping_tables() {
     // Refcount table over the L1 table.
     let path = base(dir.path(), "reftable-over-l1.qcow2");
     let l1 = l1_offset(&path);
-    patch_be(&path, 48, 8, l1);
+    write_be(&path, 48, 8, l1);
     if let Ok(disk) = support::open_disk(&path, &options(true)) {
         read_ok(&disk, &path, 0, 8192);
     }
@@ -207,7 +182,7 @@ fn bad_table_entry(name: &str, in_l1: bool, value: u64) {
     } else {
         l2_offset(&path)
     };
-    patch_be(&path, at, 8, value);
+    write_be(&path, at, 8, value);
     let disk = support::open_disk(&path, &options(true)).unwrap();
     let ok = read_ok(&disk, &path, 0, 4096);
     if name.ends_with("unaligned") {
@@ -252,7 +227,7 @@ fn compressed_descriptor_past_eof() {
     let entry = read_be(&path, at, 8);
     assert_ne!(entry & (1 << 62), 0, "entry 16 is not compressed");
     // Host offset bits 0..=53 for 4 KiB clusters: move it far past the end.
-    patch_be(&path, at, 8, (entry & !((1u64 << 54) - 1)) | (1 << 50));
+    write_be(&path, at, 8, (entry & !((1u64 << 54) - 1)) | (1 << 50));
     let disk = support::open_disk(&path, &options(true)).unwrap();
     read_ok(&disk, &path, 64 << 10, 4096);
     read_ok(&disk, &path, 0, 8192);
@@ -264,7 +239,7 @@ fn compressed_descriptor_past_eof() {
 fn lying_refcount_table(name: &str, value: u64) {
     let dir = tempdir();
     let path = base(dir.path(), &format!("{name}.qcow2"));
-    patch_be(&path, reftable_offset(&path), 8, value);
+    write_be(&path, reftable_offset(&path), 8, value);
     writes_are_safe(&path);
     assert!(
         support::qemu_contents(&path, "qcow2")[..512]
@@ -302,7 +277,7 @@ fn header_fields_out_of_range() {
     let dir = tempdir();
     for bits in [8u64, 22] {
         let path = base(dir.path(), &format!("cluster-bits-{bits}.qcow2"));
-        patch_be(&path, 20, 4, bits);
+        write_be(&path, 20, 4, bits);
         open_fails(
             &path,
             true,
@@ -315,7 +290,7 @@ fn header_fields_out_of_range() {
     }
     for (name, length) in [("odd", 105u64), ("over-cluster", CS + 8), ("short", 96)] {
         let path = base(dir.path(), &format!("header-length-{name}.qcow2"));
-        patch_be(&path, 100, 4, length);
+        write_be(&path, 100, 4, length);
         let err = open_fails(
             &path,
             true,
@@ -325,16 +300,16 @@ fn header_fields_out_of_range() {
     }
     // Backing file name outside cluster 0, or longer than 1023 bytes.
     let path = base(dir.path(), "backing-outside.qcow2");
-    patch_be(&path, 8, 8, CS + 16);
-    patch_be(&path, 16, 4, 8);
+    write_be(&path, 8, 8, CS + 16);
+    write_be(&path, 16, 4, 8);
     open_fails(
         &path,
         true,
         &[ErrorKind::InvalidFormat, ErrorKind::CorruptImage],
     );
     let path = base(dir.path(), "backing-long.qcow2");
-    patch_be(&path, 8, 8, 1024);
-    patch_be(&path, 16, 4, 2000);
+    write_be(&path, 8, 8, 1024);
+    write_be(&path, 16, 4, 2000);
     open_fails(
         &path,
         true,
@@ -371,7 +346,7 @@ fn backing_loops_end() {
     let dir = tempdir();
     let a = dir.path().join("a.qcow2");
     let b = dir.path().join("b.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&a), "1M"]);
+    qemu_create(&a, "", "1M");
     qemu_img(&[
         "create",
         "-q",
@@ -385,52 +360,15 @@ fn backing_loops_end() {
         path_str(&b),
         "1M",
     ]);
-    qemu_img(&[
-        "rebase",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        "b.qcow2",
-        "-F",
-        "qcow2",
-        path_str(&a),
-    ]);
-    let host = HostOpenOptions {
-        read_only: true,
-        ..HostOpenOptions::default()
-    };
-    let err = support::open_disk(
-        &a,
-        &Qcow2OpenOptions::new(host, Arc::new(CappedOpener { depth: 0 })),
-    )
-    .expect_err("a <-> b opened");
+    qemu_rebase_unsafe(&a, "b.qcow2");
+    let capped = Qcow2OpenOptions::new(blk_test_support::ro(), Arc::new(CappedOpener { depth: 0 }));
+    let err = support::open_disk(&a, &capped).expect_err("a <-> b opened");
     assert!(err.path().is_some(), "{err:?}");
 
     let selfish = dir.path().join("self.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&selfish), "1M"]);
-    qemu_img(&[
-        "rebase",
-        "-q",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        "self.qcow2",
-        "-F",
-        "qcow2",
-        path_str(&selfish),
-    ]);
-    let host = HostOpenOptions {
-        read_only: true,
-        ..HostOpenOptions::default()
-    };
-    let err = support::open_disk(
-        &selfish,
-        &Qcow2OpenOptions::new(host, Arc::new(CappedOpener { depth: 0 })),
-    )
-    .expect_err("an image backed by itself opened");
+    qemu_create(&selfish, "", "1M");
+    qemu_rebase_unsafe(&selfish, "self.qcow2");
+    let err = support::open_disk(&selfish, &capped).expect_err("an image backed by itself opened");
     assert!(err.path().is_some(), "{err:?}");
     // Without an opener that allows it, the backing file is refused outright.
     open_fails(&selfish, true, &[ErrorKind::PermissionDenied]);
@@ -440,7 +378,7 @@ fn backing_loops_end() {
 fn unknown_incompatible_bits_are_named() {
     let dir = tempdir();
     let path = base(dir.path(), "unknown-bit.qcow2");
-    patch_be(&path, 72, 8, 1 << 40);
+    write_be(&path, 72, 8, 1 << 40);
     let err = open_fails(&path, true, &[ErrorKind::UnsupportedFeature]);
     // qemu's wording: "Unknown incompatible feature: 10000000000" (the mask in hex).
     assert!(
@@ -466,7 +404,7 @@ fn unknown_incompatible_bits_are_named() {
     ext.extend_from_slice(&name);
     ext.extend_from_slice(&[0; 8]);
     patch(&path, at, &ext);
-    patch_be(&path, 72, 8, 1 << 40);
+    write_be(&path, 72, 8, 1 << 40);
     let err = open_fails(&path, true, &[ErrorKind::UnsupportedFeature]);
     assert!(
         err.to_string().contains("fancy feature"),
@@ -478,7 +416,7 @@ fn unknown_incompatible_bits_are_named() {
 fn corrupt_bit_allows_read_only_only() {
     let dir = tempdir();
     let path = base(dir.path(), "corrupt.qcow2");
-    patch_be(&path, 72, 8, 2);
+    write_be(&path, 72, 8, 2);
     let err = open_fails(&path, false, &[ErrorKind::CorruptImage]);
     assert!(err.to_string().contains("corrupt"), "{err}");
     let disk = support::open_disk(&path, &options(true)).unwrap();
@@ -532,7 +470,7 @@ fn zeroing_a_cluster_whose_entry_points_past_eof() {
         ("data", 0x18_0000_0000u64 | (1 << 63)),
     ] {
         let path = base(dir.path(), &format!("zero-past-eof-{name}.qcow2"));
-        patch_be(&path, l2_offset(&path) + 3 * 8, 8, entry);
+        write_be(&path, l2_offset(&path) + 3 * 8, 8, entry);
         let before = std::fs::metadata(&path).unwrap().len();
         {
             let disk = support::open_disk(&path, &options(false)).unwrap();
@@ -561,7 +499,7 @@ fn freeing_a_cluster_over_the_l1_table_is_refused() {
     let dir = tempdir();
     let path = base(dir.path(), "data-on-l1.qcow2");
     let l1 = l1_offset(&path);
-    patch_be(&path, l2_offset(&path) + 3 * 8, 8, l1 | (1 << 63));
+    write_be(&path, l2_offset(&path) + 3 * 8, 8, l1 | (1 << 63));
     {
         let disk = support::open_disk(&path, &options(false)).unwrap();
         for result in [

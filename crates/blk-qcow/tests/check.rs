@@ -16,12 +16,12 @@ mod qemu;
 use blk_core::ImageAdmin;
 use blk_core::{DiskFile, HostOpenOptions, RepairMode};
 use blk_qcow::Qcow2OpenOptions;
-use inject::{append_leak, layout, read_be, write_be};
+use inject::{append_leak, layout};
 use qemu::{
     assert_clean_by_qemu, assert_same_as_qemu, assert_same_repair_result, blk_check, exit_class,
     field, populated, qemu_check, repair_like_qemu,
 };
-use support::{opener, path_str, qemu_img, qemu_io, tempdir};
+use support::{opener, path_str, qemu_create, qemu_img, qemu_io, read_be, tempdir, write_be};
 
 #[test]
 fn clean_images_match_qemu() {
@@ -50,15 +50,7 @@ fn leak_is_reported_and_repaired() {
     let path = populated(dir.path(), "leak.qcow2", "cluster_size=65536");
     let l = layout(&path);
     // A cluster appended to the file with refcount 1 and no reference: a leak.
-    let len = std::fs::metadata(&path).unwrap().len();
-    let cluster = len.div_ceil(l.cluster_size);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len((cluster + 1) * l.cluster_size)
-        .unwrap();
-    l.set_refcount(&path, cluster, 1);
+    let cluster = append_leak(&path, &l);
     let report = assert_same_as_qemu(&path);
     assert_eq!(report.leaks, 1);
     assert!(
@@ -237,7 +229,7 @@ fn snapshots_are_counted() {
     let dir = tempdir();
     let path = populated(dir.path(), "snap.qcow2", "cluster_size=4096");
     qemu_img(&["snapshot", "-c", "first", path_str(&path)]);
-    qemu_io(&path, "qcow2", &["write -P 0x55 0 8k"]);
+    qemu_io("qcow2", &path, &["write -P 0x55 0 8k"]);
     qemu_img(&["snapshot", "-c", "second", path_str(&path)]);
     let report = assert_same_as_qemu(&path);
     assert_eq!(exit_class(&report), 0, "{report:#?}");
@@ -249,15 +241,7 @@ fn dirty_image_is_repaired_on_writable_open() {
     let dir = tempdir();
     let path = populated(dir.path(), "dirty.qcow2", "cluster_size=65536");
     let l = layout(&path);
-    let len = std::fs::metadata(&path).unwrap().len();
-    let cluster = len.div_ceil(l.cluster_size);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len((cluster + 1) * l.cluster_size)
-        .unwrap();
-    l.set_refcount(&path, cluster, 1);
+    append_leak(&path, &l);
     write_be(&path, 72, 8, read_be(&path, 72, 8) | 1);
     {
         let disk = support::open_disk(&path, &support::rw()).unwrap();
@@ -272,16 +256,7 @@ fn check_runs_while_clones_write() {
     let _serial = support::serial();
     let dir = tempdir();
     let path = dir.path().join("busy.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        path_str(&path),
-        "8M",
-    ]);
+    qemu_create(&path, "cluster_size=4096", "8M");
     let disk = support::open_disk(&path, &support::rw()).unwrap();
     let writer = disk.try_clone().unwrap();
     let handle = std::thread::spawn(move || {
@@ -354,19 +329,10 @@ fn persistent_bitmaps_are_counted() {
     let _serial = support::serial();
     let dir = tempdir();
     let path = dir.path().join("bitmaps.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        path_str(&path),
-        "8M",
-    ]);
+    qemu_create(&path, "cluster_size=4096", "8M");
     qemu_img(&["bitmap", "--add", path_str(&path), "b0"]);
     qemu_img(&["bitmap", "--add", "-g", "65536", path_str(&path), "b1"]);
-    qemu_io(&path, "qcow2", &["write -P 1 0 1M", "write -P 2 5M 64k"]);
+    qemu_io("qcow2", &path, &["write -P 1 0 1M", "write -P 2 5M 64k"]);
     let report = assert_same_as_qemu(&path);
     assert_eq!(exit_class(&report), 0, "{report:#?}");
 }

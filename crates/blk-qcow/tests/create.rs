@@ -6,12 +6,6 @@ use blk_core::{DiskFile, ErrorKind};
 use blk_qcow::{Preallocation, Qcow2, Qcow2CreateOptions, CREATE_OPTIONS};
 use support::*;
 
-fn kv(opts: &[(&str, &str)]) -> Vec<(String, String)> {
-    opts.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 #[test]
 fn help_matches_qemu() {
     let _g = serial();
@@ -24,11 +18,7 @@ fn help_matches_qemu() {
 #[test]
 fn option_errors() {
     let _g = serial();
-    let err = |opts: &[(&str, &str)]| {
-        Qcow2CreateOptions::from_key_values(Some(1 << 20), &kv(opts))
-            .unwrap_err()
-            .kind()
-    };
+    let err = |opts: &[(&str, &str)]| create_options(1 << 20, opts).unwrap_err().kind();
     assert_eq!(err(&[("bogus", "1")]), ErrorKind::InvalidInput);
     assert_eq!(err(&[("cluster_size", "1000")]), ErrorKind::InvalidInput);
     assert_eq!(err(&[("cluster_size", "4M")]), ErrorKind::InvalidInput);
@@ -62,7 +52,7 @@ fn option_errors() {
     assert_eq!(none.kind(), ErrorKind::InvalidInput);
     let o = Qcow2CreateOptions::from_key_values(
         None,
-        &kv(&[("size", "3M"), ("preallocation", "metadata")]),
+        &key_values(&[("size", "3M"), ("preallocation", "metadata")]),
     )
     .unwrap();
     assert_eq!(
@@ -78,12 +68,11 @@ fn preallocation_modes_are_clean() {
     for mode in ["metadata", "falloc", "full"] {
         for cs in ["512", "64k"] {
             let img = dir.path().join("p.qcow2");
-            let o = Qcow2CreateOptions::from_key_values(
-                Some(3 << 20),
-                &kv(&[("preallocation", mode), ("cluster_size", cs)]),
-            )
-            .unwrap();
-            Qcow2::create(&img, &o, &TestOpener).unwrap();
+            blk_create(
+                &img,
+                3 << 20,
+                &[("preallocation", mode), ("cluster_size", cs)],
+            );
             assert_qemu_check_clean(&img);
             let disk = support::open_disk(&img, &rw()).unwrap();
             let e = disk.map(0, 3 << 20).unwrap();
@@ -108,7 +97,7 @@ fn size_from_backing_file() {
     let img = dir.path().join("top.qcow2");
     let o = Qcow2CreateOptions::from_key_values(
         None,
-        &kv(&[("backing_file", "base.raw"), ("backing_fmt", "raw")]),
+        &key_values(&[("backing_file", "base.raw"), ("backing_fmt", "raw")]),
     )
     .unwrap();
     Qcow2::create(&img, &o, &TestOpener).unwrap();
@@ -127,8 +116,7 @@ fn odd_sizes_round_to_sectors() {
     let _g = serial();
     let dir = tempdir();
     let img = dir.path().join("odd.qcow2");
-    let o = Qcow2CreateOptions::from_key_values(Some(1000), &[]).unwrap();
-    Qcow2::create(&img, &o, &TestOpener).unwrap();
+    blk_create(&img, 1000, &[]);
     let disk = support::open_disk(&img, &rw()).unwrap();
     assert_eq!(disk.logical_size(), 1024);
     disk.write_all_at(1000, &[9u8; 24]).unwrap();

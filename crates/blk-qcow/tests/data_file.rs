@@ -8,7 +8,6 @@ use std::path::Path;
 
 use blk_core::ImageAdmin;
 use blk_core::{DiskFile, ErrorKind};
-use blk_qcow::Qcow2;
 use support::*;
 
 const SCRIPT: &[&str] = &[
@@ -25,53 +24,13 @@ const SCRIPT: &[&str] = &[
     "discard 1700k 300k",
 ];
 
-fn size_arg(s: &str) -> u64 {
-    match s.strip_suffix('k') {
-        Some(n) => n.parse::<u64>().unwrap() << 10,
-        None => s.parse().unwrap(),
-    }
-}
-
-/// Runs one qemu-io command of [`SCRIPT`] through blk.
-fn run_blk(disk: &support::Disk, cmd: &str) {
-    let words: Vec<&str> = cmd.split_whitespace().collect();
-    let (off, len) = (
-        size_arg(words[words.len() - 2]),
-        size_arg(words[words.len() - 1]),
-    );
-    match words[..words.len() - 2] {
-        ["write", "-P", v] => disk
-            .write_all_at(off, &vec![v.parse::<u8>().unwrap(); len as usize])
-            .unwrap(),
-        ["write", "-z"] => disk.write_zeroes(off, len, false).unwrap(),
-        ["write", "-z", "-u"] => disk.write_zeroes(off, len, true).unwrap(),
-        ["discard"] => disk.discard(off, len).unwrap(),
-        _ => panic!("unknown command {cmd}"),
-    }
-}
-
 fn create_with_qemu(dir: &Path, opts: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let img = dir.join("img.qcow2");
     // qemu-img creates the data file relative to its working directory: name it absolutely.
     let opts = opts.replace("data_file=", &format!("data_file={}/", path_str(dir)));
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &opts,
-        path_str(&img),
-        "2M",
-    ]);
+    qemu_create(&img, &opts, "2M");
     img
-}
-
-fn check_reads_like_qemu(img: &Path, what: &str) {
-    let disk = support::open_disk(img, &ro_data()).unwrap();
-    assert_same(&read_all(&disk), &qemu_contents(img, "qcow2"), what);
-    assert_eq!(blk_map(&disk), qemu_map(img), "map of {what}");
 }
 
 #[test]
@@ -87,9 +46,9 @@ fn qemu_made_images_read_like_qemu_and_replays_match() {
     ] {
         let theirs = create_with_qemu(&dir.path().join("theirs"), opts);
         let ours = create_with_qemu(&dir.path().join("ours"), opts);
-        check_reads_like_qemu(&theirs, &format!("{opts} (empty)"));
-        qemu_io(&theirs, "qcow2", SCRIPT);
-        check_reads_like_qemu(&theirs, opts);
+        assert_reads_and_maps_like_qemu(&theirs, &ro_data(), &format!("{opts} (empty)"));
+        qemu_io("qcow2", &theirs, SCRIPT);
+        assert_reads_and_maps_like_qemu(&theirs, &ro_data(), opts);
         {
             let disk = support::open_disk(&ours, &rw_data()).unwrap();
             for cmd in SCRIPT {
@@ -164,15 +123,7 @@ fn create_matches_qemu_img() {
         std::fs::create_dir_all(&q).unwrap();
         std::fs::create_dir_all(&b).unwrap();
         qemu_create_in(&q, opts, "3M");
-        let kv: Vec<(String, String)> = opts
-            .split(',')
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect();
-        let o = blk_qcow::Qcow2CreateOptions::from_key_values(Some(3 << 20), &kv).unwrap();
-        Qcow2::create(b.join("img.qcow2"), &o, &TestOpener).unwrap();
+        blk_create(b.join("img.qcow2"), 3 << 20, &option_pairs(opts));
         let ours = std::fs::read(b.join("img.qcow2")).unwrap();
         let theirs = std::fs::read(q.join("img.qcow2")).unwrap();
         assert_same(&ours, &theirs, opts);
@@ -200,14 +151,7 @@ fn create_refuses_what_qemu_img_refuses() {
         "data_file=d.raw,compat=0.10",
         "data_file=d.raw,data_file_raw=on,backing_file=b.qcow2",
     ] {
-        let kv: Vec<(String, String)> = opts
-            .split(',')
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect();
-        let err = blk_qcow::Qcow2CreateOptions::from_key_values(Some(1 << 20), &kv).unwrap_err();
+        let err = create_options(1 << 20, &option_pairs(opts)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{opts}");
     }
 }

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use blk_core::DiskFile;
 use blk_core::ImageAdmin;
-use blk_qcow::Qcow2;
 use support::*;
 
 /// qemu-io writes, zero writes and discards at subcluster (and unaligned) offsets.
@@ -27,43 +26,6 @@ const SCRIPT: &[&str] = &[
     "discard 1600k 200k",
 ];
 
-fn size_arg(s: &str) -> u64 {
-    match s.strip_suffix('k') {
-        Some(n) => n.parse::<u64>().unwrap() << 10,
-        None => match s.strip_suffix('M') {
-            Some(n) => n.parse::<u64>().unwrap() << 20,
-            None => s.parse().unwrap(),
-        },
-    }
-}
-
-/// Runs one qemu-io command of a script through blk.
-fn run_blk(disk: &support::Disk, cmd: &str) {
-    let words: Vec<&str> = cmd.split_whitespace().collect();
-    let (off, len) = (
-        size_arg(words[words.len() - 2]),
-        size_arg(words[words.len() - 1]),
-    );
-    match words[..words.len() - 2] {
-        ["write", "-P", v] => disk
-            .write_all_at(off, &vec![v.parse::<u8>().unwrap(); len as usize])
-            .unwrap(),
-        ["write", "-c", "-P", v] => {
-            let cs = disk.compressed_write_size().unwrap();
-            let buf = vec![v.parse::<u8>().unwrap(); cs as usize];
-            let mut o = off;
-            while o < off + len {
-                disk.write_compressed(o, &buf).unwrap();
-                o += cs;
-            }
-        }
-        ["write", "-z"] => disk.write_zeroes(off, len, false).unwrap(),
-        ["write", "-z", "-u"] => disk.write_zeroes(off, len, true).unwrap(),
-        ["discard"] => disk.discard(off, len).unwrap(),
-        _ => panic!("unknown command {cmd}"),
-    }
-}
-
 /// More writes over [`SCRIPT`]'s: overwrites of zero, unallocated and compressed subclusters.
 const SCRIPT2: &[&str] = &[
     "write -c -P 7 1792k 128k",
@@ -78,18 +40,17 @@ const SCRIPT2: &[&str] = &[
     "write -z 1601k 1k",
 ];
 
+/// `dir/base.raw`, the raw backing file of the scripts' images: 1800 KiB without zero bytes.
+fn write_base(dir: &Path) {
+    let data: Vec<u8> = (0..1800u32 << 10).map(|i| (i % 251) as u8 | 1).collect();
+    std::fs::write(dir.join("base.raw"), data).unwrap();
+}
+
 #[test]
 fn scripts_replayed_by_blk_match_qemu() {
     let _g = serial();
     let dir = tempdir();
-    let base = dir.path().join("base.raw");
-    std::fs::write(
-        &base,
-        (0..1800u32 << 10)
-            .map(|i| (i % 251) as u8 | 1)
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
+    write_base(dir.path());
     for cluster in ["32k", "64k", "128k"] {
         for backing in [false, true] {
             let theirs = dir.path().join("theirs.qcow2");
@@ -98,27 +59,10 @@ fn scripts_replayed_by_blk_match_qemu() {
             if backing {
                 opts.push_str(",backing_file=base.raw,backing_fmt=raw");
             }
-            qemu_img(&[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &opts,
-                path_str(&theirs),
-                "2M",
-            ]);
-            qemu_io(&theirs, "qcow2", SCRIPT);
-            qemu_io(&theirs, "qcow2", SCRIPT2);
-            let kv: Vec<(String, String)> = opts
-                .split(',')
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap();
-                    (k.to_string(), v.to_string())
-                })
-                .collect();
-            let o = blk_qcow::Qcow2CreateOptions::from_key_values(Some(2 << 20), &kv).unwrap();
-            Qcow2::create(&ours, &o, &TestOpener).unwrap();
+            qemu_create(&theirs, &opts, "2M");
+            qemu_io("qcow2", &theirs, SCRIPT);
+            qemu_io("qcow2", &theirs, SCRIPT2);
+            blk_create(&ours, 2 << 20, &option_pairs(&opts));
             {
                 let disk = support::open_disk(&ours, &rw()).unwrap();
                 for cmd in SCRIPT.iter().chain(SCRIPT2) {
@@ -132,29 +76,16 @@ fn scripts_replayed_by_blk_match_qemu() {
                 &opts,
             );
             assert_eq!(qemu_map(&ours), qemu_map(&theirs), "qemu-img map, {opts}");
-            check_against_qemu(&theirs, &format!("{opts} after both scripts"));
+            assert_reads_and_maps_like_qemu(&theirs, &ro(), &format!("{opts} after both scripts"));
         }
     }
-}
-
-fn check_against_qemu(img: &Path, what: &str) {
-    let disk = support::open_disk(img, &ro()).unwrap();
-    assert_same(&read_all(&disk), &qemu_contents(img, "qcow2"), what);
-    assert_eq!(blk_map(&disk), qemu_map(img), "map of {what}");
 }
 
 #[test]
 fn qemu_made_images_read_and_map_like_qemu() {
     let _g = serial();
     let dir = tempdir();
-    let base = dir.path().join("base.raw");
-    std::fs::write(
-        &base,
-        (0..1800u32 << 10)
-            .map(|i| (i % 251) as u8 | 1)
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
+    write_base(dir.path());
     for cluster in ["32k", "64k", "128k"] {
         for backing in [false, true] {
             let img = dir.path().join(format!("ext-{cluster}-{backing}.qcow2"));
@@ -162,19 +93,10 @@ fn qemu_made_images_read_and_map_like_qemu() {
             if backing {
                 opts.push_str(",backing_file=base.raw,backing_fmt=raw");
             }
-            qemu_img(&[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                &opts,
-                path_str(&img),
-                "2M",
-            ]);
-            check_against_qemu(&img, &format!("{opts} (empty)"));
-            qemu_io(&img, "qcow2", SCRIPT);
-            check_against_qemu(&img, &opts);
+            qemu_create(&img, &opts, "2M");
+            assert_reads_and_maps_like_qemu(&img, &ro(), &format!("{opts} (empty)"));
+            qemu_io("qcow2", &img, SCRIPT);
+            assert_reads_and_maps_like_qemu(&img, &ro(), &opts);
         }
     }
 }
@@ -184,16 +106,7 @@ fn info_reports_extended_l2() {
     let _g = serial();
     let dir = tempdir();
     let img = dir.path().join("e.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "extended_l2=on",
-        path_str(&img),
-        "1M",
-    ]);
+    qemu_create(&img, "extended_l2=on", "1M");
     let disk = support::open_disk(&img, &ro()).unwrap();
     let info = disk.image_info().unwrap();
     let (_, data) = info.format_specific.unwrap();
@@ -207,17 +120,8 @@ fn corrupt_bitmaps_are_refused() {
     let _g = serial();
     let dir = tempdir();
     let img = dir.path().join("c.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "extended_l2=on",
-        path_str(&img),
-        "1M",
-    ]);
-    qemu_io(&img, "qcow2", &["write -P 1 0 4k", "write -P 1 128k 4k"]);
+    qemu_create(&img, "extended_l2=on", "1M");
+    qemu_io("qcow2", &img, &["write -P 1 0 4k", "write -P 1 128k 4k"]);
     // Find the L2 table and set a subcluster both allocated and zero in the first entry's bitmap, and an
     // allocated bit in the (unallocated) third entry's bitmap.
     let bytes = std::fs::read(&img).unwrap();
@@ -252,25 +156,8 @@ fn create_matches_qemu_img() {
         "extended_l2=on,preallocation=metadata,cluster_size=16k",
     ] {
         let (q, b) = (dir.path().join("q.qcow2"), dir.path().join("b.qcow2"));
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            opts,
-            path_str(&q),
-            "64M",
-        ]);
-        let kv: Vec<(String, String)> = opts
-            .split(',')
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect();
-        let o = blk_qcow::Qcow2CreateOptions::from_key_values(Some(64 << 20), &kv).unwrap();
-        Qcow2::create(&b, &o, &TestOpener).unwrap();
+        qemu_create(&q, opts, "64M");
+        blk_create(&b, 64 << 20, &option_pairs(opts));
         assert_same(
             &std::fs::read(&b).unwrap(),
             &std::fs::read(&q).unwrap(),
@@ -281,14 +168,7 @@ fn create_matches_qemu_img() {
         "extended_l2=on,cluster_size=8k",
         "extended_l2=on,compat=0.10",
     ] {
-        let kv: Vec<(String, String)> = opts
-            .split(',')
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect();
-        let err = blk_qcow::Qcow2CreateOptions::from_key_values(Some(1 << 20), &kv).unwrap_err();
+        let err = create_options(1 << 20, &option_pairs(opts)).unwrap_err();
         assert_eq!(err.kind(), blk_core::ErrorKind::InvalidInput, "{opts}");
     }
 }
@@ -303,17 +183,16 @@ fn racing_subcluster_writes_lose_nothing() {
     let size = 1u64 << 20;
     std::fs::write(&base, vec![0xeeu8; size as usize]).unwrap();
     let img = dir.path().join("race.qcow2");
-    let kv: Vec<(String, String)> = [
-        ("extended_l2", "on"),
-        ("cluster_size", "32k"),
-        ("backing_file", "base.raw"),
-        ("backing_fmt", "raw"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let o = blk_qcow::Qcow2CreateOptions::from_key_values(Some(size), &kv).unwrap();
-    Qcow2::create(&img, &o, &TestOpener).unwrap();
+    blk_create(
+        &img,
+        size,
+        &[
+            ("extended_l2", "on"),
+            ("cluster_size", "32k"),
+            ("backing_file", "base.raw"),
+            ("backing_fmt", "raw"),
+        ],
+    );
     {
         let disk = support::open_disk(&img, &rw()).unwrap();
         std::thread::scope(|s| {

@@ -7,31 +7,17 @@ use blk_core::ImageAdmin;
 use blk_core::{DiskFile, ErrorKind};
 use support::*;
 
-fn poke(path: &std::path::Path, at: u64, bytes: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(bytes, at).unwrap();
-}
-
-fn peek_u64(path: &std::path::Path, at: u64) -> u64 {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).unwrap();
-    let mut b = [0u8; 8];
-    f.read_exact_at(&mut b, at).unwrap();
-    u64::from_be_bytes(b)
-}
-
 #[test]
 fn unknown_incompatible_bit_is_named() {
     let _g = serial();
     let dir = tempdir();
     let img = dir.path().join("f.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&img), "1M"]);
+    qemu_create(&img, "", "1M");
     // Bit 2 (external data file) is named by qemu's feature table.
-    poke(&img, 72, &(1u64 << 2).to_be_bytes());
+    patch(&img, 72, &(1u64 << 2).to_be_bytes());
     let err = support::open_disk(&img, &ro()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnsupportedFeature);
-    poke(&img, 72, &(1u64 << 40).to_be_bytes());
+    patch(&img, 72, &(1u64 << 40).to_be_bytes());
     let err = support::open_disk(&img, &ro()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnsupportedFeature);
     assert!(
@@ -45,8 +31,8 @@ fn corrupt_bit_allows_read_only() {
     let _g = serial();
     let dir = tempdir();
     let img = dir.path().join("c.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&img), "1M"]);
-    poke(&img, 72, &2u64.to_be_bytes());
+    qemu_create(&img, "", "1M");
+    patch(&img, 72, &2u64.to_be_bytes());
     assert_eq!(
         support::open_disk(&img, &rw()).unwrap_err().kind(),
         ErrorKind::CorruptImage
@@ -66,23 +52,14 @@ fn lazy_refcounts_set_dirty_while_open() {
     let _g = serial();
     let dir = tempdir();
     let img = dir.path().join("l.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "lazy_refcounts=on",
-        path_str(&img),
-        "1M",
-    ]);
+    qemu_create(&img, "lazy_refcounts=on", "1M");
     {
         let disk = support::open_disk(&img, &rw()).unwrap();
-        assert_eq!(peek_u64(&img, 72) & 1, 1);
+        assert_eq!(read_be(&img, 72, 8) & 1, 1);
         assert!(!disk.image_info().unwrap().dirty);
         disk.write_all_at(0, b"x").unwrap();
     }
-    assert_eq!(peek_u64(&img, 72) & 1, 0);
+    assert_eq!(read_be(&img, 72, 8) & 1, 0);
     assert_qemu_check_clean(&img);
 }
 
@@ -91,12 +68,12 @@ fn autoclear_bits_cleared_on_writable_open() {
     let _g = serial();
     let dir = tempdir();
     let img = dir.path().join("a.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&img), "1M"]);
-    poke(&img, 88, &(1u64 << 7 | 1u64 << 63).to_be_bytes());
+    qemu_create(&img, "", "1M");
+    patch(&img, 88, &(1u64 << 7 | 1u64 << 63).to_be_bytes());
     drop(support::open_disk(&img, &ro()).unwrap());
-    assert_ne!(peek_u64(&img, 88), 0);
+    assert_ne!(read_be(&img, 88, 8), 0);
     drop(support::open_disk(&img, &rw()).unwrap());
-    assert_eq!(peek_u64(&img, 88), 0);
+    assert_eq!(read_be(&img, 88, 8), 0);
     assert_qemu_check_clean(&img);
 }
 
@@ -105,16 +82,7 @@ fn v2_stays_v2_and_extensions_survive() {
     let _g = serial();
     let dir = tempdir();
     let img = dir.path().join("v2.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "compat=0.10",
-        path_str(&img),
-        "1M",
-    ]);
+    qemu_create(&img, "compat=0.10", "1M");
     let before = std::fs::read(&img).unwrap()[..512].to_vec();
     {
         let disk = support::open_disk(&img, &rw()).unwrap();
@@ -135,16 +103,7 @@ fn refcount_table_grows_without_doubling() {
     let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempdir());
     let img = dir.path().join("g.qcow2");
     // 512-byte clusters with 64-bit refcounts: one refcount block covers 32 KiB, one table cluster 2 MiB.
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512,refcount_bits=64",
-        path_str(&img),
-        "3M",
-    ]);
+    qemu_create(&img, "cluster_size=512,refcount_bits=64", "3M");
     {
         let disk = support::open_disk(&img, &rw()).unwrap();
         let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 249) as u8).collect();
@@ -168,31 +127,22 @@ fn refcount_table_grows_without_doubling() {
 fn dirty_repair_leaving_corruptions_opens_like_qemu() {
     let dir = tempdir();
     let ours = dir.path().join("ours.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        path_str(&ours),
-        "1M",
-    ]);
-    qemu_io(&ours, "qcow2", &["write -P 1 0 8k"]);
-    let l2 = peek_u64(&ours, peek_u64(&ours, 40)) & 0x00ff_ffff_ffff_fe00;
-    let entry = peek_u64(&ours, l2);
-    poke(&ours, l2, &(entry + 512).to_be_bytes());
-    let incompatible = peek_u64(&ours, 72);
-    poke(&ours, 72, &(incompatible | 1).to_be_bytes());
+    qemu_create(&ours, "cluster_size=4096", "1M");
+    qemu_io("qcow2", &ours, &["write -P 1 0 8k"]);
+    let l2 = read_be(&ours, read_be(&ours, 40, 8), 8) & 0x00ff_ffff_ffff_fe00;
+    let entry = read_be(&ours, l2, 8);
+    patch(&ours, l2, &(entry + 512).to_be_bytes());
+    let incompatible = read_be(&ours, 72, 8);
+    patch(&ours, 72, &(incompatible | 1).to_be_bytes());
     let theirs = dir.path().join("theirs.qcow2");
     std::fs::copy(&ours, &theirs).unwrap();
-    qemu_io(&theirs, "qcow2", &["write -P 2 64k 4k"]);
+    qemu_io("qcow2", &theirs, &["write -P 2 64k 4k"]);
     {
         let disk = support::open_disk(&ours, &rw()).expect("the dirty image did not open");
         disk.write_all_at(64 << 10, &[2; 4096]).unwrap();
         disk.flush().unwrap();
     }
-    assert_eq!(peek_u64(&ours, 72), peek_u64(&theirs, 72));
+    assert_eq!(read_be(&ours, 72, 8), read_be(&theirs, 72, 8));
     let report = support::open_disk(&ours, &ro())
         .unwrap()
         .check(blk_core::RepairMode::None)
@@ -206,20 +156,11 @@ fn dirty_repair_leaving_corruptions_opens_like_qemu() {
 fn write_over_the_l1_table_marks_the_image_corrupt_like_qemu() {
     let dir = tempdir();
     let ours = dir.path().join("ours.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        path_str(&ours),
-        "1M",
-    ]);
-    qemu_io(&ours, "qcow2", &["write -P 1 0 8k"]);
-    let l1 = peek_u64(&ours, 40);
-    let l2 = peek_u64(&ours, l1) & 0x00ff_ffff_ffff_fe00;
-    poke(&ours, l2 + 3 * 8, &(l1 | (1 << 63)).to_be_bytes());
+    qemu_create(&ours, "cluster_size=4096", "1M");
+    qemu_io("qcow2", &ours, &["write -P 1 0 8k"]);
+    let l1 = read_be(&ours, 40, 8);
+    let l2 = read_be(&ours, l1, 8) & 0x00ff_ffff_ffff_fe00;
+    patch(&ours, l2 + 3 * 8, &(l1 | (1 << 63)).to_be_bytes());
     let theirs = dir.path().join("theirs.qcow2");
     std::fs::copy(&ours, &theirs).unwrap();
     // qemu-io reports the failed write ("write failed: Input/output error").
@@ -236,11 +177,11 @@ fn write_over_the_l1_table_marks_the_image_corrupt_like_qemu() {
         assert_eq!(e.kind(), ErrorKind::CorruptImage, "{e:?}");
     }
     assert_eq!(
-        peek_u64(&theirs, 72) & 2,
+        read_be(&theirs, 72, 8) & 2,
         2,
         "qemu did not mark its copy corrupt"
     );
-    assert_eq!(peek_u64(&ours, 72), peek_u64(&theirs, 72));
+    assert_eq!(read_be(&ours, 72, 8), read_be(&theirs, 72, 8));
     // The L1 table is intact: qemu still reads the data.
     assert!(qemu_contents(&ours, "qcow2")[..8192]
         .iter()

@@ -78,7 +78,7 @@ fn twins(
     qemu_create(&theirs, opts, size);
     let cmds = qemu_commands(ops);
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
-    qemu_io(&theirs, "qcow2", &cmds);
+    qemu_io("qcow2", &theirs, &cmds);
     (ours, theirs)
 }
 
@@ -157,7 +157,7 @@ fn a_crash_tail_is_used_and_cut_back() {
         let (ours, theirs) = twins(dir.path(), name, opts, "64M", &first);
         let cmds = qemu_commands(&first);
         let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
-        qemu_io(&ours, "qcow2", &cmds);
+        qemu_io("qcow2", &ours, &cmds);
         // The crash: 64 MiB more file, a hole.
         let used = file_len(&ours);
         std::fs::OpenOptions::new()
@@ -173,7 +173,7 @@ fn a_crash_tail_is_used_and_cut_back() {
         );
         let cmds = qemu_commands(&then);
         let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
-        qemu_io(&theirs, "qcow2", &cmds);
+        qemu_io("qcow2", &theirs, &cmds);
 
         let disk = support::open_disk(&ours, &rw()).unwrap();
         write_sync(&disk, &then);
@@ -188,7 +188,7 @@ fn read_only_opens_never_change_the_length() {
     let dir = tempdir();
     let img = dir.path().join("ro.qcow2");
     qemu_create(&img, "cluster_size=64k", "16M");
-    qemu_io(&img, "qcow2", &["write -P 7 0 1M"]);
+    qemu_io("qcow2", &img, &["write -P 7 0 1M"]);
     let used = file_len(&img);
     for tail in [0u64, 64 << 20] {
         std::fs::OpenOptions::new()
@@ -230,7 +230,7 @@ fn external_data_file_keeps_its_length() {
     let [(ours, our_data), (theirs, their_data)] = &made[..] else {
         unreachable!()
     };
-    qemu_io(theirs, "qcow2", &cmds);
+    qemu_io("qcow2", theirs, &cmds);
     let data_len = file_len(our_data);
     let disk = support::open_disk(ours, &rw_data()).unwrap();
     write_sync(&disk, &ops);
@@ -271,7 +271,7 @@ fn compressed_writes_are_cut_back_like_qemu() {
         .map(|(o, p)| format!("write -c -P {p} {o} 65536"))
         .collect();
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
-    qemu_io(&theirs, "qcow2", &cmds);
+    qemu_io("qcow2", &theirs, &cmds);
     let disk = support::open_disk(&ours, &rw()).unwrap();
     for &(o, p) in &compressed {
         disk.write_compressed(o, &vec![p; 65536]).unwrap();
@@ -285,7 +285,7 @@ fn compressed_writes_are_cut_back_like_qemu() {
     let more = sequential_writes(32 << 20, 4);
     let cmds = qemu_commands(&more);
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
-    qemu_io(&theirs, "qcow2", &cmds);
+    qemu_io("qcow2", &theirs, &cmds);
     let disk = support::open_disk(&ours, &rw()).unwrap();
     write_sync(&disk, &more);
     drop(disk);

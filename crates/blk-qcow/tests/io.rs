@@ -4,17 +4,7 @@ mod support;
 
 use blk_core::ImageAdmin;
 use blk_core::{DiskFile, ExtentKind};
-use blk_qcow::{Qcow2, Qcow2CreateOptions};
 use support::*;
-
-fn create(path: &std::path::Path, size: u64, opts: &[(&str, &str)]) {
-    let kv: Vec<(String, String)> = opts
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let o = Qcow2CreateOptions::from_key_values(Some(size), &kv).unwrap();
-    Qcow2::create(path, &o, &TestOpener).unwrap();
-}
 
 /// A qemu-made image with data, zero clusters and discards reads back as qemu reads it.
 #[test]
@@ -29,19 +19,10 @@ fn reads_qemu_images() {
         "cluster_size=2M,refcount_bits=8",
     ] {
         let img = dir.path().join("q.qcow2");
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            opts,
-            path_str(&img),
-            "5000k",
-        ]);
+        qemu_create(&img, opts, "5000k");
         qemu_io(
-            &img,
             "qcow2",
+            &img,
             &[
                 "write -P 0x11 0 100k",
                 "write -P 0x22 3000k 1500k",
@@ -74,18 +55,7 @@ fn reads_compressed() {
         for cs in ["4k", "64k"] {
             let img = dir.path().join("c.qcow2");
             let o = format!("compression_type={ct},cluster_size={cs}");
-            qemu_img(&[
-                "convert",
-                "-c",
-                "-f",
-                "raw",
-                "-O",
-                "qcow2",
-                "-o",
-                &o,
-                path_str(&raw),
-                path_str(&img),
-            ]);
+            qemu_convert_compressed(&raw, &img, &o);
             let disk = support::open_disk(&img, &ro()).unwrap();
             assert_same(&read_all(&disk), &data, &o);
             assert!(disk.map(0, 4096).unwrap().compressed);
@@ -110,7 +80,7 @@ fn writes_are_clean_for_qemu() {
         ],
     ] {
         let img = dir.path().join("w.qcow2");
-        create(&img, 3 << 20, &opts);
+        blk_create(&img, 3 << 20, &opts);
         assert_qemu_check_clean(&img);
         let mut model = vec![0u8; 3 << 20];
         {
@@ -153,24 +123,13 @@ fn backing_chain() {
     std::fs::write(&base, vec![0x5au8; 2 << 20]).unwrap();
     let mid = dir.path().join("mid.qcow2");
     let top = dir.path().join("top.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.raw",
-        "-F",
-        "raw",
-        path_str(&mid),
-        "3M",
-    ]);
+    qemu_create(&mid, "backing_file=base.raw,backing_fmt=raw", "3M");
     qemu_io(
-        &mid,
         "qcow2",
+        &mid,
         &["write -P 1 0 64k", "write -z 128k 64k", "discard 256k 64k"],
     );
-    create(
+    blk_create(
         &top,
         3 << 20,
         &[("backing_file", "mid.qcow2"), ("backing_fmt", "qcow2")],
@@ -210,25 +169,8 @@ fn create_matches_qemu() {
     ] {
         let ours = dir.path().join("ours.qcow2");
         let theirs = dir.path().join("theirs.qcow2");
-        let kv: Vec<(String, String)> = opts
-            .split(',')
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect();
-        let o = Qcow2CreateOptions::from_key_values(Some(1 << 30), &kv).unwrap();
-        Qcow2::create(&ours, &o, &TestOpener).unwrap();
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            opts,
-            path_str(&theirs),
-            "1G",
-        ]);
+        blk_create(&ours, 1 << 30, &option_pairs(opts));
+        qemu_create(&theirs, opts, "1G");
         let a = std::fs::read(&ours).unwrap();
         let b = std::fs::read(&theirs).unwrap();
         let n = b.len().min(a.len());
@@ -263,7 +205,7 @@ fn direct_io() {
     let _g = serial();
     let dir = tempdir();
     let img = dir.path().join("d.qcow2");
-    create(&img, 4 << 20, &[("cluster_size", "4k")]);
+    blk_create(&img, 4 << 20, &[("cluster_size", "4k")]);
     let mut model = vec![0u8; 4 << 20];
     {
         let mut opts = rw();
@@ -290,7 +232,7 @@ fn range_and_read_only_errors() {
     let _g = serial();
     let dir = tempdir();
     let img = dir.path().join("e.qcow2");
-    create(&img, 1 << 20, &[]);
+    blk_create(&img, 1 << 20, &[]);
     let disk = support::open_disk(&img, &ro()).unwrap();
     let mut buf = [0u8; 16];
     let e = disk.read_exact_at((1 << 20) - 8, &mut buf).unwrap_err();
@@ -311,7 +253,7 @@ fn compressed_writes_then_overwrites() {
     for (ct, cs) in [("zlib", 4096usize), ("zstd", 65536), ("zlib", 512)] {
         let img = dir.path().join("cw.qcow2");
         let size = 40 * cs + 1536;
-        create(
+        blk_create(
             &img,
             size as u64,
             &[("compression_type", ct), ("cluster_size", &cs.to_string())],
@@ -354,7 +296,7 @@ fn compressed_writes_end_the_file_on_a_sector() {
     let dir = tempdir();
     let img = dir.path().join("pad.qcow2");
     let cs = 4096usize;
-    create(&img, 16 * cs as u64, &[("cluster_size", "4096")]);
+    blk_create(&img, 16 * cs as u64, &[("cluster_size", "4096")]);
     let disk = support::open_disk(&img, &rw()).unwrap();
     for c in 0..6usize {
         // Data compressing to odd lengths.
@@ -378,12 +320,12 @@ fn write_zeroes_unmap_over_allocated_clusters_matches_qemu() {
     let ours = dir.path().join("ours.qcow2");
     let theirs = dir.path().join("theirs.qcow2");
     for path in [&ours, &theirs] {
-        create(path, 8 << 20, &[("cluster_size", "4096")]);
-        qemu_io(path, "qcow2", &["write -P 7 0 6M"]);
+        blk_create(path, 8 << 20, &[("cluster_size", "4096")]);
+        qemu_io("qcow2", path, &["write -P 7 0 6M"]);
     }
     qemu_io(
-        &theirs,
         "qcow2",
+        &theirs,
         &["write -z -u 1M 4M", "write -z -u 5M 6k"],
     );
     {

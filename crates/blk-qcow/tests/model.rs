@@ -7,7 +7,6 @@ mod support;
 use std::sync::Arc;
 
 use blk_core::DiskFile;
-use blk_qcow::{Qcow2, Qcow2CreateOptions};
 use proptest::prelude::*;
 use support::*;
 
@@ -108,13 +107,11 @@ fn run(cfg: Config, threads: Vec<Vec<Op>>) {
     let nthreads = threads.len() as u64;
     let size = nthreads * REGION + TAIL;
     let mut model = vec![0u8; size as usize];
-    let mut kv = vec![
-        ("cluster_size".to_string(), cfg.cluster.to_string()),
-        ("refcount_bits".to_string(), cfg.refcount_bits.to_string()),
-        (
-            "compat".to_string(),
-            if cfg.v3 { "1.1" } else { "0.10" }.to_string(),
-        ),
+    let (cluster, refcount_bits) = (cfg.cluster.to_string(), cfg.refcount_bits.to_string());
+    let mut opts = vec![
+        ("cluster_size", cluster.as_str()),
+        ("refcount_bits", refcount_bits.as_str()),
+        ("compat", if cfg.v3 { "1.1" } else { "0.10" }),
     ];
     if cfg.backing {
         let base = dir.path().join("base.raw");
@@ -122,11 +119,10 @@ fn run(cfg: Config, threads: Vec<Vec<Op>>) {
         let data: Vec<u8> = (0..size - 5000).map(|i| (i % 251) as u8).collect();
         std::fs::write(&base, &data).unwrap();
         model[..data.len()].copy_from_slice(&data);
-        kv.push(("backing_file".to_string(), "base.raw".to_string()));
-        kv.push(("backing_fmt".to_string(), "raw".to_string()));
+        opts.push(("backing_file", "base.raw"));
+        opts.push(("backing_fmt", "raw"));
     }
-    let o = Qcow2CreateOptions::from_key_values(Some(size), &kv).unwrap();
-    Qcow2::create(&img, &o, &TestOpener).unwrap();
+    blk_create(&img, size, &opts);
     {
         let disk: Arc<dyn DiskFile> = Arc::new(support::open_disk(&img, &rw()).unwrap());
         let mut regions: Vec<&mut [u8]> = Vec::new();

@@ -23,7 +23,7 @@ const GIB: u64 = 1 << 30;
 /// Runs the qemu-io `script` on `image` (qcow2).
 fn run_script(image: &Path, script: &[String]) {
     let cmds: Vec<&str> = script.iter().map(String::as_str).collect();
-    qemu_io(image, "qcow2", &cmds);
+    qemu_io("qcow2", image, &cmds);
 }
 
 /// `qemu-img create -f qcow2 -o OPTIONS [-b BACKING -F FMT] image SIZE`.
@@ -61,20 +61,12 @@ fn assert_reads_like_qemu(image: &Path, what: &str) {
     let expected = qemu_contents(image, "qcow2");
     let disk = support::open_disk(image, &ro()).unwrap_or_else(|e| panic!("{what}: open: {e}"));
     assert_eq!(disk.logical_size(), expected.len() as u64, "{what}: size");
-    assert_equal(&read_all(&disk), &expected, what);
-    assert_equal(
+    assert_same(&read_all(&disk), &expected, what);
+    assert_same(
         &read_chunked(&disk, 3 * 4096 + 1000),
         &expected,
         &format!("{what} (chunked reads)"),
     );
-}
-
-/// [`assert_same`] with a fast path (a debug-build byte loop over 100 MiB takes seconds; `==` is a memcmp).
-#[track_caller]
-fn assert_equal(ours: &[u8], expected: &[u8], what: &str) {
-    if ours != expected {
-        assert_same(ours, expected, what);
-    }
 }
 
 /// Asserts that blk reads `windows` of `image` (a large, sparse image) as qemu-img's raw conversion has them.
@@ -101,7 +93,7 @@ fn assert_windows_read_like_qemu(image: &Path, windows: &[(u64, u64)], what: &st
         let mut ours = vec![0u8; len as usize];
         disk.read_exact_at(start, &mut ours)
             .unwrap_or_else(|e| panic!("{what}: reading {len} at {start}: {e}"));
-        assert_equal(&ours, &expected, &format!("{what}: window at {start}"));
+        assert_same(&ours, &expected, &format!("{what}: window at {start}"));
     }
 }
 
@@ -201,8 +193,8 @@ fn odd_virtual_sizes() {
         let image = dir.path().join(format!("tiny-{compat}.qcow2"));
         create(&image, &format!("compat={compat}"), None, 7 * 512);
         qemu_io(
-            &image,
             "qcow2",
+            &image,
             &[
                 "write -P 0x71 0 1024",
                 "write -P 0x72 1500 900",
@@ -244,22 +236,11 @@ fn compressed_images() {
         let size = (3 * MIB).max(10 * c) + 1536;
         std::fs::write(&src, mixed_data(size as usize)).unwrap();
         let image = dir.path().join("c.qcow2");
-        qemu_img(&[
-            "convert",
-            "-c",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "-o",
-            options,
-            path_str(&src),
-            path_str(&image),
-        ]);
+        qemu_convert_compressed(&src, &image, options);
         assert_reads_like_qemu(&image, &format!("compressed {options}"));
         qemu_io(
-            &image,
             "qcow2",
+            &image,
             &[
                 &format!("write -P 0x42 {} 1000", c + 100),
                 &format!("write -z {} {}", 4 * c, c),
@@ -323,8 +304,8 @@ fn backing_file_shorter_than_overlay() {
         let options = format!("compat={compat}");
         create(&over, &options, Some(("base.raw", "raw")), 4 * MIB);
         qemu_io(
-            &over,
             "qcow2",
+            &over,
             &[
                 // A partial write in the cluster where the base ends (COW of base data and zeros).
                 &format!("write -P 0x61 {} 512", MIB + 64 * KIB + 4096),
@@ -339,12 +320,12 @@ fn backing_file_shorter_than_overlay() {
         // qcow2 middle layer shorter than the top, itself over the short raw base.
         let mid = dir.path().join("mid.qcow2");
         create(&mid, &options, Some(("base.raw", "raw")), 2 * MIB + 512);
-        qemu_io(&mid, "qcow2", &["write -P 0x63 1900k 148k"]);
+        qemu_io("qcow2", &mid, &["write -P 0x63 1900k 148k"]);
         let top = dir.path().join("top.qcow2");
         create(&top, &options, Some(("mid.qcow2", "qcow2")), 6 * MIB);
         qemu_io(
-            &top,
             "qcow2",
+            &top,
             &[
                 "write -P 0x64 2047k 2k",
                 "write -P 0x65 5M 4k",
@@ -387,11 +368,7 @@ fn compressed_writes_with_narrow_refcounts() {
     let dir = tempdir();
     for bits in ["1", "2"] {
         let image = dir.path().join(format!("c{bits}.qcow2"));
-        let options = [
-            ("cluster_size".to_string(), "4k".to_string()),
-            ("refcount_bits".to_string(), bits.to_string()),
-        ];
-        let create = blk_qcow::Qcow2CreateOptions::from_key_values(Some(MIB), &options)
+        let create = create_options(MIB, &[("cluster_size", "4k"), ("refcount_bits", bits)])
             .expect("create options");
         Qcow2::create(&image, &create, &blk_core::DenyNamedImages).expect("create");
         let data = mixed_data(MIB as usize);
@@ -404,7 +381,7 @@ fn compressed_writes_with_narrow_refcounts() {
             disk.flush().expect("flush");
         }
         assert_qemu_check_clean(&image);
-        assert_equal(
+        assert_same(
             &qemu_contents(&image, "qcow2"),
             &data,
             &format!("{bits}-bit"),

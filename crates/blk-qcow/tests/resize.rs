@@ -23,16 +23,7 @@ fn options(shrink: bool) -> Qcow2ResizeOptions {
 fn create(dir: &Path, name: &str, compat: &str, cluster_size: u64, size: u64) -> PathBuf {
     let path = file(dir, name);
     let opts = format!("compat={compat},cluster_size={cluster_size}");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &opts,
-        path_str(&path),
-        &size.to_string(),
-    ]);
+    qemu_create(&path, &opts, &size.to_string());
     path
 }
 
@@ -57,7 +48,7 @@ fn write_data(path: &Path, size: u64, cluster_size: u64) {
         format!("write -P 0xe5 {} 1k", size / 10 * 9 / 512 * 512),
     ];
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
-    qemu_io(path, "qcow2", &cmds);
+    qemu_io("qcow2", path, &cmds);
 }
 
 fn virtual_size(path: &Path) -> u64 {
@@ -115,7 +106,7 @@ fn matrix(compat: &str, cluster_size: u64, with_data: bool) {
             // Written data survives a grow; the new area reads as zeros.
             let end = format!("read -P 0xc3 {} 6k", initial - 6 * KIB);
             let tail = format!("read -P 0 {initial} {}", target - initial);
-            qemu_io(&path, "qcow2", &["read -P 0xa1 0 4k", &end, &tail]);
+            qemu_io("qcow2", &path, &["read -P 0xa1 0 4k", &end, &tail]);
         }
         std::fs::remove_file(&path).expect("removing the image");
     }
@@ -177,8 +168,8 @@ fn shrink_to_one_sector_and_grow_back() {
     resize_both(dir.path(), &path, 3 * MIB, false);
     // The first sector survives; everything after it was discarded and reads as zeros.
     qemu_io(
-        &path,
         "qcow2",
+        &path,
         &["read -P 0xa1 0 512", "read -P 0 512 3071k"],
     );
 }
@@ -267,7 +258,7 @@ fn v3_with_snapshots() {
             qemu_img(&["snapshot", "-c", "s1", path_str(&path)]);
             // Some clusters rewritten after the snapshot (copied L2 tables), some still shared.
             let end = format!("write -P 0x77 {} 4k", initial - 4 * KIB);
-            qemu_io(&path, "qcow2", &["write -P 0x66 0 2k", &end]);
+            qemu_io("qcow2", &path, &["write -P 0x66 0 2k", &end]);
             resize_both(dir.path(), &path, target, shrink);
             // The snapshots of both images hold the same data.
             let twin = file(dir.path(), "twin.qcow2");
@@ -277,7 +268,7 @@ fn v3_with_snapshots() {
             }
             let (code, out) = qemu_img_status(&["compare", path_str(&path), path_str(&twin)]);
             assert_eq!(code, 0, "snapshot contents differ: {out}");
-            qemu_io(&path, "qcow2", &["read -P 0xa1 0 4k"]);
+            qemu_io("qcow2", &path, &["read -P 0xa1 0 4k"]);
             std::fs::remove_file(&path).expect("removing the image");
         }
     }
@@ -288,16 +279,7 @@ fn lazy_refcounts_image() {
     let _g = serial();
     let dir = tempdir();
     let path = file(dir.path(), "ours.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "lazy_refcounts=on,cluster_size=4096",
-        path_str(&path),
-        "8M",
-    ]);
+    qemu_create(&path, "lazy_refcounts=on,cluster_size=4096", "8M");
     write_data(&path, 8 * MIB, 4096);
     resize_both(dir.path(), &path, 3 * MIB, true);
     resize_both(dir.path(), &path, 64 * MIB, false);
@@ -310,8 +292,8 @@ fn grow_over_a_longer_backing_file() {
     let _g = serial();
     let dir = tempdir();
     let base = file(dir.path(), "base.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&base), "4M"]);
-    qemu_io(&base, "qcow2", &["write -P 0x55 0 4M"]);
+    qemu_create(&base, "", "4M");
+    qemu_io("qcow2", &base, &["write -P 0x55 0 4M"]);
     let cases: [(&str, u64, &[&str]); 5] = [
         ("", 1024 * KIB, &[]),
         ("", 1000 * KIB, &["write -P 0x66 960k 40k"]),
@@ -325,22 +307,13 @@ fn grow_over_a_longer_backing_file() {
         if !extra.is_empty() {
             opts = format!("{opts},{extra}");
         }
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            &opts,
-            path_str(&path),
-            &size.to_string(),
-        ]);
+        qemu_create(&path, &opts, &size.to_string());
         if !writes.is_empty() {
-            qemu_io(&path, "qcow2", writes);
+            qemu_io("qcow2", &path, writes);
         }
         resize_both(dir.path(), &path, 3 * MIB, false);
         let tail = format!("read -P 0 {size} {}", 3 * MIB - size);
-        qemu_io(&path, "qcow2", &["read -P 0x55 0 512", &tail]);
+        qemu_io("qcow2", &path, &["read -P 0x55 0 512", &tail]);
         std::fs::remove_file(&path).expect("removing the image");
     }
 }
@@ -351,22 +324,17 @@ fn grow_v2_over_a_backing_file() {
     let _g = serial();
     let dir = tempdir();
     let base = file(dir.path(), "base.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&base), "1M"]);
-    qemu_io(&base, "qcow2", &["write -P 0x55 0 1M"]);
+    qemu_create(&base, "", "1M");
+    qemu_io("qcow2", &base, &["write -P 0x55 0 1M"]);
     let path = file(dir.path(), "ours.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
+    qemu_create(
+        &path,
         "compat=0.10,backing_file=base.qcow2,backing_fmt=qcow2",
-        path_str(&path),
         "1M",
-    ]);
-    qemu_io(&path, "qcow2", &["write -P 0x66 64k 4k"]);
+    );
+    qemu_io("qcow2", &path, &["write -P 0x66 64k 4k"]);
     resize_both(dir.path(), &path, 3 * MIB, false);
-    qemu_io(&path, "qcow2", &["read -P 0x55 0 64k", "read -P 0 1M 2M"]);
+    qemu_io("qcow2", &path, &["read -P 0x55 0 64k", "read -P 0 1M 2M"]);
 }
 
 /// An L2 entry past the new end pointing outside the file: the shrink fails with `CorruptImage`, without
@@ -376,7 +344,7 @@ fn hostile_entry_past_the_end() {
     let _g = serial();
     let dir = tempdir();
     let path = create(dir.path(), "ours.qcow2", "1.1", 65536, 10 * MIB);
-    qemu_io(&path, "qcow2", &["write -P 0x42 9M 64k"]);
+    qemu_io("qcow2", &path, &["write -P 0x42 9M 64k"]);
     let mut bytes = std::fs::read(&path).expect("reading the image");
     let be = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
     let l1 = be(&bytes, 40) as usize;
@@ -397,18 +365,9 @@ fn extended_l2() {
     let dir = tempdir();
     for (target, shrink) in [(MIB, true), (3 * 1024 * MIB, false), (700 * MIB, false)] {
         let path = file(dir.path(), "ours.qcow2");
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on,cluster_size=32k",
-            path_str(&path),
-            "600M",
-        ]);
+        qemu_create(&path, "extended_l2=on,cluster_size=32k", "600M");
         write_data(&path, 600 * MIB, 32 * KIB);
-        qemu_io(&path, "qcow2", &["write -P 0x31 300k 3k"]);
+        qemu_io("qcow2", &path, &["write -P 0x31 300k 3k"]);
         resize_both(dir.path(), &path, target, shrink);
         std::fs::remove_file(&path).expect("removing the image");
     }

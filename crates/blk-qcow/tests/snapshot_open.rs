@@ -8,10 +8,10 @@ use support::*;
 
 fn image_with_snapshot(dir: &std::path::Path) -> std::path::PathBuf {
     let path = file(dir, "s.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", path_str(&path), "1M"]);
-    qemu_io(&path, "qcow2", &["write -P 0x5a 0 64k"]);
+    qemu_create(&path, "", "1M");
+    qemu_io("qcow2", &path, &["write -P 0x5a 0 64k"]);
     qemu_img(&["snapshot", "-c", "snap", path_str(&path)]);
-    qemu_io(&path, "qcow2", &["write -P 0xa5 0 128k"]);
+    qemu_io("qcow2", &path, &["write -P 0xa5 0 128k"]);
     path
 }
 

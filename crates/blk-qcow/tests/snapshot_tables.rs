@@ -8,33 +8,17 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use blk_core::{DiskFile, ErrorKind};
-use support::{assert_qemu_check_clean, path_str, qemu_img, qemu_io, tempdir};
+use support::{
+    assert_qemu_check_clean, path_str, qemu_create, qemu_img, qemu_io, read_be, tempdir,
+};
 
 const CS: u64 = 4096;
-
-fn read_be(path: &Path, offset: u64) -> u64 {
-    let mut buf = [0u8; 8];
-    std::fs::File::open(path)
-        .unwrap()
-        .read_exact_at(&mut buf, offset)
-        .unwrap();
-    u64::from_be_bytes(buf)
-}
 
 /// A 1 MiB image (4 KiB clusters) with data in guest clusters 0..2 and a snapshot sharing its L2 table.
 fn snapshotted(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("snap.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        path_str(&path),
-        "1M",
-    ]);
-    qemu_io(&path, "qcow2", &["write -P 0x11 0 8k"]);
+    qemu_create(&path, "cluster_size=4096", "1M");
+    qemu_io("qcow2", &path, &["write -P 0x11 0 8k"]);
     qemu_img(&["snapshot", "-c", "first", path_str(&path)]);
     path
 }
@@ -72,7 +56,7 @@ fn writing_next_to_a_snapshot_keeps_refcounts_as_qemu() {
 fn shared_table_entry_past_eof_grows_nothing() {
     let dir = tempdir();
     let path = snapshotted(dir.path());
-    let l2 = read_be(&path, read_be(&path, 40)) & 0x00ff_ffff_ffff_fe00;
+    let l2 = read_be(&path, read_be(&path, 40, 8), 8) & 0x00ff_ffff_ffff_fe00;
     // Guest cluster 5: a zero cluster "allocated" at 96 GiB (the fuzzer's entry).
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.write_all_at(&(0x18_0000_0000u64 | 1).to_be_bytes(), l2 + 5 * 8)

@@ -27,16 +27,7 @@ fn create_image(dir: &Path, name: &str, compat: &str, cs: u64, extended: bool) -
         "compat={compat},cluster_size={cs}{}",
         if extended { ",extended_l2=on" } else { "" }
     );
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &options,
-        path_str(&path),
-        &SIZE.to_string(),
-    ]);
+    qemu_create(&path, &options, &SIZE.to_string());
     path
 }
 
@@ -277,7 +268,7 @@ fn run_twins(compat: &str, cs: u64, extended: bool, steps: &[Step]) {
                     .unwrap();
             }
             Step::Io(cmd) => {
-                qemu_io(&theirs, "qcow2", &[cmd.as_str()]);
+                qemu_io("qcow2", &theirs, &[cmd.as_str()]);
                 blk_io(&open_rw(&ours), cmd);
             }
         }
@@ -341,7 +332,7 @@ fn lookups_follow_qemu_img() {
     let _serial = serial();
     let dir = tempdir();
     let path = create_image(dir.path(), "l.qcow2", "1.1", 65536, false);
-    qemu_io(&path, "qcow2", &["write -P 1 0 4k"]);
+    qemu_io("qcow2", &path, &["write -P 1 0 4k"]);
     // Snapshot "2" has ID 1; "x" has ID 2. Names may repeat, as with qemu-img.
     let disk = open_rw(&path);
     disk.create_snapshot("2").unwrap();
@@ -398,16 +389,7 @@ fn read_only_and_data_file_images_are_refused() {
     drop(disk);
     let data = file(dir.path(), "d.qcow2");
     let data_option = format!("data_file={}", path_str(&file(dir.path(), "d.raw")));
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &data_option,
-        path_str(&data),
-        "1M",
-    ]);
+    qemu_create(&data, &data_option, "1M");
     let disk = support::open_disk(&data, &rw_data()).unwrap();
     let e = disk.create_snapshot("a").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
@@ -423,7 +405,7 @@ fn broken_snapshot_l1_tables_fail_apply_and_delete() {
     let _serial = serial();
     let dir = tempdir();
     let path = create_image(dir.path(), "b.qcow2", "1.1", 65536, false);
-    qemu_io(&path, "qcow2", &["write -P 7 0 128k"]);
+    qemu_io("qcow2", &path, &["write -P 7 0 128k"]);
     qemu_img(&["snapshot", "-c", "snap", path_str(&path)]);
     let image = std::fs::read(&path).unwrap();
     let table = first_entry(&image);
@@ -456,7 +438,7 @@ fn unknown_extra_data_is_kept_and_v2_entries_are_upgraded() {
     let _serial = serial();
     let dir = tempdir();
     let path = create_image(dir.path(), "e.qcow2", "1.1", 65536, false);
-    qemu_io(&path, "qcow2", &["write -P 7 0 64k"]);
+    qemu_io("qcow2", &path, &["write -P 7 0 64k"]);
     qemu_img(&["snapshot", "-c", "old", path_str(&path)]);
     // Rewrite the entry in place with 8 more bytes of extra data (the table's cluster has room).
     let mut image = std::fs::read(&path).unwrap();
@@ -493,17 +475,8 @@ fn one_bit_refcounts_refuse_a_second_reference_without_corrupting() {
     let _serial = serial();
     let dir = tempdir();
     let path = file(dir.path(), "r1.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "refcount_bits=1",
-        path_str(&path),
-        "1M",
-    ]);
-    qemu_io(&path, "qcow2", &["write -P 7 0 64k"]);
+    qemu_create(&path, "refcount_bits=1", "1M");
+    qemu_io("qcow2", &path, &["write -P 7 0 64k"]);
     let disk = open_rw(&path);
     assert!(disk.create_snapshot("s").is_err());
     drop(disk);
@@ -522,7 +495,7 @@ fn broken_l2_table_offsets_in_a_snapshot_fail_without_panic() {
     let _serial = serial();
     let dir = tempdir();
     let path = create_image(dir.path(), "l2.qcow2", "1.1", 65536, false);
-    qemu_io(&path, "qcow2", &["write -P 7 0 128k"]);
+    qemu_io("qcow2", &path, &["write -P 7 0 128k"]);
     qemu_img(&["snapshot", "-c", "snap", path_str(&path)]);
     let mut image = std::fs::read(&path).unwrap();
     let table = first_entry(&image);
@@ -556,7 +529,7 @@ fn snapshots_of_another_disk_size_are_refused() {
     let _serial = serial();
     let dir = tempdir();
     let path = create_image(dir.path(), "z.qcow2", "1.1", 65536, false);
-    qemu_io(&path, "qcow2", &["write -P 7 0 64k"]);
+    qemu_io("qcow2", &path, &["write -P 7 0 64k"]);
     open_rw(&path).create_snapshot("small").unwrap();
     qemu_img(&["resize", "-q", path_str(&path), "4M"]);
     let before = std::fs::read(&path).unwrap();
@@ -577,8 +550,8 @@ fn apply_after_resizing_to_the_snapshot_size_matches_qemu() {
         let dir = tempdir();
         let theirs = create_image(dir.path(), "q.qcow2", "1.1", 65536, false);
         qemu_io(
-            &theirs,
             "qcow2",
+            &theirs,
             &["write -P 7 0 192k", "write -P 8 1984k 64k"],
         );
         qemu_img(&["snapshot", "-c", "snap", path_str(&theirs)]);
@@ -589,7 +562,7 @@ fn apply_after_resizing_to_the_snapshot_size_matches_qemu() {
         resize_args.push(path_str(&theirs));
         resize_args.push(shrink_to.unwrap_or(grow_to));
         qemu_img(&resize_args);
-        qemu_io(&theirs, "qcow2", &["write -P 9 64k 64k"]);
+        qemu_io("qcow2", &theirs, &["write -P 9 64k 64k"]);
         let ours = file(dir.path(), "b.qcow2");
         std::fs::copy(&theirs, &ours).unwrap();
         qemu_img(&["snapshot", "-a", "snap", path_str(&theirs)]);

@@ -4,17 +4,7 @@
 mod support;
 
 use blk_core::DiskFile;
-use blk_qcow::{Qcow2, Qcow2CreateOptions};
 use support::*;
-
-fn create(path: &std::path::Path, size: u64, opts: &[(&str, &str)]) {
-    let kv: Vec<(String, String)> = opts
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let o = Qcow2CreateOptions::from_key_values(Some(size), &kv).unwrap();
-    Qcow2::create(path, &o, &TestOpener).unwrap();
-}
 
 /// Four threads write interleaved sectors of the same unallocated clusters: every sector keeps its data.
 #[test]
@@ -26,7 +16,7 @@ fn racing_allocations_lose_no_write() {
         let size = 4u64 << 20;
         if backing {
             std::fs::write(dir.path().join("base.raw"), vec![0xeeu8; size as usize]).unwrap();
-            create(
+            blk_create(
                 &img,
                 size,
                 &[
@@ -36,7 +26,7 @@ fn racing_allocations_lose_no_write() {
                 ],
             );
         } else {
-            create(&img, size, &[("cluster_size", "4k")]);
+            blk_create(&img, size, &[("cluster_size", "4k")]);
         }
         {
             let disk = support::open_disk(&img, &rw()).unwrap();
@@ -93,7 +83,7 @@ fn parallel_regions() {
     let dir = tempdir();
     let img = dir.path().join("par.qcow2");
     let size = 8u64 << 20;
-    create(
+    blk_create(
         &img,
         size,
         &[("cluster_size", "512"), ("refcount_bits", "8")],

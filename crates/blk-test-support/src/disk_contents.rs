@@ -1,4 +1,4 @@
-//! Reading back what a disk holds, and deterministic data to write into it.
+//! Reading back what a disk holds, comparing it, and deterministic data to write into it.
 
 use blk_core::{DiskFile, Extent};
 
@@ -22,6 +22,22 @@ pub fn full_map(disk: &dyn DiskFile) -> Vec<Extent> {
         runs.push(run);
     }
     runs
+}
+
+/// Asserts that `ours` equals `expected`, naming `what` and the first difference instead of printing whole
+/// disks (`==` first: a byte loop over large buffers is slow in debug builds).
+#[track_caller]
+pub fn assert_same_bytes(ours: &[u8], expected: &[u8], what: &str) {
+    if ours == expected {
+        return;
+    }
+    assert_eq!(ours.len(), expected.len(), "{what}: lengths differ");
+    if let Some(i) = ours.iter().zip(expected).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at byte {i}: ours {:#04x} expected {:#04x}",
+            ours[i], expected[i]
+        );
+    }
 }
 
 /// Deterministic non-trivial bytes (xorshift): distinct for different seeds and positions.

@@ -1,6 +1,7 @@
 //! Replaying a fuzz corpus (`fuzz/corpus/<target>`) through its harness, so inputs that once crashed stay fixed
 //! without running the fuzzer.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 /// The corpus directory of the fuzz target `target`: `fuzz/corpus/<target>` in the workspace.
@@ -10,18 +11,26 @@ pub fn corpus_dir(target: &str) -> PathBuf {
         .join(target)
 }
 
-/// Runs `harness` on every input of the corpus of `target`, and asserts there were at least `min_inputs`.
+/// Runs `harness` on every input of the corpus of `target` in file-name order, and asserts that it panicked on
+/// none (naming the first input it panicked on) and that there were at least `min_inputs`.
 pub fn replay_corpus(target: &str, min_inputs: usize, harness: impl Fn(&[u8])) {
     let dir = corpus_dir(target);
-    let mut replayed = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        harness(&data);
-        replayed += 1;
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    inputs.sort();
+    for path in &inputs {
+        let data = std::fs::read(path).unwrap();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| harness(&data)));
+        assert!(
+            outcome.is_ok(),
+            "the harness panicked on {}",
+            path.display()
+        );
     }
     assert!(
-        replayed >= min_inputs,
+        inputs.len() >= min_inputs,
         "the corpus at {} is missing",
         dir.display()
     );

@@ -22,10 +22,10 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`async_queue`] | requests, submitting and reaping batches, whole-disk reads and batched writes through an `AsyncIo` |
-//! | [`mapper_execution`] | [`read_via_mapper`]/[`write_via_mapper`]: a `Mapper`'s answers executed directly, [`Mapped`] |
-//! | [`qemu`] | running `qemu-img`/`qemu-io`: [`run`], [`qemu_io`], [`qemu_raw`], [`qemu_compare`] |
+//! | [`mapper_execution`] | [`try_read_via_mapper`]/[`try_write_via_mapper`] (and panicking [`read_via_mapper`]/[`write_via_mapper`]): a `Mapper`'s answers executed directly, [`Mapped`] |
+//! | [`qemu`] | running `qemu-img`/`qemu-io`: [`run`], [`run_status`], [`run_output`], [`qemu_io`] ([`qemu_io_args`]), [`qemu_raw`], [`qemu_compare`] |
 //! | [`write_step`] | [`WriteStep`]: scripted writes for qemu-io and a `DiskFile`, [`REFERENCE_WRITES`] |
-//! | [`disk_contents`] | [`read_all`], [`full_map`], deterministic [`pattern`] bytes |
+//! | [`disk_contents`] | [`read_all`], [`full_map`], [`assert_same_bytes`], deterministic [`pattern`] bytes |
 //! | [`host_options`] | the `HostOpenOptions` tests open with: [`ro`], [`rw`], [`direct`], [`unlocked`] |
 //! | [`temp_dir`] | [`tempdir_in`] and [`target_tempdir!`] |
 //! | [`spawn_lock`] | [`serial`]: one lock for tests that spawn processes while holding images open |
@@ -51,7 +51,7 @@ pub use async_queue::{
     arena, assert_queue_write_reads_back, complete, pieces, read_request, read_through, reap,
     write_request, write_through, DEPTH, SIZES,
 };
-pub use disk_contents::{full_map, pattern, read_all};
+pub use disk_contents::{assert_same_bytes, full_map, pattern, read_all};
 pub use fuzz_corpus::{corpus_dir, replay_corpus};
 pub use guarded_mapping::{page_size, GuardedMapping};
 pub use host_options::{direct, ro, rw, unlocked};
@@ -59,10 +59,13 @@ pub use host_queue::{
     assert_pending_counts_the_backlog, host_read, host_write, take_counting_pending,
     unless_unsupported,
 };
-pub use mapper_execution::{read_via_mapper, write_via_mapper, Mapped};
+pub use mapper_execution::{
+    read_via_mapper, try_read_via_mapper, try_write_via_mapper, write_via_mapper, Mapped,
+};
 pub use probe::{probe_file, PROBE_HEAD};
 pub use qemu::{
-    have_qemu, path_str, qemu_commands, qemu_compare, qemu_io, qemu_raw, run, run_status,
+    have_qemu, path_str, qemu_commands, qemu_compare, qemu_io, qemu_io_args, qemu_raw, run,
+    run_output, run_status,
 };
 pub use spawn_lock::serial;
 pub use temp_dir::tempdir_in;

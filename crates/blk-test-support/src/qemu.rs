@@ -13,12 +13,18 @@ pub fn have_qemu() -> bool {
     found
 }
 
-/// Runs `program` with `args`, panicking with its status and stderr when it fails.
-pub fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program)
+/// Runs `program` with `args` and returns what it did, without asserting anything (a program that cannot be
+/// started panics).
+pub fn run_output(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+        .unwrap_or_else(|e| panic!("running {program}: {e}"))
+}
+
+/// Runs `program` with `args`, panicking with its status and stderr when it fails.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let output = run_output(program, args);
     assert!(
         output.status.success(),
         "{program} {args:?} failed: {}\n{}",
@@ -31,10 +37,7 @@ pub fn run(program: &str, args: &[&str]) -> Output {
 /// Runs `program` with `args` and returns its exit code (-1 when killed by a signal) and its stdout followed
 /// by its stderr, without asserting anything.
 pub fn run_status(program: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    let out = run_output(program, args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
@@ -46,18 +49,39 @@ pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }
 
-/// Runs `qemu-io -f format -c command... image`, asserting success.
-pub fn qemu_io(format: &str, image: &Path, commands: &[impl AsRef<str>]) {
+/// qemu-io's arguments that run `commands` on `image`: `-f format -c command... image` (`blk io` takes the
+/// same).
+pub fn qemu_io_args<'a>(
+    format: &'a str,
+    image: &'a str,
+    commands: &'a [impl AsRef<str>],
+) -> Vec<&'a str> {
     let mut args = vec!["-f", format];
     for command in commands {
         args.extend(["-c", command.as_ref()]);
     }
-    args.push(path_str(image));
-    run("qemu-io", &args);
+    args.push(image);
+    args
 }
 
-/// The guest contents of `image` as QEMU reads them: `qemu-img convert -f format -O raw` into
-/// `dir/<image's file name>.raw`, read back.
+/// Runs `qemu-io -f format -c command... image` and returns its stdout, asserting that it succeeded and that
+/// no command printed a failure or an error (qemu-io reports some failed commands only there).
+pub fn qemu_io(format: &str, image: &Path, commands: &[impl AsRef<str>]) -> String {
+    let args = qemu_io_args(format, path_str(image), commands);
+    let out = run_output("qemu-io", &args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !stdout.contains("failed") && !stdout.contains("error"),
+        "qemu-io {args:?} failed: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The guest contents of `image` as QEMU reads them: `qemu-img convert -U -f format -O raw` into
+/// `dir/<image's file name>.raw`, read back (`-U`: without taking the image's locks, so a test may still hold
+/// it open).
 pub fn qemu_raw(format: &str, image: &Path, dir: &Path) -> Vec<u8> {
     let name = image.file_name().expect("an image file name");
     let raw = dir.join(format!("{}.raw", name.to_string_lossy()));
@@ -65,6 +89,7 @@ pub fn qemu_raw(format: &str, image: &Path, dir: &Path) -> Vec<u8> {
         "qemu-img",
         &[
             "convert",
+            "-U",
             "-f",
             format,
             "-O",

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_one_line_error, code, ok, stderr, stdout, Scratch};
+use common::{assert_one_line_error, code, ok, qemu_io_args, stderr, stdout, Scratch};
 
 /// Runs `measure ARGS` with both tools, in human and JSON form; both must succeed with the same output.
 fn same_as_qemu(s: &Scratch, args: &[&str]) {
@@ -116,12 +116,7 @@ fn input_images_match_qemu_img() {
     // Raw with holes (data, a 512-byte write, a hole-free tail).
     ok(&s.qemu_img(&["create", "-q", "-f", "raw", "holes.raw", "20M"]));
     let writes = ["write 1M 100k", "write 5M 512", "write 19M 1M"];
-    let mut io = vec!["-f", "raw"];
-    for w in &writes {
-        io.extend(["-c", w]);
-    }
-    io.push("holes.raw");
-    ok(&s.qemu_io(&io));
+    ok(&s.qemu_io(&qemu_io_args("raw", "holes.raw", &writes)));
     // QCOW2 with data, zero and compressed clusters and a partial cluster.
     ok(&s.qemu_img(&["create", "-q", "-f", "qcow2", "base.qcow2", "10M"]));
     ok(&s.qemu_io(&[

@@ -17,7 +17,7 @@ mod common;
 mod script;
 
 use cli_compare::*;
-use common::{code, ok, stderr, stdout, Scratch};
+use common::{code, ok, qemu_io_args, stderr, stdout, Scratch};
 use script::{mixed_data, random_script, standard_script};
 use serde_json::Value;
 
@@ -182,12 +182,7 @@ fn convert_with_backing_file() {
         "src.qcow2",
     ]));
     let script = standard_script(64 * KIB, size);
-    let mut io = vec!["-f", "qcow2"];
-    for c in &script {
-        io.extend(["-c", c.as_str()]);
-    }
-    io.push("src.qcow2");
-    ok(&s.qemu_io(&io));
+    ok(&s.qemu_io(&qemu_io_args("qcow2", "src.qcow2", &script)));
     let args = [
         "convert",
         "-O",
@@ -208,13 +203,7 @@ fn convert_with_backing_file() {
     assert_qemu_clean(&s, "b.qcow2");
     assert_qemu_same(&s, "src.qcow2", "b.qcow2");
     assert_info_matches(&s, "b.qcow2", true);
-    let blk_map = assert_map_matches(&s, "b.qcow2");
-    let qemu_map = assert_map_matches(&s, "q.qcow2");
-    assert_same_runs(
-        &without_offsets(&blk_map),
-        &without_offsets(&qemu_map),
-        "convert -B: allocation status",
-    );
+    assert_same_allocation(&s, "b.qcow2", "q.qcow2", "convert -B: allocation status");
 }
 
 /// A qemu-made chain raw <- qcow2 (v2) <- qcow2 (v3) with zero clusters and discards: `blk info --backing-chain`,
@@ -254,13 +243,8 @@ fn backing_chain_info_map_check() {
         &size_text,
     ]));
     for (image, cluster) in [("mid.qcow2", 64 * KIB), ("top.qcow2", 4 * KIB)] {
-        let mut io = vec!["-f", "qcow2"];
         let script = standard_script(cluster, size);
-        for c in &script {
-            io.extend(["-c", c.as_str()]);
-        }
-        io.push(image);
-        ok(&s.qemu_io(&io));
+        ok(&s.qemu_io(&qemu_io_args("qcow2", image, &script)));
     }
     for image in ["mid.qcow2", "top.qcow2"] {
         assert_info_matches(&s, image, false);
@@ -417,13 +401,8 @@ fn replay_on_qcow2_chain() {
         "mid.qcow2",
         &size_text,
     ]));
-    let mut io = vec!["-f", "qcow2"];
     let script = standard_script(64 * KIB, size);
-    for c in &script {
-        io.extend(["-c", c.as_str()]);
-    }
-    io.push("mid.qcow2");
-    ok(&s.qemu_io(&io));
+    ok(&s.qemu_io(&qemu_io_args("qcow2", "mid.qcow2", &script)));
     for options in ["compat=1.1,cluster_size=4k", "compat=0.10,cluster_size=4k"] {
         ok(&s.qemu_img(&[
             "create",
@@ -474,13 +453,8 @@ fn map_sub_ranges() {
         "m.qcow2",
         &size_text,
     ]));
-    let mut io = vec!["-f", "qcow2"];
     let script = standard_script(4 * KIB, size);
-    for c in &script {
-        io.extend(["-c", c.as_str()]);
-    }
-    io.push("m.qcow2");
-    ok(&s.qemu_io(&io));
+    ok(&s.qemu_io(&qemu_io_args("qcow2", "m.qcow2", &script)));
     for (start, len) in [
         ("0", "100000"),
         ("1000", "5000"),
@@ -520,13 +494,8 @@ fn convert_flattens_chain() {
         "top.qcow2",
         &size.to_string(),
     ]));
-    let mut io = vec!["-f", "qcow2"];
     let script = standard_script(64 * KIB, size);
-    for c in &script {
-        io.extend(["-c", c.as_str()]);
-    }
-    io.push("top.qcow2");
-    ok(&s.qemu_io(&io));
+    ok(&s.qemu_io(&qemu_io_args("qcow2", "top.qcow2", &script)));
     for options in ["compat=1.1", "compat=0.10,cluster_size=4k"] {
         let args = ["convert", "-O", "qcow2", "-o", options, "top.qcow2"];
         let mut blk_args = args.to_vec();
@@ -538,11 +507,10 @@ fn convert_flattens_chain() {
         ok(&s.qemu_img(&qemu_args));
         assert_qemu_clean(&s, "b.qcow2");
         assert_qemu_same(&s, "top.qcow2", "b.qcow2");
-        let blk_map = assert_map_matches(&s, "b.qcow2");
-        let qemu_map = assert_map_matches(&s, "q.qcow2");
-        assert_same_runs(
-            &without_offsets(&blk_map),
-            &without_offsets(&qemu_map),
+        assert_same_allocation(
+            &s,
+            "b.qcow2",
+            "q.qcow2",
             &format!("convert -o {options}: allocation status"),
         );
         assert_info_matches(&s, "b.qcow2", false);
@@ -572,18 +540,7 @@ fn replay_random_scripts() {
     ] {
         let s = Scratch::new();
         let size = 2 * MIB + 3 * 512;
-        let size_text = size.to_string();
-        let mut create = vec!["create", "-q", "-f", "qcow2", "-o", options];
-        if backing {
-            s.write("base.raw", &mixed_data((MIB + 1024) as usize));
-            create.extend(["-b", "base.raw", "-F", "raw"]);
-        }
-        let mut qemu_create = create.clone();
-        qemu_create.extend(["q.qcow2", &size_text]);
-        ok(&s.qemu_img(&qemu_create));
-        let mut blk_create = create;
-        blk_create.extend(["b.qcow2", &size_text]);
-        ok(&s.blk(&blk_create));
+        create_twins(&s, options, size, backing.then_some((MIB + 1024) as usize));
         let what = format!("seed {seed} -o {options} backing={backing}");
         replay(
             &s,
@@ -595,11 +552,10 @@ fn replay_random_scripts() {
         assert_eq!(code(&out), 0, "{what}: qemu-img check: {}", stdout(&out));
         let out = s.qemu_img(&["compare", "q.qcow2", "b.qcow2"]);
         assert_eq!(code(&out), 0, "{what}: qemu-img compare: {}", stdout(&out));
-        let qemu_map = assert_map_matches(&s, "q.qcow2");
-        let blk_map = assert_map_matches(&s, "b.qcow2");
-        assert_same_runs(
-            &without_offsets(&blk_map),
-            &without_offsets(&qemu_map),
+        assert_same_allocation(
+            &s,
+            "b.qcow2",
+            "q.qcow2",
             &format!("{what}: allocation status"),
         );
         assert_check_matches(&s, "b.qcow2");
@@ -707,13 +663,7 @@ fn sub_cluster_zero_write_past_backing_end() {
     replay(&s, &script, "q.qcow2", "b.qcow2");
     assert_qemu_clean(&s, "b.qcow2");
     assert_qemu_same(&s, "q.qcow2", "b.qcow2");
-    let qemu_map = assert_map_matches(&s, "q.qcow2");
-    let blk_map = assert_map_matches(&s, "b.qcow2");
-    assert_same_runs(
-        &without_offsets(&blk_map),
-        &without_offsets(&qemu_map),
-        "allocation status",
-    );
+    assert_same_allocation(&s, "b.qcow2", "q.qcow2", "allocation status");
 }
 
 /// A v2 image over a backing file: QEMU ignores discards (v2 has no zero flag, and unallocating would expose
@@ -749,13 +699,7 @@ fn v2_discard_over_backing_file_is_ignored() {
     replay(&s, &script, "q.qcow2", "b.qcow2");
     assert_qemu_clean(&s, "b.qcow2");
     assert_qemu_same(&s, "q.qcow2", "b.qcow2");
-    let qemu_map = assert_map_matches(&s, "q.qcow2");
-    let blk_map = assert_map_matches(&s, "b.qcow2");
-    assert_same_runs(
-        &without_offsets(&blk_map),
-        &without_offsets(&qemu_map),
-        "allocation status",
-    );
+    assert_same_allocation(&s, "b.qcow2", "q.qcow2", "allocation status");
 }
 
 /// Makes `s.qcow2`: data, an internal snapshot `snap1` (made by `qemu-img snapshot -c`), more data.

@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{allocated, code, ok, stderr, stdout, Scratch, SCRIPT};
+use common::{
+    allocated, assert_both_fail_with, code, ok, qemu_io_args, reference_script, stderr, stdout,
+    Scratch,
+};
 
 /// Test 1: `blk convert -O raw` reads the QEMU-written image back byte-identical to `qemu-img convert -O raw`,
 /// with the default `-S`, `-S 0` and `-S 64k`; `-S 0` fully allocates, the default keeps the copy sparse.
@@ -188,23 +191,16 @@ fn io_matches_qemu_io() {
     let s = Scratch::new();
     ok(&s.qemu_img(&["create", "-q", "-f", "raw", "q.raw", "16M"]));
     ok(&s.qemu_img(&["create", "-q", "-f", "raw", "b.raw", "16M"]));
-    let script = |file: &'static str| {
-        let mut args = vec!["-f", "raw"];
-        for c in SCRIPT {
-            args.extend(["-c", *c]);
-        }
-        args.push(file);
-        args
-    };
-    let theirs = ok(&s.qemu_io(&script("q.raw")));
+    let script = reference_script();
+    let theirs = ok(&s.qemu_io(&qemu_io_args("raw", "q.raw", &script)));
     let mut ours_args = vec!["io"];
-    ours_args.extend(script("b.raw"));
+    ours_args.extend(qemu_io_args("raw", "b.raw", &script));
     let ours = ok(&s.blk(&ours_args));
     assert!(s.read("b.raw") == s.read("q.raw"), "images differ");
     assert_eq!(without_timings(&ours), without_timings(&theirs));
     assert_eq!(
         ours.lines().count(),
-        2 * SCRIPT.len(),
+        2 * script.len(),
         "a stats line per command"
     );
 
@@ -350,20 +346,7 @@ fn convert_tuning_flags_match_qemu_img() {
         let mut full = vec!["convert", "-f", "raw", "-O", "raw"];
         full.extend_from_slice(args);
         full.extend(["ref.raw", "x.raw"]);
-        let theirs = s.qemu_img(&full);
-        let ours = s.blk(&full);
-        assert_eq!(code(&theirs), 1, "qemu-img {full:?}");
-        assert_eq!(code(&ours), 1, "blk {full:?}");
-        assert!(
-            stderr(&theirs).contains(message),
-            "qemu-img {full:?}: {}",
-            stderr(&theirs)
-        );
-        assert!(
-            stderr(&ours).contains(message),
-            "blk {full:?}: {}",
-            stderr(&ours)
-        );
+        assert_both_fail_with(&s, &full, message);
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{code, ok, stderr, stdout, Scratch};
+use common::{assert_both_fail_with, code, ok, stderr, stdout, Scratch};
 
 /// Resizes copies `q.NAME` (qemu-img) and `b.NAME` (blk) of `name` with the same arguments; both must succeed.
 fn resize_both(s: &Scratch, name: &str, args: &[&str]) {
@@ -96,26 +96,8 @@ fn errors_match_qemu_img() {
     for (args, message) in cases {
         let mut full = vec!["resize"];
         full.extend_from_slice(args);
-        let theirs = s.qemu_img(&full);
-        let ours = s.blk(&full);
-        assert_eq!(code(&theirs), 1, "qemu-img {full:?}");
-        assert_eq!(code(&ours), 1, "blk {full:?}");
-        assert!(
-            stderr(&theirs).contains(message),
-            "qemu-img {full:?}: {}",
-            stderr(&theirs)
-        );
-        assert!(
-            stderr(&ours).contains(message),
-            "blk {full:?}: {}",
-            stderr(&ours)
-        );
-        assert_eq!(
-            stderr(&ours).lines().count(),
-            1,
-            "one error line: {}",
-            stderr(&ours)
-        );
+        let err = assert_both_fail_with(&s, &full, message);
+        assert_eq!(err.lines().count(), 1, "one error line: {err}");
     }
     assert_eq!(
         s.read("r.raw").len(),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_same_failure, code, ok, stderr, stdout, Scratch};
+use common::{assert_same_failure, code, ok, qemu_io_args, stderr, stdout, Scratch};
 
 #[cfg(feature = "qcow2")]
 #[test]
@@ -129,12 +129,7 @@ fn image_with_history(s: &Scratch, options: &str) {
         "create", "-q", "-f", "qcow2", "-o", options, "h.qcow2", "2M",
     ]));
     let io = |cmds: &[&str]| {
-        let mut args = vec!["-f", "qcow2"];
-        for c in cmds {
-            args.extend(["-c", c]);
-        }
-        args.push("h.qcow2");
-        ok(&s.qemu_io(&args));
+        ok(&s.qemu_io(&qemu_io_args("qcow2", "h.qcow2", cmds)));
     };
     io(&["write -P 0x11 0 256k", "write -c -P 0x12 1M 64k"]);
     ok(&s.qemu_img(&["snapshot", "-c", "first", "h.qcow2"]));

@@ -3,27 +3,21 @@
 
 mod common;
 
-use common::{code, ok, stderr, stdout, Scratch, SCRIPT};
+use common::{code, ok, qemu_io_args, reference_script, stderr, stdout, Scratch};
 
 /// The standard script plus writes across the 2 MiB block boundary, an unaligned write and the last sector.
-fn script() -> Vec<&'static str> {
-    let mut s = SCRIPT.to_vec();
-    s.extend([
-        "write -P 0x5d 2096640 1024",
-        "write -P 0x11 3000001 777",
-        "write -z 4096 8192",
-        "write -P 0x0f 16776704 512",
-    ]);
+fn script() -> Vec<String> {
+    let mut s = reference_script();
+    s.extend(
+        [
+            "write -P 0x5d 2096640 1024",
+            "write -P 0x11 3000001 777",
+            "write -z 4096 8192",
+            "write -P 0x0f 16776704 512",
+        ]
+        .map(String::from),
+    );
     s
-}
-
-fn io_args<'a>(format: &'a str, image: &'a str, script: &'a [&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["-f", format];
-    for c in script {
-        args.extend(["-c", c]);
-    }
-    args.push(image);
-    args
 }
 
 /// `blk io` with qemu-io's arguments.
@@ -108,7 +102,7 @@ fn qemu_written_images_convert_and_map_like_qemu() {
     let script = script();
     for o in KINDS {
         ok(&s.qemu_img(&["create", "-q", "-f", "vpc", "-o", o, "q.vhd", "16M"]));
-        ok(&s.qemu_io(&io_args("vpc", "q.vhd", &script)));
+        ok(&s.qemu_io(&qemu_io_args("vpc", "q.vhd", &script)));
         ok(&s.qemu_img(&["convert", "-f", "vpc", "-O", "raw", "q.vhd", "qemu.raw"]));
         ok(&s.blk(&["convert", "-f", "vpc", "-O", "raw", "q.vhd", "blk.raw"]));
         assert!(s.read("blk.raw") == s.read("qemu.raw"), "{o}");
@@ -132,8 +126,8 @@ fn blk_written_images_read_back_through_qemu() {
         for size in ["16M", "16777000"] {
             ok(&s.blk(&["create", "-f", "vpc", "-o", o, "b.vhd", size]));
             ok(&s.qemu_img(&["create", "-q", "-f", "vpc", "-o", o, "q.vhd", size]));
-            ok(&s.blk(&blk_io(&io_args("vpc", "b.vhd", &script))));
-            ok(&s.qemu_io(&io_args("vpc", "q.vhd", &script)));
+            ok(&s.blk(&blk_io(&qemu_io_args("vpc", "b.vhd", &script))));
+            ok(&s.qemu_io(&qemu_io_args("vpc", "q.vhd", &script)));
             let out = s.qemu_img(&["compare", "-f", "vpc", "-F", "vpc", "b.vhd", "q.vhd"]);
             assert_eq!(
                 code(&out),
@@ -188,7 +182,11 @@ fn check_reports_and_repairs() {
 fn differencing_disks_with_backing_file() {
     let s = Scratch::new();
     ok(&s.blk(&["create", "-f", "vpc", "base.vhd", "16M"]));
-    ok(&s.blk(&blk_io(&io_args("vpc", "base.vhd", SCRIPT))));
+    ok(&s.blk(&blk_io(&qemu_io_args(
+        "vpc",
+        "base.vhd",
+        &reference_script(),
+    ))));
     ok(&s.blk(&[
         "create",
         "-f",

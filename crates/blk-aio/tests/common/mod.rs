@@ -115,14 +115,9 @@ pub fn open_direct(path: &Path) -> Option<HostFile> {
     }
 }
 
-/// Asserts that two byte strings are equal, reporting the first difference instead of both strings.
+/// Asserts that two byte strings are equal, reporting the first difference instead of both strings (the shared
+/// [`assert_same_bytes`]).
 #[track_caller]
 pub fn assert_bytes(got: &[u8], want: &[u8]) {
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "bytes differ at {i}: got {:#04x}, want {:#04x}",
-            got[i], want[i]
-        );
-    }
-    assert_eq!(got.len(), want.len(), "lengths differ");
+    assert_same_bytes(got, want, "bytes");
 }

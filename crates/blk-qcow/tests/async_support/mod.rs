@@ -1,21 +1,21 @@
 //! Drivers shared by the async-path tests (`async_io.rs`, `async_writes.rs`): requests (`Op`), a `'static`
-//! buffer arena, a runner for `AsyncIo` queues, `ManualEngine` (executes the image's mapper answers itself:
-//! host pieces with `pread`/`pwrite` on the mapper's host files, zero pieces in memory, other disks' pieces
-//! through their `DiskFile`, `finish_allocation` after each allocated piece, slow pieces with `write_slow`),
-//! and a backend that counts host operations.
+//! buffer arena, a runner for `AsyncIo` queues, `ManualEngine` (executes the image's mapper answers itself
+//! with the shared test support's mapper execution: host pieces with `pread`/`pwrite` on the mapper's host
+//! files, zero pieces in memory, encoded pieces decoded, other disks' pieces through their `DiskFile`,
+//! `finish_allocation` after each allocated piece, slow pieces with `write_slow`), and a backend that counts
+//! host operations.
 #![allow(dead_code)]
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use blk_core::{
     AsyncIo, HostCompletion, HostFile, HostOp, HostQueue, HostQueueBackend, IoBuf, IoBufMut,
-    MappedQueue, Mapper, ReadMapping, Request, RequestFlags, RequestOp, Result, SyncHostBackend,
-    WriteMapping,
+    MappedQueue, Mapper, Request, RequestFlags, RequestOp, Result, SyncHostBackend,
 };
+use blk_test_support::{try_read_via_mapper, try_write_via_mapper, Mapped};
 
-use crate::support::{path_str, qemu_img, Disk};
+use crate::support::Disk;
 
 /// Another handle of `disk`'s image, as its mapper (its own descriptor, the same metadata).
 pub fn mapper_of(disk: &Disk) -> Arc<dyn Mapper> {
@@ -223,7 +223,8 @@ pub fn run_queue(queue: &mut dyn AsyncIo, arena: &Arena, ops: &[Op]) -> Vec<Outc
         .collect()
 }
 
-/// Executes a mapper's answers itself (see the module docs).
+/// Executes a mapper's answers itself (see the module docs), through the shared
+/// [`try_read_via_mapper`]/[`try_write_via_mapper`].
 pub struct ManualEngine {
     pub mapper: Arc<dyn Mapper>,
 }
@@ -237,101 +238,12 @@ impl ManualEngine {
 
     /// Reads through the mapping; returns whether every piece was the image's own (no other disk read).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
-        let mut pieces = Vec::new();
-        self.mapper
-            .map_read(offset, buf.len() as u64, &mut pieces)?;
-        let files = self.mapper.host_files();
-        let mut own = true;
-        let mut at = 0usize;
-        for piece in pieces {
-            let len = piece.len() as usize;
-            let part = &mut buf[at..at + len];
-            match piece {
-                ReadMapping::Host { file, offset, .. } => {
-                    let got =
-                        files[file].read_vectored_at(offset, &[IoBufMut::from(&mut *part)])?;
-                    part[got..].fill(0);
-                }
-                ReadMapping::Zero { .. } => part.fill(0),
-                ReadMapping::Encoded {
-                    file,
-                    offset,
-                    host_len,
-                    decoded_len,
-                    skip,
-                    codec,
-                    ..
-                } => {
-                    let mut encoded = vec![0u8; host_len as usize];
-                    let got = files[file]
-                        .read_vectored_at(offset, &[IoBufMut::from(&mut encoded[..])])?;
-                    encoded[got..].fill(0);
-                    let mut decoded = vec![0u8; decoded_len as usize];
-                    self.mapper.decode(codec, &encoded, &mut decoded)?;
-                    let skip = skip as usize;
-                    part.copy_from_slice(&decoded[skip..skip + len]);
-                }
-                ReadMapping::Disk { disk, offset, .. } => {
-                    own = false;
-                    let other = self.mapper.disk(disk).expect("a disk the mapper names");
-                    other.read_exact_at(offset, part)?;
-                }
-            }
-            at += len;
-        }
-        assert_eq!(at, buf.len(), "the pieces cover the request");
-        Ok(own)
+        try_read_via_mapper(&*self.mapper, offset, buf).map(|mapped| mapped == Mapped::Fast)
     }
 
     /// Writes through the mapping; returns whether no piece was slow.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<bool> {
-        let mut pieces = Vec::new();
-        self.mapper
-            .map_write(offset, data.len() as u64, &mut pieces)?;
-        let files = self.mapper.host_files();
-        let mut fast = true;
-        let mut at = 0usize;
-        let mut result = Ok(());
-        for piece in pieces {
-            let len = piece.len() as usize;
-            let part = &data[at..at + len];
-            match piece {
-                WriteMapping::Host { file, offset, .. } => {
-                    if result.is_ok() {
-                        result = files[file].write_all_at(offset, part);
-                    }
-                }
-                WriteMapping::Allocated {
-                    file, offset, link, ..
-                } => {
-                    let written = match &result {
-                        Ok(()) => files[file].write_all_at(offset, part),
-                        Err(_) => Err(blk_core::Error::new(blk_core::ErrorKind::Io, "not written")),
-                    };
-                    let linked = self.mapper.finish_allocation(link, written);
-                    if result.is_ok() {
-                        result = linked;
-                    }
-                }
-                WriteMapping::Disk { disk, offset, .. } => {
-                    if result.is_ok() {
-                        let other = self.mapper.disk(disk).expect("a disk the mapper names");
-                        result = other.write_all_at(offset, part);
-                    }
-                }
-                WriteMapping::Slow { .. } => {
-                    fast = false;
-                    if result.is_ok() {
-                        result = self
-                            .mapper
-                            .write_slow(offset + at as u64, &[IoBuf::from(part)]);
-                    }
-                }
-            }
-            at += len;
-        }
-        assert_eq!(at, data.len(), "the pieces cover the request");
-        result.map(|()| fast)
+        try_write_via_mapper(&*self.mapper, offset, data).map(|mapped| mapped == Mapped::Fast)
     }
 
     pub fn run(&self, op: &Op) -> Outcome {
@@ -358,16 +270,6 @@ impl ManualEngine {
             Op::Flush => (Vec::new(), self.mapper.flush().map(|()| 0)),
         }
     }
-}
-
-/// `qemu-img create -f qcow2 [-o opts] path size`.
-pub fn qemu_create(path: &Path, opts: &str, size: &str) {
-    let mut args = vec!["create", "-q", "-f", "qcow2"];
-    if !opts.is_empty() {
-        args.extend(["-o", opts]);
-    }
-    args.extend([path_str(path), size]);
-    qemu_img(&args);
 }
 
 /// A backend counting the queues it makes and the host operations pushed on them (delegating to

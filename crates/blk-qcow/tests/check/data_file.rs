@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use blk_core::{DiskFile, RepairMode};
 
-use crate::inject::{append_leak, layout, read_be, write_be, Layout};
+use crate::inject::{append_leak, layout, Layout};
 use crate::qemu::{
     assert_clean_by_qemu, assert_same_as_qemu, exit_class, qemu_check, repair_like_qemu,
 };
-use crate::support::{self, path_str, qemu_img, qemu_io, tempdir};
+use crate::support::{self, path_str, qemu_create, qemu_io, read_be, tempdir, write_be};
 
 /// The OFLAG_COPIED bit of L1 and L2 entries.
 const COPIED: u64 = 1 << 63;
@@ -33,19 +33,10 @@ fn data_file_image(dir: &Path, name: &str, options: &str) -> PathBuf {
     let path = dir.join(name);
     let data = dir.join(format!("{name}.data"));
     let options = format!("{options},data_file={}", path_str(&data));
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        &options,
-        path_str(&path),
-        "4M",
-    ]);
+    qemu_create(&path, &options, "4M");
     qemu_io(
-        &path,
         "qcow2",
+        &path,
         &[
             "write -P 0x11 0 128k",
             "write -P 0x22 1M 64k",

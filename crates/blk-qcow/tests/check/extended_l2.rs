@@ -4,28 +4,19 @@
 use blk_core::{HostOpenOptions, RepairMode};
 use blk_qcow::Qcow2OpenOptions;
 
-use crate::inject::{append_leak, layout, read_be, write_be};
+use crate::inject::{append_leak, layout};
 use crate::qemu::{assert_same_as_qemu, exit_class, repair_like_qemu};
-use crate::support::{self, opener, path_str, qemu_img, qemu_io, tempdir};
+use crate::support::{self, opener, qemu_create, qemu_io, read_be, tempdir, write_be};
 
 #[test]
 fn extended_l2_images_match_qemu() {
     let _serial = support::serial();
     let dir = tempdir();
     let path = dir.path().join("extl2.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "extended_l2=on,cluster_size=65536",
-        path_str(&path),
-        "4M",
-    ]);
+    qemu_create(&path, "extended_l2=on,cluster_size=65536", "4M");
     qemu_io(
-        &path,
         "qcow2",
+        &path,
         &[
             "write -P 0x11 0 128k",
             "write -P 0x22 1M 4k",

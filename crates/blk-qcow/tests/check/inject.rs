@@ -3,21 +3,7 @@
 
 use std::path::Path;
 
-/// Reads a big-endian integer of `N` bytes at `offset` of the file.
-pub fn read_be(path: &Path, offset: u64, n: usize) -> u64 {
-    let data = std::fs::read(path).unwrap();
-    data[offset as usize..offset as usize + n]
-        .iter()
-        .fold(0, |acc, &b| (acc << 8) | u64::from(b))
-}
-
-/// Writes `value` as a big-endian integer of `n` bytes at `offset` of the file.
-pub fn write_be(path: &Path, offset: u64, n: usize, value: u64) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    let bytes = value.to_be_bytes();
-    file.write_all_at(&bytes[8 - n..], offset).unwrap();
-}
+use crate::support::{read_be, write_be};
 
 /// The fields of a qemu-made image the tests patch.
 pub struct Layout {

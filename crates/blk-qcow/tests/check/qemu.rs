@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use blk_core::{CheckReport, HostOpenOptions, ImageAdmin, RepairMode};
 use blk_qcow::Qcow2OpenOptions;
 
-use crate::support::{path_str, qemu_img, qemu_img_status, qemu_io, DataFileOpener};
+use crate::support::{path_str, qemu_create, qemu_img_status, qemu_io, DataFileOpener};
 
 /// qemu-img check's exit code and JSON report.
 pub fn qemu_check(path: &Path, repair: Option<&str>) -> (i32, serde_json::Value) {
@@ -152,19 +152,10 @@ pub fn assert_clean_by_qemu(path: &Path) {
 /// A 4 MiB image with data in a few clusters, a compressed cluster and a zero cluster.
 pub fn populated(dir: &Path, name: &str, options: &str) -> PathBuf {
     let path = dir.join(name);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        options,
-        path_str(&path),
-        "4M",
-    ]);
+    qemu_create(&path, options, "4M");
     qemu_io(
-        &path,
         "qcow2",
+        &path,
         &[
             "write -P 0x11 0 128k",
             "write -P 0x22 1M 64k",

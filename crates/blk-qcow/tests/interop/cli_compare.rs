@@ -7,7 +7,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use super::common::{code, ok, stderr, stdout, Scratch};
+use super::common::{code, ok, qemu_io_args, stderr, stdout, Scratch};
 use super::script::{matrix_size, mixed_data, standard_script};
 
 /// Parses a command's stdout as JSON.
@@ -198,16 +198,9 @@ pub fn report_lines(out: &str) -> Vec<&str> {
 /// Runs `script` with qemu-io on `qemu_image` and with `blk io` on `blk_image`; both succeed and report the same
 /// requests.
 pub fn replay(s: &Scratch, script: &[String], qemu_image: &str, blk_image: &str) {
-    let mut args = vec!["-f", "qcow2"];
-    for c in script {
-        args.extend(["-c", c.as_str()]);
-    }
-    let mut qemu_args = args.clone();
-    qemu_args.push(qemu_image);
-    let theirs = ok(&s.qemu_io(&qemu_args));
+    let theirs = ok(&s.qemu_io(&qemu_io_args("qcow2", qemu_image, script)));
     let mut blk_args = vec!["io"];
-    blk_args.extend(&args);
-    blk_args.push(blk_image);
+    blk_args.extend(qemu_io_args("qcow2", blk_image, script));
     let ours = ok(&s.blk(&blk_args));
     assert_eq!(report_lines(&ours), report_lines(&theirs), "io reports");
 }
@@ -219,14 +212,26 @@ pub fn replay_cell(options: &str, cluster: u64, backing: bool) {
     replay_script_cell(options, size, backing, &standard_script(cluster, size));
 }
 
-/// [`replay_cell`] with an image of `size` bytes and any `script`.
-pub fn replay_script_cell(options: &str, size: u64, backing: bool, script: &[String]) {
-    let s = Scratch::new();
+/// Asserts that `blk map` prints what `qemu-img map` prints on `blk_image` and on `qemu_image`, and that the two
+/// images have the same guest-visible allocation status (their maps compared without host offsets).
+#[track_caller]
+pub fn assert_same_allocation(s: &Scratch, blk_image: &str, qemu_image: &str, what: &str) {
+    let qemu_map = assert_map_matches(s, qemu_image);
+    let blk_map = assert_map_matches(s, blk_image);
+    assert_same_runs(
+        &without_offsets(&blk_map),
+        &without_offsets(&qemu_map),
+        what,
+    );
+}
+
+/// Creates `q.qcow2` with qemu-img and `b.qcow2` with `blk create`, both with `-o options` and `size`, over a
+/// raw backing file `base.raw` of `backing_len` bytes of [`mixed_data`] when given.
+pub fn create_twins(s: &Scratch, options: &str, size: u64, backing_len: Option<usize>) {
     let size_text = size.to_string();
-    let what = format!("{options} backing={backing}");
     let mut create = vec!["create", "-q", "-f", "qcow2", "-o", options];
-    if backing {
-        s.write("base.raw", &mixed_data(size as usize));
+    if let Some(len) = backing_len {
+        s.write("base.raw", &mixed_data(len));
         create.extend(["-b", "base.raw", "-F", "raw"]);
     }
     let mut qemu_create = create.clone();
@@ -235,6 +240,13 @@ pub fn replay_script_cell(options: &str, size: u64, backing: bool, script: &[Str
     let mut blk_create = create;
     blk_create.extend(["b.qcow2", &size_text]);
     ok(&s.blk(&blk_create));
+}
+
+/// [`replay_cell`] with an image of `size` bytes and any `script`.
+pub fn replay_script_cell(options: &str, size: u64, backing: bool, script: &[String]) {
+    let s = Scratch::new();
+    let what = format!("{options} backing={backing}");
+    create_twins(&s, options, size, backing.then_some(size as usize));
     // Fresh images: same metadata as qemu-img reports it (format-specific data, backing names, sizes).
     let info = |image: &str| {
         let mut v = json(
@@ -250,11 +262,10 @@ pub fn replay_script_cell(options: &str, size: u64, backing: bool, script: &[Str
     replay(&s, script, "q.qcow2", "b.qcow2");
     assert_qemu_clean(&s, "b.qcow2");
     assert_qemu_same(&s, "q.qcow2", "b.qcow2");
-    let qemu_map = assert_map_matches(&s, "q.qcow2");
-    let blk_map = assert_map_matches(&s, "b.qcow2");
-    assert_same_runs(
-        &without_offsets(&blk_map),
-        &without_offsets(&qemu_map),
+    assert_same_allocation(
+        &s,
+        "b.qcow2",
+        "q.qcow2",
         &format!("{what}: guest-visible allocation status of blk's and QEMU's images"),
     );
     for image in ["q.qcow2", "b.qcow2"] {
@@ -283,11 +294,10 @@ pub fn replay_on_copies(s: &Scratch, from: &str, script: &[String], what: &str) 
     assert_eq!(code(&out), 0, "{what}: qemu-img check: {}", stdout(&out));
     let out = s.qemu_img(&["compare", "q.qcow2", "b.qcow2"]);
     assert_eq!(code(&out), 0, "{what}: qemu-img compare: {}", stdout(&out));
-    let qemu_map = assert_map_matches(s, "q.qcow2");
-    let blk_map = assert_map_matches(s, "b.qcow2");
-    assert_same_runs(
-        &without_offsets(&blk_map),
-        &without_offsets(&qemu_map),
+    assert_same_allocation(
+        s,
+        "b.qcow2",
+        "q.qcow2",
         &format!("{what}: allocation status"),
     );
     assert_check_matches(s, "b.qcow2");

@@ -1,19 +1,25 @@
 //! Helpers shared by blk-qcow's integration tests: an [`ImageOpener`] for backing files (raw through a minimal
-//! raw disk written here, qcow2 through `Qcow2::open`), qemu-img / qemu-io runners and temporary directories.
+//! raw disk written here, qcow2 through `Qcow2::open`), qemu-img runners, qemu-io commands done through blk,
+//! header patching, maps in qemu-img's shape; and the workspace's shared test support (qemu-io, temporary
+//! directories, the spawn lock, byte comparisons).
 #![allow(dead_code)]
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
+
+#[allow(unused_imports)]
+pub use blk_test_support::{assert_same_bytes as assert_same, path_str, qemu_io, read_all, serial};
+use blk_test_support::{qemu_raw, run, run_output, target_tempdir};
 
 use blk_core::buffer::{total_len, total_len_mut};
 use blk_core::{
-    DiskFile, DiskTopology, Error, ErrorKind, HostFile, HostOpenOptions, ImageOpener, IoBuf,
-    IoBufMut, MappedDisk, NamedImage, Result,
+    DiskFile, DiskTopology, Error, ErrorKind, HostFile, HostOpenOptions, ImageAdmin, ImageOpener,
+    IoBuf, IoBufMut, MappedDisk, NamedImage, Result,
 };
-use blk_qcow::{Qcow2, Qcow2OpenOptions};
+use blk_qcow::{Qcow2, Qcow2CreateOptions, Qcow2OpenOptions};
 
-/// Opens backing files for tests: `raw` through [`TestRaw`], `qcow2` through [`Qcow2::open`] (read-only, with
+/// Opens backing files for tests: `raw` through [`TestRaw`] (read-only), `qcow2` through [`Qcow2::open`] (read-only, with
 /// this opener for its own backing file). Any other or missing format is refused.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TestOpener;
@@ -32,12 +38,9 @@ impl ImageOpener for TestOpener {
                 ),
             ));
         }
-        let host = HostOpenOptions {
-            read_only: true,
-            ..HostOpenOptions::default()
-        };
+        let host = blk_test_support::ro();
         match image.format.as_deref() {
-            Some("raw") => Ok(Box::new(TestRaw::open(&image.path)?)),
+            Some("raw") => Ok(Box::new(TestRaw::open(&image.path, true)?)),
             Some("qcow2") => {
                 let mut options = Qcow2OpenOptions::new(host, Arc::new(TestOpener));
                 options.depth = image.depth;
@@ -71,16 +74,208 @@ pub fn rw() -> Qcow2OpenOptions {
 
 /// Open options for a read-only open with [`TestOpener`].
 pub fn ro() -> Qcow2OpenOptions {
-    Qcow2OpenOptions::new(
-        HostOpenOptions {
-            read_only: true,
-            ..HostOpenOptions::default()
-        },
-        opener(),
+    Qcow2OpenOptions::new(blk_test_support::ro(), opener())
+}
+
+/// A temporary directory on the target's file system.
+pub fn tempdir() -> tempfile::TempDir {
+    target_tempdir!("blk-qcow-test")
+}
+
+/// Runs `qemu-img ARGS`, asserts success and returns its stdout.
+pub fn qemu_img(args: &[&str]) -> String {
+    String::from_utf8_lossy(&run("qemu-img", args).stdout).into_owned()
+}
+
+/// Runs `qemu-img ARGS` and returns (exit code, stdout), without asserting.
+pub fn qemu_img_status(args: &[&str]) -> (i32, String) {
+    let out = run_output("qemu-img", args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
 
-/// A minimal read-only raw disk over a [`HostFile`] (format crates may not depend on blk-raw).
+/// `qemu-img create -q -f qcow2 [-o opts] path size`.
+pub fn qemu_create(path: &Path, opts: &str, size: &str) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    args.extend([path_str(path), size]);
+    qemu_img(&args);
+}
+
+/// `qemu-img convert -c -f raw -O qcow2 -o opts raw image`: `image`, a compressed copy of the raw file `raw`.
+pub fn qemu_convert_compressed(raw: &Path, image: &Path, opts: &str) {
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        opts,
+        path_str(raw),
+        path_str(image),
+    ]);
+}
+
+/// `qemu-img rebase -u`: makes `image` name `backing` (a qcow2 image, relative to `image`) as its backing
+/// file without looking at either.
+pub fn qemu_rebase_unsafe(image: &Path, backing: &str) {
+    qemu_img(&[
+        "rebase",
+        "-q",
+        "-u",
+        "-f",
+        "qcow2",
+        "-b",
+        backing,
+        "-F",
+        "qcow2",
+        path_str(image),
+    ]);
+}
+
+/// Asserts that blk reads `image` (opened with `options`) as `qemu-img convert` does and maps it as
+/// `qemu-img map` does.
+#[track_caller]
+pub fn assert_reads_and_maps_like_qemu(image: &Path, options: &Qcow2OpenOptions, what: &str) {
+    let disk = open_disk(image, options).unwrap();
+    assert_same(&read_all(&disk), &qemu_contents(image, "qcow2"), what);
+    assert_eq!(blk_map(&disk), qemu_map(image), "map of {what}");
+}
+
+/// Asserts that `qemu-img check` finds `image` clean.
+pub fn assert_qemu_check_clean(image: &Path) {
+    let (code, out) = qemu_img_status(&["check", "--output=json", path_str(image)]);
+    assert_eq!(code, 0, "qemu-img check {}: {out}", image.display());
+}
+
+/// `dir/name` as a `PathBuf`.
+pub fn file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// Reads a raw file converted by qemu-img from `image` (format `format`): the guest contents as QEMU sees them.
+pub fn qemu_contents(image: &Path, format: &str) -> Vec<u8> {
+    let dir = tempdir();
+    qemu_raw(format, image, dir.path())
+}
+
+/// `key=value,key=value` options (as `qemu-img create -o` takes them) as pairs.
+pub fn option_pairs(opts: &str) -> Vec<(&str, &str)> {
+    opts.split(',')
+        .map(|p| p.split_once('=').expect("key=value"))
+        .collect()
+}
+
+/// `(key, value)` pairs as [`Qcow2CreateOptions::from_key_values`] takes them.
+pub fn key_values(opts: &[(&str, &str)]) -> Vec<(String, String)> {
+    opts.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Create options for an image of `size` bytes from `(key, value)` pairs.
+pub fn create_options(size: u64, opts: &[(&str, &str)]) -> Result<Qcow2CreateOptions> {
+    Qcow2CreateOptions::from_key_values(Some(size), &key_values(opts))
+}
+
+/// Creates an image of `size` bytes at `path` with blk, its backing file opened by [`TestOpener`].
+pub fn blk_create(path: impl AsRef<Path>, size: u64, opts: &[(&str, &str)]) {
+    let options = create_options(size, opts).unwrap();
+    Qcow2::create(path, &options, &TestOpener).unwrap();
+}
+
+/// A size of a qemu-io command: bytes, or with a `k` or `M` suffix.
+pub fn size_arg(s: &str) -> u64 {
+    match s.strip_suffix('k') {
+        Some(n) => n.parse::<u64>().unwrap() << 10,
+        None => match s.strip_suffix('M') {
+            Some(n) => n.parse::<u64>().unwrap() << 20,
+            None => s.parse().unwrap(),
+        },
+    }
+}
+
+/// Does one qemu-io command (`write [-c] -P v`, `write -z [-u]`, `discard`, each `OFFSET LEN`) through blk.
+pub fn run_blk(disk: &Disk, cmd: &str) {
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let (off, len) = (
+        size_arg(words[words.len() - 2]),
+        size_arg(words[words.len() - 1]),
+    );
+    match words[..words.len() - 2] {
+        ["write", "-P", v] => disk
+            .write_all_at(off, &vec![v.parse::<u8>().unwrap(); len as usize])
+            .unwrap(),
+        ["write", "-c", "-P", v] => {
+            let cs = disk.compressed_write_size().unwrap();
+            let buf = vec![v.parse::<u8>().unwrap(); cs as usize];
+            let mut o = off;
+            while o < off + len {
+                disk.write_compressed(o, &buf).unwrap();
+                o += cs;
+            }
+        }
+        ["write", "-z"] => disk.write_zeroes(off, len, false).unwrap(),
+        ["write", "-z", "-u"] => disk.write_zeroes(off, len, true).unwrap(),
+        ["discard"] => disk.discard(off, len).unwrap(),
+        _ => panic!("unknown command {cmd}"),
+    }
+}
+
+/// Reads a big-endian integer of `n` bytes at `offset` of the file.
+pub fn read_be(path: &Path, offset: u64, n: usize) -> u64 {
+    let mut buf = vec![0u8; n];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf.iter().fold(0, |acc, &b| (acc << 8) | u64::from(b))
+}
+
+/// Writes `bytes` at `offset` of the file.
+pub fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, offset).unwrap();
+}
+
+/// Writes `value` as a big-endian integer of `n` bytes at `offset` of the file.
+pub fn write_be(path: &Path, offset: u64, n: usize, value: u64) {
+    patch(path, offset, &value.to_be_bytes()[8 - n..]);
+}
+
+/// An opener that opens external data files (`NamedImageRole::DataFile`, raw) writable when asked, through
+/// [`TestRaw`]; everything else as [`TestOpener`] does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DataFileOpener;
+
+impl ImageOpener for DataFileOpener {
+    fn open_named(&self, image: &NamedImage) -> Result<Box<dyn DiskFile>> {
+        if image.role == blk_core::NamedImageRole::DataFile {
+            assert_eq!(image.format.as_deref(), Some("raw"), "data files are raw");
+            return Ok(Box::new(TestRaw::open(&image.path, image.read_only)?));
+        }
+        TestOpener.open_named(image)
+    }
+}
+
+/// Open options for a writable open with [`DataFileOpener`].
+pub fn rw_data() -> Qcow2OpenOptions {
+    Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DataFileOpener))
+}
+
+/// Open options for a read-only open with [`DataFileOpener`].
+pub fn ro_data() -> Qcow2OpenOptions {
+    Qcow2OpenOptions::new(blk_test_support::ro(), Arc::new(DataFileOpener))
+}
+
+/// A minimal raw disk over a [`HostFile`], writable unless opened read-only (format crates may not depend on
+/// blk-raw).
 #[derive(Debug)]
 pub struct TestRaw {
     file: HostFile,
@@ -88,18 +283,26 @@ pub struct TestRaw {
 }
 
 impl TestRaw {
-    /// Opens `path` read-only, without advisory lock.
-    pub fn open(path: &Path) -> Result<TestRaw> {
+    /// Opens `path` without advisory lock.
+    pub fn open(path: &Path, read_only: bool) -> Result<TestRaw> {
         let file = HostFile::open(
             path,
             HostOpenOptions {
-                read_only: true,
+                read_only,
                 lock: blk_core::LockMode::None,
                 ..HostOpenOptions::default()
             },
         )?;
         let size = file.len()?;
         Ok(TestRaw { file, size })
+    }
+
+    /// Refuses `operation` when the disk is read-only.
+    fn writable(&self, operation: blk_core::Operation) -> Result<()> {
+        if self.file.is_read_only() {
+            return Err(blk_core::read_only_error(operation));
+        }
+        Ok(())
     }
 }
 
@@ -114,7 +317,7 @@ impl DiskFile for TestRaw {
         self.file.topology()
     }
     fn is_read_only(&self) -> bool {
-        true
+        self.file.is_read_only()
     }
     fn try_clone(&self) -> Result<Box<dyn DiskFile>> {
         Ok(Box::new(TestRaw {
@@ -136,234 +339,24 @@ impl DiskFile for TestRaw {
         }
         Ok(())
     }
-    fn write_at(&self, _offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
-        let _ = total_len(bufs);
-        Err(blk_core::read_only_error(blk_core::Operation::Write))
-    }
-    fn write_zeroes(&self, _offset: u64, _len: u64, _may_unmap: bool) -> Result<()> {
-        Err(blk_core::read_only_error(blk_core::Operation::WriteZeroes))
-    }
-    fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
-        Err(blk_core::read_only_error(blk_core::Operation::Discard))
-    }
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// A temporary directory on the target's file system.
-pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("blk-qcow-test")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("creating a temporary directory")
-}
-
-/// Serializes tests of one binary that spawn processes while holding images open (a child briefly inherits
-/// descriptors, and with them OFD locks).
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Runs `qemu-img ARGS`, asserts success and returns its stdout.
-pub fn qemu_img(args: &[&str]) -> String {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("running qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `qemu-img ARGS` and returns (exit code, stdout), without asserting.
-pub fn qemu_img_status(args: &[&str]) -> (i32, String) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("running qemu-img");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// Runs `qemu-io` with each of `cmds` as a `-c` command on `image` (format from the image's `-f` given in
-/// `format`), asserting success and that no command printed an error.
-pub fn qemu_io(image: &Path, format: &str, cmds: &[&str]) -> String {
-    let mut cmd = Command::new("qemu-io");
-    cmd.arg("-f").arg(format);
-    for c in cmds {
-        cmd.arg("-c").arg(c);
-    }
-    cmd.arg(image);
-    let out = cmd.output().expect("running qemu-io");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && !stdout.contains("failed") && !stdout.contains("error"),
-        "qemu-io {cmds:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// Asserts that `qemu-img check` finds `image` clean.
-pub fn assert_qemu_check_clean(image: &Path) {
-    let (code, out) = qemu_img_status(&["check", "--output=json", path_str(image)]);
-    assert_eq!(code, 0, "qemu-img check {}: {out}", image.display());
-}
-
-/// The path as `&str` (test paths are UTF-8).
-pub fn path_str(path: &Path) -> &str {
-    path.to_str().expect("test paths are UTF-8")
-}
-
-/// `dir/name` as a `PathBuf`.
-pub fn file(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
-}
-
-/// Reads the whole guest disk through `disk`.
-pub fn read_all(disk: &dyn DiskFile) -> Vec<u8> {
-    let mut buf = vec![0u8; disk.logical_size() as usize];
-    disk.read_exact_at(0, &mut buf).expect("reading the disk");
-    buf
-}
-
-/// Reads a raw file converted by qemu-img from `image` (format `format`): the guest contents as QEMU sees them.
-pub fn qemu_contents(image: &Path, format: &str) -> Vec<u8> {
-    let dir = tempdir();
-    let out = dir.path().join("contents.raw");
-    qemu_img(&[
-        "convert",
-        "-U",
-        "-f",
-        format,
-        "-O",
-        "raw",
-        path_str(image),
-        path_str(&out),
-    ]);
-    std::fs::read(&out).expect("reading qemu-img's conversion")
-}
-
-/// Asserts two disk contents are equal, reporting the first difference (not the whole buffers).
-#[track_caller]
-pub fn assert_same(ours: &[u8], expected: &[u8], what: &str) {
-    assert_eq!(ours.len(), expected.len(), "{what}: lengths differ");
-    if let Some(i) = ours.iter().zip(expected).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: first difference at byte {i}: ours {} expected {}",
-            ours[i], expected[i]
-        );
-    }
-}
-
-/// An opener that opens external data files (`NamedImageRole::DataFile`, raw) writable when asked, through
-/// [`TestRawFile`]; everything else as [`TestOpener`] does.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DataFileOpener;
-
-impl ImageOpener for DataFileOpener {
-    fn open_named(&self, image: &NamedImage) -> Result<Box<dyn DiskFile>> {
-        if image.role == blk_core::NamedImageRole::DataFile {
-            assert_eq!(image.format.as_deref(), Some("raw"), "data files are raw");
-            return Ok(Box::new(TestRawFile::open(&image.path, image.read_only)?));
-        }
-        TestOpener.open_named(image)
-    }
-}
-
-/// Open options for a writable open with [`DataFileOpener`].
-pub fn rw_data() -> Qcow2OpenOptions {
-    Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DataFileOpener))
-}
-
-/// Open options for a read-only open with [`DataFileOpener`].
-pub fn ro_data() -> Qcow2OpenOptions {
-    Qcow2OpenOptions::new(
-        HostOpenOptions {
-            read_only: true,
-            ..HostOpenOptions::default()
-        },
-        Arc::new(DataFileOpener),
-    )
-}
-
-/// A minimal raw disk over a [`HostFile`], writable unless opened read-only.
-#[derive(Debug)]
-pub struct TestRawFile {
-    file: HostFile,
-    size: u64,
-}
-
-impl TestRawFile {
-    /// Opens `path` without advisory lock.
-    pub fn open(path: &Path, read_only: bool) -> Result<TestRawFile> {
-        let file = HostFile::open(
-            path,
-            HostOpenOptions {
-                read_only,
-                lock: blk_core::LockMode::None,
-                ..HostOpenOptions::default()
-            },
-        )?;
-        let size = file.len()?;
-        Ok(TestRawFile { file, size })
-    }
-}
-
-impl DiskFile for TestRawFile {
-    fn logical_size(&self) -> u64 {
-        self.size
-    }
-    fn physical_size(&self) -> Result<u64> {
-        self.file.allocated_size()
-    }
-    fn topology(&self) -> DiskTopology {
-        self.file.topology()
-    }
-    fn is_read_only(&self) -> bool {
-        self.file.is_read_only()
-    }
-    fn try_clone(&self) -> Result<Box<dyn DiskFile>> {
-        Ok(Box::new(TestRawFile {
-            file: self.file.try_clone()?,
-            size: self.size,
-        }))
-    }
-    fn read_at(&self, offset: u64, bufs: &[IoBufMut<'_>]) -> Result<()> {
-        blk_core::check_range(offset, total_len_mut(bufs), self.size)?;
-        let got = self.file.read_vectored_at(offset, bufs)?;
-        let mut skip = got;
-        for buf in bufs {
-            if skip >= buf.len() {
-                skip -= buf.len();
-            } else {
-                buf.fill_zero_from(skip);
-                skip = 0;
-            }
-        }
-        Ok(())
-    }
     fn write_at(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        self.writable(blk_core::Operation::Write)?;
         blk_core::check_range(offset, total_len(bufs), self.size)?;
         self.file.write_vectored_at(offset, bufs)
     }
     fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> Result<()> {
+        self.writable(blk_core::Operation::WriteZeroes)?;
         blk_core::check_range(offset, len, self.size)?;
         let zeros = vec![0u8; len as usize];
         self.file.write_all_at(offset, &zeros)
     }
     fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
-        Ok(())
+        self.writable(blk_core::Operation::Discard)
     }
     fn flush(&self) -> Result<()> {
+        if self.file.is_read_only() {
+            return Ok(());
+        }
         self.file.sync_data()
     }
 }
@@ -401,6 +394,14 @@ pub fn blk_map(disk: &dyn DiskFile) -> Vec<serde_json::Value> {
         }
         pos += e.length;
         host_end = e.host_offset.map(|h| h + e.length);
+    }
+    runs
+}
+
+/// Map runs in qemu-img's JSON shape without their host offsets (for images whose layouts legitimately differ).
+pub fn without_host_offsets(mut runs: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    for run in &mut runs {
+        run.as_object_mut().unwrap().remove("offset");
     }
     runs
 }

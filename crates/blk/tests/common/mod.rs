@@ -6,17 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The qemu-io script that writes the reference image (data, a 9 KiB unaligned write, zeroes, a discard inside
-/// data, a write in the last MiB).
-pub const SCRIPT: &[&str] = &[
-    "write -P 0xa7 0 128k",
-    "write -P 0x5c 2M 512",
-    "write -P 0x3e 6295040 9k",
-    "write -z 7M 64k",
-    "write -P 0x81 9M 512k",
-    "discard 9502720 128k",
-    "write -P 0xf0 12581376 3k",
-];
+pub use blk_test_support::qemu_io_args;
+use blk_test_support::{qemu_io_commands, REFERENCE_WRITES};
+
+/// The qemu-io commands that write the reference image: the workspace's reference script (data, a 9 KiB
+/// unaligned write, zeroes, a discard inside data, a write in the last MiB).
+pub fn reference_script() -> Vec<String> {
+    qemu_io_commands(REFERENCE_WRITES)
+}
 
 /// A scratch directory; every command runs with it as working directory, so file names stay relative.
 pub struct Scratch {
@@ -57,15 +54,10 @@ impl Scratch {
         self.run("qemu-io", args)
     }
 
-    /// Creates a 16 MiB raw image with qemu-img and writes [`SCRIPT`] into it with qemu-io.
+    /// Creates a 16 MiB raw image with qemu-img and writes [`reference_script`] into it with qemu-io.
     pub fn reference_image(&self, name: &str) -> PathBuf {
         ok(&self.qemu_img(&["create", "-q", "-f", "raw", name, "16M"]));
-        let mut args = vec!["-f", "raw"];
-        for c in SCRIPT {
-            args.extend(["-c", c]);
-        }
-        args.push(name);
-        ok(&self.qemu_io(&args));
+        ok(&self.qemu_io(&qemu_io_args("raw", name, &reference_script())));
         self.path(name)
     }
 
@@ -139,6 +131,26 @@ pub fn qemu_info_without_names(s: &Scratch, image: &str) -> serde_json::Value {
         }
     }
     v
+}
+
+/// Runs `args` with qemu-img and blk: both must fail with exit code 1 and say `message` on stderr; returns
+/// blk's stderr.
+pub fn assert_both_fail_with(s: &Scratch, args: &[&str], message: &str) -> String {
+    let theirs = s.qemu_img(args);
+    let ours = s.blk(args);
+    assert_eq!(code(&theirs), 1, "qemu-img {args:?}");
+    assert_eq!(code(&ours), 1, "blk {args:?}");
+    assert!(
+        stderr(&theirs).contains(message),
+        "qemu-img {args:?}: {}",
+        stderr(&theirs)
+    );
+    assert!(
+        stderr(&ours).contains(message),
+        "blk {args:?}: {}",
+        stderr(&ours)
+    );
+    stderr(&ours)
 }
 
 /// Runs `args` with qemu-img and blk: both must fail with exit code 1, and blk's one error line must contain
