@@ -84,6 +84,7 @@ pub trait AsyncDiskFile: DiskFile {
 }
 
 /// Checks that `len` bytes at `offset` lie within a disk of `size` bytes.
+#[inline]
 pub fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),

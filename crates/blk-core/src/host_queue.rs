@@ -298,6 +298,7 @@ pub struct HostTransfer {
 
 impl HostTransfer {
     /// A transfer of `len` bytes at `offset`, in direction `kind`.
+    #[inline]
     pub fn new(kind: TransferKind, offset: u64, len: u64) -> HostTransfer {
         HostTransfer {
             kind,
@@ -310,36 +311,43 @@ impl HostTransfer {
     }
 
     /// A read of `len` bytes at `offset`.
+    #[inline]
     pub fn read(offset: u64, len: u64) -> HostTransfer {
         HostTransfer::new(TransferKind::Read, offset, len)
     }
 
     /// A write of `len` bytes at `offset`.
+    #[inline]
     pub fn write(offset: u64, len: u64) -> HostTransfer {
         HostTransfer::new(TransferKind::Write, offset, len)
     }
 
     /// Which way the transfer moves bytes.
+    #[inline]
     pub fn kind(&self) -> TransferKind {
         self.kind
     }
 
     /// The host offset the next step starts at.
+    #[inline]
     pub fn offset(&self) -> u64 {
         self.offset
     }
 
     /// Bytes transferred so far.
+    #[inline]
     pub fn done(&self) -> u64 {
         self.done
     }
 
     /// Bytes still to transfer.
+    #[inline]
     pub fn remaining(&self) -> u64 {
         self.remaining
     }
 
     /// Index of the first buffer the next step transfers (into, or from).
+    #[inline]
     pub fn first_buffer(&self) -> usize {
         self.index
     }

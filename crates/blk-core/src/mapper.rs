@@ -56,13 +56,15 @@ use crate::topology::DiskTopology;
 
 /// Whether `len` bytes at `offset` of file (or disk) `file` are followed directly by the range at `next_offset`
 /// of `next_file`: the test of every `try_extend`.
+#[inline]
 fn continues(file: usize, offset: u64, len: u64, next_file: usize, next_offset: u64) -> bool {
     file == next_file && offset.checked_add(len) == Some(next_offset)
 }
 
 /// Pushes `piece` onto `out`, or merges it into the last piece when `extend` says it continues it (never into
 /// a piece before index `start`, another request's).
-fn push_merged<P>(out: &mut Vec<P>, start: usize, piece: P, extend: fn(&mut P, &P) -> bool) {
+#[inline]
+fn push_merged<P>(out: &mut Vec<P>, start: usize, piece: P, extend: impl Fn(&mut P, &P) -> bool) {
     if out.len() > start && out.last_mut().is_some_and(|last| extend(last, &piece)) {
         return;
     }
@@ -122,6 +124,7 @@ pub enum ReadMapping {
 
 impl ReadMapping {
     /// The guest bytes the piece covers.
+    #[inline]
     pub fn len(&self) -> u64 {
         match *self {
             ReadMapping::Host { len, .. }
@@ -138,6 +141,7 @@ impl ReadMapping {
 
     /// Extends `self` by `next` when `next` continues it (contiguous bytes of the same host file or disk, or
     /// zeros after zeros), so a mapper pushes one piece per run; returns whether it did.
+    #[inline]
     pub fn try_extend(&mut self, next: &ReadMapping) -> bool {
         match (self, next) {
             (ReadMapping::Zero { len }, ReadMapping::Zero { len: more }) => {
@@ -174,6 +178,7 @@ impl ReadMapping {
     /// Pushes `self` onto `out`, merged into the last piece when it continues it (see
     /// [`try_extend`](ReadMapping::try_extend)); `start` is the index of the request's first piece in `out`,
     /// so pieces of an earlier request are never extended.
+    #[inline]
     pub fn push_onto(self, out: &mut Vec<ReadMapping>, start: usize) {
         push_merged(out, start, self, ReadMapping::try_extend);
     }
@@ -183,6 +188,7 @@ impl ReadMapping {
 /// (a backing file or parent, which may be shorter than the image): [`ReadMapping::Disk`] for the part inside
 /// it, [`ReadMapping::Zero`] past its end, as QEMU reads a short backing file. `start` is as in
 /// [`ReadMapping::push_onto`].
+#[inline]
 pub fn push_disk_read(
     out: &mut Vec<ReadMapping>,
     start: usize,
@@ -262,6 +268,7 @@ pub enum WriteMapping {
 
 impl WriteMapping {
     /// The guest bytes the piece covers.
+    #[inline]
     pub fn len(&self) -> u64 {
         match *self {
             WriteMapping::Host { len, .. }
@@ -278,6 +285,7 @@ impl WriteMapping {
 
     /// Extends `self` by `next` when both are in-place writes to adjacent ranges of the same host file or
     /// disk, or both slow; returns whether it did.
+    #[inline]
     pub fn try_extend(&mut self, next: &WriteMapping) -> bool {
         match (self, next) {
             (WriteMapping::Slow { len }, WriteMapping::Slow { len: more }) => {
@@ -313,6 +321,7 @@ impl WriteMapping {
 
     /// Pushes `self` onto `out`, merged into the last piece when it continues it (see
     /// [`try_extend`](WriteMapping::try_extend)); `start` is the index of the request's first piece in `out`.
+    #[inline]
     pub fn push_onto(self, out: &mut Vec<WriteMapping>, start: usize) {
         push_merged(out, start, self, WriteMapping::try_extend);
     }
