@@ -12,7 +12,7 @@ use blk_core::{
 
 use crate::image::options::{Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS};
 use crate::offline::resize::{resize, Qcow2ResizeOptions};
-use crate::{Qcow2, FORMAT_NAME};
+use crate::{OverlapCheck, Qcow2, FORMAT_NAME};
 
 /// The QCOW2 format's registration with the factory.
 pub const FORMAT: &dyn FormatDescriptor = &Qcow2Format;
@@ -96,6 +96,7 @@ impl FormatDescriptor for Qcow2Format {
         qcow2.check_mode = options.check_mode;
         qcow2.backing_format = options.backing_format.clone();
         qcow2.snapshot = options.snapshot.clone();
+        qcow2.overlap_check = overlap_check_from_env()?;
         let image = Qcow2::open(path, &qcow2)?;
         Ok(OpenedImage::new(image, Arc::clone(&options.backend)))
     }
@@ -145,5 +146,27 @@ impl FormatDescriptor for Qcow2Format {
             shrink: request.shrink,
         };
         resize(request.path, request.size, &options)
+    }
+}
+
+/// The environment variable that sets QEMU's `overlap-check` runtime option (`none`, `constant`, `cached`,
+/// `all`) for images opened through [`FORMAT`]: the front ends take no runtime options yet, and measuring the
+/// check's cost (docs/performance.md) needs the switch. Unset: `cached`, QEMU's default.
+pub const OVERLAP_CHECK_ENV: &str = "BLK_QCOW2_OVERLAP_CHECK";
+
+/// The mode [`OVERLAP_CHECK_ENV`] names (QEMU's message for a value it does not take).
+fn overlap_check_from_env() -> Result<OverlapCheck> {
+    match std::env::var(OVERLAP_CHECK_ENV) {
+        Err(_) => Ok(OverlapCheck::default()),
+        Ok(value) => OverlapCheck::parse(&value).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "Unsupported value '{value}' for qcow2 option 'overlap-check'. Allowed are any of \
+                     the following: none, constant, cached, all"
+                ),
+            )
+            .with_format(FORMAT_NAME)
+        }),
     }
 }

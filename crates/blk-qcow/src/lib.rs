@@ -79,13 +79,14 @@ mod metadata;
 mod offline;
 mod snapshots;
 
-pub use descriptor::FORMAT;
+pub use descriptor::{FORMAT, OVERLAP_CHECK_ENV};
 pub use image::options::{
     CompressionType, Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS,
     DEFAULT_L2_CACHE_SIZE,
 };
 pub use image::Qcow2;
 pub use io::mapper::{BACKING_DISK, DATA_FILE_DISK};
+pub use metadata::overlap::OverlapCheck;
 pub use offline::measure::{
     measure, DataClusterCount, MeasuredBitmap, Qcow2Measure, Qcow2MeasureInput, Qcow2MeasureOptions,
 };

@@ -10,6 +10,10 @@ use super::expected::{ExpectedRefcounts, TooLarge};
 use super::layout::{decode_be64, read_padded, Layout, L1_OFFSET_MASK};
 use super::snapshots::SnapshotTable;
 use super::stored::StoredRefcounts;
+use crate::snapshots::table::TableRepairs;
+
+/// Byte offset of the header's `nb_snapshots` field.
+const NB_SNAPSHOTS_OFFSET: u64 = 60;
 
 /// At most this many problem lines are kept in the report (a hostile image could produce millions).
 pub(super) const MAX_MESSAGES: usize = 10_000;
@@ -77,6 +81,11 @@ pub(crate) struct Changes {
     pub file_length: bool,
     /// The check found the image clean after repairing: the dirty and corrupt bits may be cleared.
     pub mark_clean: bool,
+    /// Snapshots were dropped from the end of the table (the header's count was rewritten).
+    pub snapshot_count: bool,
+    /// The snapshot table must be rewritten (QEMU's `qcow2_check_fix_snapshot_table`) to fix this many
+    /// corruptions, already counted as fixed: the engine undoes that if the rewrite fails.
+    pub snapshot_rewrite: u64,
 }
 
 /// The state of one check run.
@@ -292,6 +301,14 @@ impl<'a> Checker<'a> {
         if hits(self.layout.snapshots_offset, self.snapshots.size) {
             return Some("snapshot table");
         }
+        if self
+            .snapshots
+            .entries
+            .iter()
+            .any(|sn| hits(sn.l1_table_offset, sn.l1_size.saturating_mul(8)))
+        {
+            return Some("inactive L1 table");
+        }
         if !ignore_l2
             && self
                 .l1
@@ -311,12 +328,51 @@ impl<'a> Checker<'a> {
         None
     }
 
+    /// QEMU's `qcow2_check_read_snapshot_table` after a repairing read: the messages, the corruptions, the
+    /// reduced snapshot count written to the header (synced) at once, and the rewrite of the table (QEMU's
+    /// `qcow2_check_fix_snapshot_table`, done by the engine with its allocator after the refcounts are
+    /// repaired: `Changes::snapshot_rewrite`) counted as fixed. False when the header write failed.
+    fn repaired_snapshot_table(&mut self, repairs: TableRepairs) -> bool {
+        for line in repairs.messages {
+            self.say(line);
+        }
+        if repairs.overhanging > 0 {
+            let count = self.snapshots.entries.len() as u32;
+            let written = self
+                .file
+                .write_all_at(NB_SNAPSHOTS_OFFSET, &count.to_be_bytes())
+                .and_then(|()| self.file.sync_data());
+            if let Err(e) = written {
+                self.say(format!(
+                    "ERROR failed to update the snapshot count in the image header: {e}"
+                ));
+                self.res.check_errors += 1;
+                return false;
+            }
+            self.layout.nb_snapshots = u64::from(count);
+            self.res.corruptions_fixed += repairs.overhanging;
+            self.changes.snapshot_count = true;
+        }
+        if repairs.extra_data_dropped > 0 {
+            self.res.corruptions_fixed += repairs.extra_data_dropped;
+            self.changes.snapshot_rewrite = repairs.extra_data_dropped;
+        }
+        true
+    }
+
     /// QEMU's `qcow2_co_check_locked`: the whole check, then whether the image may be marked clean.
     pub fn run(&mut self, fix: Fix) -> CheckReport {
-        let completed = match SnapshotTable::read(self.file, self.file_len, &self.layout) {
+        let mut repairs = TableRepairs::default();
+        let read = SnapshotTable::read(
+            self.file,
+            self.file_len,
+            &self.layout,
+            fix.errors.then_some(&mut repairs),
+        );
+        let completed = match read {
             Ok(table) => {
                 self.snapshots = table;
-                self.check_refcounts(fix).is_ok()
+                self.repaired_snapshot_table(repairs) && self.check_refcounts(fix).is_ok()
             }
             Err(message) => {
                 self.say(format!("Failed to read the snapshot table: {message}"));

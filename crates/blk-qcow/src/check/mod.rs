@@ -77,6 +77,7 @@ mod walk;
 use blk_core::{CheckReport, Error, ErrorKind, Operation, RepairMode, Result};
 
 use crate::image::features::{INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
+use crate::snapshots::table;
 use crate::{Qcow2, FORMAT_NAME};
 
 use checker::{Checker, Fix};
@@ -119,7 +120,7 @@ pub(crate) fn run(image: &Qcow2, repair: RepairMode) -> Result<CheckReport> {
     }
     let mut checker = Checker::new(file, meta.header()).map_err(context)?;
     let report = checker.run(Fix::from_mode(repair));
-    let changes = checker.changes;
+    let mut changes = checker.changes;
     if changes.tables || changes.l1 || changes.refcount_table || changes.file_length {
         meta.invalidate_caches();
         meta.reset_allocator();
@@ -131,6 +132,7 @@ pub(crate) fn run(image: &Qcow2, repair: RepairMode) -> Result<CheckReport> {
     }
     if changes.l1 {
         meta.l1 = checker.l1.clone();
+        meta.l1_changed();
     }
     if changes.refcount_table {
         let clusters = checker
@@ -139,6 +141,26 @@ pub(crate) fn run(image: &Qcow2, repair: RepairMode) -> Result<CheckReport> {
         meta.header.refcount_table_offset = checker.layout.refcount_table_offset;
         meta.header.refcount_table_clusters = u32::try_from(clusters).unwrap_or(u32::MAX);
         meta.refcount_table = std::mem::take(&mut checker.stored.table);
+        meta.refcount_table_changed();
+    }
+    if changes.snapshot_count {
+        meta.header.nb_snapshots = u32::try_from(checker.layout.nb_snapshots).unwrap_or(u32::MAX);
+    }
+    let mut report = report;
+    if changes.snapshot_rewrite > 0 {
+        // QEMU's `qcow2_check_fix_snapshot_table`: the table rewritten (new clusters, the old ones freed)
+        // with the refcounts repaired; the corruptions it fixes were counted as fixed.
+        let entries = std::mem::take(&mut checker.snapshots.parsed);
+        if let Err(e) = table::write(&mut meta, file, &entries, checker.snapshots.size) {
+            let n = changes.snapshot_rewrite;
+            report.check_errors += 1;
+            report.corruptions += n;
+            report.corruptions_fixed -= n;
+            report
+                .messages
+                .push(format!("ERROR failed to update snapshot table: {e}"));
+            changes.mark_clean = false;
+        }
     }
     if changes.mark_clean {
         // A lazy-refcounts image open for writing stays dirty while open (the engine set the bit and clears it

@@ -26,19 +26,31 @@ pub(super) struct SnapshotTable {
     pub entries: Vec<SnapshotEntry>,
     /// The table's size in bytes (from its start to the end of the last entry's name).
     pub size: u64,
+    /// The entries as parsed (for rewriting the table after a repair).
+    pub parsed: Vec<table::Snapshot>,
 }
 
 impl SnapshotTable {
     /// Reads the table the header names, with QEMU's caps; the error is the message for a table that cannot
-    /// be read.
-    pub fn read(file: &HostFile, file_len: u64, layout: &Layout) -> Result<SnapshotTable, String> {
-        let table = table::SnapshotTable::read(
-            file,
-            file_len,
+    /// be read. With `repairs`, repairs what QEMU's `check -r all` repairs while reading (see
+    /// [`table::SnapshotTable::read_repairing`]).
+    pub fn read(
+        file: &HostFile,
+        file_len: u64,
+        layout: &Layout,
+        repairs: Option<&mut table::TableRepairs>,
+    ) -> Result<SnapshotTable, String> {
+        let (count, offset, cs) = (
             layout.nb_snapshots,
             layout.snapshots_offset,
             layout.cluster_size,
-        )
+        );
+        let table = match repairs {
+            None => table::SnapshotTable::read(file, file_len, count, offset, cs),
+            Some(repairs) => {
+                table::SnapshotTable::read_repairing(file, file_len, count, offset, cs, repairs)
+            }
+        }
         .map_err(|e| e.to_string())?;
         Ok(SnapshotTable {
             entries: table
@@ -52,6 +64,7 @@ impl SnapshotTable {
                 })
                 .collect(),
             size: table.size,
+            parsed: table.entries,
         })
     }
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use blk_core::{CheckReport, Error, ErrorKind, HostFile, Operation, RepairMode, Result};
 
+use crate::bitmaps::BitmapDirectory;
 use crate::image::features::{
     AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY,
 };
@@ -21,6 +22,7 @@ use crate::image::options::Qcow2OpenOptions;
 use crate::image::{backing, data_file, Qcow2, Shared};
 use crate::metadata::tables::entry;
 use crate::metadata::{read_zero_filled, Geometry, Metadata};
+use crate::snapshots::table::SnapshotTable;
 use crate::FORMAT_NAME;
 
 impl Qcow2 {
@@ -124,7 +126,36 @@ impl Qcow2 {
         let lazy = header.compatible & COMPAT_LAZY_REFCOUNTS != 0;
         let dirty = header.incompatible & INCOMPAT_DIRTY != 0;
         let autoclear = header.autoclear;
+        // As QEMU's `qcow2_do_open`: the snapshot table is read (and refused when it breaks QEMU's caps) on
+        // every open but a check's, which reads it itself (and `check -r all` repairs it); the overlap check
+        // needs its extent and the snapshots' L1 tables.
+        let snapshots = if options.check_mode {
+            SnapshotTable::default()
+        } else {
+            SnapshotTable::read(
+                &file,
+                file_len,
+                u64::from(header.nb_snapshots),
+                header.snapshots_offset,
+                g.cluster_size,
+            )?
+        };
+        let bitmap_directory = match BitmapDirectory::from_header(&file, file_len, &header) {
+            Ok(Some(dir)) => (dir.offset, dir.size),
+            _ => (0, 0),
+        };
         let mut meta = Metadata::new(header, l1, refcount_table, l2_tables, rb_tables);
+        meta.overlap.kinds = options.overlap_check.kinds();
+        meta.overlap.bitmap_directory = bitmap_directory;
+        meta.set_snapshot_extents(
+            snapshots.size,
+            snapshots
+                .entries
+                .iter()
+                .map(|s| (s.l1_table_offset, s.l1_size))
+                .collect(),
+        );
+        meta.refcount_table_changed();
         meta.set_file_len(file_len);
         // Growing the file ahead of allocation (see `allocator`): not for `create`'s metadata-only opens
         // (their preallocation reserves up to the file's length), block devices, or a raw data file.
@@ -173,6 +204,8 @@ impl Qcow2 {
                 image.shared.file.write_all_at(88, &keep.to_be_bytes())?;
                 image.shared.file.sync_data()?;
                 meta.header.autoclear = keep;
+                // QEMU checks the bitmap directory only while the bitmaps bit is set.
+                meta.overlap.bitmap_directory = (0, 0);
             }
             if lazy {
                 meta.update_incompatible(&image.shared.file, INCOMPAT_DIRTY, 0)?;

@@ -8,6 +8,7 @@ use blk_core::{
     ImageOpener, Operation, Result, SnapshotSelector,
 };
 
+use crate::metadata::overlap::OverlapCheck;
 use crate::FORMAT_NAME;
 
 /// The default L2 cache size: QEMU's maximum default (32 MiB, 256 GiB of guest space at 64 KiB clusters).
@@ -34,6 +35,9 @@ pub struct Qcow2OpenOptions {
     pub depth: u32,
     /// Open this internal snapshot instead of the current disk (read-only opens only; qemu-img's `-l`).
     pub snapshot: Option<SnapshotSelector>,
+    /// Which metadata every write is checked against (QEMU's `overlap-check` runtime option; default
+    /// [`OverlapCheck::Cached`], QEMU's default).
+    pub overlap_check: OverlapCheck,
 }
 
 impl Qcow2OpenOptions {
@@ -47,6 +51,7 @@ impl Qcow2OpenOptions {
             check_mode: false,
             depth: 0,
             snapshot: None,
+            overlap_check: OverlapCheck::default(),
         }
     }
 }

@@ -162,10 +162,3 @@ impl TableCache {
         self.index.clear();
     }
 }
-
-impl TableCache {
-    /// Whether the table at `offset` is cached.
-    pub(crate) fn contains(&self, offset: u64) -> bool {
-        self.index.contains_key(&offset)
-    }
-}

@@ -53,6 +53,7 @@ use blk_core::{Error, ErrorKind, HostFile, IoBufMut, Result};
 
 use crate::image::header::{Header, INCOMPATIBLE_OFFSET};
 use crate::metadata::cache::TableCache;
+use crate::metadata::overlap::{OverlapExtents, ACTIVE_L1, ACTIVE_L2, IGNORE_NONE, REFCOUNT_BLOCK};
 use crate::metadata::tables::{entry, set_entry, COPIED, L1_OFFSET_MASK};
 
 /// The image's fixed layout, readable without the lock.
@@ -161,6 +162,8 @@ pub struct Metadata {
     /// Set once a write over metadata was prevented: the image is marked corrupt and refuses every further
     /// write (see `overlap`).
     pub(crate) corruption_signaled: bool,
+    /// What the overlap check needs beyond the L1 and refcount tables (see `overlap`).
+    pub(crate) overlap: OverlapExtents,
 }
 
 /// An error for inconsistent metadata at `offset`.
@@ -203,6 +206,7 @@ impl Metadata {
             host_len: 0,
             grow_ahead: false,
             corruption_signaled: false,
+            overlap: OverlapExtents::default(),
         }
     }
 
@@ -321,7 +325,7 @@ impl Metadata {
 
     fn write_back_l2_slot(&mut self, file: &HostFile, slot: usize) -> Result<()> {
         if let Some(offset) = self.l2_cache.slot(slot).map(|s| s.offset) {
-            self.guard_metadata_write(file, offset, self.g.cluster_size)?;
+            self.guard_write(file, ACTIVE_L2, offset, self.g.cluster_size)?;
         }
         if let Some(s) = self.l2_cache.slot(slot) {
             file.write_all_at(s.offset, &s.data)?;
@@ -335,7 +339,7 @@ impl Metadata {
         let dirty = self.rb_cache.dirty_slots();
         for &slot in &dirty {
             if let Some(offset) = self.rb_cache.slot(slot).map(|s| s.offset) {
-                self.guard_metadata_write(file, offset, self.g.cluster_size)?;
+                self.guard_write(file, REFCOUNT_BLOCK, offset, self.g.cluster_size)?;
             }
             if let Some(s) = self.rb_cache.slot(slot) {
                 file.write_all_at(s.offset, &s.data)?;
@@ -420,10 +424,12 @@ impl Metadata {
         value: u64,
     ) -> Result<()> {
         let at = self.g.l1_table_offset + index as u64 * 8;
+        self.guard_write(file, ACTIVE_L1, at, 8)?;
         file.write_all_at(at, &value.to_be_bytes())?;
         if let Some(e) = self.l1.get_mut(index) {
             *e = value;
         }
+        self.l1_changed();
         Ok(())
     }
 
@@ -482,7 +488,7 @@ impl Metadata {
         }
         let new = self.allocate_clusters(file, 1)?;
         self.write_back_refcounts(file, true)?;
-        self.guard_metadata_write(file, new, cs)?;
+        self.guard_write(file, IGNORE_NONE, new, cs)?;
         file.write_all_at(new, &data)?;
         file.sync_data()?;
         self.write_l1_entry(file, l1_index, new | COPIED)?;
@@ -497,8 +503,8 @@ impl Metadata {
         Ok(new)
     }
 
-    /// Checks that a metadata write of `len` bytes at `offset` does not hit the header or the L1 / refcount
-    /// tables (other than the table being written).
+    /// Checks that `len` bytes at `offset` do not hit the header or the L1 / refcount tables: where a table
+    /// read from the image may lie (the full check before writes is `overlap`'s `guard_write`).
     pub(crate) fn check_metadata_write(&self, offset: u64, len: u64) -> Result<()> {
         let overlaps = |start: u64, size: u64| {
             offset < start.saturating_add(size) && start < offset.saturating_add(len)
@@ -515,28 +521,6 @@ impl Metadata {
                 format!("refusing to overwrite the header or a table at {offset:#x}"),
                 offset,
             ));
-        }
-        Ok(())
-    }
-
-    /// Checks that guest data may be written at host `offset`: not over the header, the L1 or refcount table,
-    /// or a cached L2 table / refcount block.
-    pub(crate) fn check_data_write(&self, offset: u64, len: u64) -> Result<()> {
-        if self.g.data_file {
-            // Guest data goes to the external data file, never over the metadata.
-            return Ok(());
-        }
-        self.check_metadata_write(offset, len)?;
-        let cs = self.g.cluster_size;
-        let mut c = offset / cs * cs;
-        while c < offset.saturating_add(len) {
-            if self.l2_cache.contains(c) || self.rb_cache.contains(c) {
-                return Err(corrupt(
-                    format!("refusing to write guest data over metadata at {c:#x}"),
-                    offset,
-                ));
-            }
-            c += cs;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 use blk_core::{HostFile, Result};
 
 use crate::image::header::{MAX_HOST_OFFSET, MAX_REFTABLE_BYTES, REFTABLE_OFFSET_FIELD};
+use crate::metadata::overlap::{OverlapCheck, IGNORE_NONE, REFCOUNT_BLOCK, REFCOUNT_TABLE};
 use crate::metadata::tables::{entry, set_entry};
 use crate::metadata::{corrupt, read_zero_filled, Metadata};
 
@@ -75,7 +76,7 @@ impl Metadata {
             let victim = self.rb_cache.victim();
             if let Some(v) = victim {
                 if let Some(at) = self.rb_cache.slot(v).filter(|s| s.dirty).map(|s| s.offset) {
-                    self.guard_metadata_write(file, at, self.g.cluster_size)?;
+                    self.guard_write(file, REFCOUNT_BLOCK, at, self.g.cluster_size)?;
                 }
                 if let Some(s) = self.rb_cache.slot(v).filter(|s| s.dirty) {
                     file.write_all_at(s.offset, &s.data)?;
@@ -198,8 +199,17 @@ impl Metadata {
                 self.header.refcount_table_offset + bi * 8,
             ));
         }
-        let own = (first.max(1)..first + self.g.rb_entries)
-            .find(|&c| !self.is_reserved(c) && self.check_metadata_write(c * cs, cs).is_ok());
+        let mut own = None;
+        for c in first.max(1)..first + self.g.rb_entries {
+            if !self.is_reserved(c)
+                && self
+                    .metadata_overlap(file, OverlapCheck::Cached.kinds(), IGNORE_NONE, c * cs, cs)
+                    .is_none()
+            {
+                own = Some(c);
+                break;
+            }
+        }
         let mut data = vec![0u8; cs as usize];
         let offset = match own {
             Some(c) => {
@@ -214,14 +224,16 @@ impl Metadata {
         if offset >= MAX_HOST_OFFSET {
             return Err(corrupt("the image would grow past 2^56 bytes", offset));
         }
-        self.guard_metadata_write(file, offset, cs)?;
+        self.guard_write(file, IGNORE_NONE, offset, cs)?;
         self.file_end = self.file_end.max(offset + cs);
         file.write_all_at(offset, &data)?;
         let table_at = self.header.refcount_table_offset + bi * 8;
+        self.guard_write(file, REFCOUNT_TABLE, table_at, 8)?;
         file.write_all_at(table_at, &offset.to_be_bytes())?;
         if let Some(e) = self.refcount_table.get_mut(bi as usize) {
             *e = offset;
         }
+        self.refcount_table_changed();
         let replace = if self.rb_cache.is_full() {
             self.flush_one_rb(file)?
         } else {
@@ -237,7 +249,7 @@ impl Metadata {
         let victim = self.rb_cache.victim();
         if let Some(v) = victim {
             if let Some(at) = self.rb_cache.slot(v).filter(|s| s.dirty).map(|s| s.offset) {
-                self.guard_metadata_write(file, at, self.g.cluster_size)?;
+                self.guard_write(file, REFCOUNT_BLOCK, at, self.g.cluster_size)?;
             }
             if let Some(s) = self.rb_cache.slot(v).filter(|s| s.dirty) {
                 file.write_all_at(s.offset, &s.data)?;
@@ -316,7 +328,7 @@ impl Metadata {
         self.reserved.pop();
         result?;
         for (offset, data) in &blocks {
-            self.guard_metadata_write(file, *offset, cs)?;
+            self.guard_write(file, IGNORE_NONE, *offset, cs)?;
             file.write_all_at(*offset, data)?;
         }
         let mut table_bytes = vec![0u8; (table_clusters * cs) as usize];
@@ -324,7 +336,7 @@ impl Metadata {
             set_entry(&mut table_bytes, i, e);
         }
         let table_offset = start * cs;
-        self.guard_metadata_write(file, table_offset, table_clusters * cs)?;
+        self.guard_write(file, IGNORE_NONE, table_offset, table_clusters * cs)?;
         file.write_all_at(table_offset, &table_bytes)?;
         self.write_back_refcounts(file, false)?;
         file.sync_data()?;
@@ -340,6 +352,7 @@ impl Metadata {
         self.refcount_table = (0..entries as usize)
             .map(|i| entry(&table_bytes, i))
             .collect();
+        self.refcount_table_changed();
         for c in 0..old_clusters {
             self.change_refcount(file, (old_offset >> self.g.cluster_bits) + c, -1)?;
         }

@@ -32,6 +32,7 @@ use crate::image::header::{Header, MAX_L1_BYTES};
 use crate::image::options::Qcow2OpenOptions;
 use crate::image::Qcow2;
 use crate::io::discard::holds_reference;
+use crate::metadata::overlap::{ACTIVE_L1, IGNORE_NONE, REFCOUNT_TABLE};
 use crate::metadata::refcount::{block_set, REFTABLE_OFFSET_MASK};
 use crate::metadata::subclusters::ALL_ALLOCATED;
 use crate::metadata::tables::{set_entry, L2Entry, L1_OFFSET_MASK, ZERO};
@@ -238,6 +239,7 @@ fn grow_l1_table(image: &Qcow2, meta: &mut Metadata, new_l1_size: u64) -> Result
     for (i, &e) in meta.l1.iter().enumerate() {
         set_entry(&mut table, i, e);
     }
+    meta.guard_write(file, IGNORE_NONE, new_offset, new_bytes)?;
     file.write_all_at(new_offset, &table)?;
     file.sync_data()?;
     let mut field = [0u8; 12];
@@ -250,6 +252,7 @@ fn grow_l1_table(image: &Qcow2, meta: &mut Metadata, new_l1_size: u64) -> Result
     meta.g.l1_size = new_l1_size;
     meta.g.l1_table_offset = new_offset;
     meta.l1.resize(new_l1_size as usize, 0);
+    meta.l1_changed();
     meta.change_refcount_range(file, old_offset, old_bytes, -1)
 }
 
@@ -381,7 +384,9 @@ fn shrink_l1_table(image: &Qcow2, meta: &mut Metadata, new_l1_size: u64) -> Resu
     }
     meta.flush(file)?;
     let zeros = vec![0u8; ((old_l1_size - new_l1_size) * 8) as usize];
-    file.write_all_at(meta.g.l1_table_offset + new_l1_size * 8, &zeros)?;
+    let at = meta.g.l1_table_offset + new_l1_size * 8;
+    meta.guard_write(file, ACTIVE_L1, at, zeros.len() as u64)?;
+    file.write_all_at(at, &zeros)?;
     file.sync_data()?;
     let cs = meta.g.cluster_size;
     for index in (new_l1_size..old_l1_size).rev() {
@@ -390,6 +395,7 @@ fn shrink_l1_table(image: &Qcow2, meta: &mut Metadata, new_l1_size: u64) -> Resu
         };
         let l2_offset = *e & L1_OFFSET_MASK;
         *e = 0;
+        meta.l1_changed();
         if l2_offset == 0 {
             continue;
         }
@@ -459,9 +465,12 @@ fn shrink_refcount_table(image: &Qcow2, meta: &mut Metadata) -> Result<()> {
     for (i, &e) in kept.iter().enumerate() {
         set_entry(&mut table, i, e);
     }
-    file.write_all_at(meta.header.refcount_table_offset, &table)?;
+    let at = meta.header.refcount_table_offset;
+    meta.guard_write(file, REFCOUNT_TABLE, at, table.len() as u64)?;
+    file.write_all_at(at, &table)?;
     file.sync_data()?;
     meta.refcount_table = kept;
+    meta.refcount_table_changed();
     for offset in dropped {
         meta.rb_cache.forget(offset);
         let own = offset >> meta.g.cluster_bits;

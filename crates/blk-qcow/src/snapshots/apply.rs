@@ -10,6 +10,7 @@
 use blk_core::{ErrorKind, Result, SnapshotSelector};
 
 use crate::image::Qcow2;
+use crate::metadata::overlap::{ACTIVE_L1, INACTIVE_L1};
 use crate::snapshots::table::{find_by_id_then_name, Snapshot};
 use crate::snapshots::{l1, op_error, preconditions, refcounts, table};
 
@@ -79,19 +80,26 @@ pub(crate) fn apply_snapshot(image: &Qcow2, selector: &SnapshotSelector) -> Resu
     let snapshot_l1_modified = refcounts::update(&mut meta, file, &mut counted, 1)?;
     meta.flush(file)?;
     if snapshot_l1_modified {
-        meta.guard_metadata_write(file, snapshot.l1_table_offset, snapshot.l1_size * 8)?;
-        l1::write(file, snapshot.l1_table_offset, &counted)?;
+        l1::write(
+            &mut meta,
+            file,
+            INACTIVE_L1,
+            snapshot.l1_table_offset,
+            &counted,
+        )?;
     }
     let active_offset = meta.g.l1_table_offset;
-    l1::write(file, active_offset, &new_l1)?;
+    l1::write(&mut meta, file, ACTIVE_L1, active_offset, &new_l1)?;
     // The old active table's clusters lose its reference (the in-memory table is still the old one).
     let mut old = std::mem::replace(&mut meta.l1, new_l1.clone());
+    meta.l1_changed();
     refcounts::update(&mut meta, file, &mut old, -1)?;
     let l1_modified = refcounts::update(&mut meta, file, &mut new_l1, 0)?;
     meta.flush(file)?;
     if l1_modified {
-        l1::write(file, active_offset, &new_l1)?;
+        l1::write(&mut meta, file, ACTIVE_L1, active_offset, &new_l1)?;
         meta.l1 = new_l1;
+        meta.l1_changed();
     }
     Ok(())
 }

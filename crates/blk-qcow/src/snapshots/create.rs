@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use blk_core::{ErrorKind, Result};
 
 use crate::image::Qcow2;
+use crate::metadata::overlap::{ACTIVE_L1, IGNORE_NONE};
 use crate::snapshots::table::{c_bytes, Snapshot, MAX_SNAPSHOTS};
 use crate::snapshots::{l1, op_error, preconditions, refcounts, table};
 
@@ -113,16 +114,16 @@ pub(crate) fn create_snapshot(image: &Qcow2, name: &str) -> Result<()> {
         meta.allocate_clusters(file, l1_bytes.div_ceil(cs))?
     };
     if l1_bytes > 0 {
-        meta.guard_metadata_write(file, l1_offset, l1_bytes)?;
-        l1::write(file, l1_offset, &l1)?;
+        l1::write(&mut meta, file, IGNORE_NONE, l1_offset, &l1)?;
     }
     // Every cluster reached gains the snapshot's reference; the COPIED flags go.
     let l1_modified = refcounts::update(&mut meta, file, &mut l1, 1)?;
     meta.flush(file)?;
     if l1_modified {
         let active = meta.g.l1_table_offset;
-        l1::write(file, active, &l1)?;
+        l1::write(&mut meta, file, ACTIVE_L1, active, &l1)?;
         meta.l1 = l1;
+        meta.l1_changed();
     }
     let snapshot = Snapshot {
         id,

@@ -9,6 +9,7 @@
 use blk_core::{ErrorKind, Result, SnapshotSelector};
 
 use crate::image::Qcow2;
+use crate::metadata::overlap::ACTIVE_L1;
 use crate::snapshots::table::Snapshot;
 use crate::snapshots::{l1, op_error, preconditions, refcounts, table};
 
@@ -56,8 +57,9 @@ pub(crate) fn delete_snapshot(image: &Qcow2, selector: &SnapshotSelector) -> Res
     meta.flush(file)?;
     if l1_modified {
         let offset = meta.g.l1_table_offset;
-        l1::write(file, offset, &active)?;
+        l1::write(&mut meta, file, ACTIVE_L1, offset, &active)?;
         meta.l1 = active;
+        meta.l1_changed();
     }
     Ok(())
 }

@@ -51,8 +51,16 @@ pub(crate) fn read(meta: &Metadata, file: &HostFile, snapshot: &Snapshot) -> Res
         .collect())
 }
 
-/// Writes a whole L1 table at `offset` and syncs.
-pub(crate) fn write(file: &HostFile, offset: u64, l1: &[u64]) -> Result<()> {
+/// Writes a whole L1 table at `offset` and syncs, after the overlap check (`ignore`: the kind of table
+/// written, `overlap::IGNORE_NONE` for a new one).
+pub(crate) fn write(
+    meta: &mut Metadata,
+    file: &HostFile,
+    ignore: u32,
+    offset: u64,
+    l1: &[u64],
+) -> Result<()> {
+    meta.guard_write(file, ignore, offset, l1.len() as u64 * 8)?;
     let mut bytes = vec![0u8; l1.len() * 8];
     for (i, &e) in l1.iter().enumerate() {
         set_entry(&mut bytes, i, e);

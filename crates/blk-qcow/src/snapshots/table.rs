@@ -12,6 +12,7 @@ use blk_core::{Error, ErrorKind, HostFile, Result, SnapshotInfo};
 use zerocopy::byteorder::{BigEndian, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
+use crate::metadata::overlap::IGNORE_NONE;
 use crate::metadata::{read_zero_filled, Metadata};
 use crate::snapshots::op_error;
 use crate::FORMAT_NAME;
@@ -149,6 +150,17 @@ impl Snapshot {
     }
 }
 
+/// What `check -r all` repairs while reading the table (QEMU's `qcow2_do_read_snapshots` with `repair`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TableRepairs {
+    /// Entries whose extra data over [`MAX_EXTRA_DATA`] was cut to it.
+    pub(crate) extra_data_dropped: u64,
+    /// Entries dropped from the end because the table grew past [`MAX_TABLE_BYTES`].
+    pub(crate) overhanging: u64,
+    /// QEMU's lines for each (it prints them on stderr).
+    pub(crate) messages: Vec<String>,
+}
+
 impl SnapshotTable {
     /// Reads the `count` entries of the table at `table_offset` in `file` (`file_len` bytes long: past it,
     /// bytes read as zeros). `CorruptImage`, naming the offending entry's offset, when the table breaks
@@ -159,6 +171,38 @@ impl SnapshotTable {
         count: u64,
         table_offset: u64,
         cluster_size: u64,
+    ) -> Result<SnapshotTable> {
+        SnapshotTable::read_inner(file, file_len, count, table_offset, cluster_size, None)
+    }
+
+    /// As [`read`](SnapshotTable::read), repairing as QEMU's `check -r all` does: an entry's extra data over
+    /// 1 KiB is cut to 1 KiB (its size still skipped), and the entries from the first one that takes the
+    /// table past 64 MiB (or 2^31 bytes from its start) are dropped; `repairs` counts both.
+    pub(crate) fn read_repairing(
+        file: &HostFile,
+        file_len: u64,
+        count: u64,
+        table_offset: u64,
+        cluster_size: u64,
+        repairs: &mut TableRepairs,
+    ) -> Result<SnapshotTable> {
+        SnapshotTable::read_inner(
+            file,
+            file_len,
+            count,
+            table_offset,
+            cluster_size,
+            Some(repairs),
+        )
+    }
+
+    fn read_inner(
+        file: &HostFile,
+        file_len: u64,
+        count: u64,
+        table_offset: u64,
+        cluster_size: u64,
+        mut repairs: Option<&mut TableRepairs>,
     ) -> Result<SnapshotTable> {
         if count == 0 {
             return Ok(SnapshotTable::default());
@@ -176,13 +220,30 @@ impl SnapshotTable {
             ));
         }
         let mut offset = table_offset;
+        // QEMU's `table_length`: the entries' sizes with extra data as kept (cut when repairing).
+        let mut table_length = 0u64;
+        // Where the previous entry's name ended (before the padding to 8 bytes).
+        let mut previous_end = table_offset;
         let mut entries = Vec::new();
         for index in 0..count {
             let entry_offset = offset;
+            table_length = table_length.next_multiple_of(8);
             let raw = read_bytes(file, file_len, offset, HEADER_SIZE as usize)?;
             let header = RawSnapshotHeader::read_from_bytes(&raw)
                 .map_err(|_| corrupt(format!("snapshot {index}: short entry header"), offset))?;
-            let extra_size = u64::from(header.extra_data_size.get());
+            let stored_extra_size = u64::from(header.extra_data_size.get());
+            let mut extra_size = stored_extra_size;
+            if let Some(repairs) = repairs
+                .as_deref_mut()
+                .filter(|_| extra_size > MAX_EXTRA_DATA)
+            {
+                repairs.messages.push(format!(
+                    "Discarding too much extra metadata in snapshot table entry {index} \
+                     ({extra_size} > {MAX_EXTRA_DATA})"
+                ));
+                repairs.extra_data_dropped += 1;
+                extra_size = MAX_EXTRA_DATA;
+            }
             if extra_size > MAX_EXTRA_DATA {
                 return Err(corrupt(
                     format!(
@@ -200,13 +261,25 @@ impl SnapshotTable {
             let extra = RawExtraData::read_from_prefix(&extra_bytes)
                 .map(|(extra, _)| extra)
                 .map_err(|_| corrupt(format!("snapshot {index}: short extra data"), offset))?;
-            offset = offset.saturating_add(extra_size);
+            offset = offset.saturating_add(stored_extra_size);
             let id_size = usize::from(header.id_str_size.get());
             let name_size = usize::from(header.name_size.get());
             let id = read_bytes(file, file_len, offset, id_size)?;
             offset = offset.saturating_add(id_size as u64);
             let name = read_bytes(file, file_len, offset, name_size)?;
             offset = offset.saturating_add(name_size as u64);
+            table_length += HEADER_SIZE + extra_size + id_size as u64 + name_size as u64;
+            if let Some(repairs) = repairs.as_deref_mut().filter(|_| {
+                table_length > MAX_TABLE_BYTES || offset - table_offset > i32::MAX as u64
+            }) {
+                let dropped = count - index;
+                repairs.messages.push(format!(
+                    "Discarding {dropped} overhanging snapshots (snapshot table is too big)"
+                ));
+                repairs.overhanging += dropped;
+                offset = previous_end;
+                break;
+            }
             if offset - table_offset > MAX_TABLE_BYTES {
                 return Err(corrupt(
                     format!(
@@ -239,6 +312,7 @@ impl SnapshotTable {
                     .unwrap_or_default()
                     .to_vec(),
             });
+            previous_end = offset;
             if index + 1 < count {
                 offset = offset.next_multiple_of(8);
             }
@@ -359,7 +433,7 @@ pub(crate) fn write(
     } else {
         let offset = meta.allocate_clusters(file, (bytes.len() as u64).div_ceil(cs))?;
         meta.flush(file)?;
-        meta.guard_metadata_write(file, offset, bytes.len() as u64)?;
+        meta.guard_write(file, IGNORE_NONE, offset, bytes.len() as u64)?;
         file.write_all_at(offset, &bytes)?;
         file.sync_data()?;
         offset
@@ -372,6 +446,13 @@ pub(crate) fn write(
     let old_offset = meta.header.snapshots_offset;
     meta.header.nb_snapshots = count;
     meta.header.snapshots_offset = new_offset;
+    meta.set_snapshot_extents(
+        bytes.len() as u64,
+        entries
+            .iter()
+            .map(|s| (s.l1_table_offset, s.l1_size))
+            .collect(),
+    );
     if old_size > 0 {
         meta.change_refcount_range(file, old_offset, old_size, -1)?;
     }
@@ -476,6 +557,45 @@ mod tests {
         let err = read_table(&e, 1).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::CorruptImage);
         assert!(err.to_string().contains("extra metadata"), "{err}");
+    }
+
+    /// As QEMU's `check -r all` reads it: extra data over 1 KiB cut to 1 KiB (its full size still skipped),
+    /// and an entry taking the table past 2^31 bytes dropped with the ones after it.
+    #[test]
+    fn repairing_read_cuts_extra_data_and_drops_overhanging_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        let first = padded(entry(b"1", b"a", &extra(0, 1 << 20, 7), 0));
+        let mut second = entry(b"2", b"b", &[], 0);
+        second[36..40].copy_from_slice(&2000u32.to_be_bytes());
+        let mut bytes = vec![0u8; 65536];
+        bytes.extend_from_slice(&first);
+        bytes.extend_from_slice(&second);
+        bytes.resize(bytes.len() + 4096, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let file = HostFile::open(&path, HostOpenOptions::default()).unwrap();
+        let len = bytes.len() as u64;
+        let mut repairs = TableRepairs::default();
+        let table =
+            SnapshotTable::read_repairing(&file, len, 2, 65536, 65536, &mut repairs).unwrap();
+        assert_eq!(table.entries.len(), 2);
+        assert_eq!(repairs.extra_data_dropped, 1);
+        assert_eq!(repairs.overhanging, 0);
+        assert_eq!(table.entries[1].unknown_extra.len(), 1000);
+        assert!(SnapshotTable::read(&file, len, 2, 65536, 65536).is_err());
+        // 0xffffffff bytes of extra data take the table past 2^31 bytes: the entry goes.
+        second[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+        bytes.truncate(65536 + first.len());
+        bytes.extend_from_slice(&second);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut repairs = TableRepairs::default();
+        let table =
+            SnapshotTable::read_repairing(&file, bytes.len() as u64, 2, 65536, 65536, &mut repairs)
+                .unwrap();
+        assert_eq!(table.entries.len(), 1);
+        assert_eq!((repairs.extra_data_dropped, repairs.overhanging), (1, 1));
+        assert_eq!(table.size, 40 + 24 + 2);
+        assert_eq!(repairs.messages.len(), 2);
     }
 
     #[test]
