@@ -3,13 +3,18 @@
 //!
 //! A format translates guest offsets to host ranges and calls these methods; it never names io_uring or AIO
 //! (asynchronous submission is a backend's job, added on top of the same file).
+//!
+//! Tests can inject faults here ([`inject_host_faults`], the idea of QEMU's blkdebug): a [`HostFaults`] hook
+//! registered for a file is asked before each read or write step, flush and allocation of every handle opened
+//! on it, and may fail the call or cut a step short.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::buffer::{total_len, total_len_mut, IoBuf, IoBufMut};
 use crate::direct_io::{DirectIo, DirectIoAlignment};
@@ -66,6 +71,95 @@ impl Permission {
     }
 }
 
+/// Which kind of host-file call a [`HostFaults`] hook is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostCall {
+    /// One step (system call) of a positioned read.
+    Read,
+    /// One step (system call) of a positioned write.
+    Write,
+    /// `fdatasync`.
+    Flush,
+    /// A call that allocates or deallocates host space or changes the length: `fallocate` (allocate, zero
+    /// range, punch hole) and `ftruncate`.
+    Allocate,
+}
+
+/// What a [`HostFaults`] hook makes of one host-file call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostFault {
+    /// The call fails with this (positive) errno and does nothing.
+    Fail(i32),
+    /// A read or write step transfers at most this many bytes (at least 1), as a kernel may on a signal or a
+    /// page fault; the host-file loop continues the rest. Other calls ignore it.
+    Short(u64),
+}
+
+/// A fault-injection hook (the idea of QEMU's blkdebug): asked before every host-file call of the files it is
+/// registered for with [`inject_host_faults`], it may make the call fail or transfer less. For tests: an
+/// image opened while no hook is registered never asks one (one branch per call).
+pub trait HostFaults: Send + Sync + std::fmt::Debug {
+    /// What to do with `call` of `len` bytes at `offset` (0 for flushes) on the file at `path`; `None`
+    /// lets it run.
+    fn check(&self, path: &Path, call: HostCall, offset: u64, len: u64) -> Option<HostFault>;
+}
+
+/// Hooks by registration and the (device, inode) of the file they are for.
+type HookTable = Vec<(u64, (u64, u64), Arc<dyn HostFaults>)>;
+
+/// Registered hooks; `HOOKS_REGISTERED` lets opens skip the lock when there are none.
+static HOOKS: Mutex<HookTable> = Mutex::new(Vec::new());
+static HOOKS_REGISTERED: AtomicUsize = AtomicUsize::new(0);
+static NEXT_REGISTRATION: AtomicU64 = AtomicU64::new(0);
+
+/// Registers `hook` for the file at `path` (by device and inode, so every path naming it counts): every
+/// [`HostFile`] opened on it from now on, and their clones, ask the hook before each call (the latest hook
+/// registered for a file, when there are several). The hook stays registered until the returned guard is
+/// dropped; files opened meanwhile keep it.
+pub fn inject_host_faults(
+    path: impl AsRef<Path>,
+    hook: Arc<dyn HostFaults>,
+) -> Result<HostFaultsRegistration> {
+    let path = path.as_ref();
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(e).with_path(path))?;
+    let key = (meta.dev(), meta.ino());
+    let id = NEXT_REGISTRATION.fetch_add(1, Ordering::Relaxed);
+    let mut hooks = HOOKS.lock().unwrap_or_else(|p| p.into_inner());
+    hooks.push((id, key, hook));
+    HOOKS_REGISTERED.fetch_add(1, Ordering::AcqRel);
+    Ok(HostFaultsRegistration { id })
+}
+
+/// Keeps a [`HostFaults`] hook registered (see [`inject_host_faults`]); dropping it unregisters the hook.
+#[derive(Debug)]
+pub struct HostFaultsRegistration {
+    id: u64,
+}
+
+impl Drop for HostFaultsRegistration {
+    fn drop(&mut self) {
+        let mut hooks = HOOKS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = hooks.iter().position(|(id, ..)| *id == self.id) {
+            hooks.remove(i);
+            HOOKS_REGISTERED.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The hook registered for the file `meta` describes, if any.
+fn registered_hook(meta: &std::fs::Metadata) -> Option<Arc<dyn HostFaults>> {
+    if HOOKS_REGISTERED.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let key = (meta.dev(), meta.ino());
+    let hooks = HOOKS.lock().unwrap_or_else(|p| p.into_inner());
+    hooks
+        .iter()
+        .rev()
+        .find(|(_, k, _)| *k == key)
+        .map(|(.., h)| h.clone())
+}
+
 /// An open host file or block device.
 #[derive(Debug)]
 pub struct HostFile {
@@ -74,6 +168,8 @@ pub struct HostFile {
     read_only: bool,
     block_device: bool,
     direct: Option<DirectIo>,
+    /// A fault-injection hook registered for the file when it was opened (tests only).
+    faults: Option<Arc<dyn HostFaults>>,
 }
 
 impl HostFile {
@@ -147,6 +243,7 @@ impl HostFile {
             read_only: options.read_only,
             block_device,
             direct: None,
+            faults: registered_hook(&meta),
         };
         if options.lock == LockMode::Auto {
             host.lock()?;
@@ -295,7 +392,46 @@ impl HostFile {
             read_only: self.read_only,
             block_device: self.block_device,
             direct: self.direct.clone(),
+            faults: self.faults.clone(),
         })
+    }
+
+    /// What the fault-injection hook (if any) makes of `call`.
+    #[inline]
+    fn fault(&self, call: HostCall, offset: u64, len: u64) -> Option<HostFault> {
+        match &self.faults {
+            None => None,
+            Some(hook) => hook.check(&self.path, call, offset, len),
+        }
+    }
+
+    /// The injected failure of `call`, as the error the call would return.
+    #[inline]
+    fn injected_failure(&self, call: HostCall, offset: u64, len: u64) -> io::Result<()> {
+        match self.fault(call, offset, len) {
+            Some(HostFault::Fail(errno)) => Err(io::Error::from_raw_os_error(errno)),
+            _ => Ok(()),
+        }
+    }
+
+    /// One read or write step through the hook: a failure instead of the call, or the call's count cut.
+    #[inline]
+    fn faulted_step(
+        &self,
+        call: HostCall,
+        offset: u64,
+        remaining: u64,
+        run: impl FnOnce() -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        match self.fault(call, offset, remaining) {
+            None => run(),
+            Some(HostFault::Fail(errno)) => Err(io::Error::from_raw_os_error(errno)),
+            // The whole step runs (re-transferring the same bytes later is harmless); only its count is cut.
+            Some(HostFault::Short(most)) => {
+                let most = usize::try_from(most.max(1)).unwrap_or(usize::MAX);
+                run().map(|n| n.min(most))
+            }
+        }
     }
 
     fn err(&self, e: io::Error, what: &str, offset: Option<u64>) -> Error {
@@ -327,8 +463,8 @@ impl HostFile {
     /// Sets the length of a regular file (extending sparsely).
     pub fn set_len(&self, len: u64) -> Result<()> {
         self.writable(Operation::Resize)?;
-        self.file
-            .set_len(len)
+        self.injected_failure(HostCall::Allocate, len, 0)
+            .and_then(|()| self.file.set_len(len))
             .map_err(|e| self.err(e, "resizing the file", Some(len)))
     }
 
@@ -389,10 +525,15 @@ impl HostFile {
             return Ok(0);
         }
         loop {
-            let step = match transfer.rest(bufs) {
-                (Some(first), _) => sys::preadv(self.file.as_fd(), &[first], transfer.offset()),
-                (None, rest) => sys::preadv(self.file.as_fd(), rest, transfer.offset()),
-            };
+            let step = self.faulted_step(
+                HostCall::Read,
+                transfer.offset(),
+                transfer.remaining(),
+                || match transfer.rest(bufs) {
+                    (Some(first), _) => sys::preadv(self.file.as_fd(), &[first], transfer.offset()),
+                    (None, rest) => sys::preadv(self.file.as_fd(), rest, transfer.offset()),
+                },
+            );
             let result = step.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
             match transfer.step(result, bufs, || self.len().ok()) {
                 None => {}
@@ -453,10 +594,17 @@ impl HostFile {
             return Ok(());
         }
         loop {
-            let step = match transfer.rest(bufs) {
-                (Some(first), _) => sys::pwritev(self.file.as_fd(), &[first], transfer.offset()),
-                (None, rest) => sys::pwritev(self.file.as_fd(), rest, transfer.offset()),
-            };
+            let step = self.faulted_step(
+                HostCall::Write,
+                transfer.offset(),
+                transfer.remaining(),
+                || match transfer.rest(bufs) {
+                    (Some(first), _) => {
+                        sys::pwritev(self.file.as_fd(), &[first], transfer.offset())
+                    }
+                    (None, rest) => sys::pwritev(self.file.as_fd(), rest, transfer.offset()),
+                },
+            );
             let wrote_nothing = matches!(step, Ok(0));
             let result = step.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
             match transfer.step(result, bufs, || None) {
@@ -503,7 +651,9 @@ impl HostFile {
         if len == 0 {
             return Ok(());
         }
-        let r = if self.block_device {
+        let r = if let Err(e) = self.injected_failure(HostCall::Allocate, offset, len) {
+            Err(e)
+        } else if self.block_device {
             sys::block_device_range(self.file.as_fd(), offset, len, false)
         } else {
             sys::fallocate(
@@ -532,6 +682,11 @@ impl HostFile {
         self.writable(Operation::WriteZeroes)?;
         if len == 0 {
             return Ok(());
+        }
+        if let Err(e) = self.injected_failure(HostCall::Allocate, offset, len) {
+            return Err(self
+                .err(e, "zeroing a range", Some(offset))
+                .with_operation(Operation::WriteZeroes));
         }
         let fd = self.file.as_fd();
         let unsupported = |e: &io::Error| {
@@ -616,7 +771,8 @@ impl HostFile {
         if len == 0 {
             return Ok(());
         }
-        sys::fallocate(self.file.as_fd(), 0, offset, len)
+        self.injected_failure(HostCall::Allocate, offset, len)
+            .and_then(|()| sys::fallocate(self.file.as_fd(), 0, offset, len))
             .map_err(|e| self.err(e, "allocating", Some(offset)))
     }
 
@@ -638,10 +794,12 @@ impl HostFile {
         if self.read_only {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| {
-            self.err(e, "flushing", None)
-                .with_operation(Operation::Flush)
-        })
+        self.injected_failure(HostCall::Flush, 0, 0)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| {
+                self.err(e, "flushing", None)
+                    .with_operation(Operation::Flush)
+            })
     }
 }
 

@@ -104,7 +104,10 @@ pub use format_descriptor::{
     BackingFiles, CreateRequest, FormatCapabilities, FormatDescriptor, OpenOptions, OpenedImage,
     ProbeInput, ResizeRequest, PROBE_ANY_FILE, PROBE_MAGIC,
 };
-pub use host_file::{resolve_relative_to, HostFile, HostOpenOptions, LockMode};
+pub use host_file::{
+    inject_host_faults, resolve_relative_to, HostCall, HostFault, HostFaults,
+    HostFaultsRegistration, HostFile, HostOpenOptions, LockMode,
+};
 pub use host_queue::{
     BackendDescriptor, HostCompletion, HostOp, HostQueue, HostQueueBackend, HostTransfer,
     TransferBuffer,

@@ -16,6 +16,11 @@
 //! - a flush waits until every request submitted before it on this queue has completed, then runs
 //!   [`Mapper::flush`] on the pool; requests submitted after it proceed meanwhile.
 //!
+//! A host read that completes short is taken as the end of the host file only when it is (one `fstat` on that
+//! rare path: then the rest of the piece reads as zeros); inside the file the rest is pushed and submitted
+//! again, and a read that moved nothing there fails, so a backend passing a short count on never hands the
+//! guest zeros for data. (The read of an encoded window is not resumed: its short count is taken as is.)
+//!
 //! The whole batch's host I/O is handed to the backend with one [`HostQueue::submit`]. On the fast path (mapped
 //! reads and writes) nothing is allocated, locked or system-called per request once the queue's tables have
 //! grown to its working set; the eventfd is the host queue's, written by the kernel (or the sync backend), by
@@ -569,16 +574,17 @@ impl MappedQueue {
             return self.encoded_read_completed(record, index, done);
         }
         let failure = match done.result {
-            Ok(n) if record.read => {
-                if n < record.len {
+            Ok(n) if n < record.len => match self.short_transfer(&record, n) {
+                ShortTransfer::Resumed => return None,
+                ShortTransfer::EndOfFile => {
                     // The end of the host file: the rest of the piece reads as zeros.
                     if let Some(slot) = self.slots.get_mut(record.slot) {
                         zero_range(&slot.bufs, record.start + n, record.len - n);
                     }
+                    None
                 }
-                None
-            }
-            Ok(n) if n < record.len => Some(HostFailure::ShortWrite(n)),
+                ShortTransfer::Failed(failure) => Some(failure),
+            },
             Ok(_) => None,
             Err(errno) => Some(HostFailure::Errno(errno)),
         };
@@ -595,6 +601,58 @@ impl MappedQueue {
             None => written,
         };
         self.piece_finished(record.slot, outcome.map(|()| 0))
+    }
+
+    /// A host read or write that moved `n` bytes, fewer than its piece's: only a read ending at or past the
+    /// end of its host file may stop there (the rest of the piece is zeros). Otherwise a read that made
+    /// progress goes on with the rest of the piece (a backend that passed a short count on), and a read that
+    /// made none or a short write fails: what was not transferred never reaches the guest as zeros.
+    fn short_transfer(&mut self, record: &HostOpRecord, n: u64) -> ShortTransfer {
+        let stopped_at = record.host_offset.saturating_add(n);
+        if record.read {
+            // One fstat, on this rare path only.
+            let file_len = self
+                .mapper
+                .host_files()
+                .get(record.file)
+                .and_then(|f| f.len().ok());
+            if file_len.is_some_and(|len| stopped_at >= len) {
+                return ShortTransfer::EndOfFile;
+            }
+        }
+        if n == 0 || !record.read {
+            // A write never ends short by the host-queue contract: whatever a backend passed on is an error.
+            return ShortTransfer::Failed(if record.read {
+                HostFailure::Errno(libc::EIO)
+            } else {
+                HostFailure::ShortWrite(n)
+            });
+        }
+        let rest = HostOpRecord {
+            start: record.start + n,
+            len: record.len - n,
+            host_offset: stopped_at,
+            ..*record
+        };
+        let Some(slot) = self.slots.get_mut(record.slot) else {
+            return ShortTransfer::Failed(HostFailure::Errno(libc::EIO));
+        };
+        self.read_iov.clear();
+        push_range_mut(&slot.bufs, rest.start, rest.len, &mut self.read_iov);
+        let id = self.ops.insert(rest);
+        let op = HostOp::Read {
+            file: rest.file,
+            offset: rest.host_offset,
+            bufs: &self.read_iov,
+        };
+        self.host.push(id, op);
+        match self.host.submit() {
+            Ok(()) => ShortTransfer::Resumed,
+            Err(_) => {
+                self.ops.remove(id);
+                ShortTransfer::Failed(HostFailure::Errno(libc::EIO))
+            }
+        }
     }
 
     /// A window of encoded data was read: the pieces waiting for it go to the pool for decoding (each stays
@@ -698,6 +756,16 @@ enum HostData<'b> {
     Into(&'b [IoBufMut<'static>], u64, u64),
     /// A write takes them.
     From(&'b [IoBuf<'static>], u64, u64),
+}
+
+/// What became of a host transfer that moved fewer bytes than its piece's.
+enum ShortTransfer {
+    /// The rest was pushed: the piece stays outstanding.
+    Resumed,
+    /// A read that reached the end of its host file.
+    EndOfFile,
+    /// The piece fails.
+    Failed(HostFailure),
 }
 
 /// The error an allocation is given back with when its data write was never submitted.

@@ -63,6 +63,7 @@
 pub mod amend;
 pub mod backend;
 pub mod backing;
+mod chain;
 pub mod create;
 pub mod detect;
 pub mod format;

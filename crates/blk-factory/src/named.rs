@@ -5,9 +5,11 @@ use blk_core::{DiskFile, Error, ErrorKind, ImageOpener, LockMode, NamedImage, Op
 use crate::format::ImageFormat;
 use crate::open::{open_disk_file, DiskFileParams};
 
-/// The longest chain of named images (backing files of backing files ...) an opener follows, as a guard
-/// against loops and resource exhaustion.
-pub const MAX_CHAIN_DEPTH: u32 = 64;
+/// The most backing levels (backing files of backing files ..., differencing parents of parents) below the image
+/// opened: a chain of up to `MAX_CHAIN_DEPTH + 1` images opens (QEMU opens a 70-deep one; blk's chains are
+/// opened iteratively, so the cap bounds memory and descriptors, one image each, not the stack). Every command
+/// uses this one rule; loops are detected apart, by file identity, and reported as loops.
+pub const MAX_CHAIN_DEPTH: u32 = 1024;
 
 /// Whether files named inside an image may be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,7 +67,7 @@ impl ImageOpener for FactoryOpener {
         if depth > MAX_CHAIN_DEPTH {
             return Err(ctx(Error::new(
                 ErrorKind::InvalidInput,
-                format!("the chain of images is deeper than {MAX_CHAIN_DEPTH} (a loop?)"),
+                format!("the chain of images is deeper than {MAX_CHAIN_DEPTH} levels (blk's cap)"),
             )));
         }
         let Some(format_name) = image.format.as_deref() else {

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use blk_core::{
-    AsyncDiskFile, HostOpenOptions, LockMode, OpenOptions, OpenedImage, Operation, Result,
+    AsyncDiskFile, HostOpenOptions, ImageOpener, LockMode, OpenOptions, OpenedImage, Operation,
+    Result,
 };
 
 use crate::backend::{choose_backend, Backend};
+use crate::chain::open_chain;
 use crate::detect::detect_format;
 use crate::format::ImageFormat;
 use crate::named::{FactoryOpener, NamedImagePolicy};
@@ -161,14 +163,24 @@ pub fn open_image(params: &DiskFileParams) -> Result<OpenedImage> {
             ),
         )));
     }
+    if params.named_images == NamedImagePolicy::Deny {
+        return open_one(params, format, Arc::new(FactoryOpener::for_params(params))).map_err(ctx);
+    }
+    // Backing files and parents allowed: the chain opened iteratively (see `chain`).
+    open_chain(params, format, open_one).map_err(ctx)
+}
+
+/// Opens one image with `opener` for the files it names (no format detection).
+fn open_one(
+    params: &DiskFileParams,
+    format: ImageFormat,
+    opener: Arc<dyn ImageOpener>,
+) -> Result<OpenedImage> {
     let options = OpenOptions::new(params.host_options())
-        .opener(Arc::new(FactoryOpener::for_params(params)))
+        .opener(opener)
         .backend(choose_backend(params.backend).handle())
         .check_mode(params.check_mode)
         .backing_format(params.backing_format.map(|f| f.name().to_string()))
         .snapshot(params.snapshot.clone());
-    format
-        .descriptor()
-        .open(&params.path, &options)
-        .map_err(ctx)
+    format.descriptor().open(&params.path, &options)
 }

@@ -25,6 +25,7 @@
 //! | [`mapper_execution`] | [`try_read_via_mapper`]/[`try_write_via_mapper`] (and panicking [`read_via_mapper`]/[`write_via_mapper`]): a `Mapper`'s answers executed directly, [`Mapped`] |
 //! | [`qemu`] | running `qemu-img`/`qemu-io`: [`run`], [`run_status`], [`run_output`], [`qemu_io`] ([`qemu_io_args`]), [`qemu_raw`], [`qemu_compare`] |
 //! | [`write_step`] | [`WriteStep`]: scripted writes for qemu-io and a `DiskFile`, [`REFERENCE_WRITES`] |
+//! | [`fault_injection`] | [`FaultInjector`] (rules: EIO/ENOSPC/short at the nth read, write, flush, allocation) as a `HostFile` hook, [`FaultyBackend`] wrapping a backend's queues |
 //! | [`disk_contents`] | [`read_all`], [`full_map`], [`assert_same_bytes`], deterministic [`pattern`] bytes |
 //! | [`host_options`] | the `HostOpenOptions` tests open with: [`ro`], [`rw`], [`direct`], [`unlocked`] |
 //! | [`temp_dir`] | [`tempdir_in`] and [`target_tempdir!`] |
@@ -36,6 +37,7 @@
 
 pub mod async_queue;
 pub mod disk_contents;
+pub mod fault_injection;
 pub mod fuzz_corpus;
 pub mod guarded_mapping;
 pub mod host_options;
@@ -52,6 +54,7 @@ pub use async_queue::{
     write_request, write_through, DEPTH, SIZES,
 };
 pub use disk_contents::{assert_same_bytes, full_map, pattern, read_all};
+pub use fault_injection::{FaultInjector, FaultRule, FaultyBackend, EIO, ENOSPC};
 pub use fuzz_corpus::{corpus_dir, replay_corpus};
 pub use guarded_mapping::{page_size, GuardedMapping};
 pub use host_options::{direct, ro, rw, unlocked};

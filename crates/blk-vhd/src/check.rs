@@ -7,7 +7,11 @@
 //! - a damaged footer copy at offset 0 (the image was opened through its end footer);
 //! - a differencing disk's parent locator whose data lies outside the file.
 //!
-//! `RepairMode::All` on a writable image rewrites the footer (end and copy) from the valid one. The counters
+//! Space between the last allocated block and the end footer (an allocation interrupted after it moved the
+//! footer) counts as leaked blocks; `RepairMode::Leaks` or `All` moves the footer back and cuts the file.
+//!
+//! `RepairMode::All` on a writable image rewrites the footer (end and copy) from the valid one, the end footer
+//! right after the last allocated block, and cuts the file after it (what lay past it belonged to no block). The counters
 //! follow qemu-img's: `total_clusters` = blocks covering the disk, `allocated_clusters` = allocated BAT entries,
 //! `fragmented_clusters` = allocated blocks not following their guest predecessor in the file,
 //! `image_end_offset` = where the end footer ends.
@@ -65,10 +69,37 @@ impl Vhd {
         if footer_damaged && repair == RepairMode::All && !self.file.is_read_only() {
             self.file.write_all_at(0, footer.as_bytes())?;
             self.file.write_all_at(next_block, footer.as_bytes())?;
+            // The end footer must be the file's last 512 bytes: what lies past it is no block's (an
+            // interrupted allocation's leftovers) and goes.
+            if len > next_block + FOOTER_SIZE {
+                self.file.set_len(next_block + FOOTER_SIZE)?;
+            }
             self.file.sync_data()?;
             report.corruptions_fixed += report.corruptions;
             report.corruptions = 0;
             report.messages.push("rewrote both footers".to_string());
+        }
+
+        let span = sparse.bitmap_size + sparse.block_size;
+        let past_blocks = len.saturating_sub(FOOTER_SIZE).saturating_sub(next_block);
+        if !footer_damaged && past_blocks > 0 {
+            // Space between the last block and the end footer: an allocation interrupted after it moved the
+            // footer (the BAT never pointed there). The next allocation reuses it; a repair gives it back.
+            let leaked = past_blocks.div_ceil(span);
+            if matches!(repair, RepairMode::Leaks | RepairMode::All) && !self.file.is_read_only() {
+                self.file.write_all_at(next_block, footer.as_bytes())?;
+                self.file.set_len(next_block + FOOTER_SIZE)?;
+                self.file.sync_data()?;
+                report.leaks_fixed += leaked;
+                report.messages.push(format!(
+                    "moved the end footer back to {next_block:#x} over {past_blocks} bytes no block used"
+                ));
+            } else {
+                report.leaks += leaked;
+                report.messages.push(format!(
+                    "{past_blocks} bytes between the last block ({next_block:#x}) and the end footer belong to no block"
+                ));
+            }
         }
 
         for (i, l) in sparse.header.parent_locators.iter().enumerate() {
@@ -83,7 +114,6 @@ impl Vhd {
         }
 
         let bat = sparse.bat.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let span = sparse.bitmap_size + sparse.block_size;
         let mut allocated = 0;
         let mut fragmented = 0;
         let mut previous_end = None;

@@ -2,17 +2,18 @@
 //! in crash-safe order, sector bitmap bits to set, and partial sectors merged with what lies below.
 //!
 //! Block allocation (VHD spec, "Block Allocation Table and Data Blocks"; QEMU's `alloc_block`): under the
-//! allocation lock, the new block's sector bitmap and the first write's data go where the end footer was, the
-//! footer is rewritten after the block, the file is synced, and only then is the BAT entry written (and
-//! published in memory). A crash leaves either the old image (the footer copy at 0 still describes it) or the
-//! new block fully in place.
+//! allocation lock, the footer is first written after the new block (QEMU moves the footer first too), then
+//! the block's sector bitmap and the first write's data go where the end footer was, the file is synced, and
+//! only then is the BAT entry written (and published in memory). So a process killed at any step leaves a
+//! file that ends with a valid footer: either the old image with a leaked block's worth of space before the
+//! footer (opens, checks clean, the next allocation reuses the place) or the new block fully in place.
 
 use blk_core::buffer::{range, total_len};
 use blk_core::{read_mapped, Error, ErrorKind, IoBuf, IoBufMut, Result};
 use zerocopy::IntoBytes;
 
 use crate::bat::{SparseLayout, BITMAP_FULL, UNALLOCATED};
-use crate::footer::DiskType;
+use crate::footer::{DiskType, FOOTER_SIZE};
 use crate::sector_bitmap::{set_bit, Block};
 use crate::vhd::Vhd;
 
@@ -126,10 +127,18 @@ impl Vhd {
         let end = data + sparse.block_size;
         // Bounded by the bitmap size (512 KiB at most).
         let mut bitmap = vec![0u8; sparse.bitmap_size as usize];
+        let old_len = self.file.len()?;
+        // The footer first, after the new block: from here on the file ends with a footer whatever happens
+        // next (the block's place is a hole, or leftovers of an allocation that never finished).
+        self.file.write_all_at(end, self.shared.footer.as_bytes())?;
+        if old_len > end + FOOTER_SIZE {
+            // Bytes past the new footer are no block's (the BAT points below `start`): a leftover from an
+            // interrupted allocation or a repair. The file must end with the footer.
+            self.file.set_len(end + FOOTER_SIZE)?;
+        }
         if self.shared.disk_type == DiskType::Dynamic {
             // As QEMU: every sector present; the rest of the block is zeros.
             bitmap.fill(0xff);
-            let old_len = self.file.len()?;
             if old_len > data {
                 self.file
                     .zero_range(data, old_len.min(end) - data, true, false)?;
@@ -141,7 +150,6 @@ impl Vhd {
         }
         self.file.write_all_at(start, &bitmap)?;
         self.file.write_vectored_at(data + in_block, bufs)?;
-        self.file.write_all_at(end, self.shared.footer.as_bytes())?;
         self.file.sync_data()?;
         let bat_at = sparse.bat_offset + 4 * block;
         self.file.write_all_at(bat_at, &sector.to_be_bytes())?;

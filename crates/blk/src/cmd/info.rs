@@ -18,8 +18,8 @@ use crate::output::{
     OutputFormat,
 };
 
-/// The longest backing chain `--backing-chain` follows.
-const MAX_CHAIN: usize = 64;
+/// The most images `--backing-chain` shows: the image and `MAX_CHAIN_DEPTH` backing levels, the factory's rule.
+const MAX_CHAIN: usize = blk_factory::MAX_CHAIN_DEPTH as usize + 1;
 
 /// Arguments of `blk info`.
 #[derive(Debug, Args)]
@@ -229,7 +229,17 @@ pub fn run(args: InfoArgs) -> Result<u8> {
                 break;
             };
             let format = last.info.backing_format.clone();
-            if !seen.insert(canonical(&backing)) || images.len() >= MAX_CHAIN {
+            if images.len() >= MAX_CHAIN {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "the backing chain is longer than {} images below it (blk's cap)",
+                        MAX_CHAIN - 1
+                    ),
+                )
+                .with_path(&args.filename));
+            }
+            if !seen.insert(canonical(&backing)) {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
                     format!(
