@@ -5,9 +5,11 @@
 //! 2. `cargo fmt --all -- --check`
 //! 3. `cargo clippy --workspace --all-targets -- -D warnings`
 //! 4. `cargo test --workspace` (unit, integration and doc tests; output shown)
-//! 5. `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-Dwarnings`
-//! 6. `blk-factory` built with `--no-default-features`, then with each of its features alone
-//! 7. the dependency-direction check ([`crate::deps`])
+//! 5. short reliability campaigns, with fixed seeds: [`crate::crash`] ([`CI_CRASH_ARGS`]: one kill per image
+//!    kind) and [`crate::mutate`] ([`CI_MUTATE_ARGS`]: three mutants per base), about 30 s together
+//! 6. `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-Dwarnings`
+//! 7. `blk-factory` built with `--no-default-features`, then with each of its features alone
+//! 8. the dependency-direction check ([`crate::deps`])
 //!
 //! All steps share the workspace's target directory, and nothing is cleaned, so a second run only rebuilds
 //! what changed.
@@ -20,7 +22,12 @@ use serde_json::Value;
 
 use crate::cmd;
 
-/// The package whose feature matrix step 5 builds.
+/// The arguments of the crash campaign's short run in CI.
+pub const CI_CRASH_ARGS: [&str; 4] = ["--kills", "7", "--seed", "20261207"];
+/// The arguments of the mutation campaign's short run in CI.
+pub const CI_MUTATE_ARGS: [&str; 4] = ["--mutants", "48", "--seed", "20261207"];
+
+/// The package whose feature matrix step 7 builds.
 pub const FACTORY: &str = "blk-factory";
 
 /// What one step does.
@@ -33,9 +40,14 @@ enum Action {
     },
     /// Step 1: makes sure `qemu-img` and `qemu-io` are on `PATH`.
     QemuTools,
-    /// Step 6: builds `blk-factory` per feature (read from `cargo metadata` when the step starts).
+    /// Step 5: a campaign, run in this process with fixed arguments.
+    Campaign {
+        run: fn(&Path, &[String]) -> Result<(), String>,
+        args: &'static [&'static str],
+    },
+    /// Step 7: builds `blk-factory` per feature (read from `cargo metadata` when the step starts).
     FactoryFeatures,
-    /// Step 7: [`crate::deps::run`].
+    /// Step 8: [`crate::deps::run`].
     Deps,
 }
 
@@ -78,6 +90,20 @@ fn steps() -> Vec<Step> {
             action: Action::Cargo {
                 args: &["test", "--workspace"],
                 env: &[],
+            },
+        },
+        Step {
+            name: "crash campaign (short)",
+            action: Action::Campaign {
+                run: crate::crash::run,
+                args: &CI_CRASH_ARGS,
+            },
+        },
+        Step {
+            name: "mutate campaign (short)",
+            action: Action::Campaign {
+                run: crate::mutate::run,
+                args: &CI_MUTATE_ARGS,
             },
         },
         Step {
@@ -224,6 +250,10 @@ fn run_step(root: &Path, step: &Step) -> Result<(), String> {
             println!("--> {shown}{}", cmd::display(&command));
             cmd::run(&mut command)
         }
+        Action::Campaign { run, args } => {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            run(root, &args)
+        }
         Action::QemuTools => ensure_qemu_tools(),
         Action::FactoryFeatures => run_factory_features(root),
         Action::Deps => crate::deps::run(root),
@@ -314,6 +344,8 @@ mod tests {
                 "format",
                 "clippy",
                 "test",
+                "crash campaign (short)",
+                "mutate campaign (short)",
                 "doc",
                 "blk-factory feature builds",
                 "dependency direction"

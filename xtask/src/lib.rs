@@ -6,6 +6,8 @@
 //! | `cargo xtask deps` | [`deps`] | the dependency-direction check alone |
 //! | `cargo xtask bench` | [`bench`](mod@bench), [`bench_compare`], [`bench_scenarios`], [`bench_images`], [`bench_report`] | the benchmark suites: criterion, and blk bench vs qemu-img bench |
 //! | `cargo xtask fuzz` | [`fuzz`] | every cargo-fuzz target under `fuzz/` for a bounded time |
+//! | `cargo xtask crash` | [`crash`], [`campaign`] | a writer killed at random points, then every image checked |
+//! | `cargo xtask mutate` | [`mutate`], [`campaign`] | seeded mutants of qemu-img-made images through blk's commands |
 //!
 //! Every fallible function returns `Result<_, String>`: the message is printed as is by `main`, which exits
 //! with status 1.
@@ -15,7 +17,10 @@ pub mod bench_compare;
 pub mod bench_images;
 pub mod bench_report;
 pub mod bench_scenarios;
+pub mod campaign;
 pub mod ci;
 pub mod cmd;
+pub mod crash;
 pub mod deps;
 pub mod fuzz;
+pub mod mutate;

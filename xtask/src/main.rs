@@ -6,8 +6,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  ci                          what CI runs: fmt, clippy, tests, docs, blk-factory feature builds,
-                              dependency-direction check; stops at the first failure
+  ci                          what CI runs: fmt, clippy, tests, short crash and mutate campaigns, docs,
+                              blk-factory feature builds, dependency-direction check; stops at the first
+                              failure
   deps                        the dependency-direction check alone
   bench [--suite NAME] [--runs N] [--quick] [--scenario K] [-- ARGS]
                               benchmark suites: criterion (`cargo bench -p blk-benches`; ARGS go to
@@ -16,6 +17,14 @@ commands:
                               --runs N runs (5), ratios; --quick: a smoke test; --scenario K: one of 1-6)
   fuzz [--seconds N] [TARGET...]
                               runs every (or each named) fuzz/ target for N seconds (default 60)
+  crash [--kills N] [--seed S] [--only IMAGE] [--release]
+                              kills a writer (SIGKILL) at random points while it writes, discards,
+                              flushes and grows images (N kills, default 300), then checks each image
+                              with qemu-img and blk and reads every flushed write back
+  mutate [--mutants N] [--seed S] [--only BASE] [--mutant I] [--release]
+                              seeded mutants of qemu-img-made images (N, default 2000) through blk's
+                              writable and read-only commands under a memory cap and a timeout
+                              (--release: a release build of blk, for long runs; see docs/reliability.md)
   help                        this text";
 
 fn main() -> ExitCode {
@@ -26,6 +35,10 @@ fn main() -> ExitCode {
         Some("deps") if args.len() == 1 => xtask::deps::run(&root),
         Some("bench") => xtask::bench::run(&root, &args[1..]),
         Some("fuzz") => xtask::fuzz::run(&root, &args[1..]),
+        Some("crash") => xtask::crash::run(&root, &args[1..]),
+        Some("mutate") => xtask::mutate::run(&root, &args[1..]),
+        // The crash campaign's child processes (not for people: see `xtask::crash::worker`).
+        Some("crash-worker") => xtask::crash::worker::run(&args[1..]),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
