@@ -254,11 +254,8 @@ pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<OpenedImage> {
         })
         .named_images(NamedImagePolicy::AllowRecordedFormat)
         .check_mode(spec.check_mode)
-        .skip_backing(spec.skip_backing);
-    let params = DiskFileParams {
-        snapshot: spec.snapshot.cloned(),
-        ..params
-    };
+        .skip_backing(spec.skip_backing)
+        .snapshot(spec.snapshot.cloned());
     blk_factory::open_image(&params).map_err(|e| e.with_path(path))
 }
 
