@@ -8,5 +8,6 @@ pub mod open_image;
 pub mod qcow2;
 pub mod vhd;
 pub mod vhdx;
+pub mod vhost_user_blk_request;
 
 pub use open_image::open_image;
