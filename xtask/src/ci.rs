@@ -8,6 +8,8 @@
 //! 5. `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-Dwarnings`
 //! 6. `blk-factory` built with `--no-default-features`, then with each of its features alone
 //! 7. the dependency-direction check ([`crate::deps`])
+//! 8. the guest boot test ([`crate::guest`]): a Linux guest under QEMU does I/O through `blk vhost-user-blk`
+//!    for every format (installs QEMU and a kernel when missing)
 //!
 //! All steps share the workspace's target directory, and nothing is cleaned, so a second run only rebuilds
 //! what changed.
@@ -37,6 +39,8 @@ enum Action {
     FactoryFeatures,
     /// Step 7: [`crate::deps::run`].
     Deps,
+    /// Step 8: [`crate::guest::run`].
+    Guest,
 }
 
 /// One step of the pipeline.
@@ -94,6 +98,10 @@ fn steps() -> Vec<Step> {
         Step {
             name: "dependency direction",
             action: Action::Deps,
+        },
+        Step {
+            name: "guest boot (vhost-user-blk)",
+            action: Action::Guest,
         },
     ]
 }
@@ -227,6 +235,7 @@ fn run_step(root: &Path, step: &Step) -> Result<(), String> {
         Action::QemuTools => ensure_qemu_tools(),
         Action::FactoryFeatures => run_factory_features(root),
         Action::Deps => crate::deps::run(root),
+        Action::Guest => crate::guest::run(root, &[]),
     }
 }
 
@@ -316,7 +325,8 @@ mod tests {
                 "test",
                 "doc",
                 "blk-factory feature builds",
-                "dependency direction"
+                "dependency direction",
+                "guest boot (vhost-user-blk)"
             ]
         );
     }

@@ -7,15 +7,20 @@ usage: cargo xtask <command> [options]
 
 commands:
   ci                          what CI runs: fmt, clippy, tests, docs, blk-factory feature builds,
-                              dependency-direction check; stops at the first failure
+                              dependency-direction check, guest boot test; stops at the first failure
   deps                        the dependency-direction check alone
   bench [--suite NAME] [--runs N] [--quick] [--scenario K] [-- ARGS]
                               benchmark suites: criterion (`cargo bench -p blk-benches`; ARGS go to
                               the harness, e.g. a name filter or `--save-baseline before`), then
                               compare (blk bench vs qemu-img bench on 1 GiB images: medians of
-                              --runs N runs (5), ratios; --quick: a smoke test; --scenario K: one of 1-6)
+                              --runs N runs (5), ratios; --quick: a smoke test; --scenario K: one of 1-6);
+                              --suite vhost-user: blk vhost-user-blk vs qemu-storage-daemon, libblkio client
   fuzz [--seconds N] [TARGET...]
                               runs every (or each named) fuzz/ target for N seconds (default 60)
+  guest [--format F]... [--timeout S]
+                              a Linux guest (QEMU, TCG) does I/O through `blk vhost-user-blk` and
+                              qemu-storage-daemon's export, for qcow2, vpc, vhdx and raw; installs
+                              QEMU and a kernel when missing (root)
   help                        this text";
 
 fn main() -> ExitCode {
@@ -26,6 +31,7 @@ fn main() -> ExitCode {
         Some("deps") if args.len() == 1 => xtask::deps::run(&root),
         Some("bench") => xtask::bench::run(&root, &args[1..]),
         Some("fuzz") => xtask::fuzz::run(&root, &args[1..]),
+        Some("guest") => xtask::guest::run(&root, &args[1..]),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
