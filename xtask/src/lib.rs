@@ -4,8 +4,9 @@
 //! |---|---|---|
 //! | `cargo xtask ci` | [`ci`] | fmt, clippy, tests, docs, `blk-factory` feature builds, dependency check |
 //! | `cargo xtask deps` | [`deps`] | the dependency-direction check alone |
-//! | `cargo xtask bench` | [`bench`](mod@bench), [`bench_compare`], [`bench_scenarios`], [`bench_images`], [`bench_report`] | the benchmark suites: criterion, and blk bench vs qemu-img bench |
+//! | `cargo xtask bench` | [`bench`](mod@bench), [`bench_compare`], [`bench_scenarios`], [`bench_images`], [`bench_report`], [`bench_vhost_user`] | the benchmark suites: criterion, and blk bench vs qemu-img bench |
 //! | `cargo xtask fuzz` | [`fuzz`] | every cargo-fuzz target under `fuzz/` for a bounded time |
+//! | `cargo xtask guest` | [`guest`] | a Linux guest under QEMU does I/O through `blk vhost-user-blk` |
 //!
 //! Every fallible function returns `Result<_, String>`: the message is printed as is by `main`, which exits
 //! with status 1.
@@ -15,7 +16,9 @@ pub mod bench_compare;
 pub mod bench_images;
 pub mod bench_report;
 pub mod bench_scenarios;
+pub mod bench_vhost_user;
 pub mod ci;
 pub mod cmd;
 pub mod deps;
 pub mod fuzz;
+pub mod guest;
