@@ -10,5 +10,6 @@ pub mod qcow2;
 pub mod vhd;
 pub mod vhdx;
 pub mod write_path;
+pub mod vhost_user_blk_request;
 
 pub use open_image::open_image;

@@ -11,6 +11,8 @@
 //!   one run: a smoke test), `--scenario K` (repeatable), `--baseline-blk PATH` (an older `blk` binary run
 //!   beside every blk contender, alternating with it, with a check that the current build is at most 5%
 //!   slower).
+//! - [`Suite::VhostUser`] (run only when named: `--suite vhost-user`): blk's vhost-user-blk backend against
+//!   qemu-storage-daemon's export, one libblkio client for both; see [`bench_vhost_user`](crate::bench_vhost_user).
 
 use std::path::{Path, PathBuf};
 
@@ -29,23 +31,28 @@ pub enum Suite {
     Criterion,
     /// `blk bench` vs `qemu-img bench` on the same images: speed ratios.
     Compare,
+    /// `blk vhost-user-blk` vs qemu-storage-daemon's export, one libblkio client (only when named).
+    VhostUser,
 }
 
 impl Suite {
     /// Every suite, in the order `cargo xtask bench` runs them.
     pub const ALL: &'static [Suite] = &[Suite::Criterion, Suite::Compare];
+    /// Every suite `--suite` knows.
+    pub const KNOWN: &'static [Suite] = &[Suite::Criterion, Suite::Compare, Suite::VhostUser];
 
     /// The suite's name, as `--suite` takes it.
     pub fn name(self) -> &'static str {
         match self {
             Suite::Criterion => "criterion",
             Suite::Compare => "compare",
+            Suite::VhostUser => "vhost-user",
         }
     }
 
     /// The suite named `name`.
     pub fn from_name(name: &str) -> Option<Suite> {
-        Suite::ALL.iter().copied().find(|s| s.name() == name)
+        Suite::KNOWN.iter().copied().find(|s| s.name() == name)
     }
 
     /// Runs the suite in the workspace at `root`; `args` go to the benchmark harness (for criterion: a name
@@ -59,6 +66,28 @@ impl Suite {
         command_line: &str,
     ) -> Result<(), String> {
         match self {
+            Suite::VhostUser => {
+                let target = target_dir(root)?;
+                let blk = build_release_blk(root, &target)?;
+                let mut command = cmd::cargo_command(root);
+                command.args([
+                    "build",
+                    "--release",
+                    "-p",
+                    BENCH_PACKAGE,
+                    "--bin",
+                    "blkio-client",
+                ]);
+                println!("--> {}", cmd::display(&command));
+                cmd::run(&mut command)?;
+                let env = crate::bench_vhost_user::VhostBenchEnv::new(
+                    blk,
+                    target.join("release").join("blkio-client"),
+                    target.join("bench-vhost-user"),
+                    5.0,
+                );
+                crate::bench_vhost_user::run_suite(&env)
+            }
             Suite::Compare => {
                 let target = target_dir(root)?;
                 let blk = build_release_blk(root, &target)?;
@@ -127,7 +156,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             "--suite" => {
                 let name = it.next().ok_or("--suite needs a suite name")?;
                 let suite = Suite::from_name(name).ok_or_else(|| {
-                    let known: Vec<&str> = Suite::ALL.iter().map(|s| s.name()).collect();
+                    let known: Vec<&str> = Suite::KNOWN.iter().map(|s| s.name()).collect();
                     format!("unknown suite `{name}` (known: {})", known.join(", "))
                 })?;
                 suites.push(suite);
@@ -155,6 +184,7 @@ mod tests {
     fn suites_by_name() {
         assert_eq!(Suite::from_name("criterion"), Some(Suite::Criterion));
         assert_eq!(Suite::from_name("compare"), Some(Suite::Compare));
+        assert_eq!(Suite::from_name("vhost-user"), Some(Suite::VhostUser));
         assert_eq!(Suite::from_name("qemu"), None);
         assert!(run(Path::new("."), &["--suite".into(), "nope".into()]).is_err());
     }

@@ -10,6 +10,8 @@
 //! 6. `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-Dwarnings`
 //! 7. `blk-factory` built with `--no-default-features`, then with each of its features alone
 //! 8. the dependency-direction check ([`crate::deps`])
+//! 9. the guest boot test ([`crate::guest`]): a Linux guest under QEMU does I/O through `blk vhost-user-blk`
+//!    for every format (installs QEMU and a kernel when missing)
 //!
 //! All steps share the workspace's target directory, and nothing is cleaned, so a second run only rebuilds
 //! what changed.
@@ -49,6 +51,8 @@ enum Action {
     FactoryFeatures,
     /// Step 8: [`crate::deps::run`].
     Deps,
+    /// Step 9: [`crate::guest::run`].
+    Guest,
 }
 
 /// One step of the pipeline.
@@ -120,6 +124,10 @@ fn steps() -> Vec<Step> {
         Step {
             name: "dependency direction",
             action: Action::Deps,
+        },
+        Step {
+            name: "guest boot (vhost-user-blk)",
+            action: Action::Guest,
         },
     ]
 }
@@ -257,6 +265,7 @@ fn run_step(root: &Path, step: &Step) -> Result<(), String> {
         Action::QemuTools => ensure_qemu_tools(),
         Action::FactoryFeatures => run_factory_features(root),
         Action::Deps => crate::deps::run(root),
+        Action::Guest => crate::guest::run(root, &[]),
     }
 }
 
@@ -348,7 +357,8 @@ mod tests {
                 "mutate campaign (short)",
                 "doc",
                 "blk-factory feature builds",
-                "dependency direction"
+                "dependency direction",
+                "guest boot (vhost-user-blk)"
             ]
         );
     }

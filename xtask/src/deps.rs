@@ -13,7 +13,7 @@
 //! | format | `blk-raw`, `blk-qcow`, `blk-vhd`, `blk-vhdx` | `blk-core` | `blk-core`, `blk-test-support` |
 //! | backend | `blk-uring`, `blk-aio` | `blk-core` | `blk-core`, `blk-test-support` |
 //! | test support | `blk-test-support` | `blk-core` | `blk-core` |
-//! | integrator | `blk-factory`, `blk` | core, formats, backends, `blk-factory` | anything |
+//! | integrator | `blk-factory`, `blk-vhost-user`, `blk` | core, formats, backends, `blk-factory`, `blk-vhost-user` | anything |
 //! | tooling | `xtask`, `blk-benches`, `blk-fuzz`, anything under `fuzz/` | anything | anything |
 //!
 //! `blk-test-support` is test code: only tooling may take it as a normal or build dependency; every other crate
@@ -80,6 +80,7 @@ pub const CRATE_TABLE: &[(&str, Role)] = &[
     ("blk-test-support", Role::TestSupport),
     ("blk-factory", Role::Integrator),
     ("blk", Role::Integrator),
+    ("blk-vhost-user", Role::Integrator),
     ("xtask", Role::Tooling),
     ("blk-benches", Role::Tooling),
     ("blk-fuzz", Role::Tooling),

@@ -7,14 +7,15 @@ usage: cargo xtask <command> [options]
 
 commands:
   ci                          what CI runs: fmt, clippy, tests, short crash and mutate campaigns, docs,
-                              blk-factory feature builds, dependency-direction check; stops at the first
-                              failure
+                              blk-factory feature builds, dependency-direction check, guest boot test;
+                              stops at the first failure
   deps                        the dependency-direction check alone
   bench [--suite NAME] [--runs N] [--quick] [--scenario K] [-- ARGS]
                               benchmark suites: criterion (`cargo bench -p blk-benches`; ARGS go to
                               the harness, e.g. a name filter or `--save-baseline before`), then
                               compare (blk bench vs qemu-img bench on 1 GiB images: medians of
-                              --runs N runs (5), ratios; --quick: a smoke test; --scenario K: one of 1-6)
+                              --runs N runs (5), ratios; --quick: a smoke test; --scenario K: one of 1-6);
+                              --suite vhost-user: blk vhost-user-blk vs qemu-storage-daemon, libblkio client
   fuzz [--seconds N] [TARGET...]
                               runs every (or each named) fuzz/ target for N seconds (default 60)
   crash [--kills N] [--seed S] [--only IMAGE] [--release]
@@ -25,6 +26,10 @@ commands:
                               seeded mutants of qemu-img-made images (N, default 2000) through blk's
                               writable and read-only commands under a memory cap and a timeout
                               (--release: a release build of blk, for long runs; see docs/reliability.md)
+  guest [--format F]... [--timeout S]
+                              a Linux guest (QEMU, TCG) does I/O through `blk vhost-user-blk` and
+                              qemu-storage-daemon's export, for qcow2, vpc, vhdx and raw; installs
+                              QEMU and a kernel when missing (root)
   help                        this text";
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
         Some("mutate") => xtask::mutate::run(&root, &args[1..]),
         // The crash campaign's child processes (not for people: see `xtask::crash::worker`).
         Some("crash-worker") => xtask::crash::worker::run(&args[1..]),
+        Some("guest") => xtask::guest::run(&root, &args[1..]),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())

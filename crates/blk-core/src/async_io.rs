@@ -3,6 +3,18 @@
 //! One [`AsyncIo`] serves one virtio queue. The VMM submits every request it popped from the queue in one
 //! [`AsyncIo::submit`] call, waits on [`AsyncIo::notifier`] (e.g. in its epoll loop), and reaps with
 //! [`AsyncIo::next_completed_request`] until it returns `None`. Completions may come in any order.
+//!
+//! The notifier is a non-blocking eventfd (`EFD_NONBLOCK`): reading it after a spurious wake-up (or after
+//! another reader reset it) fails with `EAGAIN`, which an event loop ignores before reaping. Callers that would
+//! rather block use [`AsyncIo::wait`], in the spirit of libblkio's `blkioq_do_io`.
+//!
+//! The buffers of a [`Request`] are raw [`IoBufMut`]/[`IoBuf`]s that must stay valid until the request
+//! completes (hence `'static`). A VMM serving guest memory does not build them itself: a
+//! [`GuestQueue`](crate::GuestQueue) takes guest addresses, keeps the memory alive and marks dirty pages.
+//! Building `'static` buffers over raw pointers with [`IoBufMut::from_raw_parts`] is the escape hatch, for
+//! memory a caller manages itself (then it marks dirty pages itself).
+
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -44,9 +56,10 @@ impl std::ops::BitOr for RequestFlags {
 /// What a request does.
 ///
 /// Buffers are `'static` because an asynchronous backend hands them to the kernel and they must stay valid
-/// until the request completes: build them from guest memory with [`IoBufMut::from_raw_parts`] (guest memory
-/// outlives the queue) or from leaked or otherwise pinned host memory. The slice of buffer descriptors itself
-/// only needs to live for the [`AsyncIo::submit`] call.
+/// until the request completes: `'static` slices, or raw pointers through the escape hatch
+/// [`IoBufMut::from_raw_parts`] (unsafe: the caller keeps the memory valid and marks dirty pages). Guest memory
+/// goes through a [`GuestQueue`](crate::GuestQueue) instead, which builds these safely. The slice of buffer
+/// descriptors itself only needs to live for the [`AsyncIo::submit`] call.
 #[derive(Debug, Clone, Copy)]
 pub enum RequestOp<'a> {
     /// Read guest bytes at `offset` into `bufs`.
@@ -120,6 +133,10 @@ pub struct Completion {
 /// One queue of asynchronous requests on a disk.
 pub trait AsyncIo: Send {
     /// The eventfd written when completions are ready to reap (once per batch or kernel completion burst).
+    ///
+    /// It is non-blocking (`EFD_NONBLOCK`): `read()` fails with `EAGAIN` when nothing was written since the
+    /// last read (a spurious wake-up); ignore that and reap with
+    /// [`next_completed_request`](AsyncIo::next_completed_request) until `None`.
     fn notifier(&self) -> &EventFd;
 
     /// Submits a batch. Errors of individual requests come back as completions; `Err` here means the queue
@@ -131,4 +148,41 @@ pub trait AsyncIo: Send {
 
     /// The queue's depth: how many requests may be in flight.
     fn ring_depth(&self) -> u32;
+
+    /// The backend the queue's host I/O really runs on: `io_uring`, `aio` or `sync`.
+    fn backend(&self) -> &'static str;
+
+    /// Requests submitted whose completions have not been returned yet.
+    fn in_flight(&self) -> usize;
+
+    /// Reaps every completion ready into `out` and, while fewer than `min` were reaped, sleeps on the
+    /// notifier until more come or `timeout` passes (`None`: no limit; `Some(Duration::ZERO)`: never sleeps).
+    /// Returns how many completions it appended (fewer than `min` only on timeout). Asking for more than are
+    /// in flight fails with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) rather than sleeping
+    /// forever. libblkio's `blkioq_do_io(q, out, min, max, timeout)`, with `max` unbounded.
+    fn wait(
+        &mut self,
+        min: usize,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion>,
+    ) -> Result<usize> {
+        crate::completion_wait::wait_for(self, min, timeout, Duration::ZERO, out).map(|(n, _)| n)
+    }
+
+    /// Registers memory regions with the backend (io_uring: `IORING_REGISTER_BUFFERS`), so single-buffer
+    /// operations inside them skip the kernel's per-operation page pinning. Returns whether the backend took
+    /// them (`false`: a backend without registration, or regions registered already); other buffers keep
+    /// working as plain I/O. A [`GuestQueue`](crate::GuestQueue) registers guest memory itself.
+    ///
+    /// # Safety
+    /// The regions must stay mapped, as memory I/O may read and write, until the queue is dropped.
+    unsafe fn register_memory(&mut self, regions: &[IoBufMut<'static>]) -> Result<bool> {
+        let _ = regions;
+        Ok(false)
+    }
+
+    /// How many host operations used registered memory so far (0 without registration).
+    fn fixed_buffer_ops(&self) -> u64 {
+        0
+    }
 }

@@ -9,6 +9,7 @@ use crate::async_io::AsyncIo;
 use crate::buffer::{IoBuf, IoBufMut};
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::extent::Extent;
+use crate::properties::DiskProperties;
 use crate::topology::DiskTopology;
 
 /// A disk image opened for guest I/O.
@@ -33,6 +34,18 @@ pub trait DiskFile: Send + Sync + Debug {
 
     /// Whether the disk was opened read-only.
     fn is_read_only(&self) -> bool;
+
+    /// Everything a front end shows the guest: capacity, geometry, alignments, limits, discard support. The
+    /// default builds it from [`logical_size`](DiskFile::logical_size), [`topology`](DiskFile::topology) and
+    /// [`is_read_only`](DiskFile::is_read_only), without O_DIRECT alignment.
+    fn properties(&self) -> DiskProperties {
+        DiskProperties::new(
+            self.logical_size(),
+            self.is_read_only(),
+            self.topology(),
+            None,
+        )
+    }
 
     /// An independent handle with its own file descriptor(s), sharing metadata caches safely with `self`:
     /// how each virtio queue or worker thread gets its own handle.
@@ -81,6 +94,12 @@ pub trait AsyncDiskFile: DiskFile {
 
     /// Like [`DiskFile::try_clone`], keeping the async capability.
     fn try_clone_async(&self) -> Result<Box<dyn AsyncDiskFile>>;
+
+    /// The backend the queues of [`create_async_io`](AsyncDiskFile::create_async_io) do their I/O on:
+    /// `io_uring`, `aio` or `sync`.
+    fn backend(&self) -> &'static str {
+        "sync"
+    }
 }
 
 /// Checks that `len` bytes at `offset` lie within a disk of `size` bytes.

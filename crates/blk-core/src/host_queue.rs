@@ -158,6 +158,22 @@ pub trait HostQueue: Send {
 
     /// Operations pushed and not yet returned by [`next_completion`](HostQueue::next_completion), exactly.
     fn pending(&self) -> usize;
+
+    /// Registers memory regions with the kernel (io_uring: `IORING_REGISTER_BUFFERS`), so single-buffer reads
+    /// and writes inside one of them use the registered form (`READ_FIXED`/`WRITE_FIXED`); others stay plain.
+    /// Returns whether the backend took them; the default (backends without registration) says `false`.
+    ///
+    /// # Safety
+    /// The regions must stay mapped, as memory I/O may read and write, until the queue is dropped.
+    unsafe fn register_memory(&mut self, regions: &[IoBufMut<'static>]) -> Result<bool> {
+        let _ = regions;
+        Ok(false)
+    }
+
+    /// How many operations went out with registered memory so far.
+    fn fixed_buffer_ops(&self) -> u64 {
+        0
+    }
 }
 
 /// Makes [`HostQueue`]s: one backend (io_uring, AIO, synchronous) chosen by the factory for a whole disk.

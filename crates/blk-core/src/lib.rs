@@ -15,7 +15,10 @@
 //! | [`mapped_io`] | the synchronous engine: a read or write served from the mapping on the calling thread |
 //! | [`format_descriptor`] | [`FormatDescriptor`]: what a format crate registers (probe, open, create, capabilities) |
 //! | [`measure`] | [`Measure`], [`MeasureSource`]: `qemu-img measure` |
-//! | [`async_io`] | [`AsyncIo`], [`Request`], [`RequestFlags`], [`Completion`] |
+//! | [`async_io`] | [`AsyncIo`], [`Request`], [`RequestFlags`], [`Completion`]: the raw queue (buffers over raw memory) |
+//! | [`guest_queue`] | [`GuestQueue`], [`GuestRequest`], [`GuestIoVec`]: a queue serving guest memory safely (bounds checks, dirty pages, registration) |
+//! | `completion_wait` | [`AsyncIo::wait`]: blocking waits for completions, with adaptive busy polling |
+//! | [`properties`] | [`DiskProperties`]: what a virtio-blk or NVMe front end shows (alignments, limits, discard) |
 //! | [`sync_adaptor`] | [`SyncAdaptor`]: any `DiskFile` as an `AsyncIo` queue, with real batching |
 //! | [`host_queue`] | [`HostQueue`], [`HostQueueBackend`], [`BackendDescriptor`]: the asynchronous host-file layer backends implement, and its contract; [`HostTransfer`]: a transfer continued over short steps |
 //! | [`sync_host_queue`] | [`SyncHostBackend`]: that layer on `preadv`/`pwritev` |
@@ -63,6 +66,7 @@
 
 pub mod async_io;
 pub mod buffer;
+mod completion_wait;
 pub mod create_option;
 pub mod direct_io;
 pub mod disk_file;
@@ -70,6 +74,7 @@ mod encoded_read;
 pub mod error;
 pub mod extent;
 pub mod format_descriptor;
+pub mod guest_queue;
 pub mod host_file;
 pub mod host_queue;
 pub mod image_admin;
@@ -80,6 +85,7 @@ pub mod mapped_io;
 pub mod mapped_queue;
 pub mod mapper;
 pub mod measure;
+pub mod properties;
 mod queue_errors;
 mod request_buffers;
 mod request_slots;
@@ -104,6 +110,7 @@ pub use format_descriptor::{
     BackingFiles, CreateRequest, FormatCapabilities, FormatDescriptor, OpenOptions, OpenedImage,
     ProbeInput, ResizeRequest, PROBE_ANY_FILE, PROBE_MAGIC,
 };
+pub use guest_queue::{GuestIoVec, GuestOp, GuestQueue, GuestRequest};
 pub use host_file::{
     inject_host_faults, resolve_relative_to, HostCall, HostFault, HostFaults,
     HostFaultsRegistration, HostFile, HostOpenOptions, LockMode,
@@ -120,6 +127,7 @@ pub use mapped_io::{read_mapped, write_mapped, write_zeros_mapped};
 pub use mapped_queue::MappedQueue;
 pub use mapper::{push_disk_read, AllocationLink, Mapper, ReadMapping, WriteMapping};
 pub use measure::{Measure, MeasureSource};
+pub use properties::DiskProperties;
 pub use size::{parse_size, parse_size_param};
 pub use sync_adaptor::SyncAdaptor;
 pub use sync_host_queue::{SyncHostBackend, SYNC_BACKEND};

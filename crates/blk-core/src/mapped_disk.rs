@@ -17,6 +17,7 @@ use crate::host_queue::HostQueueBackend;
 use crate::mapped_io::{context, read_mapped_len, write_mapped_len};
 use crate::mapped_queue::MappedQueue;
 use crate::mapper::Mapper;
+use crate::properties::DiskProperties;
 use crate::sync_host_queue::SyncHostBackend;
 use crate::topology::DiskTopology;
 
@@ -155,6 +156,15 @@ impl<M: Mapper + ?Sized> DiskFile for MappedDisk<M> {
         self.mapper.is_read_only()
     }
 
+    fn properties(&self) -> DiskProperties {
+        DiskProperties::new(
+            self.mapper.logical_size(),
+            self.mapper.is_read_only(),
+            self.mapper.topology(),
+            self.mapper.direct_io_alignment(),
+        )
+    }
+
     fn try_clone(&self) -> Result<Box<dyn DiskFile>> {
         Ok(Box::new(self.duplicate()?))
     }
@@ -213,5 +223,9 @@ impl<M: Mapper + ?Sized> AsyncDiskFile for MappedDisk<M> {
 
     fn try_clone_async(&self) -> Result<Box<dyn AsyncDiskFile>> {
         Ok(Box::new(self.duplicate()?))
+    }
+
+    fn backend(&self) -> &'static str {
+        self.backend.name()
     }
 }

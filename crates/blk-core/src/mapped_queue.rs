@@ -60,6 +60,8 @@ use crate::worker_pool::{Job, JobOp, WorkerPool};
 pub struct MappedQueue {
     mapper: Arc<dyn Mapper>,
     host: Box<dyn HostQueue>,
+    /// The backend's name, as [`AsyncIo::backend`] reports it.
+    backend: &'static str,
     ring_depth: u32,
     read_only: bool,
     alignment: Option<DirectIoAlignment>,
@@ -116,6 +118,7 @@ impl MappedQueue {
             alignment: mapper.direct_io_alignment(),
             mapper,
             host,
+            backend: backend.name(),
             ring_depth,
             paths,
             slots: SlotTable::with_capacity(depth),
@@ -827,6 +830,23 @@ impl AsyncIo for MappedQueue {
 
     fn ring_depth(&self) -> u32 {
         self.ring_depth
+    }
+
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.live() + self.immediate.len()
+    }
+
+    unsafe fn register_memory(&mut self, regions: &[IoBufMut<'static>]) -> Result<bool> {
+        // SAFETY: the caller keeps the regions valid until this queue, which owns the host queue, is dropped.
+        unsafe { self.host.register_memory(regions) }
+    }
+
+    fn fixed_buffer_ops(&self) -> u64 {
+        self.host.fixed_buffer_ops()
     }
 }
 

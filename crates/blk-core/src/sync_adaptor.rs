@@ -111,6 +111,14 @@ impl AsyncIo for SyncAdaptor {
     fn ring_depth(&self) -> u32 {
         self.ring_depth
     }
+
+    fn backend(&self) -> &'static str {
+        "sync"
+    }
+
+    fn in_flight(&self) -> usize {
+        self.completed.len()
+    }
 }
 
 #[cfg(test)]

@@ -140,6 +140,36 @@ pub fn choose_backend(requested: Backend) -> BackendChoice {
     }
 }
 
+/// The backend `requested` names, or an [`ErrorKind::Unsupported`] error saying why it does not work here:
+/// no fallback. [`Backend::AUTO`] resolves as in [`choose_backend`] (it names no backend to insist on).
+///
+/// ```
+/// use blk_factory::{choose_backend_strict, Backend};
+/// assert_eq!(choose_backend_strict(Backend::SYNC).unwrap().backend, Backend::SYNC);
+/// ```
+pub fn choose_backend_strict(requested: Backend) -> blk_core::Result<BackendChoice> {
+    let Some(name) = requested.0 else {
+        return Ok(choose_backend(requested));
+    };
+    let descriptor = BACKENDS.iter().find(|d| d.name() == name).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("the I/O backend '{name}' is not compiled in"),
+        )
+    })?;
+    match probe(*descriptor) {
+        Ok(handle) => Ok(BackendChoice {
+            backend: requested,
+            notes: Vec::new(),
+            handle,
+        }),
+        Err(why) => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("the I/O backend '{name}' was required and does not work here: {why}"),
+        )),
+    }
+}
+
 /// A backend, or why it cannot be used here.
 type Probed = Result<Arc<dyn HostQueueBackend>, String>;
 
@@ -183,6 +213,17 @@ mod tests {
                 "{last}"
             );
         }
+    }
+
+    #[test]
+    fn strict_choice_of_a_working_backend() {
+        let choice = choose_backend_strict(Backend::SYNC).unwrap();
+        assert_eq!(choice.handle().name(), "sync");
+        assert!(choice.notes.is_empty());
+        assert_ne!(
+            choose_backend_strict(Backend::AUTO).unwrap().backend,
+            Backend::AUTO
+        );
     }
 
     #[test]

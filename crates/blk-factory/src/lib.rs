@@ -1,8 +1,10 @@
 //! Opens and creates blk disk images: the one crate a VMM depends on.
 //!
 //! [`open_disk_file`] detects the format (unless given), opens the image with the right format crate and
-//! returns an [`AsyncDiskFile`](blk_core::AsyncDiskFile): synchronous I/O through its
-//! [`DiskFile`](blk_core::DiskFile) methods and one [`AsyncIo`](blk_core::AsyncIo) queue per virtio queue.
+//! returns an [`AsyncDiskFile`]: synchronous I/O through its [`DiskFile`] methods and one [`AsyncIo`] queue
+//! per virtio queue, which a [`GuestQueue`] wraps to serve guest memory safely. This crate re-exports what a
+//! VMM needs of `blk-core` (the queue API, [`DiskProperties`], [`Error`]) and [`vm_memory`], so it is the one
+//! dependency.
 //! [`open_image`] gives the image's administration ([`ImageAdmin`]: info, check, snapshots, ...) beside it.
 //! [`create_disk_file`] makes new images. Formats and backends are registrations: each format crate exports a
 //! [`FormatDescriptor`](blk_core::FormatDescriptor), each backend crate a
@@ -59,6 +61,14 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Embedding in a VMM
+//!
+//! Guest memory goes through a [`GuestQueue`]: requests name guest addresses, the queue keeps the memory
+//! mapped, checks bounds and marks dirty pages; no `unsafe`. This is the README's example, kept identical to
+//! it (a test compares them):
+//!
+#![doc = include_str!("embedding.md")]
 
 pub mod amend;
 pub mod backend;
@@ -75,9 +85,15 @@ pub mod resize;
 pub mod snapshot;
 
 pub use amend::{amend_disk_file, AmendParams};
-pub use backend::{choose_backend, Backend, BackendChoice};
+pub use backend::{choose_backend, choose_backend_strict, Backend, BackendChoice};
 pub use backing::{change_backing_file, ChangeBackingParams};
 pub use blk_core::{parse_size, parse_size_param, ImageAdmin, OpenedImage};
+// What a VMM needs, so that blk-factory is its one dependency (ADR 0009).
+pub use blk_core::{
+    vm_memory, AsyncDiskFile, AsyncIo, Completion, DiskFile, DiskProperties, DiskTopology, Error,
+    ErrorKind, EventFd, GuestIoVec, GuestOp, GuestQueue, GuestRequest, IoBuf, IoBufMut, LockMode,
+    Request, RequestFlags, RequestOp, Result,
+};
 #[cfg(feature = "io-uring")]
 pub use blk_uring::DISABLE_IO_URING_ENV;
 pub use create::{create_disk_file, create_options, CreateParams};

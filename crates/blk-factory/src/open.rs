@@ -8,44 +8,58 @@ use blk_core::{
     Result,
 };
 
-use crate::backend::{choose_backend, Backend};
+use crate::backend::{choose_backend, choose_backend_strict, Backend};
 use crate::chain::open_chain;
 use crate::detect::detect_format;
 use crate::format::ImageFormat;
 use crate::named::{FactoryOpener, NamedImagePolicy};
 
-/// What to open and how.
+/// What to open and how: built with [`DiskFileParams::new`] and chained setters, read with getters of the
+/// same names.
+///
+/// ```
+/// use blk_factory::{Backend, DiskFileParams, ImageFormat};
+/// let params = DiskFileParams::new("disk.qcow2")
+///     .format(Some(ImageFormat::RAW))
+///     .read_only(true)
+///     .backend(Backend::named("io_uring").unwrap())
+///     .strict_backend(true); // fail rather than fall back when io_uring does not work here
+/// assert!(params.is_read_only() && params.is_strict_backend());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DiskFileParams {
     /// The image file or block device.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The format; `None` detects it from magic numbers (read-only, before the real open).
-    pub format: Option<ImageFormat>,
+    pub(crate) format: Option<ImageFormat>,
     /// Open without write access.
-    pub read_only: bool,
+    pub(crate) read_only: bool,
     /// Bypass the host page cache (O_DIRECT).
-    pub direct: bool,
+    pub(crate) direct: bool,
     /// Advisory locking (qemu-img's `-U` is [`LockMode::None`]).
-    pub lock: LockMode,
+    pub(crate) lock: LockMode,
     /// The backend for asynchronous queues, as [`choose_backend`] resolves it (falling back from io_uring to AIO
     /// to synchronous I/O).
-    pub backend: Backend,
+    pub(crate) backend: Backend,
+    /// Fail instead of falling back when the requested backend does not work here.
+    pub(crate) strict_backend: bool,
     /// Whether files named inside the image (backing files, data files, parents) may be opened.
-    pub named_images: NamedImagePolicy,
+    pub(crate) named_images: NamedImagePolicy,
     /// The backing file's format, overriding the one the image records (qemu's `backing.driver`).
-    pub backing_format: Option<ImageFormat>,
+    pub(crate) backing_format: Option<ImageFormat>,
     /// Open for a consistency check (qemu's `BDRV_O_CHECK`): no automatic repair of a dirty image, and a
     /// writable open of an image marked corrupt is allowed, so `check -r` can repair it.
-    pub check_mode: bool,
+    pub(crate) check_mode: bool,
     /// How deep in a chain of named images this one is (0 for the image the caller names); the factory's
     /// opener sets it for backing files and parents so chains stay below [`crate::MAX_CHAIN_DEPTH`].
-    pub chain_depth: u32,
+    pub(crate) chain_depth: u32,
     /// Open the image without its backing file (qemu's `BDRV_O_NO_BACKING`, how `qemu-img info` opens): the
     /// backing file is neither opened nor required to exist, and ranges it would provide read as zeros. Honoured
     /// by QCOW2; see [`ImageOpener::skips_backing`](blk_core::ImageOpener::skips_backing).
-    pub skip_backing: bool,
+    pub(crate) skip_backing: bool,
     /// Open this internal snapshot instead of the current disk (read-only; QCOW2 only: qemu-img's `-l`).
-    pub snapshot: Option<blk_core::SnapshotSelector>,
+    pub(crate) snapshot: Option<blk_core::SnapshotSelector>,
 }
 
 impl DiskFileParams {
@@ -59,6 +73,7 @@ impl DiskFileParams {
             direct: false,
             lock: LockMode::Auto,
             backend: Backend::AUTO,
+            strict_backend: false,
             named_images: NamedImagePolicy::Deny,
             backing_format: None,
             check_mode: false,
@@ -122,6 +137,61 @@ impl DiskFileParams {
         self
     }
 
+    /// Fails the open (with [`ErrorKind::Unsupported`](blk_core::ErrorKind::Unsupported) and the reason) when
+    /// the backend set with [`backend`](DiskFileParams::backend) does not work on this host, instead of
+    /// falling back to the next one; no effect with [`Backend::AUTO`].
+    pub fn strict_backend(mut self, strict: bool) -> DiskFileParams {
+        self.strict_backend = strict;
+        self
+    }
+
+    /// Opens this internal snapshot instead of the current disk (read-only; QCOW2 only: qemu-img's `-l`).
+    pub fn snapshot(mut self, snapshot: Option<blk_core::SnapshotSelector>) -> DiskFileParams {
+        self.snapshot = snapshot;
+        self
+    }
+
+    /// The image file or block device.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The format, or `None` to detect it.
+    pub fn image_format(&self) -> Option<ImageFormat> {
+        self.format
+    }
+
+    /// Whether the open is read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether the host page cache is bypassed (O_DIRECT).
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// The locking mode.
+    pub fn lock_mode(&self) -> LockMode {
+        self.lock
+    }
+
+    /// The backend requested for asynchronous queues.
+    pub fn requested_backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Whether a backend that does not work here fails the open (see
+    /// [`strict_backend`](DiskFileParams::strict_backend)).
+    pub fn is_strict_backend(&self) -> bool {
+        self.strict_backend
+    }
+
+    /// Whether files named inside the image may be opened.
+    pub fn named_image_policy(&self) -> NamedImagePolicy {
+        self.named_images
+    }
+
     pub(crate) fn host_options(&self) -> HostOpenOptions {
         HostOpenOptions {
             read_only: self.read_only,
@@ -176,9 +246,14 @@ fn open_one(
     format: ImageFormat,
     opener: Arc<dyn ImageOpener>,
 ) -> Result<OpenedImage> {
+    let backend = if params.strict_backend {
+        choose_backend_strict(params.backend)?
+    } else {
+        choose_backend(params.backend)
+    };
     let options = OpenOptions::new(params.host_options())
         .opener(opener)
-        .backend(choose_backend(params.backend).handle())
+        .backend(backend.handle())
         .check_mode(params.check_mode)
         .backing_format(params.backing_format.map(|f| f.name().to_string()))
         .snapshot(params.snapshot.clone());

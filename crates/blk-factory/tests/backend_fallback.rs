@@ -59,3 +59,31 @@ fn io_uring_unavailable_falls_back_with_a_message() {
     // SAFETY: the read completed; nothing else uses BACK.
     assert_eq!(unsafe { &*std::ptr::addr_of!(BACK) }, &[7u8; 4096]);
 }
+
+#[test]
+fn strict_mode_fails_instead_of_falling_back() {
+    std::env::set_var(DISABLE_IO_URING_ENV, "1");
+    let uring = Backend::named("io_uring").unwrap();
+    let err = blk_factory::choose_backend_strict(uring).unwrap_err();
+    assert_eq!(err.kind(), blk_core::ErrorKind::Unsupported);
+    assert!(err.to_string().contains("BLK_DISABLE_IO_URING"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.raw");
+    create_disk_file(&CreateParams::new(&path, ImageFormat::RAW, Some(1 << 20))).unwrap();
+    let strict = DiskFileParams::new(&path)
+        .backend(uring)
+        .strict_backend(true);
+    let err = open_disk_file(&strict).unwrap_err();
+    assert_eq!(err.kind(), blk_core::ErrorKind::Unsupported);
+    // Without strict mode the same open falls back, and the disk and its queues say to what.
+    let disk = open_disk_file(&DiskFileParams::new(&path).backend(uring)).unwrap();
+    assert_ne!(disk.backend(), "io_uring");
+    assert_eq!(disk.create_async_io(4).unwrap().backend(), disk.backend());
+    drop(disk);
+    // A strict request for a backend that works opens normally.
+    let sync = DiskFileParams::new(&path)
+        .backend(Backend::SYNC)
+        .strict_backend(true);
+    assert_eq!(open_disk_file(&sync).unwrap().backend(), "sync");
+}

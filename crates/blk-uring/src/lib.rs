@@ -81,8 +81,12 @@
 //! | registered buffers per queue | [`MAX_FIXED_BUFFERS`] (16384) regions of at most [`MAX_FIXED_BUFFER_LEN`] (1 GiB), the kernel's limits |
 //!
 //! Registered (fixed) buffers are opt-in: [`UringQueue::register_buffers`] (unsafe: the regions must outlive
-//! the queue) on a queue from [`UringBackend::create_uring_queue`]; then single-buffer operations inside a
-//! region use `READ_FIXED`/`WRITE_FIXED`. Vectored operations always use `READV`/`WRITEV`.
+//! the queue) on a queue from [`UringBackend::create_uring_queue`], or the same through
+//! [`HostQueue::register_memory`](blk_core::HostQueue::register_memory), which a
+//! [`GuestQueue`](blk_core::GuestQueue) calls with the VMM's guest memory (keeping it mapped for the queue's
+//! life); then single-buffer operations inside a region use `READ_FIXED`/`WRITE_FIXED`, counted by
+//! [`HostQueue::fixed_buffer_ops`](blk_core::HostQueue::fixed_buffer_ops). Vectored operations always use
+//! `READV`/`WRITEV`.
 //!
 //! # Example
 //!

@@ -357,6 +357,19 @@ impl HostQueue for UringQueue {
     fn pending(&self) -> usize {
         self.pending
     }
+
+    unsafe fn register_memory(&mut self, regions: &[IoBufMut<'static>]) -> Result<bool> {
+        if !self.fixed.is_empty() {
+            return Ok(false);
+        }
+        // SAFETY: the caller keeps the regions valid for I/O until this queue is dropped (the trait's
+        // `# Safety`), which is what `register_buffers` asks.
+        unsafe { self.register_buffers(regions) }.map(|()| true)
+    }
+
+    fn fixed_buffer_ops(&self) -> u64 {
+        self.fixed_ops
+    }
 }
 
 impl Drop for UringQueue {

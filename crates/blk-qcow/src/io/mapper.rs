@@ -277,6 +277,21 @@ impl Mapper for Qcow2 {
         &self.files
     }
 
+    /// The image file's geometry, with the cluster size as discard granularity: QCOW2 frees whole clusters
+    /// (QEMU's qcow2 sets `pdiscard_alignment` to it, and virtio-blk's default `discard_granularity` follows).
+    fn topology(&self) -> blk_core::DiskTopology {
+        let host = self
+            .files
+            .first()
+            .map(HostFile::topology)
+            .unwrap_or_default();
+        let cluster = u32::try_from(self.shared.geometry.cluster_size).unwrap_or(u32::MAX);
+        blk_core::DiskTopology {
+            discard_granularity: cluster.max(host.logical_block_size),
+            ..host
+        }
+    }
+
     fn duplicate(&self) -> Result<Arc<dyn Mapper>> {
         Ok(Arc::new(Qcow2::duplicate(self)?))
     }

@@ -21,6 +21,7 @@ pub mod resize;
 pub mod scan;
 pub mod snapshot;
 pub mod sparse;
+pub mod vhost_user_blk;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -76,6 +77,9 @@ pub enum Command {
     Io(io::IoArgs),
     /// Demonstrate the tool on a temporary image.
     Demo(demo::DemoArgs),
+    /// Serve an image to a VMM over a vhost-user socket until SIGTERM or SIGINT (qemu-storage-daemon's
+    /// vhost-user-blk export).
+    VhostUserBlk(vhost_user_blk::VhostUserBlkArgs),
 }
 
 /// Parses `args` (including the program name), runs the subcommand and returns the process exit code.
@@ -114,6 +118,7 @@ fn run(command: Command) -> Result<u8> {
         Command::Dd(args) => dd::run(args),
         Command::Io(args) => io::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::VhostUserBlk(args) => vhost_user_blk::run(args),
     }
 }
 
@@ -254,11 +259,8 @@ pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<OpenedImage> {
         })
         .named_images(NamedImagePolicy::AllowRecordedFormat)
         .check_mode(spec.check_mode)
-        .skip_backing(spec.skip_backing);
-    let params = DiskFileParams {
-        snapshot: spec.snapshot.cloned(),
-        ..params
-    };
+        .skip_backing(spec.skip_backing)
+        .snapshot(spec.snapshot.cloned());
     blk_factory::open_image(&params).map_err(|e| e.with_path(path))
 }
 

@@ -1,0 +1,368 @@
+//! The device: [`VhostUserBackend`] for one connection, and the state every connection shares (the disk, its
+//! config, the serial, the shutdown flag).
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+
+use blk_factory::AsyncDiskFile;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::bitmap::BitmapMmapRegion;
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::GuestAddressSpace;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::{device_features, BlkConfig, CONFIG_LEN, WCE_OFFSET};
+use crate::queue::{Accepted, QueueWorker};
+use crate::request::Limits;
+
+/// How long shutdown and `GET_VRING_BASE` wait for a queue's requests in flight.
+pub(crate) const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Guest memory as the vhost-user framework maps it, with the dirty-page log bitmap.
+pub type GuestMemory = GuestMemoryMmap<BitmapMmapRegion>;
+/// The frontend's memory table, replaced on every `SET_MEM_TABLE`.
+pub type AtomicGuestMemory = GuestMemoryAtomic<GuestMemory>;
+/// One virtqueue's state.
+pub type Vring = VringRwLock<AtomicGuestMemory>;
+
+/// What every connection shares: the disk, the advertised config, the serial, and whether the server stops.
+#[derive(Debug)]
+pub(crate) struct Device {
+    pub(crate) disk: Box<dyn AsyncDiskFile>,
+    pub(crate) config: BlkConfig,
+    pub(crate) limits: Limits,
+    pub(crate) serial: Vec<u8>,
+    pub(crate) queue_size: u16,
+    pub(crate) writeback: AtomicBool,
+    /// Set by shutdown: workers stop taking requests once the rings are drained.
+    pub(crate) stopping: AtomicBool,
+    /// The connection being served, for shutdown's drain.
+    pub(crate) current: Mutex<Option<Arc<Connection>>>,
+}
+
+/// One frontend connection: its memory, its vrings (known at the first event), one worker per queue.
+pub(crate) struct Connection {
+    pub(crate) mem: AtomicGuestMemory,
+    /// The framework's event loops, one per queue (weak: they own backends that own this connection).
+    pub(crate) epoll_handlers: OnceLock<Vec<Weak<VringEpollHandler<BlkBackend>>>>,
+    /// One eventfd per queue's worker thread, written by shutdown: the worker serves what its ring holds and
+    /// counts itself in `drained`.
+    pub(crate) drain_events: Vec<EventFd>,
+    pub(crate) drained: (Mutex<usize>, Condvar),
+    pub(crate) workers: Vec<Mutex<QueueWorker>>,
+    pub(crate) event_idx: AtomicBool,
+    pub(crate) acked_features: AtomicU64,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("queues", &self.workers.len())
+            .finish()
+    }
+}
+
+/// The [`VhostUserBackend`] of one connection (cheap to clone: the framework clones it per worker thread).
+#[derive(Clone, Debug)]
+pub(crate) struct BlkBackend {
+    pub(crate) device: Arc<Device>,
+    pub(crate) conn: Arc<Connection>,
+}
+
+impl Connection {
+    pub(crate) fn new(device: &Device, mem: AtomicGuestMemory) -> blk_factory::Result<Connection> {
+        let workers = (0..device.config.num_queues)
+            .map(|_| QueueWorker::new(device).map(Mutex::new))
+            .collect::<blk_factory::Result<Vec<_>>>()?;
+        Ok(Connection {
+            mem,
+            epoll_handlers: OnceLock::new(),
+            drain_events: (0..device.config.num_queues)
+                .map(|_| EventFd::new(EFD_NONBLOCK))
+                .collect::<std::io::Result<Vec<_>>>()?,
+            drained: (Mutex::new(0), Condvar::new()),
+            workers,
+            event_idx: AtomicBool::new(false),
+            acked_features: AtomicU64::new(0),
+        })
+    }
+
+    /// Serves every request available on queue `index`: answers or submits them, completes what finished,
+    /// and signals the driver.
+    pub(crate) fn process_queue(
+        &self,
+        device: &Device,
+        index: usize,
+        vring: &Vring,
+    ) -> io::Result<()> {
+        let Some(worker) = self.workers.get(index) else {
+            return Ok(());
+        };
+        // A poisoned lock means a worker panicked: keep serving with its state (scratch vectors are cleared
+        // before use, slots are only freed on completion).
+        let mut worker = worker.lock().unwrap_or_else(|e| e.into_inner());
+        if worker.vring.is_none() {
+            worker.vring = Some(vring.clone());
+        }
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let mut mem;
+        loop {
+            // The requests of this round are those the avail index shows now; the memory table is loaded
+            // after reading it, so it is at least as new as they are (a frontend adds a region, ADD_MEM_REG,
+            // before it puts requests using it on the ring). Later requests come with their own kick, or make
+            // `enable_notification` report them.
+            let observed = vring
+                .get_ref()
+                .get_queue()
+                .avail_idx(&*self.mem.memory(), std::sync::atomic::Ordering::Acquire)
+                .map_err(io::Error::other)?;
+            mem = self.mem.memory();
+            match worker.ensure_queue(mem.clone().into_inner()) {
+                Ok(true) => {
+                    if let Some(fd) = worker.notifier().map(|n| n.as_raw_fd()) {
+                        self.watch_completions(device, index, fd)?;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => log::warn!("queue {index}: cannot make its blk queue: {e}"),
+            }
+            if event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            loop {
+                if vring.get_ref().get_queue().next_avail() == observed.0 {
+                    break;
+                }
+                let chain = vring
+                    .get_mut()
+                    .get_queue_mut()
+                    .pop_descriptor_chain(mem.clone());
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                if let Accepted::Done(used) = worker.accept(device, &*mem, head, chain) {
+                    vring.add_used(head, used).map_err(io::Error::other)?;
+                }
+            }
+            worker.submit(device);
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                break;
+            }
+        }
+        worker.complete(&*mem, vring);
+        drop(worker);
+        Self::signal(vring)
+    }
+
+    /// Completes what queue `index`'s blk queue finished, and signals the driver.
+    pub(crate) fn complete_queue(&self, index: usize, vring: &Vring) -> io::Result<()> {
+        let Some(worker) = self.workers.get(index) else {
+            return Ok(());
+        };
+        let mut worker = worker.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(notifier) = worker.notifier() {
+            // Non-blocking: EAGAIN on a spurious wake-up.
+            let _ = notifier.read();
+        }
+        let mem = self.mem.memory();
+        if worker.complete(&*mem, vring) == 0 {
+            return Ok(());
+        }
+        drop(worker);
+        Self::signal(vring)
+    }
+
+    fn signal(vring: &Vring) -> io::Result<()> {
+        if vring.needs_notification().map_err(io::Error::other)? {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until queue `index` has nothing in flight, completing into its ring.
+    pub(crate) fn wait_idle(&self, index: usize, timeout: std::time::Duration) {
+        let Some(worker) = self.workers.get(index) else {
+            return;
+        };
+        let mut worker = worker.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(vring) = worker.vring.clone() else {
+            return;
+        };
+        let mem = self.mem.memory();
+        worker.wait_idle(&*mem, &vring, timeout);
+        drop(worker);
+        let _ = Self::signal(&vring);
+    }
+
+    fn watch_completions(&self, device: &Device, index: usize, fd: RawFd) -> io::Result<()> {
+        let handler = self
+            .epoll_handlers
+            .get()
+            .and_then(|h| h.get(index))
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| io::Error::other("no event loop for the queue"))?;
+        handler.register_listener(fd, EventSet::IN, Connection::completion_event_id(device))
+    }
+
+    /// The event id of the blk queues' completion eventfds in the workers' epoll sets.
+    pub(crate) fn completion_event_id(device: &Device) -> u64 {
+        u64::from(device.config.num_queues) + 2
+    }
+
+    /// The event id of the drain eventfds in the workers' epoll sets (past the queues and the exit event).
+    pub(crate) fn drain_event_id(device: &Device) -> u64 {
+        u64::from(device.config.num_queues) + 1
+    }
+
+    /// Shutdown's drain: every worker serves what its ring holds; waits for all of them (at most `timeout`).
+    pub(crate) fn drain(&self, timeout: std::time::Duration) {
+        for event in &self.drain_events {
+            let _ = event.write(1);
+        }
+        let (count, cond) = &self.drained;
+        let count = count.lock().unwrap_or_else(|e| e.into_inner());
+        let (_count, result) = cond
+            .wait_timeout_while(count, timeout, |n| *n < self.drain_events.len())
+            .unwrap_or_else(|e| e.into_inner());
+        if result.timed_out() {
+            log::warn!("not every queue drained within {timeout:?}");
+        }
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = BitmapMmapRegion;
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.device.config.num_queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.device.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        device_features(self.device.limits.read_only)
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.conn.acked_features.store(features, Ordering::Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.conn.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let mut config = self.device.config;
+        config.writeback = self.device.writeback.load(Ordering::Relaxed);
+        let bytes = config.to_bytes();
+        let start = offset as usize;
+        match start.checked_add(size as usize) {
+            Some(end) if end <= CONFIG_LEN => bytes[start..end].to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Only `wce` is writable (VIRTIO_BLK_F_CONFIG_WCE).
+        if offset as usize == WCE_OFFSET && buf.len() == 1 {
+            let writeback = buf[0] != 0;
+            if !writeback {
+                // Switching to writethrough: what the cache holds becomes durable now.
+                self.device.disk.flush().map_err(io::Error::from)?;
+            }
+            self.device.writeback.store(writeback, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only the wce byte of the config space is writable",
+            ))
+        }
+    }
+
+    fn update_memory(&self, _mem: AtomicGuestMemory) -> io::Result<()> {
+        // `self.conn.mem` is the same `GuestMemoryAtomic` the framework just updated.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.device.config.num_queues)
+            .map(|q| 1u64 << q)
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: every request the queue accepted completes first.
+        self.conn.wait_idle(queue_index as usize, DRAIN_TIMEOUT);
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other("unexpected event set"));
+        }
+        // One thread per queue (`queues_per_thread`): the thread's only vring is queue `thread_id`.
+        let index = thread_id;
+        let Some(vring) = vrings.first() else {
+            return Err(io::Error::other("event for a thread without a queue"));
+        };
+        let event = u64::from(device_event);
+        if event == Connection::completion_event_id(&self.device) {
+            return self.conn.complete_queue(index, vring);
+        }
+        if event == Connection::drain_event_id(&self.device) {
+            if let Some(event) = self.conn.drain_events.get(index) {
+                let _ = event.read();
+            }
+            let result = self.conn.process_queue(&self.device, index, vring);
+            self.conn.wait_idle(index, DRAIN_TIMEOUT);
+            let (count, cond) = &self.conn.drained;
+            *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            cond.notify_all();
+            return result;
+        }
+        if self.device.stopping.load(Ordering::Acquire) {
+            // Shutdown drains the rings through the drain events.
+            return Ok(());
+        }
+        self.conn.process_queue(&self.device, index, vring)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn protocol_bits_are_what_qemu_needs() {
+        use vhost::vhost_user::message::VhostUserProtocolFeatures as F;
+        assert_eq!(F::CONFIG.bits(), 0x200);
+        assert_eq!(F::MQ.bits(), 1);
+    }
+}
