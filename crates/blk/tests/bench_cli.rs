@@ -313,7 +313,8 @@ fn random_offsets_are_aligned_reproducible_and_inside() {
     ]));
 }
 
-/// Both tools fail with exit code 1; blk prints one `blk:` line holding qemu-img's message.
+/// Both tools fail with exit code 1; blk prints as many lines as qemu-img (one, or a usage error and its `Try
+/// ... --help` line), the first starting `blk` and holding qemu-img's message.
 fn same_failure(s: &Scratch, args: &[&str], compare_message: bool) {
     let theirs = s.qemu_img(args);
     let ours = s.blk(args);
@@ -324,8 +325,12 @@ fn same_failure(s: &Scratch, args: &[&str], compare_message: bool) {
         .lines()
         .filter(|l| !l.starts_with("backend: "))
         .collect();
-    assert_eq!(blk_lines.len(), 1, "{args:?}: one error line, got {err:?}");
-    assert!(blk_lines[0].starts_with("blk: "), "{args:?}: {err}");
+    assert_eq!(
+        blk_lines.len(),
+        stderr(&theirs).lines().count(),
+        "{args:?}: as many error lines as qemu-img, got {err:?}"
+    );
+    assert!(blk_lines[0].starts_with("blk"), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{args:?}: {err}");
     if compare_message {
         let message = stderr(&theirs);

@@ -11,13 +11,19 @@ use super::{parse_format, parse_options, wants_option_help};
 /// Arguments of `blk amend`.
 #[derive(Debug, Args)]
 pub struct AmendArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Image format (probed when omitted).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
     /// The options to change, `key=value[,key=value...]` (`-o help` lists them).
     #[arg(short = 'o', long = "options", value_name = "OPTIONS")]
     pub options: Vec<String>,
-    /// Show progress (accepted; amending is quick).
+    /// Show progress (0% before, 100% after: amending is quick).
     #[arg(short = 'p', long = "progress")]
     pub progress: bool,
     /// Print nothing on success.
@@ -53,11 +59,15 @@ pub fn run(args: AmendArgs) -> Result<u8> {
         options: parse_options(&args.options).map_err(|e| e.with_path(path))?,
         lock: LockMode::Auto,
     };
+    // qemu-img's progress of an amend: 0% before, 100% after.
+    let bar = super::progress::bar(1, args.progress && !args.quiet);
     amend_disk_file(&params).map_err(|e| e.with_path(path))?;
+    bar.finish();
     Ok(0)
 }
 
-fn print_amend_help(format: ImageFormat) -> Result<u8> {
+/// Prints qemu-img's `Amend options for 'FMT':` list (or fails when the format cannot amend).
+pub fn print_amend_help(format: ImageFormat) -> Result<u8> {
     if !format.capabilities().amend {
         return Err(Error::new(
             ErrorKind::Unsupported,

@@ -47,6 +47,9 @@ const INT_MAX: i64 = i32::MAX as i64;
 /// Arguments of `blk bench` (qemu-img bench's, plus `--random` and `--queues`).
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
     /// Number of I/O requests to perform (75000).
     #[arg(
         short = 'c',

@@ -12,17 +12,23 @@ use super::{cache_is_direct, open_disk, open_image, progress, OpenSpec, CHUNK};
 /// Arguments of `blk commit`.
 #[derive(Debug, Args)]
 pub struct CommitArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Image format (probed when omitted).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
     /// Cache mode (`none` is O_DIRECT).
-    #[arg(short = 't', value_name = "CACHE")]
+    #[arg(short = 't', long = "cache", value_name = "CACHE")]
     pub cache: Option<String>,
     /// The image to commit into: only the image's own backing file is supported. Implies `-d`.
-    #[arg(short = 'b', value_name = "BASE")]
+    #[arg(short = 'b', long = "base", value_name = "BASE")]
     pub base: Option<PathBuf>,
     /// Do not empty the image after the commit.
-    #[arg(short = 'd')]
+    #[arg(short = 'd', long = "drop")]
     pub keep: bool,
     /// Show progress.
     #[arg(short = 'p', long = "progress")]
@@ -136,6 +142,6 @@ fn copy_own_data(top: &dyn DiskFile, base: &dyn DiskFile, size: u64, progress: b
         pos += len;
         bar.set_position(pos);
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok(())
 }

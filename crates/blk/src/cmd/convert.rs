@@ -13,13 +13,14 @@
 use std::path::{Path, PathBuf};
 
 use blk_core::{
-    DiskFile, Error, ErrorKind, Extent, ExtentKind, ImageAdmin, Result, ResultExt, SnapshotSelector,
+    AsyncDiskFile, DiskFile, Error, ErrorKind, Extent, ExtentKind, ImageAdmin, Result, ResultExt,
+    SnapshotSelector,
 };
 use blk_factory::{CreateParams, ImageFormat};
 use clap::Args;
-use indicatif::ProgressBar;
 
 use super::create::create_image;
+use super::rate_limit::RateLimit;
 use super::scan::{is_zero, SECTOR};
 use super::sparse::{allocated_sectors_min, parse_sparse};
 use super::{
@@ -30,6 +31,12 @@ use super::{
 /// Arguments of `blk convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Format of the source images (probed when omitted).
     #[arg(short = 'f', long = "source-format", value_name = "FMT")]
     pub format: Option<String>,
@@ -37,6 +44,7 @@ pub struct ConvertArgs {
     #[arg(
         short = 'O',
         long = "target-format",
+        visible_alias = "output-format",
         value_name = "OUTPUT_FMT",
         default_value = "raw"
     )]
@@ -67,21 +75,24 @@ pub struct ConvertArgs {
     pub force_share: bool,
     /// Convert this internal snapshot of the (single) source instead of its current disk:
     /// `snapshot.id=ID[,snapshot.name=NAME]`, `snapshot.name=NAME` or an ID or name.
-    #[arg(short = 'l', value_name = "SNAPSHOT_PARAM")]
+    #[arg(short = 'l', long = "source-snapshot", value_name = "SNAPSHOT_PARAM")]
     pub snapshot: Option<String>,
     /// Parallel requests qemu-img would use (1 to 16): validated as qemu-img does; blk copies in large
     /// sequential chunks, so the value does not change the result.
-    #[arg(short = 'm', value_name = "NUM_COROUTINES")]
+    #[arg(short = 'm', long = "parallel", value_name = "NUM_COROUTINES")]
     pub coroutines: Option<String>,
     /// Allow out-of-order writes to the target (accepted: blk's writes are in order, which is always allowed).
-    #[arg(short = 'W')]
+    #[arg(short = 'W', long = "oob-writes")]
     pub out_of_order: bool,
     /// With `-n`: the existing target already reads as zeros, so zero runs are not written.
     #[arg(long = "target-is-zero")]
     pub target_is_zero: bool,
     /// Copy offloading (accepted as in qemu-img; refused with `-c` and `-S`, as there).
-    #[arg(short = 'C')]
+    #[arg(short = 'C', long = "copy-range-offloading")]
     pub copy_offload: bool,
+    /// Limit the copy to this many bytes of data per second (`16M`; zeros are not counted).
+    #[arg(short = 'r', long = "rate", value_name = "RATE")]
+    pub rate: Option<String>,
     /// Print nothing on success.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
@@ -110,6 +121,8 @@ struct Target<'a> {
     /// The target reads as zeros wherever nothing was written (freshly created, no backing file).
     zero_init: bool,
     zeros: Vec<u8>,
+    /// `-r`: the data written is paced to this rate.
+    rate: Option<RateLimit>,
 }
 
 impl Target<'_> {
@@ -137,6 +150,9 @@ impl Target<'_> {
 
     /// Writes `data` at `offset`, leaving out zero runs as `-S` says.
     fn data(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if let Some(rate) = &self.rate {
+            rate.pace(data.len() as u64);
+        }
         if self.min_sparse == 0 {
             return self.disk.write_all_at(offset, data).with_path(self.path);
         }
@@ -175,7 +191,7 @@ fn copy_source(
     target: &Target<'_>,
     base: u64,
     top_only: bool,
-    bar: &ProgressBar,
+    bar: &progress::Progress,
 ) -> Result<()> {
     let size = source.logical_size();
     let mut buf = vec![0u8; CHUNK as usize];
@@ -188,13 +204,16 @@ fn copy_source(
             // Left unallocated: the target's backing file answers.
         } else if extent.reads_as_zero() {
             target.zero(base + offset, len)?;
+            if target.min_sparse == 0 {
+                bar.inc(len);
+            }
         } else {
             let data = &mut buf[..len as usize];
             source.read_exact_at(offset, data).with_path(source_path)?;
             target.data(base + offset, data)?;
+            bar.inc(len);
         }
         offset += len;
-        bar.inc(len);
     }
     Ok(())
 }
@@ -257,7 +276,7 @@ fn copy_compressed(
     unit: u64,
     total: u64,
     top_only: bool,
-    bar: &ProgressBar,
+    bar: &progress::Progress,
 ) -> Result<()> {
     let unit_len = usize::try_from(unit)
         .ok()
@@ -273,6 +292,9 @@ fn copy_compressed(
             if is_zero(data) {
                 target.zero(offset, len)?;
             } else {
+                if let Some(rate) = &target.rate {
+                    rate.pace(len);
+                }
                 target
                     .admin
                     .write_compressed(offset, data)
@@ -283,6 +305,33 @@ fn copy_compressed(
         bar.inc(len);
     }
     Ok(())
+}
+
+/// What `-p` counts, as qemu-img counts it: the bytes [`copy_source`] copies as data (and, with `-S 0`, the
+/// zeros it writes), not the ranges left sparse or to the backing file.
+fn progress_total(
+    sources: &[(Box<dyn AsyncDiskFile>, &PathBuf)],
+    top_only: bool,
+    min_sparse: u64,
+) -> Result<u64> {
+    let mut total = 0u64;
+    for (source, path) in sources {
+        let size = source.logical_size();
+        let mut offset = 0;
+        while offset < size {
+            let extent = map_extent(&**source, path, offset, (size - offset).min(CHUNK))?;
+            let counted = if top_only && !in_top_layer(&extent) {
+                false
+            } else {
+                !extent.reads_as_zero() || min_sparse == 0
+            };
+            if counted {
+                total = total.saturating_add(extent.length);
+            }
+            offset += extent.length;
+        }
+    }
+    Ok(total)
 }
 
 /// Runs `blk convert`.
@@ -326,6 +375,7 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         return Err(invalid("Cannot enable copy offloading when -S is used"));
     }
     let min_sparse = parse_sparse(args.sparse_size.as_deref())?;
+    let rate = RateLimit::parse(args.rate.as_deref())?;
     let options = parse_options(&args.options).map_err(|e| e.with_path(target_path))?;
     let backing_format =
         parse_format(args.backing_format.as_deref()).map_err(|e| e.with_path(target_path))?;
@@ -420,9 +470,15 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         } else {
             Vec::new()
         },
+        rate,
     };
-    let bar = progress::bar(total, args.progress && !args.quiet);
     let top_only = args.backing.is_some();
+    let show_progress = args.progress && !args.quiet;
+    let bar = if show_progress && !args.compress {
+        progress::bar(progress_total(&opened, top_only, min_sparse)?, true)
+    } else {
+        progress::bar(total, show_progress)
+    };
     if args.compress {
         let Some(unit) = target_image.admin.compressed_write_size() else {
             return Err(compression_unsupported());

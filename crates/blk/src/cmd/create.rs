@@ -15,6 +15,9 @@ use super::{
 /// Arguments of `blk create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Image format.
     #[arg(
         short = 'f',
@@ -33,7 +36,7 @@ pub struct CreateArgs {
     #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
     pub backing_format: Option<String>,
     /// Record the backing file without opening it (the size must be given).
-    #[arg(short = 'u', long = "unsafe")]
+    #[arg(short = 'u', long = "unsafe", visible_alias = "backing-unsafe")]
     pub unsafe_backing: bool,
     /// Print nothing on success.
     #[arg(short = 'q', long = "quiet")]
@@ -44,20 +47,23 @@ pub struct CreateArgs {
     pub size: Option<String>,
 }
 
-/// Creates the image `params` describe, printing qemu-img's `Formatting ...` line unless `quiet`: before
-/// creating, as qemu-img does, or, when the size comes from the backing file, once the image exists.
+/// Creates the image `params` describe, then prints qemu-img's `Formatting ...` line unless `quiet` (with the
+/// backing file's size when none was given). Nothing is printed when the creation fails (a bad option, a locked
+/// target), as qemu-img prints nothing then.
 pub fn create_image(params: &CreateParams, quiet: bool) -> Result<()> {
-    if !quiet && params.size.is_some() {
-        println!("{}", formatting_line(params, params.size));
-    }
     create_disk_file(params).map_err(|e| e.with_path(&params.path))?;
-    if !quiet && params.size.is_none() {
-        let spec = OpenSpec {
-            format: Some(params.format.name()),
-            skip_backing: true,
-            ..OpenSpec::read_only(None, true)
+    if !quiet {
+        let size = match params.size {
+            Some(size) => size,
+            None => {
+                let spec = OpenSpec {
+                    format: Some(params.format.name()),
+                    skip_backing: true,
+                    ..OpenSpec::read_only(None, true)
+                };
+                open_disk(&params.path, spec)?.logical_size()
+            }
         };
-        let size = open_disk(&params.path, spec)?.logical_size();
         println!("{}", formatting_line(params, Some(size)));
     }
     Ok(())

@@ -13,23 +13,34 @@ use super::{cache_is_direct, open_disk, open_image, parse_format, progress, Open
 /// Arguments of `blk rebase`.
 #[derive(Debug, Args)]
 pub struct RebaseArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Image format (probed when omitted).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
     /// The new backing file (relative names are relative to the image's directory); `""` removes it.
-    #[arg(short = 'b', long = "backing", value_name = "BACKING_FILE")]
+    #[arg(
+        short = 'b',
+        long = "backing",
+        value_name = "BACKING_FILE",
+        default_value = ""
+    )]
     pub backing: String,
     /// The new backing file's format (required with a backing file).
     #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
     pub backing_format: Option<String>,
     /// Only record the new backing file ("unsafe mode"): the guest data is not compared or copied.
-    #[arg(short = 'u', long = "unsafe")]
+    #[arg(short = 'u', long = "unsafe", visible_alias = "backing-unsafe")]
     pub unsafe_mode: bool,
     /// Cache mode of the image (`none` is O_DIRECT).
-    #[arg(short = 't', value_name = "CACHE")]
+    #[arg(short = 't', long = "cache", value_name = "CACHE")]
     pub cache: Option<String>,
     /// Cache mode of the backing files.
-    #[arg(short = 'T', value_name = "SRC_CACHE")]
+    #[arg(short = 'T', long = "backing-cache", value_name = "SRC_CACHE")]
     pub source_cache: Option<String>,
     /// Show progress.
     #[arg(short = 'p', long = "progress")]
@@ -57,11 +68,14 @@ pub fn run(args: RebaseArgs) -> Result<u8> {
             format!(
                 "Could not change the backing file to '{}': {}",
                 args.backing,
-                e.message()
+                // The reason once, naming the file it is about when that is not the image itself.
+                match e.path().filter(|p| *p != path.as_path()) {
+                    Some(other) => format!("{}: {}", other.display(), e.message()),
+                    None => e.message().to_string(),
+                }
             ),
         )
         .with_path(path)
-        .with_source(e)
     };
     if backing.is_some() && backing_format.is_none() {
         // Checked before anything is copied (qemu-img copies first and fails at the end).
@@ -156,7 +170,7 @@ fn copy_differences(args: &RebaseArgs, backing: Option<&str>) -> Result<()> {
         pos += len;
         bar.set_position(pos);
     }
-    bar.finish_and_clear();
+    bar.finish();
     image.flush().map_err(|e| e.with_path(path))
 }
 

@@ -6,11 +6,17 @@ use blk_core::{Error, ErrorKind, LockMode, Result};
 use blk_factory::{resize_disk_file, ResizeParams};
 use clap::Args;
 
-use super::{open_disk, parse_format, parse_size_arg, OpenSpec};
+use super::{open_disk, parse_format, OpenSpec};
 
 /// Arguments of `blk resize`.
 #[derive(Debug, Args)]
 pub struct ResizeArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Image format (probed when omitted).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
@@ -58,7 +64,8 @@ fn new_size(args: &ResizeArgs) -> Result<u64> {
         Some(b'-') => (-1, &text[1..]),
         _ => (0, text),
     };
-    let amount = parse_size_arg("image size", number)?;
+    // qemu-img reads the size as the `size` option of the image, with that option's messages.
+    let amount = blk_core::parse_size_param("size", number)?;
     let positive = |size: Option<u64>| {
         size.filter(|&s| s > 0).ok_or_else(|| {
             Error::new(ErrorKind::InvalidInput, "New image size must be positive")
