@@ -7,7 +7,7 @@ usage: cargo xtask <command> [options]
 
 commands:
   ci                          what CI runs: fmt, clippy, tests, docs, blk-factory feature builds,
-                              dependency-direction check; stops at the first failure
+                              dependency-direction check, parity suite; stops at the first failure
   deps                        the dependency-direction check alone
   bench [--suite NAME] [--runs N] [--quick] [--scenario K] [-- ARGS]
                               benchmark suites: criterion (`cargo bench -p blk-benches`; ARGS go to
@@ -16,6 +16,10 @@ commands:
                               --runs N runs (5), ratios; --quick: a smoke test; --scenario K: one of 1-6)
   fuzz [--seconds N] [TARGET...]
                               runs every (or each named) fuzz/ target for N seconds (default 60)
+  parity [--filter STR] [--verbose] [--keep] [--jobs N] [--blk PATH]
+                              the differential parity suite: every row of xtask/parity/table.txt run
+                              with qemu-img/qemu-io and with blk on twin images, compared; fails on
+                              any difference not documented in xtask/parity/differences.txt
   help                        this text";
 
 fn main() -> ExitCode {
@@ -26,6 +30,7 @@ fn main() -> ExitCode {
         Some("deps") if args.len() == 1 => xtask::deps::run(&root),
         Some("bench") => xtask::bench::run(&root, &args[1..]),
         Some("fuzz") => xtask::fuzz::run(&root, &args[1..]),
+        Some("parity") => xtask::parity::run(&root, &args[1..]),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
