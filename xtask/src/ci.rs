@@ -8,6 +8,8 @@
 //! 5. `cargo doc --workspace --no-deps` with `RUSTDOCFLAGS=-Dwarnings`
 //! 6. `blk-factory` built with `--no-default-features`, then with each of its features alone
 //! 7. the dependency-direction check ([`crate::deps`])
+//! 8. the differential parity suite ([`crate::parity`]): every row of `xtask/parity/table.txt` run with
+//!    qemu-img/qemu-io and with blk (about 40 s on an idle 2-core machine)
 //!
 //! All steps share the workspace's target directory, and nothing is cleaned, so a second run only rebuilds
 //! what changed.
@@ -37,6 +39,8 @@ enum Action {
     FactoryFeatures,
     /// Step 7: [`crate::deps::run`].
     Deps,
+    /// Step 8: [`crate::parity::run`] with no options (the whole table).
+    Parity,
 }
 
 /// One step of the pipeline.
@@ -94,6 +98,10 @@ fn steps() -> Vec<Step> {
         Step {
             name: "dependency direction",
             action: Action::Deps,
+        },
+        Step {
+            name: "parity with qemu-img",
+            action: Action::Parity,
         },
     ]
 }
@@ -227,6 +235,7 @@ fn run_step(root: &Path, step: &Step) -> Result<(), String> {
         Action::QemuTools => ensure_qemu_tools(),
         Action::FactoryFeatures => run_factory_features(root),
         Action::Deps => crate::deps::run(root),
+        Action::Parity => crate::parity::run(root, &[]),
     }
 }
 
@@ -316,7 +325,8 @@ mod tests {
                 "test",
                 "doc",
                 "blk-factory feature builds",
-                "dependency direction"
+                "dependency direction",
+                "parity with qemu-img"
             ]
         );
     }

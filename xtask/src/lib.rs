@@ -2,10 +2,11 @@
 //!
 //! | command | module | what it does |
 //! |---|---|---|
-//! | `cargo xtask ci` | [`ci`] | fmt, clippy, tests, docs, `blk-factory` feature builds, dependency check |
+//! | `cargo xtask ci` | [`ci`] | fmt, clippy, tests, docs, `blk-factory` feature builds, dependency check, parity suite |
 //! | `cargo xtask deps` | [`deps`] | the dependency-direction check alone |
 //! | `cargo xtask bench` | [`bench`](mod@bench), [`bench_compare`], [`bench_scenarios`], [`bench_images`], [`bench_report`] | the benchmark suites: criterion, and blk bench vs qemu-img bench |
 //! | `cargo xtask fuzz` | [`fuzz`] | every cargo-fuzz target under `fuzz/` for a bounded time |
+//! | `cargo xtask parity` | [`parity`] | the differential parity suite: the table's command lines run with qemu-img/qemu-io and with blk on twin images |
 //!
 //! Every fallible function returns `Result<_, String>`: the message is printed as is by `main`, which exits
 //! with status 1.
@@ -19,3 +20,4 @@ pub mod ci;
 pub mod cmd;
 pub mod deps;
 pub mod fuzz;
+pub mod parity;
