@@ -165,6 +165,11 @@ pub fn run(args: CheckArgs) -> Result<u8> {
     for message in &report.messages {
         eprintln!("{message}");
     }
+    if report.stopped {
+        // qemu-img prints no report when the check itself fails.
+        eprintln!("blk: Check failed: Input/output error");
+        return Ok(1);
+    }
     if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {
         let (leaks_fixed, corruptions_fixed) = (report.leaks_fixed, report.corruptions_fixed);
         if args.image.output == OutputFormat::Human && !args.quiet {

@@ -7,6 +7,7 @@ use blk_core::{DiskFile, Error, ErrorKind, ExtentKind, LockMode, Result};
 use blk_factory::{resize_disk_file, ResizeParams};
 use clap::Args;
 
+use super::rate_limit::RateLimit;
 use super::{cache_is_direct, open_disk, open_image, progress, OpenSpec, CHUNK};
 
 /// Arguments of `blk commit`.
@@ -33,6 +34,9 @@ pub struct CommitArgs {
     /// Show progress.
     #[arg(short = 'p', long = "progress")]
     pub progress: bool,
+    /// I/O rate limit in bytes per second (size suffixes allowed): the data copied is paced to it.
+    #[arg(short = 'r', long = "rate", value_name = "RATE")]
+    pub rate: Option<String>,
     /// Print nothing but errors.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
@@ -43,6 +47,7 @@ pub struct CommitArgs {
 /// Runs `blk commit`.
 pub fn run(args: CommitArgs) -> Result<u8> {
     let path = &args.filename;
+    let rate = RateLimit::parse(args.rate.as_deref())?;
     let direct = cache_is_direct(args.cache.as_deref())?;
     // The image alone (its backing file is opened writable below, not read-only through the image).
     let spec = OpenSpec {
@@ -104,8 +109,14 @@ pub fn run(args: CommitArgs) -> Result<u8> {
         resize_disk_file(&params).map_err(|e| e.with_path(&base_path))?;
     }
     let base = open_disk(&base_path, base_spec)?;
-    copy_own_data(&*top.disk, &*base, size, args.progress && !args.quiet)
-        .map_err(|e| e.with_path(path))?;
+    copy_own_data(
+        &*top.disk,
+        &*base,
+        size,
+        rate.as_ref(),
+        args.progress && !args.quiet,
+    )
+    .map_err(|e| e.with_path(path))?;
     base.flush().map_err(|e| e.with_path(&base_path))?;
     drop(base);
     if !args.keep && args.base.is_none() {
@@ -120,7 +131,13 @@ pub fn run(args: CommitArgs) -> Result<u8> {
 
 /// Copies every run `top` stores itself (depth 0) into `base`: data as data, zero runs as zeros that may be
 /// unmapped (as QEMU's commit leaves holes there).
-fn copy_own_data(top: &dyn DiskFile, base: &dyn DiskFile, size: u64, progress: bool) -> Result<()> {
+fn copy_own_data(
+    top: &dyn DiskFile,
+    base: &dyn DiskFile,
+    size: u64,
+    rate: Option<&RateLimit>,
+    progress: bool,
+) -> Result<()> {
     let bar = progress::bar(size, progress);
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
@@ -135,6 +152,9 @@ fn copy_own_data(top: &dyn DiskFile, base: &dyn DiskFile, size: u64, progress: b
                     // `len <= CHUNK`, a usize.
                     let data = &mut buf[..len as usize];
                     top.read_exact_at(pos, data)?;
+                    if let Some(rate) = rate {
+                        rate.pace(len);
+                    }
                     base.write_all_at(pos, data)?;
                 }
             }

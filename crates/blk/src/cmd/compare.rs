@@ -195,7 +195,17 @@ impl Comparison {
 
 /// Runs `blk compare`.
 pub fn run(args: CompareArgs) -> Result<u8> {
-    let direct = cache_is_direct(args.cache.as_deref())?;
+    // qemu-img compare's exit code for every error before the comparison is 2.
+    let direct = match cache_is_direct(args.cache.as_deref()) {
+        Ok(direct) => direct,
+        Err(_) => {
+            report(&super::invalid(format!(
+                "Invalid source cache option: {}",
+                args.cache.as_deref().unwrap_or_default()
+            )));
+            return Ok(OPEN_ERROR);
+        }
+    };
     let open = |path: &Path, format: Option<&str>| {
         let spec = OpenSpec {
             format,

@@ -90,6 +90,10 @@ pub struct ConvertArgs {
     /// Copy offloading (accepted as in qemu-img; refused with `-c` and `-S`, as there).
     #[arg(short = 'C', long = "copy-range-offloading")]
     pub copy_offload: bool,
+    /// Keep copying past read errors of the sources: what cannot be read is retried one 512-byte sector at a
+    /// time, and sectors that still fail are written as zeros, each reported on stderr.
+    #[arg(long = "salvage")]
+    pub salvage: bool,
     /// Limit the copy to this many bytes of data per second (`16M`; zeros are not counted).
     #[arg(short = 'r', long = "rate", value_name = "RATE")]
     pub rate: Option<String>,
@@ -183,33 +187,78 @@ impl Target<'_> {
     }
 }
 
+/// One source image of a convert.
+struct Source<'a> {
+    disk: &'a dyn DiskFile,
+    path: &'a Path,
+    /// `--salvage`: read errors are reported and read as zeros.
+    salvage: bool,
+}
+
+/// qemu-img's unit of `--salvage`: a failed read is retried one sector at a time.
+const SALVAGE_SECTOR: usize = 512;
+
+/// Reads `buf.len()` bytes at `offset` of `disk`; with `salvage`, a failed read is retried one sector at a
+/// time and the sectors that still fail read as zeros, each reported as qemu-img reports it.
+fn read_source(
+    disk: &dyn DiskFile,
+    path: &Path,
+    offset: u64,
+    buf: &mut [u8],
+    salvage: bool,
+) -> Result<()> {
+    match disk.read_exact_at(offset, buf) {
+        Err(_) if salvage => {
+            for (i, sector) in buf.chunks_mut(SALVAGE_SECTOR).enumerate() {
+                let at = offset + (i * SALVAGE_SECTOR) as u64;
+                if let Err(e) = disk.read_exact_at(at, sector) {
+                    eprintln!(
+                        "blk: warning: error while reading offset {at}: {}",
+                        super::strerror(e.errno())
+                    );
+                    sector.fill(0);
+                }
+            }
+            Ok(())
+        }
+        result => result.with_path(path),
+    }
+}
+
 /// Copies all of `source` to `target` at `base`. With `top_only` (`-B`), ranges the source's top layer does
-/// not allocate are left to the target's backing file.
+/// not allocate are left to the target's backing file. With `--salvage`, a range whose allocation cannot be
+/// read is copied as data, one sector at a time.
 fn copy_source(
-    source: &dyn DiskFile,
-    source_path: &Path,
+    source: &Source<'_>,
     target: &Target<'_>,
     base: u64,
     top_only: bool,
     bar: &progress::Progress,
 ) -> Result<()> {
-    let size = source.logical_size();
+    let size = source.disk.logical_size();
     let mut buf = vec![0u8; CHUNK as usize];
     let mut offset = 0;
     while offset < size {
         let want = (size - offset).min(CHUNK);
-        let extent = map_extent(source, source_path, offset, want)?;
-        let len = extent.length;
-        if top_only && !in_top_layer(&extent) {
+        let (len, skip, zero) = match map_extent(source.disk, source.path, offset, want) {
+            Ok(extent) => (
+                extent.length,
+                top_only && !in_top_layer(&extent),
+                extent.reads_as_zero(),
+            ),
+            Err(_) if source.salvage => (want.min(SALVAGE_SECTOR as u64), false, false),
+            Err(e) => return Err(e),
+        };
+        if skip {
             // Left unallocated: the target's backing file answers.
-        } else if extent.reads_as_zero() {
+        } else if zero {
             target.zero(base + offset, len)?;
             if target.min_sparse == 0 {
                 bar.inc(len);
             }
         } else {
             let data = &mut buf[..len as usize];
-            source.read_exact_at(offset, data).with_path(source_path)?;
+            read_source(source.disk, source.path, offset, data, source.salvage)?;
             target.data(base + offset, data)?;
             bar.inc(len);
         }
@@ -226,6 +275,8 @@ fn in_top_layer(extent: &Extent) -> bool {
 /// The sources of a convert, concatenated into one guest address space.
 struct Sources<'a> {
     disks: Vec<(&'a dyn DiskFile, &'a Path, u64)>,
+    /// `--salvage`: read errors are reported and read as zeros.
+    salvage: bool,
 }
 
 impl Sources<'_> {
@@ -242,8 +293,13 @@ impl Sources<'_> {
                 continue;
             }
             let n = ((base + size - pos) as usize).min(buf.len() - done);
-            disk.read_exact_at(pos - base, &mut buf[done..done + n])
-                .with_path(path)?;
+            read_source(
+                disk,
+                path,
+                pos - base,
+                &mut buf[done..done + n],
+                self.salvage,
+            )?;
             done += n;
         }
         Ok(())
@@ -374,6 +430,9 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
     if args.copy_offload && args.sparse_size.is_some() {
         return Err(invalid("Cannot enable copy offloading when -S is used"));
     }
+    if args.copy_offload && args.salvage {
+        return Err(invalid("Cannot use copy offloading in salvaging mode"));
+    }
     let min_sparse = parse_sparse(args.sparse_size.as_deref())?;
     let rate = RateLimit::parse(args.rate.as_deref())?;
     let options = parse_options(&args.options).map_err(|e| e.with_path(target_path))?;
@@ -489,11 +548,20 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
             disks.push((&**disk as &dyn DiskFile, path.as_path(), base));
             base += disk.logical_size();
         }
-        copy_compressed(&Sources { disks }, &target, unit, total, top_only, &bar)?;
+        let sources = Sources {
+            disks,
+            salvage: args.salvage,
+        };
+        copy_compressed(&sources, &target, unit, total, top_only, &bar)?;
     } else {
         let mut base = 0;
         for (disk, path) in &opened {
-            copy_source(&**disk, path, &target, base, top_only, &bar)?;
+            let source = Source {
+                disk: &**disk,
+                path,
+                salvage: args.salvage,
+            };
+            copy_source(&source, &target, base, top_only, &bar)?;
             base += disk.logical_size();
         }
     }

@@ -31,16 +31,35 @@ pub struct UsageError {
     pub message: String,
     /// The command whose help the `Try` line names (`blk convert`), when qemu-img prints that line.
     pub try_help: Option<String>,
+    /// A usage text printed on stdout after the message, as qemu-io does instead of a `Try` line.
+    pub usage_text: Option<&'static str>,
 }
 
 impl UsageError {
     /// Prints the error on stderr and returns qemu-img's exit code for usage errors, 1.
+    /// An empty message prints nothing on stderr (qemu-io given too many file names prints only its usage).
     pub fn print(&self) -> u8 {
-        eprintln!("{}: {}", self.prefix, self.message);
+        if !self.message.is_empty() {
+            eprintln!("{}: {}", self.prefix, self.message);
+        }
         if let Some(command) = &self.try_help {
             eprintln!("Try '{command} --help' for more info");
         }
+        if let Some(text) = self.usage_text {
+            print!("{text}");
+        }
         1
+    }
+
+    /// A usage error of `blk io`: qemu-io prints getopt's message (`blk: ...`, or nothing) and its usage text
+    /// on stdout.
+    fn io_usage(message: String) -> UsageError {
+        UsageError {
+            prefix: PROGRAM.to_string(),
+            message,
+            try_help: None,
+            usage_text: Some(crate::cmd::io::USAGE),
+        }
     }
 
     /// An error from getopt: prefixed and followed by the `Try` line of `blk <sub>`.
@@ -49,6 +68,7 @@ impl UsageError {
             prefix: format!("{PROGRAM} {sub}"),
             message,
             try_help: Some(format!("{PROGRAM} {sub}")),
+            usage_text: None,
         }
     }
 
@@ -58,6 +78,7 @@ impl UsageError {
             prefix: PROGRAM.to_string(),
             message: message.into(),
             try_help: try_line.then(|| format!("{PROGRAM} {sub}")),
+            usage_text: None,
         }
     }
 }
@@ -326,6 +347,7 @@ pub fn read(cmd: &Command, args: &[OsString]) -> Reading {
             prefix: PROGRAM.to_string(),
             message,
             try_help: Some(PROGRAM.to_string()),
+            usage_text: None,
         })
     };
     let Some(first) = args.get(1) else {
@@ -349,6 +371,7 @@ pub fn read(cmd: &Command, args: &[OsString]) -> Reading {
     let specs = option_specs(sub);
     let parsed = match getopt(&sub_name, &specs, words) {
         Ok(parsed) => parsed,
+        Err(e) if sub_name == "io" => return Reading::Refused(UsageError::io_usage(e.message)),
         Err(e) => return Reading::Refused(e),
     };
     if !parsed.help {
@@ -428,6 +451,7 @@ fn check_operands(sub: &str, specs: &[OptSpec], parsed: &Parsed) -> Result<(), U
         }
         "resize" if n < 2 => usage("Expecting image file name and size", true),
         "resize" if n > 2 => usage("Extra argument(s) in command line", true),
+        "io" if n > 1 => Err(UsageError::io_usage(String::new())),
         "measure" if n > 1 => usage("At most one filename argument is allowed.", false),
         "measure" if n == 0 && !parsed.has(specs, "size") => {
             usage("Either --size N or one filename must be specified.", false)

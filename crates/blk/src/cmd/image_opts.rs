@@ -350,6 +350,26 @@ pub fn resolve(command: &mut Command) -> Result<()> {
                 None => Ok(()),
             }
         }
+        Command::Io(a) if a.image_opts.image_opts => {
+            let Some(path) = a.filename.as_mut() else {
+                return Ok(());
+            };
+            if a.format.is_some() {
+                return Err(invalid("--image-opts and -f are mutually exclusive"));
+            }
+            let spec = parse(&path.to_string_lossy())?;
+            // qemu-io opens the image as the string says: read-only, shared, direct.
+            a.read_only |= spec.read_only == Some(true);
+            a.force_share |= spec.no_lock;
+            if let Some(direct) = spec.direct {
+                a.cache = Some(if direct { "none" } else { "writeback" }.to_string());
+            }
+            *path = spec.path;
+            a.format = spec.format;
+            // The operand is a file name now.
+            a.image_opts.image_opts = false;
+            Ok(())
+        }
         Command::Dd(a) if a.image_opts.image_opts => {
             for operand in a.operands.iter_mut() {
                 if let Some(text) = operand.strip_prefix("if=") {
@@ -385,6 +405,7 @@ pub fn object_definitions(command: &Command) -> &[String] {
         Command::Snapshot(a) => &a.objects.objects,
         Command::Amend(a) => &a.objects.objects,
         Command::Measure(a) => &a.objects.objects,
+        Command::Io(a) => &a.objects.objects,
         _ => &[],
     }
 }

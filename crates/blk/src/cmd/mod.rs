@@ -21,6 +21,7 @@ pub mod map;
 pub mod measure;
 pub mod objects;
 pub mod option_list;
+pub mod probe_guard;
 pub mod progress;
 pub mod rate_limit;
 pub mod rebase;
@@ -189,9 +190,31 @@ fn run(mut command: Command) -> Result<u8> {
     }
 }
 
-/// Prints `err` as the one error line: `blk: <error>`.
+/// Prints `err` as the error line `blk: <error>`, then its [`Hint`] if it carries one.
 pub fn report(err: &Error) {
     eprintln!("blk: {err}");
+    if let Some(hint) = err.cause().and_then(|c| c.downcast_ref::<Hint>()) {
+        eprintln!("{}", hint.0);
+    }
+}
+
+/// A second line qemu-img prints under some errors (QEMU's `error_append_hint`, e.g. `Could not open backing
+/// image.`), attached to an error as its source: [`report`] prints it on its own line. Its `Display` is empty
+/// so the error's own line does not repeat it.
+#[derive(Debug)]
+pub struct Hint(pub String);
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Ok(())
+    }
+}
+
+impl std::error::Error for Hint {}
+
+/// `err` with `hint` to print under it (see [`Hint`]).
+pub fn with_hint(err: Error, hint: impl Into<String>) -> Error {
+    err.with_source(Hint(hint.into()))
 }
 
 /// A file name as given, even empty (clap's own path parser refuses `""`, which qemu-img takes and then fails
@@ -357,6 +380,15 @@ pub fn open_disk(path: &Path, spec: OpenSpec<'_>) -> Result<Box<dyn AsyncDiskFil
 /// carries the path.
 pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<OpenedImage> {
     let format = parse_format(spec.format).map_err(|e| e.with_path(path))?;
+    if spec.force_share && !spec.read_only {
+        return Err(invalid(format!(
+            "Could not open '{}': force-share=on can only be used with read-only images",
+            display_path(path)
+        )));
+    }
+    if !spec.read_only {
+        warn_if_probed_raw(path, spec.format);
+    }
     let params = DiskFileParams::new(path)
         .format(format)
         .read_only(spec.read_only)
@@ -373,7 +405,36 @@ pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<OpenedImage> {
         snapshot: spec.snapshot.cloned(),
         ..params
     };
-    blk_factory::open_image(&params).map_err(|e| e.with_path(path))
+    let image = blk_factory::open_image(&params).map_err(|e| e.with_path(path))?;
+    report_open_repair(&image);
+    Ok(image)
+}
+
+/// Prints the repair a writable open made of a dirty image, as qemu does on stderr (one line per problem).
+pub fn report_open_repair(image: &OpenedImage) {
+    if let Some(report) = image.admin.repaired_on_open() {
+        for message in &report.messages {
+            eprintln!("{message}");
+        }
+    }
+}
+
+/// qemu's warning when it opens an image writable whose format it had to guess and guessed raw
+/// ([`probe_guard::warn_probed_raw`]): printed when `format` is `None` and `path` probes as raw. Nothing is
+/// printed when detection fails; the open that follows reports that.
+pub fn warn_if_probed_raw(path: &Path, format: Option<&str>) {
+    if format.is_none() && blk_factory::detect_format(path).is_ok_and(|f| f == ImageFormat::RAW) {
+        probe_guard::warn_probed_raw(path);
+    }
+}
+
+/// The C library's text for `errno`, without Rust's ` (os error N)`.
+pub fn strerror(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
 }
 
 /// Whether an `-o` list asks for the format's options (`-o help` or `-o ?`), as qemu-img accepts anywhere in it.

@@ -42,6 +42,9 @@ pub struct RebaseArgs {
     /// Cache mode of the backing files.
     #[arg(short = 'T', long = "backing-cache", value_name = "SRC_CACHE")]
     pub source_cache: Option<String>,
+    /// Write the clusters copied into the image compressed (formats that store compressed clusters).
+    #[arg(short = 'c', long = "compress")]
+    pub compress: bool,
     /// Show progress.
     #[arg(short = 'p', long = "progress")]
     pub progress: bool,
@@ -141,7 +144,15 @@ fn copy_differences(args: &RebaseArgs, backing: Option<&str>) -> Result<()> {
         .cluster_size
         .unwrap_or(64 << 10)
         .max(512);
-    let image = image.disk;
+    if args.compress && image.admin.compressed_write_size().is_none() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "Compression not supported for this file format",
+        )
+        .with_path(path));
+    }
+    let admin = args.compress.then_some(&*image.admin);
+    let image = &*image.disk;
     let step = (CHUNK / cluster).max(1) * cluster;
     let bar = progress::bar(size, args.progress && !args.quiet);
     let mut old = vec![0u8; step as usize];
@@ -164,7 +175,7 @@ fn copy_differences(args: &RebaseArgs, backing: Option<&str>) -> Result<()> {
                 Some(disk) => read_zero_padded(&**disk, pos, new)?,
                 None => new.fill(0),
             }
-            copy_differing_clusters(&*image, pos, old, new, cluster)
+            copy_differing_clusters(image, admin, pos, old, new, cluster)
                 .map_err(|e| e.with_path(path))?;
         }
         pos += len;
@@ -188,9 +199,11 @@ fn read_zero_padded(disk: &dyn DiskFile, offset: u64, buf: &mut [u8]) -> Result<
 }
 
 /// Writes the runs of whole clusters (clipped to the run at `offset`) where `old` and `new` differ, with the
-/// old data.
+/// old data; compressed, one cluster at a time, when `compressed` is given (`-c`; `offset` and `old.len()` are
+/// whole clusters, or end at the end of the disk).
 fn copy_differing_clusters(
     image: &dyn DiskFile,
+    compressed: Option<&dyn blk_core::ImageAdmin>,
     offset: u64,
     old: &[u8],
     new: &[u8],
@@ -202,7 +215,10 @@ fn copy_differing_clusters(
         let unit_end = ((at / cluster + 1) * cluster).min(end);
         let (a, b) = ((at - offset) as usize, (unit_end - offset) as usize);
         if old[a..b] != new[a..b] {
-            image.write_all_at(at, &old[a..b])?;
+            match compressed {
+                Some(admin) => admin.write_compressed(at, &old[a..b])?,
+                None => image.write_all_at(at, &old[a..b])?,
+            }
         }
         at = unit_end;
     }

@@ -36,9 +36,24 @@ pub struct ResizeArgs {
     pub size: String,
 }
 
+/// qemu-img's warning under a refused shrink.
+const SHRINK_WARNING: &str =
+    "blk: warning: Shrinking an image will delete all data beyond the shrunken \
+    image's end. Before performing such an operation, make sure there is no important data there.";
+
 /// Runs `blk resize`.
 pub fn run(args: ResizeArgs) -> Result<u8> {
     let path = &args.filename;
+    // qemu-img reads the mode with its options, before it looks at the image (whether the format takes the
+    // mode is the format's say).
+    if let Some(mode) = args.preallocation.as_deref() {
+        if !matches!(mode, "off" | "metadata" | "falloc" | "full") {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("Invalid preallocation mode '{mode}'"),
+            ));
+        }
+    }
     let format = parse_format(args.format.as_deref()).map_err(|e| e.with_path(path))?;
     let size = new_size(&args)?;
     let params = ResizeParams {
@@ -49,7 +64,17 @@ pub fn run(args: ResizeArgs) -> Result<u8> {
         preallocation: args.preallocation.clone(),
         lock: LockMode::Auto,
     };
-    resize_disk_file(&params).map_err(|e| e.with_path(path))?;
+    super::warn_if_probed_raw(path, args.format.as_deref());
+    resize_disk_file(&params).map_err(|e| {
+        let shrinking = e.message().starts_with("Use the --shrink option");
+        let e = e.with_path(path);
+        if shrinking {
+            // qemu-img's warning under the error, as its own `blk: warning:` line.
+            super::with_hint(e, SHRINK_WARNING)
+        } else {
+            e
+        }
+    })?;
     if !args.quiet {
         println!("Image resized.");
     }

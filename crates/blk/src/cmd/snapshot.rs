@@ -82,6 +82,7 @@ pub fn run(args: SnapshotArgs) -> Result<u8> {
         op,
         lock: LockMode::Auto,
     };
+    super::warn_if_probed_raw(path, args.format.as_deref());
     change_snapshots(&params).map_err(|e| {
         // The reason is said once: the format's own message may already be qemu's whole sentence.
         let prefix = format!("Could not {verb} snapshot '{name}'");
