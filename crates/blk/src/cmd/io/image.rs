@@ -9,7 +9,8 @@ use blk_factory::{
     create_disk_file, Backend, CreateParams, DiskFileParams, ImageFormat, NamedImagePolicy,
 };
 
-use super::{probe_guard, IoArgs};
+use super::IoArgs;
+use crate::cmd::probe_guard;
 use crate::cmd::{invalid, parse_cache, parse_format, parse_options};
 
 /// How images are opened: the command line's options, which `open` starts from.
@@ -57,7 +58,7 @@ pub fn parse_discard(mode: &str) -> Result<bool> {
 impl OpenSettings {
     /// The settings `blk io`'s options give, checked as qemu-io checks them before opening.
     pub fn from_args(args: &IoArgs) -> Result<OpenSettings> {
-        if args.image_opts && args.format.is_some() {
+        if args.image_opts.image_opts && args.format.is_some() {
             return Err(invalid("--image-opts and -f are mutually exclusive"));
         }
         let mut direct = args.nocache;
@@ -198,9 +199,11 @@ pub fn open_image(path: &Path, settings: &OpenSettings) -> Result<Image> {
         .backend(settings.backend)
         .named_images(NamedImagePolicy::AllowRecordedFormat);
     let opened = blk_factory::open_image(&params).map_err(|e| e.with_path(path))?;
+    crate::cmd::report_open_repair(&opened);
     let info = opened.admin.image_info().map_err(|e| e.with_path(path))?;
     let probed_raw = settings.format.is_none() && info.format == "raw";
-    if probed_raw {
+    // As QEMU's raw driver: the warning only when the image is writable.
+    if probed_raw && !settings.read_only {
         probe_guard::warn_probed_raw(path);
     }
     Ok(Image {

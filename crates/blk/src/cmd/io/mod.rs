@@ -17,13 +17,13 @@
 //! - [`process`]: `help`, `sleep`, `sigraise`, and the debugging and zone commands.
 //! - [`transfer`]: the commands that move data.
 //! - [`inspect`]: `length`, `info`, `map`, `alloc`.
-//! - [`probe_guard`]: QEMU's refusal to let writes turn a probed raw image into another format.
+//! - [`crate::cmd::probe_guard`] (shared with the other subcommands): QEMU's refusal to let writes turn a
+//!   probed raw image into another format.
 //! - [`report`]: statistics lines and dumps.
 
 mod getopt;
 mod image;
 mod inspect;
-mod probe_guard;
 mod process;
 mod report;
 mod session;
@@ -40,6 +40,36 @@ use session::Session;
 
 /// qemu-io's `BDRV_REQUEST_MAX_BYTES`: the largest single request.
 const MAX_REQUEST: u64 = (i32::MAX as u64) & !511;
+
+/// What `blk io` prints on stdout when its command line is refused, as qemu-io prints its usage: the same
+/// options, naming blk.
+pub const USAGE: &str = "\
+Usage: blk io [OPTIONS]... [-c STRING]... [file]
+Run qemu-io's commands on an image
+
+  --object OBJECTDEF   define an object such as 'secret' for
+                       passwords and/or encryption keys
+  --image-opts         treat file as option string
+  -c, --cmd STRING     execute command with its arguments
+                       from the given string
+  -f, --format FMT     specifies the block driver to use
+  -r, --read-only      export read-only
+  -s, --snapshot       use snapshot file
+  -n, --nocache        disable host cache, short for -t none
+  -C, --copy-on-read   enable copy-on-read
+  -m, --misalign       misalign allocations for O_DIRECT
+  -k, --native-aio     use kernel AIO implementation
+                       (Linux only, prefer use of -i)
+  -i, --aio=MODE       use AIO mode (threads, native or io_uring)
+  -t, --cache=MODE     use the given cache mode for the image
+  -d, --discard=MODE   use the given discard mode for the image
+  -T, --trace OPTIONS  accepted; blk has no trace events
+  -U, --force-share    force shared permissions
+  -h, --help           display this help and exit
+  -V, --version        output version information and exit
+
+See 'blk io -c help' for information on available commands.
+";
 
 /// The commands `blk io` runs, for `blk io --help`.
 const COMMANDS_HELP: &str = "\
@@ -87,18 +117,19 @@ pub struct IoArgs {
     /// Misalign buffers (accepted for compatibility; blk aligns its own bounce buffers).
     #[arg(short = 'm', long = "misalign")]
     pub misalign: bool,
-    /// The file operand is an option string: `driver=FMT,file.filename=PATH`.
-    #[arg(long = "image-opts")]
-    pub image_opts: bool,
+    /// `--image-opts`: the file operand is an option string, `driver=FMT,file.filename=PATH` (resolved before
+    /// the run, as for every subcommand, by [`crate::cmd::image_opts::resolve`]).
+    #[command(flatten)]
+    pub image_opts: crate::cmd::image_opts::ImageOptsArgs,
     /// Tracing options (accepted; blk has no trace events).
     #[arg(short = 'T', long = "trace", value_name = "OPTIONS")]
     pub trace: Vec<String>,
     /// Print the version and exit.
     #[arg(short = 'V', long = "version")]
     pub version: bool,
-    /// Define an object such as a secret (accepted; blk opens no encrypted images).
-    #[arg(long = "object", value_name = "OBJECTDEF")]
-    pub object: Vec<String>,
+    /// `--object`: secrets, checked and defined as for every subcommand.
+    #[command(flatten)]
+    pub objects: crate::cmd::objects::ObjectArgs,
     /// A command to run, e.g. `write -P 0xa7 0 128k` (repeatable; run in order). Without any, commands are
     /// read from stdin, one a line, until EOF or `quit`. `-c help` lists the commands.
     #[arg(
@@ -135,7 +166,7 @@ pub fn run(args: IoArgs) -> Result<u8> {
     let settings = OpenSettings::from_args(&args)?;
     let mut session = Session::new(settings);
     if let Some(target) = &args.filename {
-        session.open_initial(target, args.image_opts)?;
+        session.open_initial(target, args.image_opts.image_opts)?;
     }
     if args.commands.is_empty() {
         session.run_stdin()?;

@@ -305,24 +305,16 @@ fn report(err: blk_core::Error) -> Failure {
 
 /// qemu's `strerror` text of an error, without Rust's `(os error N)`.
 pub fn strerror(err: &blk_core::Error) -> String {
-    let text = std::io::Error::from_raw_os_error(err.errno()).to_string();
-    match text.find(" (os error") {
-        Some(at) => text[..at].to_string(),
-        None => text,
-    }
+    crate::cmd::strerror(err.errno())
 }
 
-/// Prints a failed request: qemu-io's `OP failed: <strerror>` on stdout for what qemu reports as an invalid
-/// or unsupported request; otherwise one line naming file and offset on stderr.
-pub fn print_io_error(op: &str, err: blk_core::Error, image: Option<&Image>) {
-    match err.kind() {
-        ErrorKind::InvalidInput | ErrorKind::Unsupported | ErrorKind::UnsupportedFeature => {
-            println!("{op} failed: {}", strerror(&err));
-        }
-        _ => match image {
-            Some(image) => eprintln!("{op} failed: {}", err.with_path(&image.path)),
-            None => eprintln!("{op} failed: {err}"),
-        },
+/// Prints a failed request as qemu-io does: `OP failed: <strerror>` on stdout, a request past the end of the
+/// image being an `Input/output error` as in QEMU.
+pub fn print_io_error(op: &str, err: blk_core::Error, _image: Option<&Image>) {
+    if err.kind() == ErrorKind::OutOfBounds {
+        println!("{op} failed: {}", crate::cmd::strerror(libc::EIO));
+    } else {
+        println!("{op} failed: {}", strerror(&err));
     }
 }
 

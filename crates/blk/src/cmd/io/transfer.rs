@@ -9,11 +9,11 @@ use blk_core::{Error, ErrorKind, Result};
 
 use super::getopt::{getopt, parse_len, parse_lengths, parse_num, parse_pattern, Options};
 use super::image::Image;
-use super::probe_guard;
 use super::report::{dump_buffer, print_report, Transfer};
 use super::session::print_io_error;
 use super::{Failure, Outcome};
 use crate::cmd::map_extent;
+use crate::cmd::probe_guard;
 
 /// qemu-io's default write pattern.
 const DEFAULT_WRITE_PATTERN: u8 = 0xcd;
@@ -40,6 +40,16 @@ fn read_bytes(image: &Image, offset: u64, len: u64) -> Result<Vec<u8>> {
         .map_err(|_| Error::new(ErrorKind::InvalidInput, "request too large"))?;
     let mut buf = vec![0u8; len];
     image.disk().read_exact_at(offset, &mut buf)?;
+    Ok(buf)
+}
+
+/// `read -b`: `len` bytes of the image's VM state at `offset` (formats without one: `Operation not
+/// supported`, as qemu-io).
+fn read_vm_state(image: &Image, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let len = usize::try_from(len)
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, "request too large"))?;
+    let mut buf = vec![0u8; len];
+    image.opened.admin.read_vm_state(offset, &mut buf)?;
     Ok(buf)
 }
 
@@ -131,11 +141,14 @@ pub fn read(image: &Image, typed: &str, args: &[&str]) -> Outcome {
     }
     if options.has('b') {
         sector_aligned(offset, len)?;
-        println!("read failed: Operation not supported");
-        return Err(Failure::Reported);
     }
     let started = Instant::now();
-    let buf = read_bytes(image, offset, len).map_err(|e| Failure::Io("read", e))?;
+    let buf = if options.has('b') {
+        read_vm_state(image, offset, len)
+    } else {
+        read_bytes(image, offset, len)
+    }
+    .map_err(|e| Failure::Io("read", e))?;
     let elapsed = started.elapsed();
     let mut outcome = Ok(());
     if let Some(pattern) = pattern {
@@ -378,7 +391,21 @@ fn write_compressed(image: &Image, offset: u64, buf: &[u8]) -> Result<()> {
         .with_offset(offset));
     }
     for (i, chunk) in buf.chunks(request_len(unit)?).enumerate() {
-        admin.write_compressed(offset + i as u64 * unit, chunk)?;
+        let at = offset + i as u64 * unit;
+        // As QEMU: a compressed write cannot overwrite a cluster the image has allocated (EIO).
+        let extent = image.disk().map(at, chunk.len() as u64)?;
+        let allocated = matches!(
+            extent.kind,
+            blk_core::ExtentKind::Data | blk_core::ExtentKind::AllocatedZero
+        );
+        if extent.depth == 0 && allocated {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "a compressed write cannot overwrite an allocated cluster",
+            )
+            .with_offset(at));
+        }
+        admin.write_compressed(at, chunk)?;
     }
     Ok(())
 }
