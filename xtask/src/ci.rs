@@ -12,6 +12,8 @@
 //! 8. the dependency-direction check ([`crate::deps`])
 //! 9. the guest boot test ([`crate::guest`]): a Linux guest under QEMU does I/O through `blk vhost-user-blk`
 //!    for every format (installs QEMU and a kernel when missing)
+//! 10. the differential parity suite ([`crate::parity`]): every row of `xtask/parity/table.txt` run with
+//!     qemu-img/qemu-io and with blk (about 40 s on an idle 2-core machine)
 //!
 //! All steps share the workspace's target directory, and nothing is cleaned, so a second run only rebuilds
 //! what changed.
@@ -53,6 +55,8 @@ enum Action {
     Deps,
     /// Step 9: [`crate::guest::run`].
     Guest,
+    /// Step 10: [`crate::parity::run`] with no options (the whole table).
+    Parity,
 }
 
 /// One step of the pipeline.
@@ -128,6 +132,10 @@ fn steps() -> Vec<Step> {
         Step {
             name: "guest boot (vhost-user-blk)",
             action: Action::Guest,
+        },
+        Step {
+            name: "parity with qemu-img",
+            action: Action::Parity,
         },
     ]
 }
@@ -266,6 +274,7 @@ fn run_step(root: &Path, step: &Step) -> Result<(), String> {
         Action::FactoryFeatures => run_factory_features(root),
         Action::Deps => crate::deps::run(root),
         Action::Guest => crate::guest::run(root, &[]),
+        Action::Parity => crate::parity::run(root, &[]),
     }
 }
 
@@ -358,7 +367,8 @@ mod tests {
                 "doc",
                 "blk-factory feature builds",
                 "dependency direction",
-                "guest boot (vhost-user-blk)"
+                "guest boot (vhost-user-blk)",
+                "parity with qemu-img"
             ]
         );
     }

@@ -2,13 +2,14 @@
 //!
 //! | command | module | what it does |
 //! |---|---|---|
-//! | `cargo xtask ci` | [`ci`] | fmt, clippy, tests, docs, `blk-factory` feature builds, dependency check |
+//! | `cargo xtask ci` | [`ci`] | fmt, clippy, tests, docs, `blk-factory` feature builds, dependency check, parity suite |
 //! | `cargo xtask deps` | [`deps`] | the dependency-direction check alone |
 //! | `cargo xtask bench` | [`bench`](mod@bench), [`bench_compare`], [`bench_scenarios`], [`bench_images`], [`bench_report`], [`bench_vhost_user`] | the benchmark suites: criterion, and blk bench vs qemu-img bench |
 //! | `cargo xtask fuzz` | [`fuzz`] | every cargo-fuzz target under `fuzz/` for a bounded time |
 //! | `cargo xtask crash` | [`crash`], [`campaign`] | a writer killed at random points, then every image checked |
 //! | `cargo xtask mutate` | [`mutate`], [`campaign`] | seeded mutants of qemu-img-made images through blk's commands |
 //! | `cargo xtask guest` | [`guest`] | a Linux guest under QEMU does I/O through `blk vhost-user-blk` |
+//! | `cargo xtask parity` | [`parity`] | the differential parity suite: the table's command lines run with qemu-img/qemu-io and with blk on twin images |
 //!
 //! Every fallible function returns `Result<_, String>`: the message is printed as is by `main`, which exits
 //! with status 1.
@@ -18,12 +19,13 @@ pub mod bench_compare;
 pub mod bench_images;
 pub mod bench_report;
 pub mod bench_scenarios;
-pub mod campaign;
 pub mod bench_vhost_user;
+pub mod campaign;
 pub mod ci;
 pub mod cmd;
 pub mod crash;
 pub mod deps;
 pub mod fuzz;
-pub mod mutate;
 pub mod guest;
+pub mod mutate;
+pub mod parity;

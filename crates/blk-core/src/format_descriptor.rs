@@ -241,6 +241,12 @@ pub trait FormatDescriptor: Send + Sync + Debug {
         &[]
     }
 
+    /// Options only `amend` has (not among [`create_options`](FormatDescriptor::create_options)), with their
+    /// help, for `qemu-img amend -o help` (QCOW2: the LUKS keyslot options). Empty by default.
+    fn amend_only_options(&self) -> &'static [CreateOptionInfo] {
+        &[]
+    }
+
     /// How big a new image with `options` would be for `source` (`qemu-img measure`); the options were
     /// checked against [`create_options`](FormatDescriptor::create_options) already.
     fn measure(&self, options: &[(String, String)], source: MeasureSource<'_>) -> Result<Measure> {

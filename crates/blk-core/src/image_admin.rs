@@ -40,6 +40,24 @@ pub trait ImageAdmin: Send + Sync + Debug {
         .with_operation(Operation::Check))
     }
 
+    /// Reads `buf.len()` bytes at `pos` of the VM state a running VM saved into the image (QCOW2: past the guest
+    /// range; `qemu-io read -b`). Formats without one refuse with [`ErrorKind::Unsupported`] (the default).
+    fn read_vm_state(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        let _ = buf;
+        Err(
+            Error::new(ErrorKind::Unsupported, "this image format has no VM state")
+                .with_offset(pos)
+                .with_operation(Operation::Read),
+        )
+    }
+
+    /// The repair this open made of an image left dirty (a QCOW2 image with lazy refcounts that was not closed
+    /// cleanly), as QEMU repairs it on a writable open; its `messages` are what qemu prints on stderr then.
+    /// `None` when the open repaired nothing (the default).
+    fn repaired_on_open(&self) -> Option<CheckReport> {
+        None
+    }
+
     /// The unit of [`write_compressed`](ImageAdmin::write_compressed) (the cluster size), or `None` when the
     /// format cannot store compressed data.
     fn compressed_write_size(&self) -> Option<u64> {

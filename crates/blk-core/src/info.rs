@@ -170,4 +170,7 @@ pub struct CheckReport {
     pub compressed_clusters: Option<u64>,
     /// One line per problem, for the human-readable output.
     pub messages: Vec<String>,
+    /// The check stopped before it finished (QEMU's check returning an error, e.g. refcounts that need a
+    /// rebuild `-r leaks` may not do): only `messages` say what was found, and qemu-img prints no report.
+    pub stopped: bool,
 }

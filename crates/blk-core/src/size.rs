@@ -63,6 +63,43 @@ pub fn parse_size_param(name: &str, value: &str) -> Result<u64> {
     })
 }
 
+/// The largest size qemu-img accepts on its command line (`INT64_MAX`): image sizes, rate limits, offsets.
+pub const MAX_CLI_SIZE: u64 = i64::MAX as u64;
+
+/// Parses a size given on qemu-img's command line (`name` says what it is: `image size`, `rate limit`) and
+/// checks it is in `min..=max`, with qemu-img's messages (its `cvtnum_full`): `Invalid image size specified:
+/// 'x'.` when it is no size, `Invalid image size specified. Must be between 0 and 9223372036854775807.` when it
+/// is out of range (negative, at least 2^64, or outside the bounds).
+///
+/// ```
+/// use blk_core::size::{parse_size_in_range, MAX_CLI_SIZE};
+/// assert_eq!(parse_size_in_range("image size", "1M", 0, MAX_CLI_SIZE).unwrap(), 1 << 20);
+/// assert_eq!(
+///     parse_size_in_range("image size", "8E", 0, MAX_CLI_SIZE).unwrap_err().to_string(),
+///     "Invalid image size specified. Must be between 0 and 9223372036854775807."
+/// );
+/// assert_eq!(
+///     parse_size_in_range("rate limit", "1X", 0, MAX_CLI_SIZE).unwrap_err().to_string(),
+///     "Invalid rate limit specified: '1X'."
+/// );
+/// ```
+pub fn parse_size_in_range(name: &str, value: &str, min: u64, max: u64) -> Result<u64> {
+    let range = || {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("Invalid {name} specified. Must be between {min} and {max}."),
+        )
+    };
+    match parse(value) {
+        Ok(size) if (min..=max).contains(&size) => Ok(size),
+        Ok(_) | Err(SizeError::Range) => Err(range()),
+        Err(SizeError::Invalid) => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("Invalid {name} specified: '{value}'."),
+        )),
+    }
+}
+
 /// The multiplier of a size suffix, or `None` when `c` is not one.
 fn suffix_multiplier(c: u8) -> Option<u64> {
     let shift = match c.to_ascii_uppercase() {

@@ -44,6 +44,41 @@ impl CreateParams {
     }
 }
 
+/// The checks [`create_disk_file`] makes of the backing file before the format creates anything (qemu-img's
+/// checks before its `Formatting ...` line): a format without backing files refuses one, `-b` and `-o
+/// backing_file` are not both given, the backing format is named, and (unless `unsafe_backing`) the backing
+/// file opens. Returns the option list the format is given.
+pub fn check_backing(params: &CreateParams) -> Result<Vec<(String, String)>> {
+    let format = params.format;
+    let ctx = |e: Error| {
+        e.with_format(format.name())
+            .with_path(&params.path)
+            .with_operation(Operation::Create)
+    };
+    let backing_files = format.capabilities().backing_files;
+    match backing_files {
+        BackingFiles::None => {
+            if params.backing_file.is_some() {
+                return Err(ctx(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "the {} format does not support backing files",
+                        format.name()
+                    ),
+                )));
+            }
+            Ok(params.options.clone())
+        }
+        BackingFiles::AnyFormat | BackingFiles::OwnFormat => {
+            let options = option_list(params, backing_files).map_err(ctx)?;
+            if backing_files == BackingFiles::AnyFormat && !params.unsafe_backing {
+                check_backing_opens(params, &options).map_err(ctx)?;
+            }
+            Ok(options)
+        }
+    }
+}
+
 /// Creates the image `params` describe.
 ///
 /// A backing file (or differencing parent) is the user's own choice here, so it is opened read-only to learn
@@ -57,28 +92,7 @@ pub fn create_disk_file(params: &CreateParams) -> Result<()> {
             .with_path(&params.path)
             .with_operation(Operation::Create)
     };
-    let backing_files = format.capabilities().backing_files;
-    let options = match backing_files {
-        BackingFiles::None => {
-            if params.backing_file.is_some() {
-                return Err(ctx(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!(
-                        "the {} format does not support backing files",
-                        format.name()
-                    ),
-                )));
-            }
-            params.options.clone()
-        }
-        BackingFiles::AnyFormat | BackingFiles::OwnFormat => {
-            let options = option_list(params, backing_files).map_err(ctx)?;
-            if backing_files == BackingFiles::AnyFormat && !params.unsafe_backing {
-                check_backing_opens(params, &options).map_err(ctx)?;
-            }
-            options
-        }
-    };
+    let options = check_backing(params)?;
     let opener = creation_opener();
     let request = CreateRequest {
         path: &params.path,

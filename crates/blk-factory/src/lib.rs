@@ -96,7 +96,7 @@ pub use blk_core::{
 };
 #[cfg(feature = "io-uring")]
 pub use blk_uring::DISABLE_IO_URING_ENV;
-pub use create::{create_disk_file, create_options, CreateParams};
+pub use create::{check_backing, create_disk_file, create_options, CreateParams};
 pub use detect::detect_format;
 pub use format::ImageFormat;
 pub use measure::{measure, Measure, MeasureParams, MeasureSource};

@@ -74,8 +74,9 @@ fn assert_markers(disk: &dyn blk_core::DiskFile, levels: usize) {
 fn mark_levels(dir: &Path, levels: usize) {
     for i in 1..=levels {
         let path = dir.join(format!("level-{i}.qcow2"));
-        let mut params = DiskFileParams::new(&path).format(Some(qcow2()));
-        params.skip_backing = true;
+        let params = DiskFileParams::new(&path)
+            .format(Some(qcow2()))
+            .skip_backing(true);
         let disk = open_disk_file(&params).unwrap();
         disk.write_all_at(i as u64 * CLUSTER, &[marker(i); 512])
             .unwrap();

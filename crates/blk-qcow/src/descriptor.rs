@@ -10,8 +10,8 @@ use blk_core::{
     OpenedImage, Operation, OptionPrint, ProbeInput, ResizeRequest, Result, PROBE_MAGIC,
 };
 
-use crate::image::options::{Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS};
-use crate::offline::resize::{resize, Qcow2ResizeOptions};
+use crate::image::options::{Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS};
+use crate::offline::resize::Qcow2ResizeOptions;
 use crate::{OverlapCheck, Qcow2, FORMAT_NAME};
 
 /// The QCOW2 format's registration with the factory.
@@ -47,9 +47,34 @@ const AMEND_OPTIONS: &[&str] = &[
     "compat",
     "data_file",
     "data_file_raw",
+    "encrypt.iter-time",
     "lazy_refcounts",
     "refcount_bits",
     "size",
+];
+
+/// The LUKS keyslot options only `amend` has, as qemu-img lists them (blk refuses them: encryption is planned).
+const AMEND_ONLY_OPTIONS: &[CreateOptionInfo] = &[
+    CreateOptionInfo {
+        name: "encrypt.keyslot",
+        value_type: "num",
+        help: "Select a single keyslot to modify explicitly",
+    },
+    CreateOptionInfo {
+        name: "encrypt.new-secret",
+        value_type: "str",
+        help: "New secret to set in the matching keyslots. Empty string to erase",
+    },
+    CreateOptionInfo {
+        name: "encrypt.old-secret",
+        value_type: "str",
+        help: "Select all keyslots that match this password",
+    },
+    CreateOptionInfo {
+        name: "encrypt.state",
+        value_type: "str",
+        help: "Select new state of affected keyslots (active/inactive)",
+    },
 ];
 
 /// The descriptor behind [`FORMAT`].
@@ -123,20 +148,32 @@ impl FormatDescriptor for Qcow2Format {
         AMEND_OPTIONS
     }
 
+    fn amend_only_options(&self) -> &'static [CreateOptionInfo] {
+        AMEND_ONLY_OPTIONS
+    }
+
     fn measure(&self, options: &[(String, String)], source: MeasureSource<'_>) -> Result<Measure> {
         crate::offline::measure::measure_source(options, source)
     }
 
+    /// [`resize`](crate::resize) with qemu-img's `--preallocation` (`off`, `metadata`, `falloc`, `full`) for
+    /// the grown area.
     fn resize(&self, request: &ResizeRequest<'_>) -> Result<()> {
-        if let Some(mode) = request.preallocation.filter(|m| *m != "off") {
-            return Err(Error::new(
-                ErrorKind::UnsupportedFeature,
-                format!("blk resizes QCOW2 images without preallocation (asked for '{mode}')"),
-            )
-            .with_format(FORMAT_NAME)
-            .with_path(request.path)
-            .with_operation(Operation::Resize));
-        }
+        let preallocation = match request.preallocation.unwrap_or("off") {
+            "off" => Preallocation::Off,
+            "metadata" => Preallocation::Metadata,
+            "falloc" => Preallocation::Falloc,
+            "full" => Preallocation::Full,
+            mode => {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("Unsupported preallocation mode '{mode}'"),
+                )
+                .with_format(FORMAT_NAME)
+                .with_path(request.path)
+                .with_operation(Operation::Resize))
+            }
+        };
         let options = Qcow2ResizeOptions {
             host: HostOpenOptions {
                 read_only: false,
@@ -145,7 +182,12 @@ impl FormatDescriptor for Qcow2Format {
             },
             shrink: request.shrink,
         };
-        resize(request.path, request.size, &options)
+        crate::offline::resize::resize_preallocated(
+            request.path,
+            request.size,
+            &options,
+            preallocation,
+        )
     }
 }
 

@@ -1,8 +1,10 @@
 //! `blk`: qemu-img's image commands (and a qemu-io subset) over the blk disk-image crates.
 //!
 //! Every subcommand lives in its own module under [`cmd`] and works on any format the factory opens, through
-//! the `DiskFile` trait only. Errors print as one line, `blk: <error>`, on stderr, with exit code 1 unless the
-//! subcommand has qemu-img's specific codes (`compare`, `check`).
+//! the `DiskFile` trait only. The command line is read as qemu-img reads its own ([`cmd::grammar`]). Errors
+//! print as one line, `blk: <error>`, on stderr, with exit code 1 unless the subcommand has qemu-img's specific
+//! codes (`compare`, `check`); usage errors add qemu-img's `Try 'blk SUBCOMMAND --help' for more info` line
+//! where it prints one.
 
 mod cmd;
 mod output;

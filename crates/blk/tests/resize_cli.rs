@@ -97,7 +97,13 @@ fn errors_match_qemu_img() {
         let mut full = vec!["resize"];
         full.extend_from_slice(args);
         let err = assert_both_fail_with(&s, &full, message);
-        assert_eq!(err.lines().count(), 1, "one error line: {err}");
+        // One error line, and qemu-img's warning line under a refused shrink.
+        let theirs = stderr(&s.qemu_img(&full));
+        assert_eq!(
+            err.lines().count(),
+            theirs.lines().count(),
+            "as many lines as qemu-img ({theirs}): {err}"
+        );
     }
     assert_eq!(
         s.read("r.raw").len(),
@@ -129,9 +135,13 @@ fn qcow2_resize_matches_qemu_img() {
             &format!("write -P 0xa5 {} 512", parse(size) - 512),
             "x.qcow2",
         ]));
-        // Within the L1 table, across an L1 growth (512-byte clusters: 64 KiB per L2 table), then shrink.
+        // Within the L1 table, with each preallocation mode, across an L1 growth (512-byte clusters: 64 KiB
+        // per L2 table), then shrink.
         for args in [
             &["-f", "qcow2", "+1M"][..],
+            &["-f", "qcow2", "--preallocation=metadata", "+1M"][..],
+            &["-f", "qcow2", "--preallocation=falloc", "+1M"][..],
+            &["-f", "qcow2", "--preallocation=full", "+1M"][..],
             &["-f", "qcow2", "3G"][..],
             &["--shrink", "-f", "qcow2", "-512k"][..],
         ] {

@@ -405,6 +405,7 @@ impl<'a> Checker<'a> {
             fragmented_clusters: nonzero(self.res.fragmented_clusters),
             compressed_clusters: nonzero(self.res.compressed_clusters),
             messages: std::mem::take(&mut self.messages),
+            stopped: !completed,
         }
     }
 }

@@ -116,6 +116,15 @@ impl ImageAdmin for Qcow2 {
             .map_err(|e: Error| self.context(e, Operation::Info, None))
     }
 
+    fn read_vm_state(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        self.load_vm_state(pos, buf)
+            .map_err(|e| self.context(e, Operation::Read, Some(pos)))
+    }
+
+    fn repaired_on_open(&self) -> Option<CheckReport> {
+        self.shared.open_repair.get().cloned()
+    }
+
     fn check(&self, repair: RepairMode) -> Result<CheckReport> {
         crate::check::run(self, repair).map_err(|e| self.context(e, Operation::Check, None))
     }

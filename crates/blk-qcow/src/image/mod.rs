@@ -18,6 +18,7 @@
 //! | `features` | incompatible / compatible / autoclear feature bits |
 //! | `backing` | the backing file |
 //! | `data_file` | the external data file |
+//! | `vm_state` | the VM state area past the guest range (`qemu-io read -b`) |
 
 mod admin;
 pub(crate) mod backing;
@@ -28,6 +29,7 @@ pub(crate) mod header;
 pub(crate) mod header_update;
 mod open;
 pub(crate) mod options;
+mod vm_state;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -60,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) set_dirty: bool,
     /// Whether the image looks metadata-preallocated (decided on the first `map`, as QEMU does).
     pub(crate) metadata_preallocated: OnceLock<bool>,
+    /// The repair of a dirty image this open made ([`blk_core::ImageAdmin::repaired_on_open`]).
+    pub(crate) open_repair: OnceLock<blk_core::CheckReport>,
 }
 
 impl Drop for Shared {

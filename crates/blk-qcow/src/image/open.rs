@@ -175,6 +175,7 @@ impl Qcow2 {
                 read_only,
                 set_dirty: !read_only && lazy && !options.check_mode,
                 metadata_preallocated: OnceLock::new(),
+                open_repair: OnceLock::new(),
             }),
             files: [file],
         };
@@ -192,6 +193,8 @@ impl Qcow2 {
                     }
                 })?;
                 dirty_repair_outcome(&report)?;
+                // Set once: this is the only place, and it runs once per open.
+                let _ = image.shared.open_repair.set(report);
                 let mut meta = image.lock_metadata();
                 meta.flush(&image.shared.file)?;
                 meta.update_incompatible(&image.shared.file, 0, INCOMPAT_DIRTY)?;

@@ -1,5 +1,5 @@
 //! `ImageAdmin::amend`: `qemu-img amend -o ...` (QEMU's `qcow2_amend_options`) for the options blk can change in
-//! place: `compat` (upgrade to 1.1; downgrade to 0.10 when nothing needs expanding), `lazy_refcounts`,
+//! place: `compat` (upgrade to 1.1; downgrade to 0.10, zero clusters expanded), `lazy_refcounts`,
 //! `refcount_bits` (only to its current width). Creation-only options and the backing file (QEMU: use
 //! `rebase`) are refused with QEMU's messages; `size` is the caller's (a resize after the amend).
 
@@ -11,7 +11,7 @@ use crate::image::features::{COMPAT_LAZY_REFCOUNTS, INCOMPAT_DATA_FILE, INCOMPAT
 use crate::image::header::{V2_HEADER_SIZE, V3_HEADER_SIZE};
 use crate::image::header_update::rewrite_header;
 use crate::image::Qcow2;
-use crate::metadata::tables::{L1_OFFSET_MASK, ZERO};
+use crate::metadata::tables::{COPIED, L1_OFFSET_MASK, L2_OFFSET_MASK, ZERO};
 use crate::metadata::Metadata;
 
 /// Options only `create` takes (QEMU: "This option is only supported for image creation").
@@ -63,6 +63,12 @@ fn parse(options: &[(String, String)]) -> Result<Amendment> {
                     "Cannot amend the backing file. You can use 'qemu-img rebase' instead.",
                 ))
             }
+            k if k.starts_with("encrypt.") && k != "encrypt.format" => {
+                // The image is not encrypted (blk opens no encrypted image).
+                return Err(invalid(
+                    "Can't amend encryption options - encryption not present",
+                ));
+            }
             k if CREATION_ONLY.contains(&k) || k.starts_with("encrypt.") => {
                 return Err(invalid(format!(
                     "Invalid parameter '{k}': this option is only supported for image creation"
@@ -112,7 +118,8 @@ pub(crate) fn amend(image: &Qcow2, options: &[(String, String)]) -> Result<()> {
         ));
     }
     if version == 2 && header.version >= 3 {
-        check_downgrade(image, &mut meta, refcount_bits)?;
+        check_downgrade(&meta, refcount_bits)?;
+        expand_zero_clusters(image, &mut meta)?;
         header.version = 2;
         header.header_length = V2_HEADER_SIZE as u32;
         header.incompatible = 0;
@@ -144,7 +151,7 @@ pub(crate) fn amend(image: &Qcow2, options: &[(String, String)]) -> Result<()> {
 }
 
 /// QEMU's `qcow2_downgrade` preconditions that blk checks rather than fixes.
-fn check_downgrade(image: &Qcow2, meta: &mut Metadata, refcount_bits: u64) -> Result<()> {
+fn check_downgrade(meta: &Metadata, refcount_bits: u64) -> Result<()> {
     let h = &meta.header;
     if refcount_bits != 16 {
         return Err(invalid(
@@ -177,10 +184,23 @@ fn check_downgrade(image: &Qcow2, meta: &mut Metadata, refcount_bits: u64) -> Re
             "blk cannot downgrade an image with internal snapshots",
         ));
     }
-    // v2 has no zero flag: QEMU expands zero clusters; blk refuses when there are any.
+    Ok(())
+}
+
+/// v2 has no zero flag: QEMU's `qcow2_expand_zero_clusters` for the active L2 tables (the image has no
+/// internal snapshots, [`check_downgrade`] refuses them). A zero cluster with a host cluster keeps it, zeroed;
+/// one without becomes unallocated when no backing file shows through, else gets a new host cluster of zeros.
+fn expand_zero_clusters(image: &Qcow2, meta: &mut Metadata) -> Result<()> {
     let file = &image.shared.file;
     let g = image.shared.geometry.clone();
+    let has_backing = meta
+        .header
+        .backing_file
+        .as_ref()
+        .is_some_and(|name| !name.is_empty());
     let clusters = g.size.div_ceil(g.cluster_size);
+    // The cluster size is at most 2 MiB (checked at open).
+    let zeros = vec![0u8; g.cluster_size as usize];
     for l1_index in 0..g.l1_size {
         let l1_entry = meta.l1.get(l1_index as usize).copied().unwrap_or(0);
         if l1_entry & L1_OFFSET_MASK == 0 {
@@ -188,13 +208,23 @@ fn check_downgrade(image: &Qcow2, meta: &mut Metadata, refcount_bits: u64) -> Re
         }
         let first = l1_index * g.l2_entries;
         for gc in first..(first + g.l2_entries).min(clusters) {
-            if meta.l2_entry(file, gc)? & ZERO != 0 {
-                return Err(unsupported(format!(
-                    "blk cannot downgrade an image with zero clusters (the first at guest offset {:#x}); QEMU expands them",
-                    gc * g.cluster_size
-                )));
+            let entry = meta.l2_entry(file, gc)?;
+            if entry & ZERO == 0 {
+                continue;
             }
+            let host = match entry & L2_OFFSET_MASK {
+                0 if !has_backing => {
+                    meta.set_l2_entry(file, gc, 0)?;
+                    continue;
+                }
+                0 => meta.allocate_clusters(file, 1)?,
+                host => host,
+            };
+            file.write_all_at(host, &zeros)?;
+            // Without snapshots every host cluster has refcount 1.
+            meta.set_l2_entry(file, gc, host | COPIED)?;
         }
     }
-    Ok(())
+    meta.flush(file)?;
+    file.sync_data()
 }

@@ -202,25 +202,43 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
     file.sync_data()?;
     drop(file);
     if o.preallocation != Preallocation::Off {
-        preallocate(path, o.preallocation, o.data_file.is_some())?;
+        let opener: Arc<dyn ImageOpener> = Arc::new(DenyNamedImages);
+        preallocate(path, o.preallocation, o.data_file.is_some(), 0, opener)?;
     }
     Ok(())
 }
 
-/// Allocates every guest cluster (refcount 1, L2 entries set), then reserves or zeroes the file. With an
-/// external data file, every L2 entry maps the guest cluster to the same offset there (not refcounted), and
-/// the image file only gets its L2 tables.
-fn preallocate(path: &Path, mode: Preallocation, data_file: bool) -> Result<()> {
-    let options = Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DenyNamedImages));
+/// Allocates every guest cluster from `first_cluster` on that has no L2 entry yet (refcount 1, L2 entries
+/// set), then reserves or zeroes the file. With an external data file, every L2 entry maps the guest cluster
+/// to the same offset there (not refcounted), and the image file only gets its L2 tables. `create` starts at
+/// cluster 0 of a new image; `resize` at the first cluster of the grown area. The image is opened with
+/// `opener` (resize's skips the backing file).
+pub(crate) fn preallocate(
+    path: &Path,
+    mode: Preallocation,
+    data_file: bool,
+    first_cluster: u64,
+    opener: Arc<dyn ImageOpener>,
+) -> Result<()> {
+    let options = Qcow2OpenOptions::new(HostOpenOptions::default(), opener);
     let image = Qcow2::open_without_data_file(path, &options)?;
     let g = image.geometry().clone();
     let clusters = g.size.div_ceil(g.cluster_size);
     let file = image.host_file();
     {
         let mut meta = image.lock_metadata();
-        let mut gc = 0;
+        let mut gc = first_cluster;
         while gc < clusters {
-            let n = (g.l2_entries - gc % g.l2_entries).min(clusters - gc);
+            // A run of clusters without an entry, inside one L2 table.
+            if meta.l2_entry(file, gc)? != 0 {
+                gc += 1;
+                continue;
+            }
+            let table_end = (gc / g.l2_entries + 1) * g.l2_entries;
+            let mut n = 1;
+            while gc + n < table_end.min(clusters) && meta.l2_entry(file, gc + n)? == 0 {
+                n += 1;
+            }
             // Give the range its L2 table first, so the data follows it as in qemu's layout.
             meta.set_l2_entry(file, gc, 0)?;
             let host = if data_file {

@@ -29,7 +29,7 @@ use blk_core::{
 };
 
 use crate::image::header::{Header, MAX_L1_BYTES};
-use crate::image::options::Qcow2OpenOptions;
+use crate::image::options::{Preallocation, Qcow2OpenOptions};
 use crate::image::Qcow2;
 use crate::io::discard::holds_reference;
 use crate::metadata::overlap::{ACTIVE_L1, IGNORE_NONE, REFCOUNT_TABLE};
@@ -118,15 +118,33 @@ impl ImageOpener for NoNamedImages {
 /// # }
 /// ```
 pub fn resize(path: impl AsRef<Path>, new_size: u64, options: &Qcow2ResizeOptions) -> Result<()> {
-    let path = path.as_ref();
-    resize_inner(path, new_size, options).map_err(|e| {
+    resize_preallocated(path.as_ref(), new_size, options, Preallocation::Off)
+}
+
+/// [`resize`] with qemu's `--preallocation` for the grown area (QEMU's `preallocate_co` from the old size):
+/// `metadata` allocates its clusters (L2 entries and refcounts; the file grows sparse), `falloc` also
+/// reserves the file's blocks, `full` also writes zeros. The clusters start at the first whole cluster past
+/// the old size (a partial last cluster is left as it was). A shrink with preallocation is refused, as QEMU
+/// refuses it.
+pub(crate) fn resize_preallocated(
+    path: &Path,
+    new_size: u64,
+    options: &Qcow2ResizeOptions,
+    preallocation: Preallocation,
+) -> Result<()> {
+    resize_inner(path, new_size, options, preallocation).map_err(|e| {
         e.with_format(FORMAT_NAME)
             .with_path(path)
             .with_operation(Operation::Resize)
     })
 }
 
-fn resize_inner(path: &Path, new_size: u64, options: &Qcow2ResizeOptions) -> Result<()> {
+fn resize_inner(
+    path: &Path,
+    new_size: u64,
+    options: &Qcow2ResizeOptions,
+    preallocation: Preallocation,
+) -> Result<()> {
     if new_size % 512 != 0 {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -166,6 +184,12 @@ fn resize_inner(path: &Path, new_size: u64, options: &Qcow2ResizeOptions) -> Res
             "Use the --shrink option to perform a shrink operation.",
         ));
     }
+    if new_size < header.size && preallocation != Preallocation::Off {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "Preallocation can only be used for growing images",
+        ));
+    }
     let open_options = Qcow2OpenOptions::new(options.host, Arc::new(NoNamedImages));
     let image = Qcow2::open_file(file, &open_options)?;
     let mut meta = image.lock_metadata();
@@ -186,7 +210,20 @@ fn resize_inner(path: &Path, new_size: u64, options: &Qcow2ResizeOptions) -> Res
         }
     }
     meta.flush(image.host_file())?;
-    write_size(&image, &mut meta, new_size)
+    write_size(&image, &mut meta, new_size)?;
+    let first_new_cluster = old_size.div_ceil(meta.g.cluster_size);
+    drop(meta);
+    drop(image);
+    if preallocation != Preallocation::Off && new_size > old_size {
+        crate::offline::create::preallocate(
+            path,
+            preallocation,
+            false,
+            first_new_cluster,
+            Arc::new(NoNamedImages),
+        )?;
+    }
+    Ok(())
 }
 
 /// Refuses what QEMU refuses and what this crate does not do.

@@ -3,10 +3,11 @@
 //! The flags, defaults, offset sequence, output lines, error messages and exit codes are qemu-img bench's
 //! (QEMU 10.0): `-c 75000 -d 64 -s 4096`, `-S` defaulting to the buffer size, `-t writeback`, reads unless `-w`,
 //! offsets `o, o+S, o+2S, ...` wrapped modulo the image size. `-i` takes qemu's `threads`, `native` and
-//! `io_uring`, and blk's names `sync` (= threads) and `aio` (= native); the backend actually used (after any
-//! fallback) is named on stderr, so stdout stays qemu-img's. Two extras: `--random SEED` (offsets from a seeded
-//! generator, aligned to the buffer size, inside the image) and `--queues N` (N threads, each with its own
-//! handle from `try_clone_async` and its own queue, the count split between them, one result line).
+//! `io_uring`, and blk's names `sync` (= threads) and `aio` (= native); when the backend asked for is not
+//! available, a warning on stderr says why and which one runs instead. Two extras: `--random SEED` (offsets
+//! from a seeded generator, aligned to the buffer size, inside the image) and `--queues N` (N threads, each
+//! with its own handle from `try_clone_async` and its own queue, the count split between them, one result
+//! line).
 //!
 //! | module | what it holds |
 //! |---|---|
@@ -47,6 +48,9 @@ const INT_MAX: i64 = i32::MAX as i64;
 /// Arguments of `blk bench` (qemu-img bench's, plus `--random` and `--queues`).
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
     /// Number of I/O requests to perform (75000).
     #[arg(
         short = 'c',
@@ -324,19 +328,22 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         })
         .backend(settings.backend)
         .named_images(NamedImagePolicy::AllowRecordedFormat);
+    if args.write {
+        if args.force_share {
+            return Err(super::invalid(format!(
+                "Could not open '{}': force-share=on can only be used with read-only images",
+                super::display_path(path)
+            )));
+        }
+        super::warn_if_probed_raw(path, args.format.as_deref());
+    }
     let disk = blk_factory::open_disk_file(&params).map_err(|e| e.with_path(path))?;
     let choice = choose_backend(settings.backend);
-    if !args.quiet {
+    // As qemu-img, nothing about the backend when the one asked for runs; a fallback is a warning naming why.
+    if choice.backend != settings.backend {
         for note in &choice.notes {
-            eprintln!("note: {note}");
+            eprintln!("blk: warning: {note}");
         }
-        eprintln!(
-            "backend: {} (requested {}), {} queue{}",
-            choice.backend.name(),
-            settings.backend.name(),
-            settings.queues,
-            if settings.queues == 1 { "" } else { "s" }
-        );
     }
 
     println!(

@@ -7,26 +7,36 @@ use blk_core::{DiskFile, Error, ErrorKind, ExtentKind, LockMode, Result};
 use blk_factory::{resize_disk_file, ResizeParams};
 use clap::Args;
 
+use super::rate_limit::RateLimit;
 use super::{cache_is_direct, open_disk, open_image, progress, OpenSpec, CHUNK};
 
 /// Arguments of `blk commit`.
 #[derive(Debug, Args)]
 pub struct CommitArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Image format (probed when omitted).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
     /// Cache mode (`none` is O_DIRECT).
-    #[arg(short = 't', value_name = "CACHE")]
+    #[arg(short = 't', long = "cache", value_name = "CACHE")]
     pub cache: Option<String>,
     /// The image to commit into: only the image's own backing file is supported. Implies `-d`.
-    #[arg(short = 'b', value_name = "BASE")]
+    #[arg(short = 'b', long = "base", value_name = "BASE")]
     pub base: Option<PathBuf>,
     /// Do not empty the image after the commit.
-    #[arg(short = 'd')]
+    #[arg(short = 'd', long = "drop")]
     pub keep: bool,
     /// Show progress.
     #[arg(short = 'p', long = "progress")]
     pub progress: bool,
+    /// I/O rate limit in bytes per second (size suffixes allowed): the data copied is paced to it.
+    #[arg(short = 'r', long = "rate", value_name = "RATE")]
+    pub rate: Option<String>,
     /// Print nothing but errors.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
@@ -37,6 +47,7 @@ pub struct CommitArgs {
 /// Runs `blk commit`.
 pub fn run(args: CommitArgs) -> Result<u8> {
     let path = &args.filename;
+    let rate = RateLimit::parse(args.rate.as_deref())?;
     let direct = cache_is_direct(args.cache.as_deref())?;
     // The image alone (its backing file is opened writable below, not read-only through the image).
     let spec = OpenSpec {
@@ -98,8 +109,14 @@ pub fn run(args: CommitArgs) -> Result<u8> {
         resize_disk_file(&params).map_err(|e| e.with_path(&base_path))?;
     }
     let base = open_disk(&base_path, base_spec)?;
-    copy_own_data(&*top.disk, &*base, size, args.progress && !args.quiet)
-        .map_err(|e| e.with_path(path))?;
+    copy_own_data(
+        &*top.disk,
+        &*base,
+        size,
+        rate.as_ref(),
+        args.progress && !args.quiet,
+    )
+    .map_err(|e| e.with_path(path))?;
     base.flush().map_err(|e| e.with_path(&base_path))?;
     drop(base);
     if !args.keep && args.base.is_none() {
@@ -114,7 +131,13 @@ pub fn run(args: CommitArgs) -> Result<u8> {
 
 /// Copies every run `top` stores itself (depth 0) into `base`: data as data, zero runs as zeros that may be
 /// unmapped (as QEMU's commit leaves holes there).
-fn copy_own_data(top: &dyn DiskFile, base: &dyn DiskFile, size: u64, progress: bool) -> Result<()> {
+fn copy_own_data(
+    top: &dyn DiskFile,
+    base: &dyn DiskFile,
+    size: u64,
+    rate: Option<&RateLimit>,
+    progress: bool,
+) -> Result<()> {
     let bar = progress::bar(size, progress);
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
@@ -129,6 +152,9 @@ fn copy_own_data(top: &dyn DiskFile, base: &dyn DiskFile, size: u64, progress: b
                     // `len <= CHUNK`, a usize.
                     let data = &mut buf[..len as usize];
                     top.read_exact_at(pos, data)?;
+                    if let Some(rate) = rate {
+                        rate.pace(len);
+                    }
                     base.write_all_at(pos, data)?;
                 }
             }
@@ -136,6 +162,6 @@ fn copy_own_data(top: &dyn DiskFile, base: &dyn DiskFile, size: u64, progress: b
         pos += len;
         bar.set_position(pos);
     }
-    bar.finish_and_clear();
+    bar.finish();
     Ok(())
 }

@@ -25,6 +25,12 @@ const READ_ERROR: u8 = 4;
 /// Arguments of `blk compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Format of the first image (probed when omitted).
     #[arg(short = 'f', long = "a-format", value_name = "FMT")]
     pub format_a: Option<String>,
@@ -44,7 +50,12 @@ pub struct CompareArgs {
     #[arg(short = 'p', long = "progress")]
     pub progress: bool,
     /// Cache mode of both images.
-    #[arg(short = 'T', long = "source-cache", value_name = "SRC_CACHE")]
+    #[arg(
+        short = 'T',
+        long = "source-cache",
+        visible_alias = "cache",
+        value_name = "SRC_CACHE"
+    )]
     pub cache: Option<String>,
     /// The first image.
     pub file_a: PathBuf,
@@ -93,7 +104,7 @@ struct Comparison {
     quiet: bool,
     buf_a: Vec<u8>,
     buf_b: Vec<u8>,
-    bar: indicatif::ProgressBar,
+    bar: progress::Progress,
 }
 
 impl Comparison {
@@ -184,7 +195,17 @@ impl Comparison {
 
 /// Runs `blk compare`.
 pub fn run(args: CompareArgs) -> Result<u8> {
-    let direct = cache_is_direct(args.cache.as_deref())?;
+    // qemu-img compare's exit code for every error before the comparison is 2.
+    let direct = match cache_is_direct(args.cache.as_deref()) {
+        Ok(direct) => direct,
+        Err(_) => {
+            report(&super::invalid(format!(
+                "Invalid source cache option: {}",
+                args.cache.as_deref().unwrap_or_default()
+            )));
+            return Ok(OPEN_ERROR);
+        }
+    };
     let open = |path: &Path, format: Option<&str>| {
         let spec = OpenSpec {
             format,
@@ -227,16 +248,18 @@ pub fn run(args: CompareArgs) -> Result<u8> {
         bar: progress::bar(total, args.progress && !args.quiet),
     };
     let result = cmp.compare(&a, &b, args.strict);
-    cmp.bar.finish_and_clear();
-    match result {
+    let code = match result {
         Ok(()) => {
             cmp.say("Images are identical.");
-            Ok(0)
+            0
         }
-        Err(Stop::Verdict(code)) => Ok(code),
+        Err(Stop::Verdict(code)) => code,
         Err(Stop::Failed(code, err)) => {
             report(&err);
-            Ok(code)
+            code
         }
-    }
+    };
+    // qemu-img ends its progress lines after the verdict, without a last 100% line.
+    cmp.bar.end();
+    Ok(code)
 }

@@ -13,13 +13,14 @@
 use std::path::{Path, PathBuf};
 
 use blk_core::{
-    DiskFile, Error, ErrorKind, Extent, ExtentKind, ImageAdmin, Result, ResultExt, SnapshotSelector,
+    AsyncDiskFile, DiskFile, Error, ErrorKind, Extent, ExtentKind, ImageAdmin, Result, ResultExt,
+    SnapshotSelector,
 };
 use blk_factory::{CreateParams, ImageFormat};
 use clap::Args;
-use indicatif::ProgressBar;
 
 use super::create::create_image;
+use super::rate_limit::RateLimit;
 use super::scan::{is_zero, SECTOR};
 use super::sparse::{allocated_sectors_min, parse_sparse};
 use super::{
@@ -30,6 +31,12 @@ use super::{
 /// Arguments of `blk convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Format of the source images (probed when omitted).
     #[arg(short = 'f', long = "source-format", value_name = "FMT")]
     pub format: Option<String>,
@@ -37,6 +44,7 @@ pub struct ConvertArgs {
     #[arg(
         short = 'O',
         long = "target-format",
+        visible_alias = "output-format",
         value_name = "OUTPUT_FMT",
         default_value = "raw"
     )]
@@ -67,21 +75,28 @@ pub struct ConvertArgs {
     pub force_share: bool,
     /// Convert this internal snapshot of the (single) source instead of its current disk:
     /// `snapshot.id=ID[,snapshot.name=NAME]`, `snapshot.name=NAME` or an ID or name.
-    #[arg(short = 'l', value_name = "SNAPSHOT_PARAM")]
+    #[arg(short = 'l', long = "source-snapshot", value_name = "SNAPSHOT_PARAM")]
     pub snapshot: Option<String>,
     /// Parallel requests qemu-img would use (1 to 16): validated as qemu-img does; blk copies in large
     /// sequential chunks, so the value does not change the result.
-    #[arg(short = 'm', value_name = "NUM_COROUTINES")]
+    #[arg(short = 'm', long = "parallel", value_name = "NUM_COROUTINES")]
     pub coroutines: Option<String>,
     /// Allow out-of-order writes to the target (accepted: blk's writes are in order, which is always allowed).
-    #[arg(short = 'W')]
+    #[arg(short = 'W', long = "oob-writes")]
     pub out_of_order: bool,
     /// With `-n`: the existing target already reads as zeros, so zero runs are not written.
     #[arg(long = "target-is-zero")]
     pub target_is_zero: bool,
     /// Copy offloading (accepted as in qemu-img; refused with `-c` and `-S`, as there).
-    #[arg(short = 'C')]
+    #[arg(short = 'C', long = "copy-range-offloading")]
     pub copy_offload: bool,
+    /// Keep copying past read errors of the sources: what cannot be read is retried one 512-byte sector at a
+    /// time, and sectors that still fail are written as zeros, each reported on stderr.
+    #[arg(long = "salvage")]
+    pub salvage: bool,
+    /// Limit the copy to this many bytes of data per second (`16M`; zeros are not counted).
+    #[arg(short = 'r', long = "rate", value_name = "RATE")]
+    pub rate: Option<String>,
     /// Print nothing on success.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
@@ -110,6 +125,8 @@ struct Target<'a> {
     /// The target reads as zeros wherever nothing was written (freshly created, no backing file).
     zero_init: bool,
     zeros: Vec<u8>,
+    /// `-r`: the data written is paced to this rate.
+    rate: Option<RateLimit>,
 }
 
 impl Target<'_> {
@@ -137,6 +154,9 @@ impl Target<'_> {
 
     /// Writes `data` at `offset`, leaving out zero runs as `-S` says.
     fn data(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if let Some(rate) = &self.rate {
+            rate.pace(data.len() as u64);
+        }
         if self.min_sparse == 0 {
             return self.disk.write_all_at(offset, data).with_path(self.path);
         }
@@ -167,34 +187,82 @@ impl Target<'_> {
     }
 }
 
+/// One source image of a convert.
+struct Source<'a> {
+    disk: &'a dyn DiskFile,
+    path: &'a Path,
+    /// `--salvage`: read errors are reported and read as zeros.
+    salvage: bool,
+}
+
+/// qemu-img's unit of `--salvage`: a failed read is retried one sector at a time.
+const SALVAGE_SECTOR: usize = 512;
+
+/// Reads `buf.len()` bytes at `offset` of `disk`; with `salvage`, a failed read is retried one sector at a
+/// time and the sectors that still fail read as zeros, each reported as qemu-img reports it.
+fn read_source(
+    disk: &dyn DiskFile,
+    path: &Path,
+    offset: u64,
+    buf: &mut [u8],
+    salvage: bool,
+) -> Result<()> {
+    match disk.read_exact_at(offset, buf) {
+        Err(_) if salvage => {
+            for (i, sector) in buf.chunks_mut(SALVAGE_SECTOR).enumerate() {
+                let at = offset + (i * SALVAGE_SECTOR) as u64;
+                if let Err(e) = disk.read_exact_at(at, sector) {
+                    eprintln!(
+                        "blk: warning: error while reading offset {at}: {}",
+                        super::strerror(e.errno())
+                    );
+                    sector.fill(0);
+                }
+            }
+            Ok(())
+        }
+        result => result.with_path(path),
+    }
+}
+
 /// Copies all of `source` to `target` at `base`. With `top_only` (`-B`), ranges the source's top layer does
-/// not allocate are left to the target's backing file.
+/// not allocate are left to the target's backing file. With `--salvage`, a range whose allocation cannot be
+/// read is copied as data, one sector at a time.
 fn copy_source(
-    source: &dyn DiskFile,
-    source_path: &Path,
+    source: &Source<'_>,
     target: &Target<'_>,
     base: u64,
     top_only: bool,
-    bar: &ProgressBar,
+    bar: &progress::Progress,
 ) -> Result<()> {
-    let size = source.logical_size();
+    let size = source.disk.logical_size();
     let mut buf = vec![0u8; CHUNK as usize];
     let mut offset = 0;
     while offset < size {
         let want = (size - offset).min(CHUNK);
-        let extent = map_extent(source, source_path, offset, want)?;
-        let len = extent.length;
-        if top_only && !in_top_layer(&extent) {
+        let (len, skip, zero) = match map_extent(source.disk, source.path, offset, want) {
+            Ok(extent) => (
+                extent.length,
+                top_only && !in_top_layer(&extent),
+                extent.reads_as_zero(),
+            ),
+            Err(_) if source.salvage => (want.min(SALVAGE_SECTOR as u64), false, false),
+            Err(e) => return Err(e),
+        };
+        if skip {
             // Left unallocated: the target's backing file answers.
-        } else if extent.reads_as_zero() {
+        } else if zero {
             target.zero(base + offset, len)?;
+            if target.min_sparse == 0 {
+                bar.inc(len);
+            }
         } else {
             let data = &mut buf[..len as usize];
-            source.read_exact_at(offset, data).with_path(source_path)?;
+            read_source(source.disk, source.path, offset, data, source.salvage)?;
             target.data(base + offset, data)?;
+            bar.inc(len);
         }
         offset += len;
-        bar.inc(len);
     }
     Ok(())
 }
@@ -207,6 +275,8 @@ fn in_top_layer(extent: &Extent) -> bool {
 /// The sources of a convert, concatenated into one guest address space.
 struct Sources<'a> {
     disks: Vec<(&'a dyn DiskFile, &'a Path, u64)>,
+    /// `--salvage`: read errors are reported and read as zeros.
+    salvage: bool,
 }
 
 impl Sources<'_> {
@@ -223,8 +293,13 @@ impl Sources<'_> {
                 continue;
             }
             let n = ((base + size - pos) as usize).min(buf.len() - done);
-            disk.read_exact_at(pos - base, &mut buf[done..done + n])
-                .with_path(path)?;
+            read_source(
+                disk,
+                path,
+                pos - base,
+                &mut buf[done..done + n],
+                self.salvage,
+            )?;
             done += n;
         }
         Ok(())
@@ -257,7 +332,7 @@ fn copy_compressed(
     unit: u64,
     total: u64,
     top_only: bool,
-    bar: &ProgressBar,
+    bar: &progress::Progress,
 ) -> Result<()> {
     let unit_len = usize::try_from(unit)
         .ok()
@@ -273,6 +348,9 @@ fn copy_compressed(
             if is_zero(data) {
                 target.zero(offset, len)?;
             } else {
+                if let Some(rate) = &target.rate {
+                    rate.pace(len);
+                }
                 target
                     .admin
                     .write_compressed(offset, data)
@@ -283,6 +361,33 @@ fn copy_compressed(
         bar.inc(len);
     }
     Ok(())
+}
+
+/// What `-p` counts, as qemu-img counts it: the bytes [`copy_source`] copies as data (and, with `-S 0`, the
+/// zeros it writes), not the ranges left sparse or to the backing file.
+fn progress_total(
+    sources: &[(Box<dyn AsyncDiskFile>, &PathBuf)],
+    top_only: bool,
+    min_sparse: u64,
+) -> Result<u64> {
+    let mut total = 0u64;
+    for (source, path) in sources {
+        let size = source.logical_size();
+        let mut offset = 0;
+        while offset < size {
+            let extent = map_extent(&**source, path, offset, (size - offset).min(CHUNK))?;
+            let counted = if top_only && !in_top_layer(&extent) {
+                false
+            } else {
+                !extent.reads_as_zero() || min_sparse == 0
+            };
+            if counted {
+                total = total.saturating_add(extent.length);
+            }
+            offset += extent.length;
+        }
+    }
+    Ok(total)
 }
 
 /// Runs `blk convert`.
@@ -325,7 +430,11 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
     if args.copy_offload && args.sparse_size.is_some() {
         return Err(invalid("Cannot enable copy offloading when -S is used"));
     }
+    if args.copy_offload && args.salvage {
+        return Err(invalid("Cannot use copy offloading in salvaging mode"));
+    }
     let min_sparse = parse_sparse(args.sparse_size.as_deref())?;
+    let rate = RateLimit::parse(args.rate.as_deref())?;
     let options = parse_options(&args.options).map_err(|e| e.with_path(target_path))?;
     let backing_format =
         parse_format(args.backing_format.as_deref()).map_err(|e| e.with_path(target_path))?;
@@ -420,9 +529,15 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         } else {
             Vec::new()
         },
+        rate,
     };
-    let bar = progress::bar(total, args.progress && !args.quiet);
     let top_only = args.backing.is_some();
+    let show_progress = args.progress && !args.quiet;
+    let bar = if show_progress && !args.compress {
+        progress::bar(progress_total(&opened, top_only, min_sparse)?, true)
+    } else {
+        progress::bar(total, show_progress)
+    };
     if args.compress {
         let Some(unit) = target_image.admin.compressed_write_size() else {
             return Err(compression_unsupported());
@@ -433,11 +548,20 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
             disks.push((&**disk as &dyn DiskFile, path.as_path(), base));
             base += disk.logical_size();
         }
-        copy_compressed(&Sources { disks }, &target, unit, total, top_only, &bar)?;
+        let sources = Sources {
+            disks,
+            salvage: args.salvage,
+        };
+        copy_compressed(&sources, &target, unit, total, top_only, &bar)?;
     } else {
         let mut base = 0;
         for (disk, path) in &opened {
-            copy_source(&**disk, path, &target, base, top_only, &bar)?;
+            let source = Source {
+                disk: &**disk,
+                path,
+                salvage: args.salvage,
+            };
+            copy_source(&source, &target, base, top_only, &bar)?;
             base += disk.logical_size();
         }
     }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use blk_core::{Error, ErrorKind, Result};
+use blk_core::{Error, ErrorKind, OptionPrint, Result};
 use blk_factory::{create_disk_file, CreateParams, ImageFormat};
 use clap::Args;
 
@@ -15,6 +15,9 @@ use super::{
 /// Arguments of `blk create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Image format.
     #[arg(
         short = 'f',
@@ -33,7 +36,7 @@ pub struct CreateArgs {
     #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
     pub backing_format: Option<String>,
     /// Record the backing file without opening it (the size must be given).
-    #[arg(short = 'u', long = "unsafe")]
+    #[arg(short = 'u', long = "unsafe", visible_alias = "backing-unsafe")]
     pub unsafe_backing: bool,
     /// Print nothing on success.
     #[arg(short = 'q', long = "quiet")]
@@ -44,23 +47,88 @@ pub struct CreateArgs {
     pub size: Option<String>,
 }
 
-/// Creates the image `params` describe, printing qemu-img's `Formatting ...` line unless `quiet`: before
-/// creating, as qemu-img does, or, when the size comes from the backing file, once the image exists.
+/// Creates the image `params` describe and prints qemu-img's `Formatting ...` line unless `quiet` (with the
+/// backing file's size when none was given). As in qemu-img, a refused backing file or an option the format
+/// does not have (or whose value does not parse) fails before the line; a value the format refuses (a cluster
+/// size, a size too large) or a file that cannot be made fails after it.
 pub fn create_image(params: &CreateParams, quiet: bool) -> Result<()> {
-    if !quiet && params.size.is_some() {
-        println!("{}", formatting_line(params, params.size));
+    // qemu-img checks the backing file, then prints its `Formatting ...` line once the options parse, then
+    // lets the format create the image: a format's refusal comes after the line.
+    blk_factory::check_backing(params).map_err(|e| backing_error(params, e))?;
+    let announced = !quiet && params.size.is_some() && options_parse(params);
+    if let Err(e) = create_disk_file(params) {
+        if announced {
+            println!("{}", formatting_line(params, params.size));
+        }
+        return Err(e.with_path(&params.path));
     }
-    create_disk_file(params).map_err(|e| e.with_path(&params.path))?;
-    if !quiet && params.size.is_none() {
-        let spec = OpenSpec {
-            format: Some(params.format.name()),
-            skip_backing: true,
-            ..OpenSpec::read_only(None, true)
+    if !quiet {
+        let size = match params.size {
+            Some(size) => size,
+            None => {
+                let spec = OpenSpec {
+                    format: Some(params.format.name()),
+                    skip_backing: true,
+                    ..OpenSpec::read_only(None, true)
+                };
+                open_disk(&params.path, spec)?.logical_size()
+            }
         };
-        let size = open_disk(&params.path, spec)?.logical_size();
         println!("{}", formatting_line(params, Some(size)));
     }
     Ok(())
+}
+
+/// Whether every `-o` option is one the format (or the file protocol) has and its value parses as its type, as
+/// qemu's option parser checks before the `Formatting ...` line.
+fn options_parse(params: &CreateParams) -> bool {
+    let infos = blk_factory::create_options(params.format);
+    let own = params.format.descriptor().formatting_options();
+    params.options.iter().all(|(key, value)| {
+        let Some(info) = infos.iter().find(|o| o.name == key) else {
+            return false;
+        };
+        let print = own
+            .iter()
+            .chain(blk_core::FILE_FORMATTING_OPTIONS)
+            .find(|o| o.name == key)
+            .map(|o| o.print);
+        match (info.value_type, print) {
+            (t, _) if t.starts_with("bool") => matches!(
+                value.as_str(),
+                "on" | "off" | "yes" | "no" | "true" | "false" | "y" | "n"
+            ),
+            (_, Some(OptionPrint::Size)) => blk_core::parse_size_param(key, value).is_ok(),
+            (_, Some(OptionPrint::Number)) => value.parse::<u64>().is_ok(),
+            _ => true,
+        }
+    })
+}
+
+/// A backing-file error with qemu-img's second line: the format it would have probed, or that the backing
+/// image could not be opened.
+fn backing_error(params: &CreateParams, err: Error) -> Error {
+    let backing = params.backing_file.clone().or_else(|| {
+        params
+            .options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "backing_file")
+            .map(|(_, v)| v.clone())
+    });
+    let message = err.message();
+    if message.starts_with("Backing file specified without backing format") {
+        let detected = backing.and_then(|name| {
+            let path = blk_core::resolve_relative_to(&params.path, std::path::Path::new(&name));
+            blk_factory::detect_format(&path).ok()
+        });
+        if let Some(format) = detected {
+            return super::with_hint(err, format!("Detected format of {}.", format.name()));
+        }
+    } else if message.starts_with("Could not open backing file") {
+        return super::with_hint(err, "Could not open backing image.");
+    }
+    err
 }
 
 /// Runs `blk create`.
@@ -83,7 +151,8 @@ pub fn run(args: CreateArgs) -> Result<u8> {
         let from_option = parse_size_arg("image size", &text)?;
         size = Some(size.unwrap_or(from_option));
     }
-    if size.is_none() && (args.backing.is_none() || args.unsafe_backing) {
+    let backing_option = options.iter().any(|(k, _)| k == "backing_file");
+    if size.is_none() && ((args.backing.is_none() && !backing_option) || args.unsafe_backing) {
         return Err(Error::new(
             ErrorKind::InvalidInput,
             "Image creation needs a size parameter",

@@ -19,6 +19,9 @@ const MAX_BS: u64 = i32::MAX as u64;
 /// Arguments of `blk dd`.
 #[derive(Debug, Args)]
 pub struct DdArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
     /// Format of the input (probed when omitted).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,

@@ -24,6 +24,12 @@ const MAX_CHAIN: usize = blk_factory::MAX_CHAIN_DEPTH as usize + 1;
 /// Arguments of `blk info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// The image and how to show it.
     #[command(flatten)]
     pub image: ImageArgs,

@@ -13,6 +13,12 @@ use crate::output::{hex_alt, OutputFormat};
 /// Arguments of `blk map`.
 #[derive(Debug, Args)]
 pub struct MapArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// The image and how to show it.
     #[command(flatten)]
     pub image: ImageArgs,

@@ -14,6 +14,12 @@ use crate::output::{to_json_pretty, Json, OutputFormat};
 #[derive(Debug, Args)]
 #[command(args_override_self = true)]
 pub struct MeasureArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Output format.
     #[arg(
         long = "output",

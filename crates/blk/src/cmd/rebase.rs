@@ -13,24 +13,38 @@ use super::{cache_is_direct, open_disk, open_image, parse_format, progress, Open
 /// Arguments of `blk rebase`.
 #[derive(Debug, Args)]
 pub struct RebaseArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Image format (probed when omitted).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
     /// The new backing file (relative names are relative to the image's directory); `""` removes it.
-    #[arg(short = 'b', long = "backing", value_name = "BACKING_FILE")]
+    #[arg(
+        short = 'b',
+        long = "backing",
+        value_name = "BACKING_FILE",
+        default_value = ""
+    )]
     pub backing: String,
     /// The new backing file's format (required with a backing file).
     #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
     pub backing_format: Option<String>,
     /// Only record the new backing file ("unsafe mode"): the guest data is not compared or copied.
-    #[arg(short = 'u', long = "unsafe")]
+    #[arg(short = 'u', long = "unsafe", visible_alias = "backing-unsafe")]
     pub unsafe_mode: bool,
     /// Cache mode of the image (`none` is O_DIRECT).
-    #[arg(short = 't', value_name = "CACHE")]
+    #[arg(short = 't', long = "cache", value_name = "CACHE")]
     pub cache: Option<String>,
     /// Cache mode of the backing files.
-    #[arg(short = 'T', value_name = "SRC_CACHE")]
+    #[arg(short = 'T', long = "backing-cache", value_name = "SRC_CACHE")]
     pub source_cache: Option<String>,
+    /// Write the clusters copied into the image compressed (formats that store compressed clusters).
+    #[arg(short = 'c', long = "compress")]
+    pub compress: bool,
     /// Show progress.
     #[arg(short = 'p', long = "progress")]
     pub progress: bool,
@@ -57,11 +71,14 @@ pub fn run(args: RebaseArgs) -> Result<u8> {
             format!(
                 "Could not change the backing file to '{}': {}",
                 args.backing,
-                e.message()
+                // The reason once, naming the file it is about when that is not the image itself.
+                match e.path().filter(|p| *p != path.as_path()) {
+                    Some(other) => format!("{}: {}", other.display(), e.message()),
+                    None => e.message().to_string(),
+                }
             ),
         )
         .with_path(path)
-        .with_source(e)
     };
     if backing.is_some() && backing_format.is_none() {
         // Checked before anything is copied (qemu-img copies first and fails at the end).
@@ -127,7 +144,15 @@ fn copy_differences(args: &RebaseArgs, backing: Option<&str>) -> Result<()> {
         .cluster_size
         .unwrap_or(64 << 10)
         .max(512);
-    let image = image.disk;
+    if args.compress && image.admin.compressed_write_size().is_none() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "Compression not supported for this file format",
+        )
+        .with_path(path));
+    }
+    let admin = args.compress.then_some(&*image.admin);
+    let image = &*image.disk;
     let step = (CHUNK / cluster).max(1) * cluster;
     let bar = progress::bar(size, args.progress && !args.quiet);
     let mut old = vec![0u8; step as usize];
@@ -150,13 +175,13 @@ fn copy_differences(args: &RebaseArgs, backing: Option<&str>) -> Result<()> {
                 Some(disk) => read_zero_padded(&**disk, pos, new)?,
                 None => new.fill(0),
             }
-            copy_differing_clusters(&*image, pos, old, new, cluster)
+            copy_differing_clusters(image, admin, pos, old, new, cluster)
                 .map_err(|e| e.with_path(path))?;
         }
         pos += len;
         bar.set_position(pos);
     }
-    bar.finish_and_clear();
+    bar.finish();
     image.flush().map_err(|e| e.with_path(path))
 }
 
@@ -174,9 +199,11 @@ fn read_zero_padded(disk: &dyn DiskFile, offset: u64, buf: &mut [u8]) -> Result<
 }
 
 /// Writes the runs of whole clusters (clipped to the run at `offset`) where `old` and `new` differ, with the
-/// old data.
+/// old data; compressed, one cluster at a time, when `compressed` is given (`-c`; `offset` and `old.len()` are
+/// whole clusters, or end at the end of the disk).
 fn copy_differing_clusters(
     image: &dyn DiskFile,
+    compressed: Option<&dyn blk_core::ImageAdmin>,
     offset: u64,
     old: &[u8],
     new: &[u8],
@@ -188,7 +215,10 @@ fn copy_differing_clusters(
         let unit_end = ((at / cluster + 1) * cluster).min(end);
         let (a, b) = ((at - offset) as usize, (unit_end - offset) as usize);
         if old[a..b] != new[a..b] {
-            image.write_all_at(at, &old[a..b])?;
+            match compressed {
+                Some(admin) => admin.write_compressed(at, &old[a..b])?,
+                None => image.write_all_at(at, &old[a..b])?,
+            }
         }
         at = unit_end;
     }

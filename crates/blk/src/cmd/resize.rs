@@ -6,11 +6,17 @@ use blk_core::{Error, ErrorKind, LockMode, Result};
 use blk_factory::{resize_disk_file, ResizeParams};
 use clap::Args;
 
-use super::{open_disk, parse_format, parse_size_arg, OpenSpec};
+use super::{open_disk, parse_format, OpenSpec};
 
 /// Arguments of `blk resize`.
 #[derive(Debug, Args)]
 pub struct ResizeArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Image format (probed when omitted).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
@@ -30,9 +36,24 @@ pub struct ResizeArgs {
     pub size: String,
 }
 
+/// qemu-img's warning under a refused shrink.
+const SHRINK_WARNING: &str =
+    "blk: warning: Shrinking an image will delete all data beyond the shrunken \
+    image's end. Before performing such an operation, make sure there is no important data there.";
+
 /// Runs `blk resize`.
 pub fn run(args: ResizeArgs) -> Result<u8> {
     let path = &args.filename;
+    // qemu-img reads the mode with its options, before it looks at the image (whether the format takes the
+    // mode is the format's say).
+    if let Some(mode) = args.preallocation.as_deref() {
+        if !matches!(mode, "off" | "metadata" | "falloc" | "full") {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("Invalid preallocation mode '{mode}'"),
+            ));
+        }
+    }
     let format = parse_format(args.format.as_deref()).map_err(|e| e.with_path(path))?;
     let size = new_size(&args)?;
     let params = ResizeParams {
@@ -43,7 +64,17 @@ pub fn run(args: ResizeArgs) -> Result<u8> {
         preallocation: args.preallocation.clone(),
         lock: LockMode::Auto,
     };
-    resize_disk_file(&params).map_err(|e| e.with_path(path))?;
+    super::warn_if_probed_raw(path, args.format.as_deref());
+    resize_disk_file(&params).map_err(|e| {
+        let shrinking = e.message().starts_with("Use the --shrink option");
+        let e = e.with_path(path);
+        if shrinking {
+            // qemu-img's warning under the error, as its own `blk: warning:` line.
+            super::with_hint(e, SHRINK_WARNING)
+        } else {
+            e
+        }
+    })?;
     if !args.quiet {
         println!("Image resized.");
     }
@@ -58,7 +89,8 @@ fn new_size(args: &ResizeArgs) -> Result<u64> {
         Some(b'-') => (-1, &text[1..]),
         _ => (0, text),
     };
-    let amount = parse_size_arg("image size", number)?;
+    // qemu-img reads the size as the `size` option of the image, with that option's messages.
+    let amount = blk_core::parse_size_param("size", number)?;
     let positive = |size: Option<u64>| {
         size.filter(|&s| s > 0).ok_or_else(|| {
             Error::new(ErrorKind::InvalidInput, "New image size must be positive")

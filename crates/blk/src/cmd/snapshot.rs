@@ -13,20 +13,26 @@ use crate::output::snapshot_list;
 /// Arguments of `blk snapshot`.
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
+    /// `--image-opts`: the image names are qemu option strings.
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name.
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// Image format (probed when omitted).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
     /// List the snapshots (the default).
-    #[arg(short = 'l')]
+    #[arg(short = 'l', long = "list")]
     pub list: bool,
     /// Create a disk-only snapshot of the current disk with this name.
-    #[arg(short = 'c', value_name = "SNAPSHOT")]
+    #[arg(short = 'c', long = "create", value_name = "SNAPSHOT")]
     pub create: Option<String>,
     /// Revert the current disk to a snapshot (ID or name).
-    #[arg(short = 'a', value_name = "SNAPSHOT")]
+    #[arg(short = 'a', long = "apply", value_name = "SNAPSHOT")]
     pub apply: Option<String>,
     /// Delete a snapshot (ID or name).
-    #[arg(short = 'd', value_name = "SNAPSHOT")]
+    #[arg(short = 'd', long = "delete", value_name = "SNAPSHOT")]
     pub delete: Option<String>,
     /// Open the image without taking a lock (listing only).
     #[arg(short = 'U', long = "force-share")]
@@ -76,13 +82,16 @@ pub fn run(args: SnapshotArgs) -> Result<u8> {
         op,
         lock: LockMode::Auto,
     };
+    super::warn_if_probed_raw(path, args.format.as_deref());
     change_snapshots(&params).map_err(|e| {
-        Error::new(
-            e.kind(),
-            format!("Could not {verb} snapshot '{name}': {}", e.message()),
-        )
-        .with_path(path)
-        .with_source(e)
+        // The reason is said once: the format's own message may already be qemu's whole sentence.
+        let prefix = format!("Could not {verb} snapshot '{name}'");
+        let message = if e.message().starts_with(&prefix) {
+            e.message().to_string()
+        } else {
+            format!("{prefix}: {}", e.message())
+        };
+        Error::new(e.kind(), message).with_path(path)
     })?;
     Ok(0)
 }

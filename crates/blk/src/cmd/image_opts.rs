@@ -1,0 +1,480 @@
+//! `--image-opts`: the image file names are qemu option strings, `driver=FMT,file.filename=PATH[,...]`.
+//!
+//! Before the subcommand runs, each image name is replaced by the file it names and the format, sharing and
+//! cache settings the string gives are carried into the subcommand's own options, so every subcommand opens
+//! and names (`image: x.qcow2`) the image as with a plain file name. What blk understands:
+//!
+//! - `driver` (`raw`, `qcow2`, `vpc`, `vhdx`, or `file` with `filename`; probed when left out),
+//!   `file.driver=file`, `file.filename`;
+//! - `read-only`, `force-share`, `cache.direct`, `file.locking` (`off` opens without a lock, as `-U`);
+//! - QCOW2: `encrypt.key-secret=ID` (the secret must be defined with `--object`), and the cache sizes
+//!   `l2-cache-size`, `l2-cache-entry-size`, `refcount-cache-size`, `cache-size`, `cache-clean-interval`
+//!   (accepted; blk sizes its caches itself).
+//!
+//! Anything else is refused with qemu's message.
+
+use std::path::PathBuf;
+
+use blk_core::{Error, ErrorKind, Result};
+
+use super::objects;
+use super::option_list::{split_option_list, OptionItem};
+use super::Command;
+
+/// The `--image-opts` flag of the subcommands qemu-img takes it on.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ImageOptsArgs {
+    /// The image file names are option strings, `driver=FMT,file.filename=PATH` followed by any of
+    /// `,read-only=on|off`, `,force-share=on|off`, `,cache.direct=on|off`, `,encrypt.key-secret=ID`.
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
+}
+
+/// What an option string says about the image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// The file.
+    pub path: PathBuf,
+    /// The format (`driver`); `None` probes.
+    pub format: Option<String>,
+    /// `read-only`.
+    pub read_only: Option<bool>,
+    /// `force-share=on` or `file.locking=off`: no lock.
+    pub no_lock: bool,
+    /// `cache.direct`.
+    pub direct: Option<bool>,
+    /// `encrypt.key-secret`: the id of the secret (defined, checked) that unlocks an encrypted image.
+    pub key_secret: Option<String>,
+}
+
+/// QCOW2 runtime options accepted without effect: they size qemu's metadata caches.
+const QCOW2_CACHE_OPTIONS: [&str; 5] = [
+    "l2-cache-size",
+    "l2-cache-entry-size",
+    "refcount-cache-size",
+    "cache-size",
+    "cache-clean-interval",
+];
+
+fn parse_bool(key: &str, value: &str) -> std::result::Result<bool, String> {
+    match value {
+        "on" | "yes" | "true" | "y" => Ok(true),
+        "off" | "no" | "false" | "n" => Ok(false),
+        _ => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
+    }
+}
+
+/// Parses an `--image-opts` string, with qemu's messages (`Could not open 'TEXT': ...`).
+pub fn parse(text: &str) -> Result<ImageSpec> {
+    parse_inner(text).map_err(|why| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("Could not open '{text}': {why}"),
+        )
+    })
+}
+
+fn parse_inner(text: &str) -> std::result::Result<ImageSpec, String> {
+    if text.is_empty() {
+        return Err("Must specify either driver or file".to_string());
+    }
+    let items = split_option_list(text, Some("file"))
+        .map_err(|item| format!("Invalid parameter '{item}'"))?;
+    let mut driver: Option<String> = None;
+    let mut protocol = "file".to_string();
+    let mut filename = None;
+    let mut rest: Vec<OptionItem> = Vec::new();
+    for item in items {
+        match item.key.as_str() {
+            "driver" => driver = Some(item.value),
+            "file.driver" => protocol = item.value,
+            "file.filename" => filename = Some(item.value),
+            "file" => {
+                return Err(format!(
+                    "Cannot find device='{0}' nor node-name='{0}'",
+                    item.value
+                ))
+            }
+            _ => rest.push(item),
+        }
+    }
+    let mut spec = ImageSpec::default();
+    let driver = driver.unwrap_or_default();
+    // `driver=file,filename=X`: the file itself, read as raw.
+    let format_name = match driver.as_str() {
+        "" => None,
+        "file" => {
+            if let Some(pos) = rest.iter().position(|i| i.key == "filename") {
+                filename = Some(rest.remove(pos).value);
+            }
+            Some("raw")
+        }
+        "raw" | "qcow2" | "vpc" | "vhdx" => Some(driver.as_str()),
+        other => return Err(format!("Unknown driver '{other}'")),
+    };
+    spec.format = format_name.map(str::to_string);
+    if protocol != "file" {
+        return Err(format!(
+            "Block protocol '{protocol}' is not supported (blk opens local files only)"
+        ));
+    }
+    for OptionItem { key, value } in rest {
+        match key.as_str() {
+            "read-only" => spec.read_only = Some(parse_bool(&key, &value)?),
+            "force-share" => spec.no_lock |= parse_bool(&key, &value)?,
+            "cache.direct" => spec.direct = Some(parse_bool(&key, &value)?),
+            "file.locking" => match value.as_str() {
+                "on" | "auto" => {}
+                "off" => spec.no_lock = true,
+                _ => {
+                    return Err(format!(
+                        "Parameter 'locking' does not accept value '{value}'"
+                    ))
+                }
+            },
+            "encrypt.key-secret" if format_name == Some("qcow2") => {
+                objects::secret(&value).map_err(|e| e.message().to_string())?;
+                spec.key_secret = Some(value);
+            }
+            k if format_name == Some("qcow2") && QCOW2_CACHE_OPTIONS.contains(&k) => {}
+            k if k.starts_with("file.") => {
+                return Err(format!(
+                    "Block protocol 'file' doesn't support the option '{}'",
+                    &k["file.".len()..]
+                ))
+            }
+            k => {
+                return Err(format!(
+                    "Block format '{}' does not support the option '{k}'",
+                    format_name.unwrap_or("raw")
+                ))
+            }
+        }
+    }
+    let Some(filename) = filename else {
+        return Err("A block device must be specified for \"file\"".to_string());
+    };
+    spec.path = PathBuf::from(filename);
+    Ok(spec)
+}
+
+/// The settings of one subcommand that an option string may change.
+struct Target<'a> {
+    path: &'a mut PathBuf,
+    format: &'a mut Option<String>,
+    /// `-U`, where the subcommand has it.
+    force_share: Option<&'a mut bool>,
+    /// `-t`/`-T`, where the subcommand has it.
+    cache: Option<&'a mut Option<String>>,
+    /// Whether the subcommand writes to the image.
+    writes: bool,
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, message)
+}
+
+/// Replaces the image name of `target` with what its option string says.
+fn apply(target: Target<'_>) -> Result<()> {
+    if target.format.is_some() {
+        return Err(invalid("--image-opts and --format are mutually exclusive"));
+    }
+    let text = target.path.to_string_lossy().into_owned();
+    let spec = parse(&text)?;
+    let could_not = |why: &str| invalid(format!("Could not open '{text}': {why}"));
+    if spec.read_only == Some(true) && target.writes {
+        return Err(could_not("Block node is read-only"));
+    }
+    if spec.no_lock {
+        match target.force_share {
+            Some(force_share) if !target.writes => *force_share = true,
+            _ => {
+                return Err(could_not(
+                    "force-share=on can only be used with read-only images",
+                ))
+            }
+        }
+    }
+    if let Some(direct) = spec.direct {
+        match target.cache {
+            Some(cache) => *cache = Some(if direct { "none" } else { "writeback" }.to_string()),
+            None if direct => {
+                return Err(could_not(
+                    "cache.direct=on is not supported by this subcommand",
+                ))
+            }
+            None => {}
+        }
+    }
+    *target.path = spec.path;
+    *target.format = spec.format;
+    Ok(())
+}
+
+/// The settings an option string may change: the image name, format, `-U`, cache mode; `writes` says whether the
+/// subcommand writes to the image.
+fn target<'a>(
+    path: &'a mut PathBuf,
+    format: &'a mut Option<String>,
+    force_share: Option<&'a mut bool>,
+    cache: Option<&'a mut Option<String>>,
+    writes: bool,
+) -> Target<'a> {
+    Target {
+        path,
+        format,
+        force_share,
+        cache,
+        writes,
+    }
+}
+
+/// Applies `--image-opts` to the subcommand's image names, when it was given.
+pub fn resolve(command: &mut Command) -> Result<()> {
+    match command {
+        Command::Info(a) if a.image_opts.image_opts => apply(target(
+            &mut a.filename,
+            &mut a.image.format,
+            Some(&mut a.image.force_share),
+            None,
+            false,
+        )),
+        Command::Map(a) if a.image_opts.image_opts => apply(target(
+            &mut a.filename,
+            &mut a.image.format,
+            Some(&mut a.image.force_share),
+            None,
+            false,
+        )),
+        Command::Check(a) if a.image_opts.image_opts => {
+            let writes = a.repair.is_some();
+            apply(target(
+                &mut a.filename,
+                &mut a.image.format,
+                Some(&mut a.image.force_share),
+                Some(&mut a.cache),
+                writes,
+            ))
+        }
+        Command::Compare(a) if a.image_opts.image_opts => {
+            apply(target(
+                &mut a.file_a,
+                &mut a.format_a,
+                Some(&mut a.force_share),
+                Some(&mut a.cache),
+                false,
+            ))?;
+            apply(target(
+                &mut a.file_b,
+                &mut a.format_b,
+                Some(&mut a.force_share),
+                Some(&mut a.cache),
+                false,
+            ))
+        }
+        Command::Convert(a) if a.image_opts.image_opts => {
+            if a.format.is_some() {
+                return Err(invalid("--image-opts and --format are mutually exclusive"));
+            }
+            let sources = a.files.len().saturating_sub(1);
+            let mut format = None;
+            for (i, path) in a.files[..sources].iter_mut().enumerate() {
+                let mut this = None;
+                apply(target(
+                    path,
+                    &mut this,
+                    Some(&mut a.force_share),
+                    Some(&mut a.source_cache),
+                    false,
+                ))?;
+                if i > 0 && this != format {
+                    return Err(invalid(
+                        "blk converts several sources only when they have the same driver",
+                    ));
+                }
+                format = this;
+            }
+            a.format = format;
+            Ok(())
+        }
+        Command::Commit(a) if a.image_opts.image_opts => apply(target(
+            &mut a.filename,
+            &mut a.format,
+            None,
+            Some(&mut a.cache),
+            true,
+        )),
+        Command::Rebase(a) if a.image_opts.image_opts => apply(target(
+            &mut a.filename,
+            &mut a.format,
+            None,
+            Some(&mut a.cache),
+            true,
+        )),
+        Command::Resize(a) if a.image_opts.image_opts => {
+            apply(target(&mut a.filename, &mut a.format, None, None, true))
+        }
+        Command::Snapshot(a) if a.image_opts.image_opts => {
+            let writes = a.create.is_some() || a.apply.is_some() || a.delete.is_some();
+            apply(target(
+                &mut a.filename,
+                &mut a.format,
+                Some(&mut a.force_share),
+                None,
+                writes,
+            ))
+        }
+        Command::Amend(a) if a.image_opts.image_opts => {
+            apply(target(&mut a.filename, &mut a.format, None, None, true))
+        }
+        Command::Measure(a) if a.image_opts.image_opts => match a.filenames.first_mut() {
+            Some(path) => apply(target(
+                path,
+                &mut a.format,
+                Some(&mut a.force_share),
+                None,
+                false,
+            )),
+            None => Ok(()),
+        },
+        Command::Bench(a) if a.image_opts.image_opts => {
+            let writes = a.write;
+            match a.files.first_mut() {
+                Some(path) => apply(target(
+                    path,
+                    &mut a.format,
+                    Some(&mut a.force_share),
+                    Some(&mut a.cache),
+                    writes,
+                )),
+                None => Ok(()),
+            }
+        }
+        Command::Io(a) if a.image_opts.image_opts => {
+            let Some(path) = a.filename.as_mut() else {
+                return Ok(());
+            };
+            if a.format.is_some() {
+                return Err(invalid("--image-opts and -f are mutually exclusive"));
+            }
+            let spec = parse(&path.to_string_lossy())?;
+            // qemu-io opens the image as the string says: read-only, shared, direct.
+            a.read_only |= spec.read_only == Some(true);
+            a.force_share |= spec.no_lock;
+            if let Some(direct) = spec.direct {
+                a.cache = Some(if direct { "none" } else { "writeback" }.to_string());
+            }
+            *path = spec.path;
+            a.format = spec.format;
+            // The operand is a file name now.
+            a.image_opts.image_opts = false;
+            Ok(())
+        }
+        Command::Dd(a) if a.image_opts.image_opts => {
+            for operand in a.operands.iter_mut() {
+                if let Some(text) = operand.strip_prefix("if=") {
+                    let mut path = PathBuf::from(text);
+                    apply(target(
+                        &mut path,
+                        &mut a.format,
+                        Some(&mut a.force_share),
+                        None,
+                        false,
+                    ))?;
+                    *operand = format!("if={}", path.to_string_lossy());
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The `--object` definitions of the subcommand (those that take the option).
+pub fn object_definitions(command: &Command) -> &[String] {
+    match command {
+        Command::Info(a) => &a.objects.objects,
+        Command::Map(a) => &a.objects.objects,
+        Command::Check(a) => &a.objects.objects,
+        Command::Compare(a) => &a.objects.objects,
+        Command::Convert(a) => &a.objects.objects,
+        Command::Create(a) => &a.objects.objects,
+        Command::Commit(a) => &a.objects.objects,
+        Command::Rebase(a) => &a.objects.objects,
+        Command::Resize(a) => &a.objects.objects,
+        Command::Snapshot(a) => &a.objects.objects,
+        Command::Amend(a) => &a.objects.objects,
+        Command::Measure(a) => &a.objects.objects,
+        Command::Io(a) => &a.objects.objects,
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn option_strings_parse_as_qemu_parses_them() {
+        let spec =
+            parse("driver=qcow2,file.filename=a,,b.qcow2,file.driver=file,force-share=on").unwrap();
+        assert_eq!(spec.path, PathBuf::from("a,b.qcow2"));
+        assert_eq!(spec.format.as_deref(), Some("qcow2"));
+        assert!(spec.no_lock);
+        assert_eq!(parse("file.filename=x").unwrap().format, None);
+        assert_eq!(
+            parse("driver=qcow2,file.filename=x,driver=raw")
+                .unwrap()
+                .format
+                .as_deref(),
+            Some("raw")
+        );
+        assert_eq!(
+            parse("driver=file,filename=x").unwrap(),
+            ImageSpec {
+                path: "x".into(),
+                format: Some("raw".into()),
+                ..ImageSpec::default()
+            }
+        );
+        assert!(parse("driver=qcow2,file.filename=x,l2-cache-size=1M").is_ok());
+        for (text, why) in [
+            ("", "Must specify either driver or file"),
+            (
+                "x.qcow2",
+                "Cannot find device='x.qcow2' nor node-name='x.qcow2'",
+            ),
+            (
+                "driver=qcow2",
+                "A block device must be specified for \"file\"",
+            ),
+            ("driver=bogus,file.filename=x", "Unknown driver 'bogus'"),
+            (
+                "driver=qcow2,file.filename=x,bogus=1",
+                "Block format 'qcow2' does not support the option 'bogus'",
+            ),
+            (
+                "driver=raw,file.filename=x,l2-cache-size=1M",
+                "Block format 'raw' does not support the option 'l2-cache-size'",
+            ),
+            (
+                "driver=qcow2,file.filename=x,file.bogus=1",
+                "Block protocol 'file' doesn't support the option 'bogus'",
+            ),
+            (
+                "driver=raw,file.filename=x,read-only=maybe",
+                "Parameter 'read-only' expects 'on' or 'off'",
+            ),
+            (
+                "driver=qcow2,file.filename=x,encrypt.key-secret=nope",
+                "No secret with id 'nope'",
+            ),
+        ] {
+            assert_eq!(refused(text), format!("Could not open '{text}': {why}"));
+        }
+    }
+}
