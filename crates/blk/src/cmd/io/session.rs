@@ -309,12 +309,17 @@ pub fn strerror(err: &blk_core::Error) -> String {
 }
 
 /// Prints a failed request as qemu-io does: `OP failed: <strerror>` on stdout, a request past the end of the
-/// image being an `Input/output error` as in QEMU.
+/// image being an `Input/output error` as in QEMU. A corrupt image (a write refused by the metadata overlap
+/// check, an invalid table entry) is also said on stderr with what is wrong, file and offset, as qemu's
+/// `qcow2: Marking image as corrupt: ...` line is, before the `Input/output error` on stdout.
 pub fn print_io_error(op: &str, err: blk_core::Error, _image: Option<&Image>) {
-    if err.kind() == ErrorKind::OutOfBounds {
-        println!("{op} failed: {}", crate::cmd::strerror(libc::EIO));
-    } else {
-        println!("{op} failed: {}", strerror(&err));
+    match err.kind() {
+        ErrorKind::OutOfBounds => println!("{op} failed: {}", crate::cmd::strerror(libc::EIO)),
+        ErrorKind::CorruptImage => {
+            crate::cmd::report(&err);
+            println!("{op} failed: {}", strerror(&err));
+        }
+        _ => println!("{op} failed: {}", strerror(&err)),
     }
 }
 
