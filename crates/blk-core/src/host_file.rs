@@ -34,6 +34,20 @@ pub enum LockMode {
     None,
 }
 
+/// The largest write of zeros [`HostFile::zero_range`] issues when it has to write them.
+const ZERO_CHUNK: u64 = 1 << 20;
+/// The alignment of [`ZERO_SOURCE`]: a multiple of every page size Linux uses for user memory (4, 16, 64 KiB).
+const ZERO_ALIGN: u64 = 64 << 10;
+
+/// Zeros aligned to [`ZERO_ALIGN`], one alignment unit longer than a chunk so a chunk can start at any offset
+/// within a page (in `.bss`: it costs address space, and memory only for the shared zero page it maps).
+#[repr(C, align(65536))]
+struct AlignedZeros([u8; (ZERO_CHUNK + ZERO_ALIGN) as usize]);
+
+/// The source of [`HostFile::zero_range`]'s zero writes.
+static ZERO_SOURCE: AlignedZeros = AlignedZeros([0; (ZERO_CHUNK + ZERO_ALIGN) as usize]);
+const _: () = assert!(std::mem::align_of::<AlignedZeros>() as u64 == ZERO_ALIGN);
+
 /// How long a lock conflict is retried before it is reported: long enough to cover a fork-to-exec window in a
 /// process that spawns programs while it opens images.
 pub const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -753,14 +767,20 @@ impl HostFile {
         self.write_zero_buffers(offset, len)
     }
 
+    /// Writes `len` zero bytes at `offset` from [`ZERO_SOURCE`], each chunk starting at the same offset within a
+    /// page of it as in the file. A `pwrite` stopped short (a fatal signal while the kernel faults in a source
+    /// page) ends at a source page boundary, so it ends at a page boundary of the file too, never inside a
+    /// sector: from a buffer whose pages sit elsewhere (a heap or `calloc` one, 16 bytes past a page start) a
+    /// killed writer left sectors with zeros in front and the old data in their last 16 bytes.
     fn write_zero_buffers(&self, offset: u64, len: u64) -> Result<()> {
-        const CHUNK: u64 = 1 << 20;
-        let zeros = vec![0u8; CHUNK.min(len) as usize];
         let mut pos = 0;
         while pos < len {
-            let n = CHUNK.min(len - pos) as usize;
-            self.write_all_at(offset + pos, &zeros[..n])?;
-            pos += n as u64;
+            let at = offset + pos;
+            let n = ZERO_CHUNK.min(len - pos);
+            // Both below the array's length: skew < ZERO_ALIGN and n <= ZERO_CHUNK.
+            let skew = (at % ZERO_ALIGN) as usize;
+            self.write_all_at(at, &ZERO_SOURCE.0[skew..skew + n as usize])?;
+            pos += n;
         }
         Ok(())
     }

@@ -30,8 +30,13 @@ thread_local! {
     static ENCODED: Cell<(Vec<u8>, Vec<u8>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
-/// Zeros that write-zeroes through a mapping writes from (as many buffers as a chunk needs).
-static ZEROS: [u8; ZERO_BUFFER] = [0; ZERO_BUFFER];
+/// Zeros that write-zeroes through a mapping writes from (as many buffers as a chunk needs), aligned to a multiple
+/// of every page size: a write a fatal signal stops short ends at a page boundary of its source (where copying
+/// faulted), which is then a multiple of the page size into the request and so a sector boundary of a
+/// sector-aligned host range, never the middle of a sector.
+static ZEROS: AlignedZeros = AlignedZeros([0; ZERO_BUFFER]);
+#[repr(C, align(65536))]
+struct AlignedZeros([u8; ZERO_BUFFER]);
 const ZERO_BUFFER: usize = 64 << 10;
 /// The largest piece [`write_zeros_mapped`] writes at once.
 const ZERO_CHUNK: u64 = 1 << 20;
@@ -325,7 +330,7 @@ pub fn write_zeros_mapped<M: Mapper + ?Sized>(mapper: &M, offset: u64, len: u64)
     let mut done = 0;
     while done < len {
         let n = (len - done).min(ZERO_CHUNK);
-        let mut bufs = [IoBuf::from(&ZEROS[..]); BUFFERS];
+        let mut bufs = [IoBuf::from(&ZEROS.0[..]); BUFFERS];
         let mut left = n as usize;
         let mut count = 0;
         for buf in &mut bufs {
@@ -333,7 +338,7 @@ pub fn write_zeros_mapped<M: Mapper + ?Sized>(mapper: &M, offset: u64, len: u64)
                 break;
             }
             let take = left.min(ZERO_BUFFER);
-            *buf = IoBuf::from(&ZEROS[..take]);
+            *buf = IoBuf::from(&ZEROS.0[..take]);
             left -= take;
             count += 1;
         }

@@ -16,7 +16,9 @@
 //! 1. the verifier reopens the image writable (blk's repairing open: lazy refcounts, a VHDX log), closes it,
 //!    and reads the whole disk read-only into a raw file;
 //! 2. `qemu-img check` finds no corruption, and `blk check` reports the same counts (corruptions, leaks, check
-//!    errors, allocated and total clusters); for VHD, which qemu-img cannot check, `blk check` is clean;
+//!    errors, allocated and total clusters); for VHD, which qemu-img cannot check, `blk check` finds no
+//!    corruption and no check error (leaked space, which a kill in the middle of an allocation leaves, is
+//!    allowed for every format and counted in the summary);
 //! 3. every sector holds what the model allows: each write a completed flush covered is there;
 //! 4. `qemu-img compare` finds the image equal to the raw file blk read.
 //!
@@ -113,7 +115,8 @@ enum Fault {
     Writer,
     /// blk could not reopen or read the image.
     Reopen,
-    /// `qemu-img check` found corruption or could not open the image (for VHD: blk's check not clean).
+    /// `qemu-img check` found corruption or could not open the image (for VHD: blk's check found corruption
+    /// or a check error).
     Corrupt,
     /// `blk check` and `qemu-img check` disagree.
     CheckDiffers,
@@ -142,6 +145,8 @@ struct Tally {
     torn_runs: u64,
     torn_sectors: u64,
     compare_differs: u64,
+    /// Kills after which `blk check` found leaked space (not a failure: see [`verify`]).
+    leaky: u64,
     messages: Vec<String>,
 }
 
@@ -420,6 +425,9 @@ fn verify(
         ))
     };
     let blk = check(&tools.blk);
+    if matches!(&blk, CheckOutcome::Checked(c) if c.leaks > 0) {
+        tally.leaky += 1;
+    }
     if scenario.qemu_checks {
         let qemu = check(Path::new("qemu-img"));
         match &qemu {
@@ -433,9 +441,11 @@ fn verify(
             ));
         }
     } else {
+        // Leaks are allowed, as `qemu-img check` allows them for the other formats: a kill between moving the
+        // end footer past a new block and writing its BAT entry leaves that block's space leaked (the
+        // crash-safe order of QEMU's `alloc_block`; the next allocation reuses the space).
         match &blk {
-            CheckOutcome::Checked(c)
-                if c.corruptions == 0 && c.check_errors == 0 && c.leaks == 0 => {}
+            CheckOutcome::Checked(c) if c.corruptions == 0 && c.check_errors == 0 => {}
             other => faults.push((Fault::Corrupt, format!("blk check: {other:?}"))),
         }
     }
@@ -615,6 +625,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             format!("{} ({} sectors)", tally.torn_runs, tally.torn_sectors),
             tally.compare_differs.to_string(),
             (tally.reopen + tally.writer).to_string(),
+            tally.leaky.to_string(),
         ]);
     }
     println!();
@@ -636,6 +647,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             "torn unflushed",
             "compare≠",
             "reopen/writer",
+            "leaks (ok)",
         ],
         &rows,
     );
