@@ -10,6 +10,9 @@
 //! - `disk-direct`: on the target directory's file system, O_DIRECT: device-bound, so the servers' CPU time
 //!   per request (user + system, from `/proc/PID/stat` over the client's run) is what differs.
 //!
+//! Before each O_DIRECT run the image's pages are written back and evicted from the page cache (`sync FILE`,
+//! `dd iflag=nocache count=0`), so neither server pays for pages an earlier case left cached.
+//!
 //! QEMU's file node uses `aio=io_uring` (its fastest); both servers run with their defaults otherwise. The
 //! contenders alternate within each case. Targets: blk >= 1.2x QEMU's IOPS in the first two placements, blk's
 //! CPU per I/O <= 0.7x QEMU's in the third.
@@ -166,6 +169,9 @@ fn measure(
     seconds: f64,
 ) -> Result<Sample, String> {
     let socket = env.dir.join("bench.sock");
+    if direct {
+        drop_cached_pages(image);
+    }
     let mut child = start(server, &env.blk, image, &socket, queues, direct)?;
     let before = cpu_ticks(child.id());
     let out = cmd::output(
@@ -223,6 +229,19 @@ impl VhostBenchEnv {
             ticks: clock_ticks(),
         }
     }
+}
+
+/// Writes back and evicts the image's pages from the page cache, so an O_DIRECT run starts alike for both
+/// servers: an O_DIRECT write over cached pages must first write them back and invalidate them, and the
+/// page-cache runs before leave the disk image's pages cached and dirty (otherwise the first server of the
+/// disk-direct write cases paid for that, in its own io-wq workers' CPU time). Best effort.
+fn drop_cached_pages(image: &Path) {
+    let _ = cmd::output(Command::new("sync").arg(image));
+    let _ = cmd::output(
+        Command::new("dd")
+            .arg(format!("if={}", image.display()))
+            .args(["iflag=nocache", "count=0", "status=none"]),
+    );
 }
 
 fn make_image(path: &Path) -> Result<(), String> {

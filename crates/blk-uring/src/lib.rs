@@ -28,6 +28,13 @@
 //!   all: some sandboxes kill a process that tries).
 //! - A queue's ring has `depth` entries rounded up to a power of two (at most [`MAX_QUEUE_DEPTH`]); at most
 //!   `depth` operations are in the ring at once. The completion ring is twice as large, so it never overflows.
+//! - The ring is made with `COOP_TASKRUN` and `TASKRUN_FLAG` where the kernel has them (5.19): a completion
+//!   made outside the submitting thread (an io-wq worker's buffered write, a device interrupt's direct I/O)
+//!   does not interrupt that thread with an inter-processor interrupt; it is posted at the thread's next
+//!   system call, or at once when the thread sleeps (on the eventfd or anything else), and
+//!   [`next_completion`](blk_core::HostQueue::next_completion) makes that system call itself when the kernel
+//!   flags completions as waiting. So a queue is best reaped by the thread that submits to it (as every blk
+//!   queue is); another thread reaping still gets every completion, once the submitter enters the kernel.
 //! - The queue keeps duplicates of its files ([`HostFile::try_clone`](blk_core::HostFile::try_clone)), so it
 //!   works after the `HostFile`s it was made from are dropped and can ask a file's length, and registers them
 //!   with the ring (`IORING_REGISTER_FILES`; SQEs use `types::Fixed`). If the kernel refuses to register

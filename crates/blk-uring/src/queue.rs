@@ -82,11 +82,26 @@ impl UringQueue {
         }
         let depth = depth.min(MAX_QUEUE_DEPTH);
         let entries = depth.next_power_of_two();
-        // SUBMIT_ALL (5.18) keeps the kernel going past an SQE that fails early; older kernels refuse the flag.
-        let ring = match IoUring::builder().setup_submit_all().build(entries) {
+        // SUBMIT_ALL (5.18) keeps the kernel going past an SQE that fails early. COOP_TASKRUN (5.19) spares the
+        // thread an inter-processor interrupt per completion made outside it (a buffered write finished by an
+        // io-wq worker, a direct I/O finished in a device interrupt): the completion is posted at the thread's
+        // next system call or when it sleeps, and TASKRUN_FLAG tells `next_completion` when to make one.
+        // Older kernels refuse the flags: then fewer of them.
+        let ring = match IoUring::builder()
+            .setup_submit_all()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)
+        {
             Ok(ring) => ring,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries)
-                .map_err(|e| ring_setup_error(e, "creating an io_uring ring"))?,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                match IoUring::builder().setup_submit_all().build(entries) {
+                    Ok(ring) => ring,
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries)
+                        .map_err(|e| ring_setup_error(e, "creating an io_uring ring"))?,
+                    Err(e) => return Err(ring_setup_error(e, "creating an io_uring ring")),
+                }
+            }
             Err(e) => return Err(ring_setup_error(e, "creating an io_uring ring")),
         };
         let depth = depth.min(ring.params().sq_entries());
@@ -314,6 +329,7 @@ impl HostQueue for UringQueue {
 
     fn next_completion(&mut self) -> Option<HostCompletion> {
         let mut submitted = false;
+        let mut ran_task_work = false;
         loop {
             if let Some(done) = self.local.pop_front() {
                 self.pending = self.pending.saturating_sub(1);
@@ -333,6 +349,13 @@ impl HostQueue for UringQueue {
                     }
                 }
                 None => {
+                    if !ran_task_work && self.ring.submission().taskrun() {
+                        // Completions wait for this thread to enter the kernel (COOP_TASKRUN): one system
+                        // call posts them all. Its errors (EINTR) only mean the next call does it.
+                        ran_task_work = true;
+                        let _ = self.ring.submit();
+                        continue;
+                    }
                     let unsubmitted = !self.ring.submission().is_empty();
                     let room = self.in_ring < self.depth && !self.ready.is_empty();
                     if submitted || !(unsubmitted || room) {

@@ -58,6 +58,8 @@ pub(crate) struct QueueWorker {
     data: Vec<Segment>,
     iovecs: Vec<GuestIoVec>,
     staged: Vec<Staged>,
+    /// The allocation of the batch handed to the blk queue, reused (empty between batches).
+    batch: Vec<GuestRequest<'static>>,
     slots: Vec<InFlight>,
     free: Vec<u32>,
     completions: Vec<Completion>,
@@ -84,6 +86,7 @@ impl QueueWorker {
             data: Vec::with_capacity(device.limits.max_segments),
             iovecs: Vec::new(),
             staged: Vec::with_capacity(depth as usize),
+            batch: Vec::with_capacity(depth as usize),
             slots: vec![
                 InFlight {
                     head: 0,
@@ -304,32 +307,31 @@ impl QueueWorker {
             return;
         };
         let iovecs = &self.iovecs;
-        let batch: Vec<GuestRequest<'_>> = self
-            .staged
-            .iter()
-            .map(|s| {
-                let v = &iovecs[s.iovecs.0..s.iovecs.1];
-                let user_data = u64::from(s.slot);
-                match s.kind {
-                    RequestKind::Read { offset, .. } => {
-                        GuestRequest::new(user_data, GuestOp::Read { offset, iovecs: v })
-                    }
-                    RequestKind::Write { offset, .. } => {
-                        let r = GuestRequest::new(user_data, GuestOp::Write { offset, iovecs: v });
-                        if writethrough {
-                            r.with_flags(RequestFlags::FUA)
-                        } else {
-                            r
-                        }
-                    }
-                    _ => GuestRequest::new(user_data, GuestOp::Flush),
+        let mut batch = recycle(std::mem::take(&mut self.batch));
+        batch.extend(self.staged.iter().map(|s| {
+            let v = &iovecs[s.iovecs.0..s.iovecs.1];
+            let user_data = u64::from(s.slot);
+            match s.kind {
+                RequestKind::Read { offset, .. } => {
+                    GuestRequest::new(user_data, GuestOp::Read { offset, iovecs: v })
                 }
-            })
-            .collect();
-        if let Err(e) = queue.submit(&batch) {
+                RequestKind::Write { offset, .. } => {
+                    let r = GuestRequest::new(user_data, GuestOp::Write { offset, iovecs: v });
+                    if writethrough {
+                        r.with_flags(RequestFlags::FUA)
+                    } else {
+                        r
+                    }
+                }
+                _ => GuestRequest::new(user_data, GuestOp::Flush),
+            }
+        }));
+        let submitted = queue.submit(&batch);
+        let count = batch.len();
+        self.batch = recycle(batch);
+        if let Err(e) = submitted {
             // The queue refused the whole batch: fail each request (completed by `fail_staged`).
-            log::warn!("submitting {} requests: {e}", batch.len());
-            drop(batch);
+            log::warn!("submitting {count} requests: {e}");
             self.fail_staged();
         }
         self.staged.clear();
@@ -417,9 +419,32 @@ impl QueueWorker {
     }
 }
 
+/// An empty batch with `v`'s allocation, for requests of another lifetime (the standard library collects in
+/// place for an element type of the same layout, so nothing is allocated after the first batch).
+// `filter_map` to `None` on purpose: the element type changes (its lifetime), which `filter` cannot do.
+#[allow(clippy::unnecessary_filter_map)]
+fn recycle<'b>(mut v: Vec<GuestRequest<'_>>) -> Vec<GuestRequest<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
 fn len_of(kind: RequestKind) -> u64 {
     match kind {
         RequestKind::Read { len, .. } | RequestKind::Write { len, .. } => len,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_their_allocation() {
+        let v: Vec<GuestRequest<'static>> = Vec::with_capacity(32);
+        let ptr = v.as_ptr() as usize;
+        let again: Vec<GuestRequest<'_>> = recycle(v);
+        assert!(again.capacity() >= 32);
+        assert_eq!(again.as_ptr() as usize, ptr);
     }
 }
