@@ -92,6 +92,10 @@ pub struct OpenOptions {
     /// Open this internal snapshot instead of the current disk (read-only opens of formats with
     /// [`FormatCapabilities::internal_snapshots`]).
     pub snapshot: Option<SnapshotSelector>,
+    /// The format's runtime options, as QEMU names them (`overlap-check`, `l2-cache-size`, ...), in the order
+    /// given: the names come from [`FormatDescriptor::runtime_options`], and the format's `open` parses the
+    /// values with QEMU's messages. Empty by default.
+    pub runtime_options: Vec<(String, String)>,
 }
 
 impl OpenOptions {
@@ -105,6 +109,7 @@ impl OpenOptions {
             check_mode: false,
             backing_format: None,
             snapshot: None,
+            runtime_options: Vec::new(),
         }
     }
 
@@ -135,6 +140,28 @@ impl OpenOptions {
     /// Opens an internal snapshot instead of the current disk.
     pub fn snapshot(mut self, snapshot: Option<SnapshotSelector>) -> OpenOptions {
         self.snapshot = snapshot;
+        self
+    }
+
+    /// Adds one of the format's runtime options (see [`OpenOptions::runtime_options`]); a later value for the
+    /// same key wins, as in QEMU.
+    ///
+    /// ```
+    /// use blk_core::{HostOpenOptions, OpenOptions};
+    /// let options = OpenOptions::new(HostOpenOptions::default()).runtime_option("overlap-check", "none");
+    /// assert_eq!(options.runtime_options, [("overlap-check".to_string(), "none".to_string())]);
+    /// ```
+    pub fn runtime_option(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> OpenOptions {
+        let key = key.into();
+        let value = value.into();
+        match self.runtime_options.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.runtime_options.push((key, value)),
+        }
         self
     }
 }
@@ -216,6 +243,40 @@ pub trait FormatDescriptor: Send + Sync + Debug {
 
     /// What the format can do beyond guest I/O and `info`.
     fn capabilities(&self) -> FormatCapabilities;
+
+    /// The runtime options [`open`](FormatDescriptor::open) takes in [`OpenOptions::runtime_options`], by
+    /// QEMU's names (QCOW2: `overlap-check`, `l2-cache-size`, ...). None by default.
+    fn runtime_options(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Refuses a runtime option the format does not take ([`runtime_options`](FormatDescriptor::runtime_options)),
+    /// with QEMU's message: `Block format 'qcow2' does not support the option 'x'`.
+    ///
+    /// ```
+    /// # use blk_core::FormatDescriptor;
+    /// # fn check(format: &dyn FormatDescriptor) {
+    /// let bogus = [("bogus".to_string(), "1".to_string())];
+    /// assert!(format.check_runtime_options(&bogus).is_err());
+    /// # }
+    /// ```
+    fn check_runtime_options(&self, options: &[(String, String)]) -> Result<()> {
+        let known = self.runtime_options();
+        match options
+            .iter()
+            .find(|(key, _)| !known.contains(&key.as_str()))
+        {
+            None => Ok(()),
+            Some((key, _)) => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "Block format '{}' does not support the option '{key}'",
+                    self.name()
+                ),
+            )
+            .with_format(self.name())),
+        }
+    }
 
     /// How sure the format is that the file is one of its images: 0 when it is not, [`PROBE_MAGIC`] for a
     /// magic number, [`PROBE_ANY_FILE`] for a format that takes anything. An error when the file carries the

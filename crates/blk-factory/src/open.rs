@@ -60,6 +60,9 @@ pub struct DiskFileParams {
     pub(crate) skip_backing: bool,
     /// Open this internal snapshot instead of the current disk (read-only; QCOW2 only: qemu-img's `-l`).
     pub(crate) snapshot: Option<blk_core::SnapshotSelector>,
+    /// The format's runtime options (QEMU's `overlap-check=none`, `l2-cache-size=1M`, ...), for this image only
+    /// (not its backing files); names the format does not take are refused.
+    pub(crate) runtime_options: Vec<(String, String)>,
 }
 
 impl DiskFileParams {
@@ -80,6 +83,7 @@ impl DiskFileParams {
             chain_depth: 0,
             skip_backing: false,
             snapshot: None,
+            runtime_options: Vec::new(),
         }
     }
 
@@ -149,6 +153,38 @@ impl DiskFileParams {
     pub fn snapshot(mut self, snapshot: Option<blk_core::SnapshotSelector>) -> DiskFileParams {
         self.snapshot = snapshot;
         self
+    }
+
+    /// Adds one of the format's runtime options, by QEMU's name (a later value for the same key wins). The open
+    /// refuses a name the format does not list in
+    /// [`FormatDescriptor::runtime_options`](blk_core::FormatDescriptor::runtime_options), with QEMU's message,
+    /// and the format checks the value.
+    ///
+    /// ```
+    /// use blk_factory::{DiskFileParams, ImageFormat};
+    /// let params = DiskFileParams::new("disk.qcow2")
+    ///     .format(ImageFormat::by_name("qcow2"))
+    ///     .runtime_option("overlap-check", "none")
+    ///     .runtime_option("l2-cache-size", "4M");
+    /// assert_eq!(params.runtime_options().len(), 2);
+    /// ```
+    pub fn runtime_option(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> DiskFileParams {
+        let key = key.into();
+        let value = value.into();
+        match self.runtime_options.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.runtime_options.push((key, value)),
+        }
+        self
+    }
+
+    /// The format's runtime options, in the order given.
+    pub fn runtime_options(&self) -> &[(String, String)] {
+        &self.runtime_options
     }
 
     /// The image file or block device.
@@ -233,6 +269,10 @@ pub fn open_image(params: &DiskFileParams) -> Result<OpenedImage> {
             ),
         )));
     }
+    format
+        .descriptor()
+        .check_runtime_options(&params.runtime_options)
+        .map_err(ctx)?;
     if params.named_images == NamedImagePolicy::Deny {
         return open_one(params, format, Arc::new(FactoryOpener::for_params(params))).map_err(ctx);
     }
@@ -251,11 +291,12 @@ fn open_one(
     } else {
         choose_backend(params.backend)
     };
-    let options = OpenOptions::new(params.host_options())
+    let mut options = OpenOptions::new(params.host_options())
         .opener(opener)
         .backend(backend.handle())
         .check_mode(params.check_mode)
         .backing_format(params.backing_format.map(|f| f.name().to_string()))
         .snapshot(params.snapshot.clone());
+    options.runtime_options = params.runtime_options.clone();
     format.descriptor().open(&params.path, &options)
 }

@@ -10,9 +10,11 @@ use blk_core::{
     OpenedImage, Operation, OptionPrint, ProbeInput, ResizeRequest, Result, PROBE_MAGIC,
 };
 
-use crate::image::options::{Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS};
+use crate::image::options::{
+    Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS, RUNTIME_OPTIONS,
+};
 use crate::offline::resize::Qcow2ResizeOptions;
-use crate::{OverlapCheck, Qcow2, FORMAT_NAME};
+use crate::{Qcow2, FORMAT_NAME};
 
 /// The QCOW2 format's registration with the factory.
 pub const FORMAT: &dyn FormatDescriptor = &Qcow2Format;
@@ -98,6 +100,10 @@ impl FormatDescriptor for Qcow2Format {
         }
     }
 
+    fn runtime_options(&self) -> &'static [&'static str] {
+        RUNTIME_OPTIONS
+    }
+
     fn probe(&self, input: &ProbeInput<'_>) -> Result<u32> {
         if !input.head.starts_with(MAGIC) {
             return Ok(0);
@@ -121,7 +127,12 @@ impl FormatDescriptor for Qcow2Format {
         qcow2.check_mode = options.check_mode;
         qcow2.backing_format = options.backing_format.clone();
         qcow2.snapshot = options.snapshot.clone();
-        qcow2.overlap_check = overlap_check_from_env()?;
+        if !options.runtime_options.is_empty() {
+            self.check_runtime_options(&options.runtime_options)?;
+            qcow2
+                .apply_runtime_options(&options.runtime_options, header_cluster_size(path))
+                .map_err(|e| e.with_path(path))?;
+        }
         let image = Qcow2::open(path, &qcow2)?;
         Ok(OpenedImage::new(image, Arc::clone(&options.backend)))
     }
@@ -191,24 +202,13 @@ impl FormatDescriptor for Qcow2Format {
     }
 }
 
-/// The environment variable that sets QEMU's `overlap-check` runtime option (`none`, `constant`, `cached`,
-/// `all`) for images opened through [`FORMAT`]: the front ends take no runtime options yet, and measuring the
-/// check's cost (docs/performance.md) needs the switch. Unset: `cached`, QEMU's default.
-pub const OVERLAP_CHECK_ENV: &str = "BLK_QCOW2_OVERLAP_CHECK";
-
-/// The mode [`OVERLAP_CHECK_ENV`] names (QEMU's message for a value it does not take).
-fn overlap_check_from_env() -> Result<OverlapCheck> {
-    match std::env::var(OVERLAP_CHECK_ENV) {
-        Err(_) => Ok(OverlapCheck::default()),
-        Ok(value) => OverlapCheck::parse(&value).ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "Unsupported value '{value}' for qcow2 option 'overlap-check'. Allowed are any of \
-                     the following: none, constant, cached, all"
-                ),
-            )
-            .with_format(FORMAT_NAME)
-        }),
-    }
+/// The image's cluster size from its header (`cluster_bits` at offset 20), for the runtime options' rules that
+/// depend on it; `None` when the header cannot be read or holds no valid cluster size (the open reports it).
+fn header_cluster_size(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).ok()?;
+    let mut bits = [0u8; 4];
+    file.read_exact_at(&mut bits, 20).ok()?;
+    let bits = u32::from_be_bytes(bits);
+    (9..=21).contains(&bits).then(|| 1u64 << bits)
 }

@@ -79,10 +79,10 @@ mod metadata;
 mod offline;
 mod snapshots;
 
-pub use descriptor::{FORMAT, OVERLAP_CHECK_ENV};
+pub use descriptor::FORMAT;
 pub use image::options::{
     CompressionType, Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS,
-    DEFAULT_L2_CACHE_SIZE,
+    DEFAULT_L2_CACHE_SIZE, RUNTIME_OPTIONS,
 };
 pub use image::Qcow2;
 pub use io::mapper::{BACKING_DISK, DATA_FILE_DISK};

@@ -56,6 +56,161 @@ impl Qcow2OpenOptions {
     }
 }
 
+/// The runtime options QCOW2 takes at open ([`Qcow2OpenOptions::apply_runtime_options`]), by QEMU's names.
+/// QEMU's other qcow2 runtime options (`lazy-refcounts`, `pass-discard-*`, `discard-no-unref`, the
+/// `overlap-check.<structure>` switches, `encrypt.*`) have no equivalent in blk and are refused.
+pub const RUNTIME_OPTIONS: &[&str] = &[
+    "overlap-check",
+    "overlap-check.template",
+    "l2-cache-size",
+    "l2-cache-entry-size",
+    "refcount-cache-size",
+    "cache-size",
+    "cache-clean-interval",
+];
+
+/// QEMU's smallest refcount cache, in clusters (`MIN_REFCOUNT_CACHE_SIZE`).
+const MIN_REFCOUNT_CACHE_TABLES: u64 = 4;
+/// QEMU's smallest cluster, and so the smallest L2 cache entry.
+const MIN_CLUSTER_SIZE: u64 = 512;
+
+fn runtime_invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, message)
+        .with_format(FORMAT_NAME)
+        .with_operation(Operation::Open)
+}
+
+/// QEMU's number option (`qemu_opt_get_number`): an unsigned 64-bit integer, a negative one wrapping.
+fn parse_number(name: &str, value: &str) -> Result<u64> {
+    let parsed = match value.strip_prefix('-') {
+        Some(magnitude) => magnitude.parse::<u64>().map(u64::wrapping_neg),
+        None => value.parse::<u64>(),
+    };
+    parsed.map_err(|_| runtime_invalid(format!("Parameter '{name}' expects a number")))
+}
+
+impl Qcow2OpenOptions {
+    /// Applies QEMU's qcow2 runtime options ([`RUNTIME_OPTIONS`]) with QEMU's rules and messages, for an image
+    /// whose clusters are `cluster_size` bytes (`None` when the header could not be read: the rules that need
+    /// it are skipped, and the open reports the header).
+    ///
+    /// - `overlap-check` (and `overlap-check.template`, which must agree with it): `none`, `constant`,
+    ///   `cached`, `all`, into [`overlap_check`](Qcow2OpenOptions::overlap_check).
+    /// - `l2-cache-size`, `refcount-cache-size`, `cache-size`: QEMU's sizes and its rules for combining them
+    ///   (at most two given, neither part above `cache-size`, `cache-size` alone giving the L2 cache all but
+    ///   the refcount cache's minimum of 4 clusters), the L2 share into
+    ///   [`l2_cache_size`](Qcow2OpenOptions::l2_cache_size). blk sizes its refcount cache from the L2 cache, so
+    ///   `refcount-cache-size` is checked and has no other effect.
+    /// - `l2-cache-entry-size` (a power of two from 512 to the cluster size) and `cache-clean-interval` (at
+    ///   most `UINT_MAX` seconds): checked, without effect (blk caches whole tables and never drops clean ones
+    ///   on a timer).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use blk_core::{DenyNamedImages, HostOpenOptions};
+    /// use blk_qcow::{OverlapCheck, Qcow2OpenOptions};
+    /// let mut options = Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DenyNamedImages));
+    /// let given = [("overlap-check", "none"), ("cache-size", "2M"), ("refcount-cache-size", "256k")];
+    /// let given: Vec<(String, String)> =
+    ///     given.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    /// options.apply_runtime_options(&given, Some(65536)).unwrap();
+    /// assert_eq!(options.overlap_check, OverlapCheck::None);
+    /// assert_eq!(options.l2_cache_size, (2 << 20) - (256 << 10));
+    /// ```
+    pub fn apply_runtime_options(
+        &mut self,
+        options: &[(String, String)],
+        cluster_size: Option<u64>,
+    ) -> Result<()> {
+        let mut overlap = None;
+        let mut template = None;
+        let mut l2_cache = None;
+        let mut entry_size = None;
+        let mut refcount_cache = None;
+        let mut combined = None;
+        let mut clean_interval = 0;
+        for (key, value) in options {
+            let size = || parse_size_param(key, value).map_err(|e| e.with_format(FORMAT_NAME));
+            match key.as_str() {
+                "overlap-check" => overlap = Some(value.as_str()),
+                "overlap-check.template" => template = Some(value.as_str()),
+                "l2-cache-size" => l2_cache = Some(size()?),
+                "l2-cache-entry-size" => entry_size = Some(size()?),
+                "refcount-cache-size" => refcount_cache = Some(size()?),
+                "cache-size" => combined = Some(size()?),
+                "cache-clean-interval" => clean_interval = parse_number(key, value)?,
+                _ => {
+                    return Err(runtime_invalid(format!(
+                        "Block format '{FORMAT_NAME}' does not support the option '{key}'"
+                    )))
+                }
+            }
+        }
+        // QEMU's read_cache_sizes.
+        let min_refcount_cache = cluster_size.map_or(0, |cs| MIN_REFCOUNT_CACHE_TABLES * cs);
+        let mut l2_bytes = l2_cache.unwrap_or(DEFAULT_L2_CACHE_SIZE);
+        let mut refcount_bytes = refcount_cache.unwrap_or(0);
+        if let Some(combined) = combined {
+            match (l2_cache, refcount_cache) {
+                (Some(_), Some(_)) => return Err(runtime_invalid(
+                    "cache-size, l2-cache-size and refcount-cache-size may not be set at the same \
+                         time",
+                )),
+                (Some(l2), _) if l2 > combined => {
+                    return Err(runtime_invalid("l2-cache-size may not exceed cache-size"))
+                }
+                (_, Some(refcount)) if refcount > combined => {
+                    return Err(runtime_invalid(
+                        "refcount-cache-size may not exceed cache-size",
+                    ))
+                }
+                (Some(l2), None) => refcount_bytes = combined - l2,
+                (None, Some(refcount)) => l2_bytes = combined - refcount,
+                (None, None) => {
+                    // All to the L2 cache but the refcount cache's minimum (QEMU gives the L2 cache at most
+                    // what the whole disk needs; blk's fills only as tables are used, to the same effect).
+                    refcount_bytes = combined.min(min_refcount_cache);
+                    l2_bytes = combined - refcount_bytes;
+                }
+            }
+        }
+        if let Some(cs) = cluster_size {
+            let entry = entry_size.unwrap_or(cs);
+            if entry < MIN_CLUSTER_SIZE || entry > cs || !entry.is_power_of_two() {
+                return Err(runtime_invalid(format!(
+                    "L2 cache entry size must be a power of two between {MIN_CLUSTER_SIZE} and the \
+                     cluster size ({cs})"
+                )));
+            }
+            if refcount_bytes / cs > i32::MAX as u64 {
+                return Err(runtime_invalid("Refcount cache size too big"));
+            }
+        }
+        if clean_interval > u64::from(u32::MAX) {
+            return Err(runtime_invalid("Cache clean interval too big"));
+        }
+        // QEMU's qcow2_update_options_prepare: the template must agree, cached by default.
+        if let (Some(overlap), Some(template)) = (overlap, template) {
+            if overlap != template {
+                return Err(runtime_invalid(format!(
+                    "Conflicting values for qcow2 options 'overlap-check' ('{overlap}') and \
+                     'overlap-check.template' ('{template}')"
+                )));
+            }
+        }
+        if let Some(mode) = overlap.or(template) {
+            self.overlap_check = OverlapCheck::parse(mode).ok_or_else(|| {
+                runtime_invalid(format!(
+                    "Unsupported value '{mode}' for qcow2 option 'overlap-check'. Allowed are any of the \
+                     following: none, constant, cached, all"
+                ))
+            })?;
+        }
+        self.l2_cache_size = l2_bytes;
+        Ok(())
+    }
+}
+
 /// The compression method of a new image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CompressionType {

@@ -328,6 +328,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         })
         .backend(settings.backend)
         .named_images(NamedImagePolicy::AllowRecordedFormat);
+    let params = super::image_opts::with_runtime_options(params);
     if args.write {
         if args.force_share {
             return Err(super::invalid(format!(
@@ -337,7 +338,8 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         }
         super::warn_if_probed_raw(path, args.format.as_deref());
     }
-    let disk = blk_factory::open_disk_file(&params).map_err(|e| e.with_path(path))?;
+    let disk = blk_factory::open_disk_file(&params)
+        .map_err(|e| super::image_opts::open_error(path, e.with_path(path)))?;
     let choice = choose_backend(settings.backend);
     // As qemu-img, nothing about the backend when the one asked for runs; a fallback is a warning naming why.
     if choice.backend != settings.backend {

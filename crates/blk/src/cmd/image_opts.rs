@@ -7,13 +7,15 @@
 //! - `driver` (`raw`, `qcow2`, `vpc`, `vhdx`, or `file` with `filename`; probed when left out),
 //!   `file.driver=file`, `file.filename`;
 //! - `read-only`, `force-share`, `cache.direct`, `file.locking` (`off` opens without a lock, as `-U`);
-//! - QCOW2: `encrypt.key-secret=ID` (the secret must be defined with `--object`), and the cache sizes
-//!   `l2-cache-size`, `l2-cache-entry-size`, `refcount-cache-size`, `cache-size`, `cache-clean-interval`
-//!   (accepted; blk sizes its caches itself).
+//! - QCOW2: `encrypt.key-secret=ID` (the secret must be defined with `--object`);
+//! - the format's runtime options (QCOW2: `overlap-check`, `l2-cache-size`, `cache-size`, ...): the names the
+//!   format's descriptor lists ([`FormatDescriptor::runtime_options`](blk_core::FormatDescriptor)), passed to
+//!   its open ([`runtime_options`]), which checks the values with qemu's messages.
 //!
 //! Anything else is refused with qemu's message.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use blk_core::{Error, ErrorKind, Result};
 
@@ -25,7 +27,8 @@ use super::Command;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ImageOptsArgs {
     /// The image file names are option strings, `driver=FMT,file.filename=PATH` followed by any of
-    /// `,read-only=on|off`, `,force-share=on|off`, `,cache.direct=on|off`, `,encrypt.key-secret=ID`.
+    /// `,read-only=on|off`, `,force-share=on|off`, `,cache.direct=on|off`, `,encrypt.key-secret=ID` and the
+    /// format's runtime options (QCOW2: `,overlap-check=none|constant|cached|all`, `,l2-cache-size=SIZE`, ...).
     #[arg(long = "image-opts")]
     pub image_opts: bool,
 }
@@ -45,16 +48,69 @@ pub struct ImageSpec {
     pub direct: Option<bool>,
     /// `encrypt.key-secret`: the id of the secret (defined, checked) that unlocks an encrypted image.
     pub key_secret: Option<String>,
+    /// The format's runtime options, in the order given (names checked when the format is given; a probed
+    /// format checks them at open).
+    pub runtime_options: Vec<(String, String)>,
 }
 
-/// QCOW2 runtime options accepted without effect: they size qemu's metadata caches.
-const QCOW2_CACHE_OPTIONS: [&str; 5] = [
-    "l2-cache-size",
-    "l2-cache-entry-size",
-    "refcount-cache-size",
-    "cache-size",
-    "cache-clean-interval",
-];
+/// An image name's runtime options: the file, the option string that named it, the options.
+type RuntimeEntry = (PathBuf, String, Vec<(String, String)>);
+
+/// The runtime options each resolved image name carries: set by [`resolve`], read by the open helpers
+/// ([`with_runtime_options`]) once the option string has become a file name.
+static RUNTIME_OPTIONS: Mutex<Vec<RuntimeEntry>> = Mutex::new(Vec::new());
+
+/// The registry, whole even when poisoned (a thread that panicked while holding it pushed or removed whole
+/// entries only).
+fn registry() -> std::sync::MutexGuard<'static, Vec<RuntimeEntry>> {
+    RUNTIME_OPTIONS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Remembers the runtime options the option string `text` gave the image at `path`, for its open.
+fn remember_runtime_options(path: &Path, text: &str, options: Vec<(String, String)>) {
+    if options.is_empty() {
+        return;
+    }
+    let mut list = registry();
+    list.retain(|(p, _, _)| p != path);
+    list.push((path.to_path_buf(), text.to_string(), options));
+}
+
+/// The runtime options the `--image-opts` string naming `path` gave (empty when there were none).
+pub fn runtime_options(path: &Path) -> Vec<(String, String)> {
+    registry()
+        .iter()
+        .find(|(p, _, _)| p == path)
+        .map(|(_, _, options)| options.clone())
+        .unwrap_or_default()
+}
+
+/// `params` with the runtime options the `--image-opts` string naming its path gave
+/// ([`DiskFileParams::runtime_option`](blk_factory::DiskFileParams::runtime_option)).
+pub fn with_runtime_options(params: blk_factory::DiskFileParams) -> blk_factory::DiskFileParams {
+    runtime_options(params.path())
+        .into_iter()
+        .fold(params, |params, (key, value)| {
+            params.runtime_option(key, value)
+        })
+}
+
+/// An open error of the image at `path` as qemu-img words it when the image was named by an option string with
+/// runtime options and the error is about the input (a runtime option's value): `Could not open 'TEXT': ...`.
+/// Other errors are returned as they are.
+pub fn open_error(path: &Path, err: Error) -> Error {
+    if err.kind() != ErrorKind::InvalidInput {
+        return err;
+    }
+    let list = registry();
+    match list.iter().find(|(p, _, _)| p == path) {
+        Some((_, text, _)) => Error::new(
+            ErrorKind::InvalidInput,
+            format!("Could not open '{text}': {}", err.message()),
+        ),
+        None => err,
+    }
+}
 
 fn parse_bool(key: &str, value: &str) -> std::result::Result<bool, String> {
     match value {
@@ -136,21 +192,29 @@ fn parse_inner(text: &str) -> std::result::Result<ImageSpec, String> {
                 objects::secret(&value).map_err(|e| e.message().to_string())?;
                 spec.key_secret = Some(value);
             }
-            k if format_name == Some("qcow2") && QCOW2_CACHE_OPTIONS.contains(&k) => {}
             k if k.starts_with("file.") => {
                 return Err(format!(
                     "Block protocol 'file' doesn't support the option '{}'",
                     &k["file.".len()..]
                 ))
             }
-            k => {
-                return Err(format!(
-                    "Block format '{}' does not support the option '{k}'",
-                    format_name.unwrap_or("raw")
-                ))
-            }
+            _ => spec.runtime_options.push((key, value)),
         }
     }
+    // The format's runtime options, by the list its descriptor registers (a probed format checks them at
+    // open). A later value for the same key wins, as in qemu.
+    let mut runtime: Vec<(String, String)> = Vec::new();
+    for (key, value) in std::mem::take(&mut spec.runtime_options) {
+        runtime.retain(|(k, _)| *k != key);
+        runtime.push((key, value));
+    }
+    if let Some(format) = format_name.and_then(blk_factory::ImageFormat::by_name) {
+        format
+            .descriptor()
+            .check_runtime_options(&runtime)
+            .map_err(|e| e.message().to_string())?;
+    }
+    spec.runtime_options = runtime;
     let Some(filename) = filename else {
         return Err("A block device must be specified for \"file\"".to_string());
     };
@@ -206,6 +270,7 @@ fn apply(target: Target<'_>) -> Result<()> {
             None => {}
         }
     }
+    remember_runtime_options(&spec.path, &text, spec.runtime_options);
     *target.path = spec.path;
     *target.format = spec.format;
     Ok(())
@@ -357,13 +422,15 @@ pub fn resolve(command: &mut Command) -> Result<()> {
             if a.format.is_some() {
                 return Err(invalid("--image-opts and -f are mutually exclusive"));
             }
-            let spec = parse(&path.to_string_lossy())?;
+            let text = path.to_string_lossy().into_owned();
+            let spec = parse(&text)?;
             // qemu-io opens the image as the string says: read-only, shared, direct.
             a.read_only |= spec.read_only == Some(true);
             a.force_share |= spec.no_lock;
             if let Some(direct) = spec.direct {
                 a.cache = Some(if direct { "none" } else { "writeback" }.to_string());
             }
+            remember_runtime_options(&spec.path, &text, spec.runtime_options);
             *path = spec.path;
             a.format = spec.format;
             // The operand is a file name now.
@@ -441,7 +508,23 @@ mod tests {
                 ..ImageSpec::default()
             }
         );
-        assert!(parse("driver=qcow2,file.filename=x,l2-cache-size=1M").is_ok());
+        assert_eq!(
+            parse("driver=qcow2,file.filename=x,l2-cache-size=1M,overlap-check=all,overlap-check=none")
+                .unwrap()
+                .runtime_options,
+            [
+                ("l2-cache-size".to_string(), "1M".to_string()),
+                ("overlap-check".to_string(), "none".to_string())
+            ]
+        );
+        // A probed format checks the names at open.
+        assert_eq!(
+            parse("file.filename=x,bogus=1")
+                .unwrap()
+                .runtime_options
+                .len(),
+            1
+        );
         for (text, why) in [
             ("", "Must specify either driver or file"),
             (

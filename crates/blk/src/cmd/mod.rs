@@ -407,7 +407,9 @@ pub fn open_image(path: &Path, spec: OpenSpec<'_>) -> Result<OpenedImage> {
         .check_mode(spec.check_mode)
         .skip_backing(spec.skip_backing)
         .snapshot(spec.snapshot.cloned());
-    let image = blk_factory::open_image(&params).map_err(|e| e.with_path(path))?;
+    let params = image_opts::with_runtime_options(params);
+    let image = blk_factory::open_image(&params)
+        .map_err(|e| image_opts::open_error(path, e.with_path(path)))?;
     report_open_repair(&image);
     Ok(image)
 }

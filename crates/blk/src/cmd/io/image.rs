@@ -162,8 +162,14 @@ pub fn open_overlay(
     Ok(image)
 }
 
-/// qemu-io's `can't open device PATH: <error>`.
+/// qemu-io's `can't open device PATH: <error>`, or `can't open: <error>` for a runtime option's value of an
+/// image named by an `--image-opts` string (qemu-io has no device name then).
 pub fn cant_open(path: &Path, err: blk_core::Error) -> blk_core::Error {
+    if err.kind() == blk_core::ErrorKind::InvalidInput
+        && !crate::cmd::image_opts::runtime_options(path).is_empty()
+    {
+        return blk_core::Error::new(err.kind(), format!("can't open: {}", err.message()));
+    }
     blk_core::Error::new(
         err.kind(),
         format!("can't open device {}: {err}", path.display()),
@@ -198,6 +204,7 @@ pub fn open_image(path: &Path, settings: &OpenSettings) -> Result<Image> {
         })
         .backend(settings.backend)
         .named_images(NamedImagePolicy::AllowRecordedFormat);
+    let params = crate::cmd::image_opts::with_runtime_options(params);
     let opened = blk_factory::open_image(&params).map_err(|e| e.with_path(path))?;
     crate::cmd::report_open_repair(&opened);
     let info = opened.admin.image_info().map_err(|e| e.with_path(path))?;
