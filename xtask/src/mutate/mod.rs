@@ -15,9 +15,12 @@
 //! - a panic, a signal (an allocation past the cap aborts: counted as memory), a hang (unless the QEMU
 //!   command hangs on the same mutant too);
 //! - a read-only command that changed the file;
-//! - a writable command blk reported success on, after which the image (and for `commit`, its backing file)
-//!   checks worse than before (it no longer opens, or more corruptions and check errors), unless the QEMU
-//!   command also succeeds on the same mutant and leaves it at least as bad ("worse as QEMU", counted apart).
+//! - a writable command after which the image (and for `commit`, its backing file) checks worse than before
+//!   (it no longer opens, or more corruptions and check errors), unless the QEMU command ends the same way
+//!   on the same mutant (succeeds where blk succeeded; exits, even refusing, where blk refused) and leaves it
+//!   at least as bad ("worse as QEMU", counted apart). A QEMU command that aborts on an assertion or hangs
+//!   counts as refusing: blk must not make those images worse either. Refusing is judged too: a command
+//!   blk refused must not have left the image worse.
 //!
 //! A failing mutant is kept under `target/mutate-failures/SEED/`. The run prints the seed and a table per
 //! base, and exits non-zero on any failure.
@@ -119,8 +122,10 @@ struct Tally {
     hangs_as_qemu: u64,
     read_only_changed: u64,
     made_worse: u64,
-    /// Of `made_worse`: the QEMU command refused the mutant.
+    /// Of `made_worse`: the QEMU command refused the mutant (an abort or a hang counts as refusing).
     worse_qemu_refused: u64,
+    /// Of `made_worse`: blk refused, yet left the mutant worse (than QEMU's command left it).
+    worse_blk_refused: u64,
     /// Of `made_worse`: the QEMU command succeeded and left the mutant less bad.
     worse_qemu_less: u64,
     worse_as_qemu: u64,
@@ -161,6 +166,7 @@ impl Tally {
         self.read_only_changed += other.read_only_changed;
         self.made_worse += other.made_worse;
         self.worse_qemu_refused += other.worse_qemu_refused;
+        self.worse_blk_refused += other.worse_blk_refused;
         self.worse_qemu_less += other.worse_qemu_less;
         self.worse_as_qemu += other.worse_as_qemu;
     }
@@ -181,6 +187,7 @@ impl Tally {
             n(self.read_only_changed),
             n(self.worse_qemu_refused),
             n(self.worse_qemu_less),
+            n(self.worse_blk_refused),
             n(self.worse_as_qemu),
         ]
     }
@@ -304,7 +311,8 @@ impl Campaign {
                     std::fs::write(&read_only, &data).map_err(|e| e.to_string())?;
                 }
             }
-            if fault.is_none() && kind.writes() && run.success() {
+            if fault.is_none() && kind.writes() {
+                // Judged whether blk succeeded or refused: a refusal must leave the image no worse either.
                 let mut worse = self.judge(base, &file).badness() > before.badness();
                 if kind == Kind::Commit {
                     worse |= self.judge(base, &dir.join(BACKING)).badness() > (0, 0);
@@ -316,8 +324,23 @@ impl Campaign {
                     let q = self.run(Path::new(qemu_program), &qemu_args, &qdir);
                     let blk_after = self.judge(base, &file).badness();
                     let qemu_after = self.judge(base, &qfile);
-                    if q.success() && qemu_after.badness() >= blk_after {
+                    // A QEMU command that aborts (a signal) or hangs counts as refusing, never as "as QEMU".
+                    let qemu_exited = matches!(q.ending, Ending::Exited(_));
+                    let as_qemu = qemu_after.badness() >= blk_after
+                        && if run.success() {
+                            q.success()
+                        } else {
+                            qemu_exited
+                        };
+                    if as_qemu {
                         tally.worse_as_qemu += 1;
+                    } else if !run.success() {
+                        tally.worse_blk_refused += 1;
+                        fault = Some(Fault::MadeWorse);
+                        qemu_note = format!(
+                            "; blk refused but changed the image; QEMU's {qemu_program} ended {:?}, after: {qemu_after:?}",
+                            q.ending
+                        );
                     } else if q.success() {
                         tally.worse_qemu_less += 1;
                         fault = Some(Fault::MadeWorse);
@@ -336,7 +359,7 @@ impl Campaign {
             }
             if let Some(fault) = fault {
                 tally.count(fault);
-                let after = if kind.writes() && run.success() {
+                let after = if kind.writes() {
                     format!("; after: {:?}", self.judge(base, &file))
                 } else {
                     String::new()
@@ -447,8 +470,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             "memory",
             "hangs",
             "ro changed",
-            "worse, QEMU refuses",
+            "worse, QEMU refuses/aborts",
             "worse than QEMU",
+            "worse, blk refused",
             "worse as QEMU",
         ],
         &rows,

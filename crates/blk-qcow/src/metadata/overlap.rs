@@ -337,17 +337,29 @@ impl Metadata {
     /// write is refused whether or not the bit reaches the disk) and returns the error for the write.
     fn signal_corruption(&mut self, file: &HostFile, offset: u64, len: u64, kind: u32) -> Error {
         let name = kind_name(kind);
+        self.signal_found_corruption(
+            file,
+            format!(
+                "Preventing invalid write on metadata (overlaps with {name}) ({len} bytes at {offset:#x})"
+            ),
+            offset,
+        )
+    }
+
+    /// QEMU's `qcow2_signal_corruption` (fatal) for corruption found in the metadata (`message`, about host
+    /// offset `offset`): marks the image corrupt (v3 only, once, best effort) and refuses further writes in
+    /// this open, and returns the error.
+    pub(crate) fn signal_found_corruption(
+        &mut self,
+        file: &HostFile,
+        message: String,
+        offset: u64,
+    ) -> Error {
         if !self.corruption_signaled {
             self.corruption_signaled = true;
             let _ = self.update_incompatible(file, INCOMPAT_CORRUPT, 0);
         }
-        corrupt(
-            format!(
-                "Marking image as corrupt: Preventing invalid write on metadata (overlaps with {name}) \
-                 ({len} bytes at {offset:#x})"
-            ),
-            offset,
-        )
+        corrupt(format!("Marking image as corrupt: {message}"), offset)
     }
 }
 

@@ -77,6 +77,13 @@ pub(crate) fn apply_snapshot(image: &Qcow2, selector: &SnapshotSelector) -> Resu
     // The snapshot's clusters gain the new active table's reference.
     let mut counted = new_l1.clone();
     counted.truncate(snapshot.l1_size as usize);
+    refcounts::check_shareable(
+        &mut meta,
+        file,
+        &counted,
+        snapshot.l1_table_offset,
+        INACTIVE_L1,
+    )?;
     let snapshot_l1_modified = refcounts::update(&mut meta, file, &mut counted, 1)?;
     meta.flush(file)?;
     if snapshot_l1_modified {

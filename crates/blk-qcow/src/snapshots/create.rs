@@ -74,8 +74,10 @@ fn new_snapshot_id(entries: &[Snapshot]) -> Vec<u8> {
 /// Needs a writable open; an offline operation (see `snapshots`): it holds the metadata lock
 /// throughout and no guest I/O may run concurrently. Refused as QEMU refuses: an image that already has
 /// 65536 snapshots or a new table over 64 MiB ("File too large", `InvalidInput`), an image with an external data file
-/// (`Unsupported`); a refcount that would overflow (1-bit refcounts) fails with `CorruptImage` after
-/// some clusters gained a reference (leaks, as QEMU's `ERANGE`).
+/// (`Unsupported`); and, with `CorruptImage` before anything is written (see `refcounts::check_shareable`),
+/// an active L1 or L2 table QEMU's walk would fail or abort on (unaligned, outside the image or over
+/// metadata, an L1 entry naming no table) or a refcount that would overflow (1-bit refcounts: QEMU's
+/// `EINVAL`, which QEMU hits after some clusters gained a reference).
 pub(crate) fn create_snapshot(image: &Qcow2, name: &str) -> Result<()> {
     let file = image.host_file();
     let mut meta = image.lock_metadata();
@@ -99,6 +101,11 @@ pub(crate) fn create_snapshot(image: &Qcow2, name: &str) -> Result<()> {
             format!("Could not create snapshot '{name}': File exists"),
         ));
     }
+    // Everything the new snapshot will share must be able to take its reference: checked before anything
+    // is written, so a corrupt image is refused as it was.
+    let active = meta.l1.clone();
+    let active_at = meta.g.l1_table_offset;
+    refcounts::check_shareable(&mut meta, file, &active, active_at, ACTIVE_L1)?;
     let name_bytes = c_bytes(name.as_bytes());
     let name_bytes = name_bytes.get(..MAX_NAME).unwrap_or(name_bytes).to_vec();
     let now = SystemTime::now()
