@@ -1,7 +1,8 @@
 //! `cargo xtask ci`: everything CI checks, in order, stopping at the first failure.
 //!
-//! 1. the QEMU tools the tests compare against (`qemu-img`, `qemu-io`): installed with apt-get when missing
-//!    and running as root, so the README's test command sets up a fresh machine by itself
+//! 1. the QEMU tools the tests compare against (`qemu-img`, `qemu-io`, `qemu-nbd`, `qemu-storage-daemon`
+//!    10.0.2): installed from bookworm-backports when missing (as root, [`crate::debian`]), so the README's
+//!    test command sets up a fresh machine by itself
 //! 2. `cargo fmt --all -- --check`
 //! 3. `cargo clippy --workspace --all-targets -- -D warnings`
 //! 4. `cargo test --workspace` (unit, integration and doc tests; output shown)
@@ -197,9 +198,11 @@ fn run_factory_features(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The QEMU tools the interop tests run, and the Debian package that has them.
-const QEMU_TOOLS: [&str; 2] = ["qemu-img", "qemu-io"];
+/// The QEMU tools the tests run, and the Debian package that has them (bookworm-backports' 10.0.2).
+const QEMU_TOOLS: [&str; 4] = ["qemu-img", "qemu-io", "qemu-nbd", "qemu-storage-daemon"];
 const QEMU_PACKAGE: &str = "qemu-utils";
+/// The QEMU release the tests compare against (`qemu-img --version` starts with it).
+const QEMU_VERSION: &str = "qemu-img version 10.";
 
 fn tool_works(tool: &str) -> bool {
     Command::new(tool)
@@ -210,40 +213,44 @@ fn tool_works(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+/// `qemu-img --version`'s first line, if qemu-img runs.
+fn qemu_img_version() -> Option<String> {
+    let out = Command::new("qemu-img").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().map(str::to_string)
 }
 
+/// Step 1: the QEMU tools on `PATH`, installed from bookworm-backports when missing or older than 10
+/// ([`crate::debian`]); bookworm's own 7.2 is never installed.
 fn ensure_qemu_tools() -> Result<(), String> {
     let missing: Vec<&str> = QEMU_TOOLS.into_iter().filter(|t| !tool_works(t)).collect();
-    if missing.is_empty() {
-        println!("{} found", QEMU_TOOLS.join(" and "));
+    let old = qemu_img_version().filter(|v| !v.starts_with(QEMU_VERSION));
+    if missing.is_empty() && old.is_none() {
+        println!("{} found", QEMU_TOOLS.join(", "));
         return Ok(());
     }
-    if !is_root() || !tool_works("apt-get") {
+    println!(
+        "installing {QEMU_PACKAGE} from {} ({})",
+        crate::debian::BACKPORTS,
+        match &old {
+            Some(version) => format!("found {version}"),
+            None => format!("missing: {}", missing.join(", ")),
+        }
+    );
+    crate::debian::install_from_backports(&[QEMU_PACKAGE])?;
+    if let Some(tool) = QEMU_TOOLS.into_iter().find(|t| !tool_works(t)) {
         return Err(format!(
-            "{} missing: install Debian's {QEMU_PACKAGE} (apt-get install {QEMU_PACKAGE}) and run again",
-            missing.join(" and ")
+            "{tool} is still missing after installing {QEMU_PACKAGE}"
         ));
     }
-    println!(
-        "{} missing: installing {QEMU_PACKAGE}",
-        missing.join(" and ")
-    );
-    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", QEMU_PACKAGE])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    match QEMU_TOOLS.into_iter().find(|t| !tool_works(t)) {
-        Some(tool) => Err(format!(
-            "{tool} is still missing after installing {QEMU_PACKAGE}"
+    match qemu_img_version() {
+        Some(v) if v.starts_with(QEMU_VERSION) => {
+            println!("{v}");
+            Ok(())
+        }
+        other => Err(format!(
+            "the tests need QEMU 10 (bookworm-backports); qemu-img says {other:?}"
         )),
-        None => Ok(()),
     }
 }
 

@@ -24,6 +24,7 @@ pub mod campaign;
 pub mod ci;
 pub mod cmd;
 pub mod crash;
+pub mod debian;
 pub mod deps;
 pub mod fuzz;
 pub mod guest;

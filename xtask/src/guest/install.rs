@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cmd;
+use crate::debian::{apt_install, program_exists, with_backports, BACKPORTS};
 
 /// The host packages, each with a program that shows it is there.
 const HOST_PACKAGES: [(&str, &str); 4] = [
@@ -15,10 +16,6 @@ const HOST_PACKAGES: [(&str, &str); 4] = [
     ("cpio", "cpio"),
     ("xz-utils", "xz"),
 ];
-/// The suite QEMU 10 and the 6.12 kernels come from.
-const BACKPORTS: &str = "bookworm-backports";
-/// The sources file added for the install and removed after it.
-const SOURCES_FILE: &str = "/etc/apt/sources.list.d/blk-guest-backports.list";
 /// The meta package naming the current cloud kernel.
 const KERNEL_META: &str = "linux-image-6.12-cloud-amd64";
 
@@ -31,42 +28,6 @@ pub struct Kernel {
     pub virtio_blk: PathBuf,
     /// The package it came from.
     pub package: String,
-}
-
-fn program_works(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The Debian mirror the machine already uses (the `URIs:` line of debian.sources, else deb.debian.org).
-fn debian_mirror() -> String {
-    let sources =
-        std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
-    sources
-        .lines()
-        .filter_map(|l| l.strip_prefix("URIs:"))
-        .map(str::trim)
-        .find(|uri| !uri.contains("security"))
-        .unwrap_or("http://deb.debian.org/debian")
-        .to_string()
-}
-
-/// Runs `body` with bookworm-backports enabled, removing the sources file afterwards whatever happens.
-fn with_backports<T>(body: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    std::fs::write(
-        SOURCES_FILE,
-        format!("deb {} {BACKPORTS} main\n", debian_mirror()),
-    )
-    .map_err(|e| format!("cannot write {SOURCES_FILE} (run as root): {e}"))?;
-    let result = cmd::run(Command::new("apt-get").args(["update", "-q"])).and_then(|()| body());
-    let removed = std::fs::remove_file(SOURCES_FILE);
-    let refreshed = cmd::run(Command::new("apt-get").args(["update", "-q"]));
-    let value = result?;
-    removed.map_err(|e| format!("cannot remove {SOURCES_FILE}: {e}"))?;
-    refreshed?;
-    Ok(value)
 }
 
 fn kernel_cached(dir: &Path) -> Option<Kernel> {
@@ -152,7 +113,7 @@ pub fn ensure(dir: &Path) -> Result<Kernel, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let missing: Vec<&str> = HOST_PACKAGES
         .iter()
-        .filter(|(_, program)| !program_works(program))
+        .filter(|(_, program)| !program_exists(program))
         .map(|(package, _)| *package)
         .collect();
     let cached = kernel_cached(dir);
@@ -161,7 +122,7 @@ pub fn ensure(dir: &Path) -> Result<Kernel, String> {
             return Ok(kernel);
         }
     }
-    if !program_works("apt-get") {
+    if !program_exists("apt-get") {
         return Err(format!(
             "missing {missing:?} or a cached kernel, and no apt-get to install them"
         ));
@@ -181,19 +142,7 @@ pub fn ensure(dir: &Path) -> Result<Kernel, String> {
     );
     with_backports(|| {
         if !missing.is_empty() {
-            let mut install = Command::new("apt-get");
-            install
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "-t",
-                    BACKPORTS,
-                ])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive");
-            cmd::run(&mut install)?;
+            apt_install(&missing)?;
         }
         if kernel_cached(dir).is_none() {
             download_kernel(dir)?;
