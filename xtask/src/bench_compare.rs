@@ -112,7 +112,8 @@ pub struct Environment {
 pub struct RunOutcome {
     /// Seconds as the tool printed them, or the failure.
     pub seconds: Result<f64, String>,
-    /// The `backend: ...` line blk printed on stderr, if any.
+    /// The backend blk ran on: the `backend: ...` line older blk binaries print, the fallback its warning
+    /// names, or else the `-i` asked for (blk says nothing when that one runs, as qemu-img).
     pub backend: Option<String>,
 }
 
@@ -134,6 +135,12 @@ pub fn command_for(env: &Environment, contender: &Contender, image: &Path) -> Co
 /// Runs `command`, killing it after `timeout`, and reads the time it printed.
 pub fn run_once(mut command: Command, timeout: Duration) -> RunOutcome {
     let shown = cmd::display(&command);
+    let asked = {
+        let args: Vec<_> = command.get_args().collect();
+        args.windows(2)
+            .find(|w| w[0] == "-i")
+            .map(|w| w[1].to_string_lossy().into_owned())
+    };
     let failed = |why: String| RunOutcome {
         seconds: Err(why),
         backend: None,
@@ -175,7 +182,13 @@ pub fn run_once(mut command: Command, timeout: Duration) -> RunOutcome {
     let backend = stderr
         .lines()
         .find_map(|l| l.strip_prefix("backend: "))
-        .map(str::to_string);
+        .or_else(|| {
+            stderr
+                .lines()
+                .find_map(|l| l.strip_prefix("blk: warning: "))
+        })
+        .map(str::to_string)
+        .or(asked);
     if !status.success() {
         let why = stderr.lines().last().unwrap_or("no message").to_string();
         return RunOutcome {
