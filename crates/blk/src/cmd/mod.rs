@@ -498,23 +498,10 @@ fn print_options_without_file(sub: &str, format: Option<&str>) -> Result<u8> {
 pub fn parse_options(lists: &[String]) -> Result<Vec<(String, String)>> {
     let mut options = Vec::new();
     for list in lists {
-        let mut items = Vec::new();
-        let mut current = String::new();
-        let mut chars = list.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == ',' {
-                if chars.peek() == Some(&',') {
-                    chars.next();
-                    current.push(',');
-                } else {
-                    items.push(std::mem::take(&mut current));
-                }
-            } else {
-                current.push(c);
-            }
-        }
-        items.push(current);
-        for item in items.into_iter().filter(|i| !i.is_empty()) {
+        for item in option_list::split_items(list)
+            .into_iter()
+            .filter(|i| !i.is_empty())
+        {
             if item == "help" || item == "?" {
                 continue;
             }

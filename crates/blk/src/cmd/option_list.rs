@@ -10,10 +10,9 @@ pub struct OptionItem {
     pub value: String,
 }
 
-/// Splits `text` into its items; `implied` names the key of a first item without `=` (without one, such an
-/// item is a bare key). Fails with the offending item when one is empty.
-pub fn split_option_list(text: &str, implied: Option<&str>) -> Result<Vec<OptionItem>, String> {
-    let mut raw = Vec::new();
+/// Splits `text` at its commas, `,,` standing for a literal comma; empty items are kept.
+pub fn split_items(text: &str) -> Vec<String> {
+    let mut items = Vec::new();
     let mut current = String::new();
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -22,13 +21,20 @@ pub fn split_option_list(text: &str, implied: Option<&str>) -> Result<Vec<Option
                 chars.next();
                 current.push(',');
             } else {
-                raw.push(std::mem::take(&mut current));
+                items.push(std::mem::take(&mut current));
             }
         } else {
             current.push(c);
         }
     }
-    raw.push(current);
+    items.push(current);
+    items
+}
+
+/// Splits `text` into its items; `implied` names the key of a first item without `=` (without one, such an
+/// item is a bare key). Fails with the offending item when one is empty.
+pub fn split_option_list(text: &str, implied: Option<&str>) -> Result<Vec<OptionItem>, String> {
+    let raw = split_items(text);
     let mut items = Vec::with_capacity(raw.len());
     for (i, item) in raw.into_iter().enumerate() {
         if item.is_empty() {

@@ -462,19 +462,7 @@ pub fn write(image: &Image, typed: &str, args: &[&str]) -> Outcome {
     if refused_by_probe(image, "write", offset, len, &source) {
         return Err(Failure::Reported);
     }
-    let started = Instant::now();
-    store(image, offset, len, &source, &options).map_err(|e| Failure::Io("write", e))?;
-    let elapsed = started.elapsed();
-    if !options.has('q') {
-        let transfer = Transfer {
-            op: "wrote",
-            offset,
-            count: len,
-            elapsed,
-        };
-        print_report(transfer, options.has('C'));
-    }
-    Ok(())
+    timed_store(image, offset, len, &source, &options).map_err(|e| Failure::Io("write", e))
 }
 
 /// `writev [-Cfqr] [-P pattern] off len [len..]`.
@@ -486,19 +474,7 @@ pub fn writev(image: &Image, typed: &str, args: &[&str]) -> Outcome {
     if refused_by_probe(image, "writev", offset, len, &source) {
         return Err(Failure::Reported);
     }
-    let started = Instant::now();
-    store(image, offset, len, &source, &options).map_err(|e| Failure::Io("writev", e))?;
-    let elapsed = started.elapsed();
-    if !options.has('q') {
-        let transfer = Transfer {
-            op: "wrote",
-            offset,
-            count: len,
-            elapsed,
-        };
-        print_report(transfer, options.has('C'));
-    }
-    Ok(())
+    timed_store(image, offset, len, &source, &options).map_err(|e| Failure::Io("writev", e))
 }
 
 /// `aio_write [-Cfiqruz] [-P pattern] off len [len..]`: the request counts as done once submitted.
@@ -542,11 +518,22 @@ pub fn aio_write(image: &Image, typed: &str, args: &[&str]) -> Outcome {
     if refused_by_probe(image, "aio_write", offset, len, &source) {
         return Ok(());
     }
-    let started = Instant::now();
-    if let Err(err) = store(image, offset, len, &source, &options) {
+    if let Err(err) = timed_store(image, offset, len, &source, &options) {
         print_io_error("aio_write", err, Some(image));
-        return Ok(());
     }
+    Ok(())
+}
+
+/// Writes `source` (a write, writev or aio_write) and prints qemu-io's `wrote` lines unless `-q`.
+fn timed_store(
+    image: &Image,
+    offset: u64,
+    len: u64,
+    source: &Source,
+    options: &Options,
+) -> Result<()> {
+    let started = Instant::now();
+    store(image, offset, len, source, options)?;
     let elapsed = started.elapsed();
     if !options.has('q') {
         let transfer = Transfer {
