@@ -588,7 +588,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
         .collect();
     let shares = scenario::shares(&chosen, options.kills);
     let tools = Tools {
-        worker: std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?,
+        // The running program by its kernel handle, not its path: `cargo xtask ci` runs this campaign after
+        // `cargo test --workspace`, which may have rebuilt (replaced) the xtask binary on disk meanwhile.
+        worker: PathBuf::from("/proc/self/exe"),
         blk: campaign::build_blk(root, options.release)?,
     };
     let failures = root
