@@ -96,16 +96,18 @@ pub fn run(args: DdArgs) -> Result<u8> {
     }
     let start = match ops.skip {
         None => 0,
-        Some(skip) => match skip.checked_mul(bs) {
-            Some(start) if start <= size => start,
-            _ => {
-                return Err(invalid("cannot skip to specified offset").with_path(&input));
-            }
-        },
+        Some(skip) => skip
+            .checked_mul(bs)
+            .ok_or_else(|| invalid("cannot skip to specified offset").with_path(&input))?,
     };
     refuse_overwriting_source(&output, &[&input])?;
-    let params = CreateParams::new(&output, out_format, Some(size - start));
+    let params = CreateParams::new(&output, out_format, Some(size.saturating_sub(start)));
     create_image(&params, true)?;
+    if start > size {
+        // As qemu-img: the (empty) output is made, the skip is refused, and the exit status stays 0.
+        super::report(&invalid("cannot skip to specified offset").with_path(&input));
+        return Ok(0);
+    }
     let target = open_disk(
         &output,
         OpenSpec {
