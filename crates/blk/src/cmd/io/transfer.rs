@@ -3,7 +3,7 @@
 //! returns (so their lines come in command order, as after qemu-io's `aio_flush`), and like qemu-io they count
 //! as successful once submitted, whatever the request then does.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use blk_core::{Error, ErrorKind, Result};
 
@@ -157,11 +157,17 @@ pub fn read(image: &Image, typed: &str, args: &[&str]) -> Outcome {
             outcome = Err(Failure::Reported);
         }
     }
+    report_read(&buf, offset, len, elapsed, &options);
+    outcome
+}
+
+/// Prints what qemu-io prints after a read unless `-q`: the `-v` dump, then the `read` lines.
+fn report_read(buf: &[u8], offset: u64, len: u64, elapsed: Duration, options: &Options) {
     if options.has('q') {
-        return outcome;
+        return;
     }
     if options.has('v') {
-        dump_buffer(&buf, offset);
+        dump_buffer(buf, offset);
     }
     let transfer = Transfer {
         op: "read",
@@ -170,7 +176,6 @@ pub fn read(image: &Image, typed: &str, args: &[&str]) -> Outcome {
         elapsed,
     };
     print_report(transfer, options.has('C'));
-    outcome
 }
 
 /// `readv [-Cqrv] [-P pattern] off len [len..]`.
@@ -187,19 +192,7 @@ pub fn readv(image: &Image, typed: &str, args: &[&str]) -> Outcome {
             outcome = Err(Failure::Reported);
         }
     }
-    if options.has('q') {
-        return outcome;
-    }
-    if options.has('v') {
-        dump_buffer(&buf, offset);
-    }
-    let transfer = Transfer {
-        op: "read",
-        offset,
-        count: len,
-        elapsed,
-    };
-    print_report(transfer, options.has('C'));
+    report_read(&buf, offset, len, elapsed, &options);
     outcome
 }
 
@@ -227,19 +220,7 @@ pub fn aio_read(image: &Image, typed: &str, args: &[&str]) -> Outcome {
     if let Some(pattern) = pattern {
         verify(&buf, pattern, offset);
     }
-    if options.has('q') {
-        return Ok(());
-    }
-    if options.has('v') {
-        dump_buffer(&buf, offset);
-    }
-    let transfer = Transfer {
-        op: "read",
-        offset,
-        count: len,
-        elapsed,
-    };
-    print_report(transfer, options.has('C'));
+    report_read(&buf, offset, len, elapsed, &options);
     Ok(())
 }
 
