@@ -18,8 +18,9 @@
 //!
 //! A host read that completes short is taken as the end of the host file only when it is (one `fstat` on that
 //! rare path: then the rest of the piece reads as zeros); inside the file the rest is pushed and submitted
-//! again, and a read that moved nothing there fails, so a backend passing a short count on never hands the
-//! guest zeros for data. (The read of an encoded window is not resumed: its short count is taken as is.)
+//! again (a read that moved nothing is the end of the file as it was when it ran: an allocating write of the
+//! same batch may have grown it since), so a backend passing a short count on never hands the guest zeros for
+//! data. (The read of an encoded window is not resumed: its short count is taken as is.)
 //!
 //! The whole batch's host I/O is handed to the backend with one [`HostQueue::submit`]. On the fast path (mapped
 //! reads and writes) nothing is allocated, locked or system-called per request once the queue's tables have
@@ -608,10 +609,17 @@ impl MappedQueue {
 
     /// A host read or write that moved `n` bytes, fewer than its piece's: only a read ending at or past the
     /// end of its host file may stop there (the rest of the piece is zeros). Otherwise a read that made
-    /// progress goes on with the rest of the piece (a backend that passed a short count on), and a read that
-    /// made none or a short write fails: what was not transferred never reaches the guest as zeros.
+    /// progress goes on with the rest of the piece (a backend that passed a short count on), a read that moved
+    /// nothing is the end of the file as it was when it ran, and a short write fails: what was transferred
+    /// short inside the file never reaches the guest as zeros.
     fn short_transfer(&mut self, record: &HostOpRecord, n: u64) -> ShortTransfer {
         let stopped_at = record.host_offset.saturating_add(n);
+        if record.read && n == 0 {
+            // A file read moves nothing only at the end of the file as it was then; an allocating write of
+            // the same batch may have grown the file since, so the length now cannot tell (files never shrink
+            // under a queue).
+            return ShortTransfer::EndOfFile;
+        }
         if record.read {
             // One fstat, on this rare path only.
             let file_len = self
@@ -623,13 +631,9 @@ impl MappedQueue {
                 return ShortTransfer::EndOfFile;
             }
         }
-        if n == 0 || !record.read {
+        if !record.read {
             // A write never ends short by the host-queue contract: whatever a backend passed on is an error.
-            return ShortTransfer::Failed(if record.read {
-                HostFailure::Errno(libc::EIO)
-            } else {
-                HostFailure::ShortWrite(n)
-            });
+            return ShortTransfer::Failed(HostFailure::ShortWrite(n));
         }
         let rest = HostOpRecord {
             start: record.start + n,
