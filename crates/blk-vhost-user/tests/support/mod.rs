@@ -214,6 +214,10 @@ impl TestVm {
         for q in 0..queues {
             vm.add_queue(q);
         }
+        // The messages above are not acknowledged, so the backend may still be handling them when this
+        // returns. A message with a reply is handled after all of them: once it is answered, every queue is
+        // set up and enabled, and a kick (or a stop) that follows sees the rings.
+        vm.frontend.get_features().unwrap();
         vm
     }
 
