@@ -23,6 +23,12 @@ use crate::config::{device_features, BlkConfig, CONFIG_LEN, WCE_OFFSET};
 use crate::queue::{Accepted, QueueWorker};
 use crate::request::Limits;
 
+/// Requests per submission while the queue's I/O completes during its submission (buffered reads from the
+/// page cache): the first completions reach the driver, which answers them, while the queue thread serves the
+/// rest of the ring, instead of the two sides taking turns a whole ring at a time. I/O that completes later
+/// (O_DIRECT on a device) is submitted a ring at a time: more submissions would only mean more device kicks.
+const INLINE_SUB_BATCH: usize = 8;
+
 /// How long shutdown and `GET_VRING_BASE` wait for a queue's requests in flight.
 pub(crate) const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -42,6 +48,8 @@ pub(crate) struct Device {
     pub(crate) serial: Vec<u8>,
     pub(crate) queue_size: u16,
     pub(crate) writeback: AtomicBool,
+    /// The maximum polling window of each queue thread ([`crate::BlkOptions::poll_max`]).
+    pub(crate) poll_max: std::time::Duration,
     /// Set by shutdown: workers stop taking requests once the rings are drained.
     pub(crate) stopping: AtomicBool,
     /// The connection being served, for shutdown's drain.
@@ -96,12 +104,15 @@ impl Connection {
     }
 
     /// Serves every request available on queue `index`: answers or submits them, completes what finished,
-    /// and signals the driver.
+    /// signals the driver, and polls the ring or leaves driver notifications off as `poll` says. Called for a
+    /// kick, and for a completion (`completion`: the blk queue's eventfd is read first), since the driver's
+    /// kicks are off while requests are in flight.
     pub(crate) fn process_queue(
         &self,
         device: &Device,
         index: usize,
         vring: &Vring,
+        completion: bool,
     ) -> io::Result<()> {
         let Some(worker) = self.workers.get(index) else {
             return Ok(());
@@ -112,8 +123,14 @@ impl Connection {
         if worker.vring.is_none() {
             worker.vring = Some(vring.clone());
         }
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
-        let mut mem;
+        if completion {
+            if let Some(notifier) = worker.notifier() {
+                // Non-blocking: EAGAIN on a spurious wake-up.
+                let _ = notifier.read();
+            }
+        }
+        worker.poll.woke();
+        let mut reaped = false;
         loop {
             // The requests of this round are those the avail index shows now; the memory table is loaded
             // after reading it, so it is at least as new as they are (a frontend adds a region, ADD_MEM_REG,
@@ -124,7 +141,7 @@ impl Connection {
                 .get_queue()
                 .avail_idx(&*self.mem.memory(), std::sync::atomic::Ordering::Acquire)
                 .map_err(io::Error::other)?;
-            mem = self.mem.memory();
+            let mem = self.mem.memory();
             match worker.ensure_queue(mem.clone().into_inner()) {
                 Ok(true) => {
                     if let Some(fd) = worker.notifier().map(|n| n.as_raw_fd()) {
@@ -134,9 +151,8 @@ impl Connection {
                 Ok(false) => {}
                 Err(e) => log::warn!("queue {index}: cannot make its blk queue: {e}"),
             }
-            if event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
-            }
+            // No kicks while this thread looks at the ring.
+            vring.disable_notification().map_err(io::Error::other)?;
             loop {
                 if vring.get_ref().get_queue().next_avail() == observed.0 {
                     break;
@@ -150,18 +166,54 @@ impl Connection {
                 if let Accepted::Done(used) = worker.accept(device, &*mem, head, chain) {
                     vring.add_used(head, used).map_err(io::Error::other)?;
                 }
+                if worker.completes_inline && worker.staged() >= INLINE_SUB_BATCH {
+                    // The driver gets the first answers while this thread serves the rest.
+                    reaped |= worker.submit_and_complete(device, &*mem, vring);
+                    Self::signal(vring)?;
+                }
             }
-            worker.submit(device);
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            // Buffered I/O finishes during the submission: completed now, so the driver answers while this
+            // thread polls.
+            reaped |= worker.submit_and_complete(device, &*mem, vring);
+            Self::signal(vring)?;
+            if worker.in_flight() > 0 && !worker.flushing() {
+                // Kicks stay off: the completion's wake looks at the ring.
+                worker.poll.awaiting_completions();
+                return Ok(());
+            }
+            if worker.in_flight() == 0 && !device.stopping.load(Ordering::Relaxed) {
+                let window = worker.poll.window();
+                let queue_mem = &*mem;
+                let arrived = || {
+                    let queue = vring.get_ref();
+                    let queue = queue.get_queue();
+                    queue
+                        .avail_idx(queue_mem, std::sync::atomic::Ordering::Acquire)
+                        .is_ok_and(|idx| idx.0 != queue.next_avail())
+                };
+                if !window.is_zero() && crate::poll::spin_until(window, arrived) {
+                    worker.poll.hit();
+                    continue;
+                }
+                worker.poll.miss();
+            } else {
+                worker.poll.awaiting_completions();
+            }
+            if !vring.enable_notification().map_err(io::Error::other)? {
                 break;
             }
         }
-        worker.complete(&*mem, vring);
-        drop(worker);
-        Self::signal(vring)
+        if reaped && worker.in_flight() == 0 {
+            // The kernel signalled the completions reaped above on the eventfd: clear it, so the thread sleeps
+            // until a kick instead of waking at once for nothing.
+            if let Some(notifier) = worker.notifier() {
+                let _ = notifier.read();
+            }
+        }
+        Ok(())
     }
 
-    /// Completes what queue `index`'s blk queue finished, and signals the driver.
+    /// Completes what queue `index`'s blk queue finished, and signals the driver (shutdown: no new requests).
     pub(crate) fn complete_queue(&self, index: usize, vring: &Vring) -> io::Result<()> {
         let Some(worker) = self.workers.get(index) else {
             return Ok(());
@@ -336,13 +388,16 @@ impl VhostUserBackend for BlkBackend {
         };
         let event = u64::from(device_event);
         if event == Connection::completion_event_id(&self.device) {
-            return self.conn.complete_queue(index, vring);
+            if self.device.stopping.load(Ordering::Acquire) {
+                return self.conn.complete_queue(index, vring);
+            }
+            return self.conn.process_queue(&self.device, index, vring, true);
         }
         if event == Connection::drain_event_id(&self.device) {
             if let Some(event) = self.conn.drain_events.get(index) {
                 let _ = event.read();
             }
-            let result = self.conn.process_queue(&self.device, index, vring);
+            let result = self.conn.process_queue(&self.device, index, vring, false);
             self.conn.wait_idle(index, DRAIN_TIMEOUT);
             let (count, cond) = &self.conn.drained;
             *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
@@ -353,7 +408,7 @@ impl VhostUserBackend for BlkBackend {
             // Shutdown drains the rings through the drain events.
             return Ok(());
         }
-        self.conn.process_queue(&self.device, index, vring)
+        self.conn.process_queue(&self.device, index, vring, false)
     }
 }
 

@@ -18,6 +18,7 @@
 //! | `server` | [`BlkOptions`], [`VhostUserBlk`], [`StopHandle`], [`stop_on_signals`] |
 //! | `backend` | the `VhostUserBackend` of one connection |
 //! | `queue` | one virtqueue's worker |
+//! | `poll` | when a queue thread polls its ring instead of sleeping, and when the driver's kicks are off |
 //!
 //! # Example
 //!
@@ -54,6 +55,7 @@
 
 mod backend;
 pub mod config;
+mod poll;
 mod queue;
 pub mod request;
 mod server;
@@ -61,6 +63,6 @@ mod server;
 pub use backend::{AtomicGuestMemory, GuestMemory, Vring};
 pub use config::BlkConfig;
 pub use server::{
-    stop_on_signals, BlkOptions, StopHandle, VhostUserBlk, MAX_DATA_BYTES, MAX_QUEUES,
-    MAX_QUEUE_SIZE, MAX_RANGES, MAX_RANGE_SECTORS, SEG_MAX, SIZE_MAX,
+    stop_on_signals, BlkOptions, StopHandle, VhostUserBlk, DEFAULT_POLL_MAX, MAX_DATA_BYTES,
+    MAX_QUEUES, MAX_QUEUE_SIZE, MAX_RANGES, MAX_RANGE_SECTORS, SEG_MAX, SIZE_MAX,
 };

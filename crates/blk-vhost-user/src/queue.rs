@@ -39,6 +39,8 @@ struct InFlight {
     status_addr: GuestAddress,
     /// Used length on success (data bytes written into the chain + the status byte).
     used_len: u32,
+    /// Whether it is a flush (see [`QueueWorker::flushing`]).
+    flush: bool,
 }
 
 /// A request parsed in this batch, waiting for submission.
@@ -63,8 +65,14 @@ pub(crate) struct QueueWorker {
     slots: Vec<InFlight>,
     free: Vec<u32>,
     completions: Vec<Completion>,
+    /// Flushes submitted and not completed.
+    flushes: usize,
     /// This queue's vring, known from its first event.
     pub(crate) vring: Option<Vring>,
+    /// How long the queue thread polls the ring before it sleeps (see `poll`).
+    pub(crate) poll: crate::poll::PollWindow,
+    /// Whether the last submission's requests had all completed by the time it returned.
+    pub(crate) completes_inline: bool,
 }
 
 impl std::fmt::Debug for QueueWorker {
@@ -92,18 +100,32 @@ impl QueueWorker {
                     head: 0,
                     status_addr: GuestAddress(0),
                     used_len: 0,
+                    flush: false,
                 };
                 depth as usize
             ],
             free: (0..depth).rev().collect(),
             completions: Vec::with_capacity(depth as usize),
+            flushes: 0,
             vring: None,
+            poll: crate::poll::PollWindow::new(device.poll_max),
+            completes_inline: false,
         })
     }
 
     /// Requests submitted and not completed.
     pub(crate) fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+
+    /// Requests staged for the next [`submit`](QueueWorker::submit).
+    pub(crate) fn staged(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Whether a flush is in flight (driver notifications then stay on: see `poll`).
+    pub(crate) fn flushing(&self) -> bool {
+        self.flushes > 0
     }
 
     /// The blk queue for `memory`, made on first use (returns whether it was just made, so the caller watches
@@ -197,7 +219,11 @@ impl QueueWorker {
                     status_addr: request.status_addr,
                     // data <= max_data_bytes, far below u32::MAX.
                     used_len: u32::try_from(data).unwrap_or(u32::MAX - 1) + 1,
+                    flush: matches!(request.kind, RequestKind::Flush),
                 };
+                if matches!(request.kind, RequestKind::Flush) {
+                    self.flushes += 1;
+                }
                 self.staged.push(Staged {
                     slot,
                     kind: request.kind,
@@ -351,6 +377,23 @@ impl QueueWorker {
         }
     }
 
+    /// Submits what is staged and completes what finished into `vring`; returns whether it completed any, and
+    /// notes whether the submission completed whole before it returned.
+    pub(crate) fn submit_and_complete<M: GuestMemoryBackend>(
+        &mut self,
+        device: &Device,
+        mem: &M,
+        vring: &Vring,
+    ) -> bool {
+        let submitted = self.staged.len();
+        self.submit(device);
+        let completed = self.complete(mem, vring);
+        if submitted > 0 {
+            self.completes_inline = self.in_flight() == 0;
+        }
+        completed > 0
+    }
+
     /// Completes every finished request into `vring` (status byte, used entry); returns how many.
     pub(crate) fn complete<M: GuestMemoryBackend>(&mut self, mem: &M, vring: &Vring) -> usize {
         if let Some(queue) = self.queue.as_mut() {
@@ -389,6 +432,9 @@ impl QueueWorker {
         };
         if let Err(e) = vring.add_used(entry.head, used) {
             log::warn!("returning a used chain: {e}");
+        }
+        if entry.flush {
+            self.flushes = self.flushes.saturating_sub(1);
         }
         self.free.push(slot);
     }

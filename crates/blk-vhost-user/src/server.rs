@@ -48,6 +48,9 @@ pub struct BlkOptions {
     /// Writeback cache enabled at start (`wce`); writethrough flushes after every write. The driver may change
     /// it (`VIRTIO_BLK_F_CONFIG_WCE`).
     pub writeback: bool,
+    /// How long an idle queue thread polls its ring for new requests before it sleeps (`--poll-max-ns`,
+    /// default 32 µs as QEMU's iothreads; adaptive: it shrinks while polling finds nothing; zero: never).
+    pub poll_max: std::time::Duration,
 }
 
 impl Default for BlkOptions {
@@ -58,9 +61,13 @@ impl Default for BlkOptions {
             serial: String::new(),
             logical_block_size: None,
             writeback: true,
+            poll_max: DEFAULT_POLL_MAX,
         }
     }
 }
+
+/// [`BlkOptions::poll_max`]'s default: QEMU's `poll-max-ns` default for iothreads.
+pub const DEFAULT_POLL_MAX: std::time::Duration = std::time::Duration::from_nanos(32768);
 
 fn invalid(message: String) -> Error {
     Error::new(ErrorKind::InvalidInput, message)
@@ -191,6 +198,7 @@ impl VhostUserBlk {
                 serial: options.serial.as_bytes().to_vec(),
                 queue_size: options.queue_size,
                 writeback: AtomicBool::new(options.writeback),
+                poll_max: options.poll_max,
                 stopping: AtomicBool::new(false),
                 current: Mutex::new(None),
             }),

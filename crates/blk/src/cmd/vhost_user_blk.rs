@@ -41,6 +41,10 @@ pub struct VhostUserBlkArgs {
     /// The logical block size the guest sees (512 to 65536; default: the image's).
     #[arg(long = "logical-block-size", value_name = "N")]
     pub logical_block_size: Option<u32>,
+    /// How long an idle queue thread polls for new requests before it sleeps, in nanoseconds (adaptive, as
+    /// QEMU's iothread `poll-max-ns`; 0: never poll).
+    #[arg(long = "poll-max-ns", default_value_t = 32768, value_name = "NS")]
+    pub poll_max_ns: u64,
     /// The image.
     pub filename: PathBuf,
 }
@@ -62,6 +66,7 @@ pub fn run(args: VhostUserBlkArgs) -> Result<u8> {
         serial: args.serial,
         logical_block_size: args.logical_block_size,
         writeback,
+        poll_max: std::time::Duration::from_nanos(args.poll_max_ns),
     };
     let device = VhostUserBlk::new(disk, &options)?;
     let stop = StopHandle::new()?;
