@@ -123,3 +123,15 @@ fn odd_sizes_round_to_sectors() {
     disk.discard(0, 1024).unwrap();
     assert!(read_all(&disk).iter().all(|&b| b == 0));
 }
+
+#[test]
+fn sizes_past_8_eib_are_refused_not_wrapped() {
+    let dir = tempdir();
+    for size in [u64::MAX, u64::MAX - 100, 1 << 63] {
+        let path = dir.path().join("huge.qcow2");
+        let options = create_options(size, &[]).unwrap();
+        let err = Qcow2::create(&path, &options, &TestOpener).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{size}: {err}");
+        assert!(err.to_string().contains("8 EiB"), "{err}");
+    }
+}

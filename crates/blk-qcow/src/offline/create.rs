@@ -55,6 +55,11 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
         }
         (None, None) => return Err(invalid("Image creation needs a size parameter")),
     };
+    // qemu-img's own limit, also for library callers that skip the CLI's size parsing (the rounding below
+    // cannot overflow under it).
+    if size > i64::MAX as u64 {
+        return Err(invalid("Image size must be less than 8 EiB!"));
+    }
     let size = size.div_ceil(512) * 512;
     let cs = o.cluster_size;
     if !cs.is_power_of_two() || !(512..=(2 << 20)).contains(&cs) {
