@@ -55,6 +55,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,6 +206,9 @@ pub struct GuestQueue<M: GuestMemoryBackend + Send + Sync + 'static> {
     /// The allocation of the request list handed to the inner queue, reused across batches.
     requests: Vec<Request<'static>>,
     busy_poll: BusyPoll,
+    /// While this is false, completed reads do not mark their pages dirty ([`GuestQueue::set_dirty_log`]);
+    /// `None`: they always do.
+    dirty_log: Option<Arc<AtomicBool>>,
 }
 
 impl<M: GuestMemoryBackend + Send + Sync + 'static> fmt::Debug for GuestQueue<M> {
@@ -240,6 +244,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> GuestQueue<M> {
             staged: Vec::with_capacity(depth),
             requests: Vec::with_capacity(depth),
             busy_poll: BusyPoll::default(),
+            dirty_log: None,
         };
         this.register();
         Ok(this)
@@ -515,7 +520,11 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> GuestQueue<M> {
                 continue;
             };
             let user_data = slot.user_data;
-            if !slot.dirty.is_empty() {
+            let logging = self
+                .dirty_log
+                .as_ref()
+                .is_none_or(|on| on.load(Ordering::Acquire));
+            if logging && !slot.dirty.is_empty() {
                 let memory = if slot.generation == self.generation {
                     Some(&self.memory)
                 } else {
@@ -534,6 +543,15 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> GuestQueue<M> {
                 result: done.result,
             });
         }
+    }
+
+    /// Marks the pages a completed read wrote dirty only while `logging` is true (by default every read
+    /// marks them). A VMM that keeps its dirty log only during live migration shares its switch here, so reads
+    /// outside a migration skip the walk over their ranges. The switch is loaded (`Acquire`) for each read
+    /// after its completion came back, so after its data reached guest memory: a read whose data may land
+    /// after the VMM turned logging on (`Release`) is marked, also if it was submitted before.
+    pub fn set_dirty_log(&mut self, logging: Arc<AtomicBool>) {
+        self.dirty_log = Some(logging);
     }
 
     /// Reaps every completion ready into `out` and, while fewer than `min` were reaped, spins (see

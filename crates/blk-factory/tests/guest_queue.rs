@@ -464,3 +464,38 @@ fn replaced_memory_serves_new_requests_and_is_released() {
     assert_eq!((in_new, in_old), ([0x42; 4096], [0; 4096]));
     assert!(dirty(&new, 0x5000) && !dirty(&old, 0x5000));
 }
+
+/// With a dirty-log switch, a read marks its pages only when the switch is on as its completion comes back,
+/// on every backend.
+#[test]
+fn reads_mark_pages_only_while_the_dirty_log_switch_is_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = image(&dir, ImageFormat::RAW, &[]);
+        let disk = open(&path, backend);
+        let mem = memory();
+        let mut queue =
+            GuestQueue::new(disk.create_async_io(4).unwrap(), Arc::clone(&mem)).unwrap();
+        let logging = Arc::new(AtomicBool::new(false));
+        queue.set_dirty_log(Arc::clone(&logging));
+        let read = |queue: &mut GuestQueue<Memory>, addr: u64| {
+            let iov = [GuestIoVec::new(GuestAddress(addr), 4096)];
+            queue
+                .submit(&[GuestRequest::new(
+                    1,
+                    GuestOp::Read {
+                        offset: 0,
+                        iovecs: &iov,
+                    },
+                )])
+                .unwrap();
+            assert_eq!(ok(&wait_all(queue, 1)[0]), 4096);
+        };
+        read(&mut queue, 0x5000);
+        assert!(!dirty(&mem, 0x5000), "{backend}: marked while off");
+        logging.store(true, Ordering::Release);
+        read(&mut queue, 0x9000);
+        assert!(dirty(&mem, 0x9000), "{backend}: not marked while on");
+    }
+}

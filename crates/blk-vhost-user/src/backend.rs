@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
 use blk_factory::AsyncDiskFile;
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_queue::QueueT;
@@ -68,6 +68,9 @@ pub(crate) struct Connection {
     pub(crate) workers: Vec<Mutex<QueueWorker>>,
     pub(crate) event_idx: AtomicBool,
     pub(crate) acked_features: AtomicU64,
+    /// Whether the frontend acked `VHOST_F_LOG_ALL` (keeps a dirty log): the blk queues mark the pages reads
+    /// wrote only then.
+    pub(crate) log_all: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -87,8 +90,9 @@ pub(crate) struct BlkBackend {
 
 impl Connection {
     pub(crate) fn new(device: &Device, mem: AtomicGuestMemory) -> blk_factory::Result<Connection> {
+        let log_all = Arc::new(AtomicBool::new(false));
         let workers = (0..device.config.num_queues)
-            .map(|_| QueueWorker::new(device).map(Mutex::new))
+            .map(|_| QueueWorker::new(device, Arc::clone(&log_all)).map(Mutex::new))
             .collect::<blk_factory::Result<Vec<_>>>()?;
         Ok(Connection {
             mem,
@@ -100,6 +104,7 @@ impl Connection {
             workers,
             event_idx: AtomicBool::new(false),
             acked_features: AtomicU64::new(0),
+            log_all,
         })
     }
 
@@ -307,6 +312,11 @@ impl VhostUserBackend for BlkBackend {
 
     fn acked_features(&self, features: u64) {
         self.conn.acked_features.store(features, Ordering::Relaxed);
+        // Release: a read completing after this is marked in the log (GuestQueue::set_dirty_log).
+        let log_all = VhostUserVirtioFeatures::LOG_ALL.bits();
+        self.conn
+            .log_all
+            .store(features & log_all != 0, Ordering::Release);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

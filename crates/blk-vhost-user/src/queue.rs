@@ -7,7 +7,7 @@
 //! discard and write-zeroes are served at once (rare, and discard's ranges may be many). Refused chains get
 //! their status at once.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +73,8 @@ pub(crate) struct QueueWorker {
     pub(crate) poll: crate::poll::PollWindow,
     /// Whether the last submission's requests had all completed by the time it returned.
     pub(crate) completes_inline: bool,
+    /// The connection's `VHOST_F_LOG_ALL`: completed reads mark the dirty log only while it is set.
+    log_all: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for QueueWorker {
@@ -84,7 +86,10 @@ impl std::fmt::Debug for QueueWorker {
 }
 
 impl QueueWorker {
-    pub(crate) fn new(device: &Device) -> blk_factory::Result<QueueWorker> {
+    pub(crate) fn new(
+        device: &Device,
+        log_all: Arc<AtomicBool>,
+    ) -> blk_factory::Result<QueueWorker> {
         let depth = u32::from(device.queue_size);
         Ok(QueueWorker {
             disk: device.disk.try_clone_async()?,
@@ -110,6 +115,7 @@ impl QueueWorker {
             vring: None,
             poll: crate::poll::PollWindow::new(device.poll_max),
             completes_inline: false,
+            log_all,
         })
     }
 
@@ -139,7 +145,8 @@ impl QueueWorker {
                 Ok(false)
             }
             None => {
-                let queue = GuestQueue::new(self.disk.create_async_io(self.depth)?, memory)?;
+                let mut queue = GuestQueue::new(self.disk.create_async_io(self.depth)?, memory)?;
+                queue.set_dirty_log(Arc::clone(&self.log_all));
                 self.queue = Some(queue);
                 Ok(true)
             }
