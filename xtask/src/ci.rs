@@ -28,7 +28,7 @@ use serde_json::Value;
 use crate::cmd;
 
 /// The arguments of the crash campaign's short run in CI.
-pub const CI_CRASH_ARGS: [&str; 4] = ["--kills", "7", "--seed", "20261207"];
+pub const CI_CRASH_ARGS: [&str; 4] = ["--kills", "8", "--seed", "20261207"];
 /// The arguments of the mutation campaign's short run in CI.
 pub const CI_MUTATE_ARGS: [&str; 4] = ["--mutants", "48", "--seed", "20261207"];
 

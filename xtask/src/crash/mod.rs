@@ -147,6 +147,9 @@ struct Tally {
     compare_differs: u64,
     /// Kills after which `blk check` found leaked space (not a failure: see [`verify`]).
     leaky: u64,
+    /// Kills that left a QCOW2 image with the dirty bit set (lazy refcounts not written: the repairing open
+    /// rebuilt them).
+    dirty: u64,
     messages: Vec<String>,
 }
 
@@ -305,6 +308,7 @@ fn write_and_kill(
         .arg(rng.next_u64().to_string())
         .arg(image.next_id.to_string())
         .arg(MAX_SIZE.to_string())
+        .arg(scenario.workload.name())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -386,6 +390,14 @@ fn write_and_kill(
     }
 }
 
+/// Whether the QCOW2 image at `path` has the dirty bit (incompatible feature bit 0, version 3) set.
+fn qcow2_dirty(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; 80];
+    let read = std::fs::File::open(path).and_then(|f| f.read_exact_at(&mut header, 0));
+    read.is_ok() && header[4..8] == 3u32.to_be_bytes() && header[79] & 1 != 0
+}
+
 /// Checks the image after a kill; the faults found, each with a message.
 fn verify(
     tools: &Tools,
@@ -396,6 +408,9 @@ fn verify(
     let mut faults = Vec::new();
     let path = image.path.to_string_lossy().into_owned();
     let raw = image.dir.path().join("read-back.raw");
+    if scenario.format == "qcow2" && qcow2_dirty(&image.path) {
+        tally.dirty += 1;
+    }
     let run = campaign::supervise(
         Command::new(&tools.worker)
             .args(["crash-worker", "verify", &path, scenario.format])
@@ -628,6 +643,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             tally.compare_differs.to_string(),
             (tally.reopen + tally.writer).to_string(),
             tally.leaky.to_string(),
+            tally.dirty.to_string(),
         ]);
     }
     println!();
@@ -650,6 +666,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
             "compare≠",
             "reopen/writer",
             "leaks (ok)",
+            "dirty (repaired)",
         ],
         &rows,
     );

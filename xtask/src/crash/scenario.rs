@@ -16,6 +16,35 @@ pub struct Scenario {
     pub qemu_checks: bool,
     /// Its share of the kills (the images the issue asks at least 50 kills of weigh 2).
     pub weight: u64,
+    /// What the writer does to it.
+    pub workload: Workload,
+}
+
+/// The mix of operations the writer issues (see `worker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Writes, zeroes, discards and flushes, mostly small and in a busy area (overwrites), and growing.
+    Mixed,
+    /// 4 to 16 KiB writes anywhere on the disk (most allocate a cluster), a flush after one in three
+    /// operations on average, some discards (freed clusters get reused) and zeroes; no growing.
+    Allocating,
+}
+
+impl Workload {
+    /// Its name on the worker's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Mixed => "mixed",
+            Workload::Allocating => "allocating",
+        }
+    }
+
+    /// The workload named `name` on the worker's command line.
+    pub fn by_name(name: &str) -> Option<Workload> {
+        [Workload::Mixed, Workload::Allocating]
+            .into_iter()
+            .find(|w| w.name() == name)
+    }
 }
 
 /// Virtual size of a new image.
@@ -32,6 +61,7 @@ pub const SCENARIOS: &[Scenario] = &[
         backing: false,
         qemu_checks: true,
         weight: 1,
+        workload: Workload::Mixed,
     },
     Scenario {
         name: "qcow2-v3",
@@ -40,6 +70,7 @@ pub const SCENARIOS: &[Scenario] = &[
         backing: false,
         qemu_checks: true,
         weight: 2,
+        workload: Workload::Mixed,
     },
     Scenario {
         name: "qcow2-backing",
@@ -48,6 +79,7 @@ pub const SCENARIOS: &[Scenario] = &[
         backing: true,
         qemu_checks: true,
         weight: 2,
+        workload: Workload::Mixed,
     },
     Scenario {
         name: "qcow2-extl2",
@@ -56,6 +88,7 @@ pub const SCENARIOS: &[Scenario] = &[
         backing: false,
         qemu_checks: true,
         weight: 1,
+        workload: Workload::Mixed,
     },
     Scenario {
         name: "qcow2-lazy",
@@ -64,6 +97,16 @@ pub const SCENARIOS: &[Scenario] = &[
         backing: false,
         qemu_checks: true,
         weight: 1,
+        workload: Workload::Mixed,
+    },
+    Scenario {
+        name: "qcow2-lazy-alloc",
+        format: "qcow2",
+        options: "compat=1.1,lazy_refcounts=on",
+        backing: false,
+        qemu_checks: true,
+        weight: 1,
+        workload: Workload::Allocating,
     },
     Scenario {
         name: "vhd",
@@ -72,6 +115,7 @@ pub const SCENARIOS: &[Scenario] = &[
         backing: false,
         qemu_checks: false,
         weight: 2,
+        workload: Workload::Mixed,
     },
     Scenario {
         name: "vhdx",
@@ -80,6 +124,7 @@ pub const SCENARIOS: &[Scenario] = &[
         backing: false,
         qemu_checks: true,
         weight: 2,
+        workload: Workload::Mixed,
     },
 ];
 

@@ -25,6 +25,7 @@ use blk_factory::{
     ResizeParams,
 };
 
+use super::scenario::Workload;
 use super::stamp;
 use crate::campaign::Rng;
 
@@ -37,7 +38,8 @@ const MAX_REQUEST: u64 = 1 << 20;
 /// Growing adds at most this much.
 const MAX_GROWTH: u64 = 8 << 20;
 
-/// `xtask crash-worker write IMAGE FORMAT SEED FIRST_ID MAX_SIZE` or `... verify IMAGE FORMAT OUT_RAW`.
+/// `xtask crash-worker write IMAGE FORMAT SEED FIRST_ID MAX_SIZE [WORKLOAD]` or `... verify IMAGE FORMAT
+/// OUT_RAW`; `WORKLOAD` is a [`Workload`] name (`mixed` when missing).
 pub fn run(args: &[String]) -> Result<(), String> {
     let arg = |i: usize| args.get(i).ok_or("crash-worker: missing argument");
     let number = |i: usize| -> Result<u64, String> {
@@ -48,7 +50,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let image = Path::new(arg(1)?);
     let format = ImageFormat::by_name(arg(2)?).ok_or("crash-worker: unknown format")?;
     match arg(0)?.as_str() {
-        "write" => write(image, format, number(3)?, number(4)?, number(5)?),
+        "write" => {
+            let workload = match args.get(6) {
+                None => Workload::Mixed,
+                Some(name) => Workload::by_name(name).ok_or("crash-worker: unknown workload")?,
+            };
+            write(image, format, number(3)?, number(4)?, number(5)?, workload)
+        }
         "verify" => verify(image, format, Path::new(arg(3)?)),
         other => Err(format!("crash-worker: unknown mode `{other}`")),
     }
@@ -95,12 +103,20 @@ fn request(rng: &mut Rng, size: u64) -> (u64, u64) {
     (start * 512, len * 512)
 }
 
+/// A request of the allocating workload: 4 to 16 KiB, 4 KiB aligned, anywhere on the disk.
+fn allocating_request(rng: &mut Rng, size: u64) -> (u64, u64) {
+    let start = rng.below(size / 4096) * 4096;
+    let len = (4096 * (1 + rng.below(4))).min(size - start);
+    (start, len)
+}
+
 fn write(
     image: &Path,
     format: ImageFormat,
     seed: u64,
     first_id: u64,
     max_size: u64,
+    workload: Workload,
 ) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut opened = open(image, format, false).map_err(|e| fail("open", e))?;
@@ -110,8 +126,23 @@ fn write(
     for _ in 0..MAX_OPS {
         let disk = &opened.disk;
         let size = disk.logical_size();
-        let (offset, len) = request(&mut rng, size);
-        let roll = rng.below(100);
+        let (offset, len, roll) = match workload {
+            Workload::Mixed => {
+                let (offset, len) = request(&mut rng, size);
+                (offset, len, rng.below(100))
+            }
+            Workload::Allocating => {
+                let (offset, len) = allocating_request(&mut rng, size);
+                // 60% writes, 5% zeroes, 10% discards, 25% flushes (the arms below); never growing.
+                let roll = match rng.below(100) {
+                    0..=59 => 0,
+                    60..=64 => 50,
+                    65..=74 => 60,
+                    _ => 70,
+                };
+                (offset, len, roll)
+            }
+        };
         let result = match roll {
             0..=49 => {
                 report(&format!("W {id} {offset} {len}"));

@@ -116,7 +116,8 @@ pub(crate) fn run(image: &Qcow2, repair: RepairMode) -> Result<CheckReport> {
         meta = image.lock_metadata();
     }
     if !file.is_read_only() {
-        meta.flush(file).map_err(context)?;
+        // Deferred refcount blocks (lazy refcounts) included: the check reads them from the disk.
+        meta.flush_all(file).map_err(context)?;
     }
     let mut checker = Checker::new(file, meta.header()).map_err(context)?;
     let report = checker.run(Fix::from_mode(repair));

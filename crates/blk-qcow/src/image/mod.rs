@@ -58,7 +58,8 @@ pub(crate) struct Shared {
     pub(crate) backing_name: Option<String>,
     pub(crate) backing_format: Option<String>,
     pub(crate) read_only: bool,
-    /// Whether this open set the dirty bit (lazy refcounts) and must clear it on close.
+    /// Whether this open writes refcounts lazily: it sets the dirty bit before its first refcount change
+    /// (see `metadata`) and clears it on close.
     pub(crate) set_dirty: bool,
     /// Whether the image looks metadata-preallocated (decided on the first `map`, as QEMU does).
     pub(crate) metadata_preallocated: OnceLock<bool>,
@@ -72,7 +73,8 @@ impl Drop for Shared {
             return;
         }
         let meta = self.meta.get_mut().unwrap_or_else(|p| p.into_inner());
-        if meta.flush(&self.file).is_ok() {
+        // Everything, deferred refcount blocks included, before the dirty bit of lazy refcounts goes.
+        if meta.flush_all(&self.file).is_ok() {
             if self.set_dirty {
                 let _ = meta.update_incompatible(&self.file, 0, INCOMPAT_DIRTY);
             }

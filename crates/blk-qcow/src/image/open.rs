@@ -210,9 +210,9 @@ impl Qcow2 {
                 // QEMU checks the bitmap directory only while the bitmaps bit is set.
                 meta.overlap.bitmap_directory = (0, 0);
             }
-            if lazy {
-                meta.update_incompatible(&image.shared.file, INCOMPAT_DIRTY, 0)?;
-            }
+            // Lazy refcounts (after the repair, which needs them written): the dirty bit is set before the
+            // first refcount change, not here, so an open that allocates nothing leaves the image clean.
+            meta.lazy_refcounts = lazy;
             // A tail a crash left while the file was grown ahead (after the repair: refcounts are right).
             meta.forget_unused_tail(&image.shared.file);
         }

@@ -147,6 +147,15 @@ impl Metadata {
         entry: crate::metadata::tables::L2Entry,
     ) -> Result<()> {
         use crate::metadata::tables::L2Entry;
+        // A write replacing the entry may copy what it references (or the backing file's data) into a new
+        // cluster: L2 tables then wait for a sync (see `Metadata::refcounts_before_l2`).
+        if !matches!(
+            entry,
+            L2Entry::Unallocated | L2Entry::Zero { host: None, .. }
+        ) || self.header.backing_file_offset != 0
+        {
+            self.cow_unsynced = true;
+        }
         match entry {
             // Clusters of an external data file are not refcounted.
             L2Entry::Data { .. } | L2Entry::Zero { .. } if self.g.data_file => Ok(()),

@@ -25,12 +25,26 @@
 //!    for their whole run and take no other lock; no guest I/O may run at the same time (the snapshot
 //!    operations refuse while a write is in flight; `check` waits for a moment without one).
 //!
-//! # Order and validation
+//! # Order
 //!
-//! Refcount increments reach the disk before the L2 tables that use them (evicting or flushing a dirty L2
-//! table writes the refcount cache back and syncs first); a new L2 table is written and synced before the L1
-//! entry pointing to it. An L2 table shared with an internal snapshot is copied verbatim, as QEMU's
+//! Without lazy refcounts (below), refcount increments reach the disk before the L2 tables that use them
+//! (evicting or flushing a dirty L2 table writes the refcount cache back and syncs first); a new L2 table is
+//! written and synced before the L1 entry pointing to it. An L2 table shared with an internal snapshot is copied verbatim, as QEMU's
 //! `l2_allocate` does: the clusters it references keep their refcounts (counted once per L1 table).
+//!
+//! # Lazy refcounts
+//!
+//! An image with the compatible feature `lazy_refcounts` opened writable (not for a check) writes its
+//! refcounts lazily, as QEMU does: before the first refcount change of the open, the dirty bit (incompatible
+//! bit 0) is set on disk (synced before and after); from then on L2 tables no longer wait for refcount
+//! blocks, and a flush (`flush`) writes the L2 tables and syncs once, leaving the refcount blocks in their
+//! cache: they reach the disk when evicted, on `flush_all` (a check, a clean close) and always before the
+//! dirty bit is cleared (`update_incompatible`). As in QEMU, a sync still comes before L2 tables are written
+//! when a copy-on-write copied old data into a new cluster since the last one (see `refcounts_before_l2`).
+//! A crash leaves the dirty bit set, and the next writable open rebuilds the refcounts from the tables (see
+//! `image::open`).
+//!
+//! # Validation
 //!
 //! An L2 table or refcount block must be cluster-aligned, end inside the used part of the file (the file
 //! length at open, less a crash's unused hole tail, grown by this process's allocations: see `allocator`) and
@@ -51,6 +65,7 @@ use std::collections::HashSet;
 
 use blk_core::{Error, ErrorKind, HostFile, IoBufMut, Result};
 
+use crate::image::features::INCOMPAT_DIRTY;
 use crate::image::header::{Header, INCOMPATIBLE_OFFSET};
 use crate::metadata::cache::TableCache;
 use crate::metadata::overlap::{OverlapExtents, ACTIVE_L1, ACTIVE_L2, IGNORE_NONE, REFCOUNT_BLOCK};
@@ -164,6 +179,16 @@ pub struct Metadata {
     pub(crate) corruption_signaled: bool,
     /// What the overlap check needs beyond the L1 and refcount tables (see `overlap`).
     pub(crate) overlap: OverlapExtents,
+    /// Whether this open writes refcounts lazily (see the module docs): a writable open, not a check's, of an
+    /// image with the `lazy_refcounts` compatible feature.
+    pub(crate) lazy_refcounts: bool,
+    /// Clusters whose refcount dropped to 0 while set (the snapshot operations set it: QEMU's
+    /// `pass-discard-snapshot`, on by default), discarded from the file by `discard_freed`.
+    pub(crate) freed: Option<Vec<u64>>,
+    /// Whether a write may have copied old data (a backing file's, or an allocated, shared or compressed
+    /// cluster's) into a new cluster since the last sync before L2 tables were written (see
+    /// `refcounts_before_l2`); set by `check_release`, which every such write runs first.
+    pub(crate) cow_unsynced: bool,
 }
 
 /// An error for inconsistent metadata at `offset`.
@@ -207,7 +232,41 @@ impl Metadata {
             grow_ahead: false,
             corruption_signaled: false,
             overlap: OverlapExtents::default(),
+            lazy_refcounts: false,
+            freed: None,
+            cow_unsynced: false,
         }
+    }
+
+    /// Whether refcount blocks are being written lazily now: a lazy-refcounts open that set the dirty bit.
+    /// As QEMU's `!qcow2_need_accurate_refcounts`.
+    pub(crate) fn refcounts_deferred(&self) -> bool {
+        self.lazy_refcounts && self.header.incompatible & INCOMPAT_DIRTY != 0
+    }
+
+    /// Before a refcount change: on a lazy-refcounts open, sets the dirty bit on disk the first time (QEMU's
+    /// `qcow2_mark_dirty`), so a crash from now on gets the refcounts rebuilt.
+    pub(crate) fn mark_dirty_for_lazy_refcounts(&mut self, file: &HostFile) -> Result<()> {
+        if self.lazy_refcounts && self.header.incompatible & INCOMPAT_DIRTY == 0 {
+            self.update_incompatible(file, INCOMPAT_DIRTY, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Before writing an L2 table that may reference newly counted clusters: the refcount blocks written back
+    /// and synced first. With refcounts deferred (lazy refcounts: the dirty bit covers them) only a sync, and
+    /// only when a copy-on-write copied old data into a new cluster since the last one (`cow_unsynced`, QEMU's
+    /// `qcow2_cache_depends_on_flush` after `perform_cow`): a cluster whose unwritten part is zeros needs
+    /// none, as in QEMU.
+    fn refcounts_before_l2(&mut self, file: &HostFile) -> Result<()> {
+        if !self.refcounts_deferred() {
+            return self.write_back_refcounts(file, true);
+        }
+        if self.cow_unsynced {
+            file.sync_data()?;
+            self.cow_unsynced = false;
+        }
+        Ok(())
     }
 
     /// Records the file length at open.
@@ -316,7 +375,7 @@ impl Metadata {
         let victim = self.l2_cache.victim();
         if let Some(v) = victim {
             if self.l2_cache.slot(v).is_some_and(|s| s.dirty) {
-                self.write_back_refcounts(file, true)?;
+                self.refcounts_before_l2(file)?;
                 self.write_back_l2_slot(file, v)?;
             }
         }
@@ -352,8 +411,27 @@ impl Metadata {
         Ok(())
     }
 
-    /// Writes back both caches in dependency order (refcounts, sync, L2 tables) and syncs.
+    /// Makes everything written so far durable, as a guest flush needs: both caches written back in
+    /// dependency order (refcounts, sync, L2 tables) and synced. With refcounts deferred (lazy refcounts,
+    /// QEMU's `qcow2_write_caches`) the refcount blocks stay cached: the L2 tables (after a sync when a
+    /// copy-on-write needs one, see `refcounts_before_l2`), then a sync.
     pub(crate) fn flush(&mut self, file: &HostFile) -> Result<()> {
+        if !self.refcounts_deferred() {
+            return self.flush_all(file);
+        }
+        let dirty = self.l2_cache.dirty_slots();
+        if !dirty.is_empty() {
+            self.refcounts_before_l2(file)?;
+        }
+        for slot in dirty {
+            self.write_back_l2_slot(file, slot)?;
+        }
+        file.sync_data()
+    }
+
+    /// Writes back both caches in dependency order (refcounts, sync, L2 tables), refcount blocks included even
+    /// when deferred, and syncs: what a check or a clean close needs.
+    pub(crate) fn flush_all(&mut self, file: &HostFile) -> Result<()> {
         self.write_back_refcounts(file, self.l2_cache.has_dirty())?;
         for slot in self.l2_cache.dirty_slots() {
             self.write_back_l2_slot(file, slot)?;
@@ -480,14 +558,14 @@ impl Metadata {
             let slot = self.l2_slot(file, old)?;
             data.copy_from_slice(self.l2_cache.data(slot));
             if self.l2_cache.slot(slot).is_some_and(|s| s.dirty) {
-                self.write_back_refcounts(file, true)?;
+                self.refcounts_before_l2(file)?;
                 self.write_back_l2_slot(file, slot)?;
             }
             // As QEMU's l2_allocate: the copy is verbatim and the clusters it references keep their refcounts
             // (a snapshot already counted them once per L1 table reaching them).
         }
         let new = self.allocate_clusters(file, 1)?;
-        self.write_back_refcounts(file, true)?;
+        self.refcounts_before_l2(file)?;
         self.guard_write(file, IGNORE_NONE, new, cs)?;
         file.write_all_at(new, &data)?;
         file.sync_data()?;
@@ -525,7 +603,8 @@ impl Metadata {
         Ok(())
     }
 
-    /// Sets the bits `set` and clears the bits `clear` of the incompatible features, on disk (synced).
+    /// Sets the bits `set` and clears the bits `clear` of the incompatible features, on disk (synced). Clearing
+    /// the dirty bit writes the refcount blocks back first (deferred ones included: QEMU's `qcow2_mark_clean`).
     pub(crate) fn update_incompatible(
         &mut self,
         file: &HostFile,
@@ -537,6 +616,9 @@ impl Metadata {
         }
         let value = (self.header.incompatible | set) & !clear;
         if value != self.header.incompatible {
+            if self.header.incompatible & !value & INCOMPAT_DIRTY != 0 {
+                self.write_back_refcounts(file, false)?;
+            }
             file.sync_data()?;
             file.write_all_at(INCOMPATIBLE_OFFSET, &value.to_be_bytes())?;
             file.sync_data()?;

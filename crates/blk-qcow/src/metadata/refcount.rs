@@ -107,7 +107,8 @@ impl Metadata {
         ))
     }
 
-    /// Sets the refcount of cluster `cluster`, adding a refcount block or growing the table as needed.
+    /// Sets the refcount of cluster `cluster`, adding a refcount block or growing the table as needed. On a
+    /// lazy-refcounts open the first change sets the dirty bit on disk first (see `metadata`).
     pub(crate) fn set_refcount(&mut self, file: &HostFile, cluster: u64, value: u64) -> Result<()> {
         if value > self.max_refcount() {
             return Err(corrupt(
@@ -115,6 +116,7 @@ impl Metadata {
                 cluster << self.g.cluster_bits,
             ));
         }
+        self.mark_dirty_for_lazy_refcounts(file)?;
         let bi = cluster / self.g.rb_entries;
         let mut offset = self.block_offset(bi);
         if offset == 0 {
@@ -132,6 +134,9 @@ impl Metadata {
             value,
         );
         if value == 0 {
+            if let Some(freed) = self.freed.as_mut() {
+                freed.push(cluster);
+            }
             if cluster < self.free_hint {
                 self.free_hint = cluster;
             }
@@ -139,6 +144,46 @@ impl Metadata {
                 // The cluster compressed data was being packed into is free (and may be reused for anything).
                 self.compressed_tail = 0;
             }
+        }
+        Ok(())
+    }
+
+    /// Starts collecting the clusters freed from now on, for `discard_freed`.
+    pub(crate) fn collect_freed(&mut self) {
+        self.freed = Some(Vec::new());
+    }
+
+    /// Stops collecting freed clusters and discards (punches out of the image file) those still free, as
+    /// QEMU's `qcow2_process_discards` does for the clusters its snapshot operations free: after the metadata
+    /// that no longer references them was flushed. Runs of adjacent clusters are punched at once; a failed
+    /// punch is ignored (the cluster only keeps its old bytes, as QEMU ignores a failed discard).
+    pub(crate) fn discard_freed(&mut self, file: &HostFile) -> Result<()> {
+        let Some(mut freed) = self.freed.take() else {
+            return Ok(());
+        };
+        if self.g.data_file {
+            return Ok(());
+        }
+        freed.sort_unstable();
+        freed.dedup();
+        let cs = self.g.cluster_size;
+        let mut run: Option<(u64, u64)> = None;
+        for c in freed {
+            // Reused since it was freed (a new table placed there): keep it.
+            if self.is_reserved(c) || self.refcount(file, c)? != 0 {
+                continue;
+            }
+            run = match run {
+                Some((start, end)) if end == c => Some((start, c + 1)),
+                Some((start, end)) => {
+                    let _ = file.punch_hole(start * cs, (end - start) * cs);
+                    Some((c, c + 1))
+                }
+                None => Some((c, c + 1)),
+            };
+        }
+        if let Some((start, end)) = run {
+            let _ = file.punch_hole(start * cs, (end - start) * cs);
         }
         Ok(())
     }

@@ -5,7 +5,8 @@
 //! rewritten when they change, as QEMU does); refcounts and L2 tables are flushed; the snapshot's L1 table
 //! (padded with zeros to the active table's size) is written over the active one and synced; then every
 //! cluster the old active table reached loses a reference, and the COPIED flags of the new active tables are
-//! recomputed and written (refcounts first, then L2 tables, then the L1 table, synced).
+//! recomputed and written (refcounts first, then L2 tables, then the L1 table, synced). Last, the clusters
+//! freed are punched out of the file (see `snapshots::discarding_freed`).
 
 use blk_core::{ErrorKind, Result, SnapshotSelector};
 
@@ -39,11 +40,16 @@ fn find_for_apply<'a>(
 /// matches; `CorruptImage` when its L1 table is not where it may be (nothing changed) or an L2 table or
 /// cluster it reaches is broken (what gained a reference leaks).
 ///
+/// A snapshot whose L1 table is larger than the active one gets the active table grown to its size first,
+/// as QEMU does (qemu-img never makes such images at equal disk sizes; other tools may).
+///
 /// Differences from QEMU: a snapshot taken at another disk size is refused (`UnsupportedFeature`; QEMU
-/// resizes v3 images first: see `snapshot_disk_size` for doing that); so is a snapshot
-/// whose L1 table is larger than the active one (QEMU grows the active table; qemu-img never makes such
-/// images at equal sizes).
+/// resizes v3 images first: see `snapshot_disk_size` for doing that).
 pub(crate) fn apply_snapshot(image: &Qcow2, selector: &SnapshotSelector) -> Result<()> {
+    crate::snapshots::discarding_freed(image, || apply(image, selector))
+}
+
+fn apply(image: &Qcow2, selector: &SnapshotSelector) -> Result<()> {
     let file = image.host_file();
     let mut meta = image.lock_metadata();
     preconditions(image, &meta)?;
@@ -62,16 +68,11 @@ pub(crate) fn apply_snapshot(image: &Qcow2, selector: &SnapshotSelector) -> Resu
             ),
         ));
     }
-    let active_size = meta.l1.len();
-    if snapshot.l1_size > active_size as u64 {
-        return Err(op_error(
-            ErrorKind::UnsupportedFeature,
-            format!(
-                "snapshot '{selector}' has a larger L1 table ({} entries) than the active one ({active_size})",
-                snapshot.l1_size
-            ),
-        ));
+    if snapshot.l1_size > meta.l1.len() as u64 {
+        // As QEMU's `qcow2_snapshot_goto`: the active table grown to exactly the snapshot's size first.
+        l1::grow_active(&mut meta, file, snapshot.l1_size)?;
     }
+    let active_size = meta.l1.len();
     let mut new_l1 = l1::read(&meta, file, snapshot)?;
     new_l1.resize(active_size, 0);
     // The snapshot's clusters gain the new active table's reference.

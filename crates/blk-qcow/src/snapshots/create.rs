@@ -79,6 +79,10 @@ fn new_snapshot_id(entries: &[Snapshot]) -> Vec<u8> {
 /// metadata, an L1 entry naming no table) or a refcount that would overflow (1-bit refcounts: QEMU's
 /// `EINVAL`, which QEMU hits after some clusters gained a reference).
 pub(crate) fn create_snapshot(image: &Qcow2, name: &str) -> Result<()> {
+    crate::snapshots::discarding_freed(image, || create(image, name))
+}
+
+fn create(image: &Qcow2, name: &str) -> Result<()> {
     let file = image.host_file();
     let mut meta = image.lock_metadata();
     preconditions(image, &meta)?;

@@ -4,7 +4,8 @@
 //! the snapshot table without the entry is written and synced, the header pointed at it (synced) and the old
 //! table freed; then every cluster the snapshot's L1 table reaches loses a reference, the L1 table is freed,
 //! and the COPIED flags of the active tables are recomputed (clusters whose refcount dropped to 1 get them
-//! back; the L2 tables through the cache, flushed refcounts first, then the active L1 table, synced).
+//! back; the L2 tables through the cache, flushed refcounts first, then the active L1 table, synced). Last,
+//! the clusters freed are punched out of the file (see `snapshots::discarding_freed`).
 
 use blk_core::{ErrorKind, Result, SnapshotSelector};
 
@@ -34,6 +35,10 @@ pub(crate) fn find_for_delete(entries: &[Snapshot], selector: &SnapshotSelector)
 /// is changed then), or when an L2 table or cluster it reaches is broken (the snapshot is gone by then;
 /// what was not released leaks).
 pub(crate) fn delete_snapshot(image: &Qcow2, selector: &SnapshotSelector) -> Result<()> {
+    crate::snapshots::discarding_freed(image, || delete(image, selector))
+}
+
+fn delete(image: &Qcow2, selector: &SnapshotSelector) -> Result<()> {
     let file = image.host_file();
     let mut meta = image.lock_metadata();
     preconditions(image, &meta)?;

@@ -1,9 +1,11 @@
 //! A snapshot's L1 table: checked as QEMU's `qcow2_validate_table` checks it and against the image's layout,
-//! read, and written (any L1 table, the active one included).
+//! read, and written (any L1 table, the active one included); and the active L1 table grown to a
+//! snapshot's size before the snapshot is applied.
 
 use blk_core::{HostFile, Result};
 
 use crate::image::header::MAX_L1_BYTES;
+use crate::metadata::overlap::IGNORE_NONE;
 use crate::metadata::tables::{entry, set_entry};
 use crate::metadata::{corrupt, read_zero_filled, Metadata};
 use crate::snapshots::table::Snapshot;
@@ -67,4 +69,41 @@ pub(crate) fn write(
     }
     file.write_all_at(offset, &bytes)?;
     file.sync_data()
+}
+
+/// Where the header keeps the L1 table's size (u32), followed by its offset (u64).
+const L1_SIZE_FIELD: u64 = 36;
+
+/// Replaces the active L1 table by one of exactly `entries` entries (more than it has), as QEMU's
+/// `qcow2_grow_l1_table` with `exact_size` does before applying a snapshot with a larger L1 table: the new
+/// table allocated in free clusters (its refcounts written first), written with the old entries and zeros,
+/// synced; the header switched to it in one synced write; then the old table's clusters freed.
+pub(crate) fn grow_active(meta: &mut Metadata, file: &HostFile, entries: u64) -> Result<()> {
+    let new_bytes = entries.saturating_mul(8);
+    if new_bytes > MAX_L1_BYTES {
+        return Err(corrupt(
+            format!("an L1 table of {entries} entries would exceed 32 MiB"),
+            meta.g.l1_table_offset,
+        ));
+    }
+    let cs = meta.g.cluster_size;
+    let old_offset = meta.g.l1_table_offset;
+    let old_bytes = meta.g.l1_size * 8;
+    let new_offset = meta.allocate_clusters(file, new_bytes.div_ceil(cs))?;
+    meta.write_back_refcounts(file, true)?;
+    let mut table = meta.l1.clone();
+    table.resize(entries as usize, 0);
+    write(meta, file, IGNORE_NONE, new_offset, &table)?;
+    let mut field = [0u8; 12];
+    field[..4].copy_from_slice(&(entries as u32).to_be_bytes());
+    field[4..].copy_from_slice(&new_offset.to_be_bytes());
+    file.write_all_at(L1_SIZE_FIELD, &field)?;
+    file.sync_data()?;
+    meta.header.l1_size = entries as u32;
+    meta.header.l1_table_offset = new_offset;
+    meta.g.l1_size = entries;
+    meta.g.l1_table_offset = new_offset;
+    meta.l1 = table;
+    meta.l1_changed();
+    meta.change_refcount_range(file, old_offset, old_bytes, -1)
 }

@@ -5,7 +5,8 @@
 //! refuses to start while a guest write is between its data write and its L2 link (the in-flight table is
 //! not empty). Guest I/O must not run concurrently with them (a write that starts after would be served by the
 //! new tables, but a read racing an apply may see either disk). Each keeps QEMU's order, so a crash at any
-//! point leaks clusters and never corrupts.
+//! point leaks clusters and never corrupts. The clusters an operation freed are then punched out of the file
+//! in a second hold of the lock (`discarding_freed`; those reused meanwhile are kept).
 //!
 //! | module | what it holds |
 //! |---|---|
@@ -30,6 +31,28 @@ use blk_core::{Error, ErrorKind, Result};
 use crate::image::Qcow2;
 use crate::metadata::Metadata;
 use crate::FORMAT_NAME;
+
+/// Runs the snapshot operation `op` (which takes the metadata lock itself) with the clusters it frees
+/// collected, and when it succeeded discards those still free from the image file after flushing the
+/// metadata that no longer references them: QEMU's `pass-discard-snapshot`, on by default (qemu-img has no
+/// way to turn it off), punches them (`fallocate` `PUNCH_HOLE`). After a failure nothing is discarded.
+pub(crate) fn discarding_freed(image: &Qcow2, op: impl FnOnce() -> Result<()>) -> Result<()> {
+    image.lock_metadata().collect_freed();
+    let result = op();
+    let mut meta = image.lock_metadata();
+    match result {
+        Ok(()) => {
+            let file = image.host_file();
+            meta.flush(file)
+                .and_then(|()| meta.discard_freed(file))
+                .inspect_err(|_| meta.freed = None)
+        }
+        Err(e) => {
+            meta.freed = None;
+            Err(e)
+        }
+    }
+}
 
 /// An error of `kind` with the format's name.
 pub(crate) fn op_error(kind: ErrorKind, message: impl Into<String>) -> Error {

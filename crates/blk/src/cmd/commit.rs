@@ -1,5 +1,8 @@
 //! `blk commit`: qemu-img commit. Copies what an image stores itself into its backing file (zero clusters as
-//! zeros), growing the backing file when it is shorter, then empties the image unless `-d`.
+//! zeros), growing the backing file when it is shorter, then empties the image unless `-d`. With `-b BASE`
+//! deeper in the backing chain, what the image and the images between it and BASE store (read through the
+//! chain, as the image shows it) goes into BASE, and every image above BASE is left as it was (`-b` implies
+//! `-d`), as QEMU's commit does.
 
 use std::path::PathBuf;
 
@@ -25,7 +28,8 @@ pub struct CommitArgs {
     /// Cache mode (`none` is O_DIRECT).
     #[arg(short = 't', long = "cache", value_name = "CACHE")]
     pub cache: Option<String>,
-    /// The image to commit into: only the image's own backing file is supported. Implies `-d`.
+    /// The image to commit into: any image of the backing chain (by default the image's own backing file).
+    /// Implies `-d`.
     #[arg(short = 'b', long = "base", value_name = "BASE")]
     pub base: Option<PathBuf>,
     /// Do not empty the image after the commit.
@@ -65,25 +69,22 @@ pub fn run(args: CommitArgs) -> Result<u8> {
         )
         .with_path(path));
     };
-    if let Some(base) = &args.base {
-        let same = |p: &std::path::Path| std::fs::canonicalize(p).ok();
-        if same(base) != same(&base_path) || same(base).is_none() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "blk commits only into the image's own backing file ('{}')",
-                    base_path.display()
-                ),
-            )
-            .with_path(path));
-        }
-    }
     let Some(base_format) = info.backing_format.clone() else {
         return Err(Error::new(
             ErrorKind::InvalidInput,
             "the backing file's format is not recorded in the image (it is never probed)",
         )
         .with_path(path));
+    };
+    // The base: the backing file, or the image `-b` names at some depth of the chain.
+    let (base_path, base_format, base_depth) = match &args.base {
+        None => (base_path, base_format, 1),
+        Some(base) => find_in_chain(
+            path,
+            base,
+            (base_path, base_format, info.backing_filename.clone()),
+            direct,
+        )?,
     };
     let size = top.disk.logical_size();
     let base_spec = OpenSpec {
@@ -108,11 +109,25 @@ pub fn run(args: CommitArgs) -> Result<u8> {
         };
         resize_disk_file(&params).map_err(|e| e.with_path(&base_path))?;
     }
+    // Deeper than the backing file: the chain above the base read as the image shows it (no lock taken: the
+    // base is opened writable below, and only ranges stored above it are read).
+    let chain = if base_depth > 1 {
+        Some(open_disk(
+            path,
+            OpenSpec {
+                direct,
+                ..OpenSpec::read_only(args.format.as_deref(), true)
+            },
+        )?)
+    } else {
+        None
+    };
     let base = open_disk(&base_path, base_spec)?;
     copy_own_data(
-        &*top.disk,
+        chain.as_deref().unwrap_or(&*top.disk),
         &*base,
         size,
+        base_depth,
         rate.as_ref(),
         args.progress && !args.quiet,
     )
@@ -129,12 +144,65 @@ pub fn run(args: CommitArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// Copies every run `top` stores itself (depth 0) into `base`: data as data, zero runs as zeros that may be
-/// unmapped (as QEMU's commit leaves holes there).
+/// Where `-b BASE` lies in the backing chain below `path` (whose backing file is `backing`, of format
+/// `backing_format`, recorded as `recorded`): its path, format and depth (1: the backing file). As QEMU's
+/// `bdrv_find_backing_image`: a layer matches when BASE is the name its overlay records, or names the same
+/// file taken relative to the overlay's directory; an image not in the chain is an error ("Did not find ...
+/// in the backing chain of ...").
+fn find_in_chain(
+    path: &std::path::Path,
+    base: &std::path::Path,
+    (backing, backing_format, recorded): (PathBuf, String, Option<String>),
+    direct: bool,
+) -> Result<(PathBuf, String, usize)> {
+    /// Deeper chains are not walked (the factory refuses to open them anyway).
+    const MAX_DEPTH: usize = 64;
+    let canonical = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+    let (mut overlay, mut layer, mut format, mut recorded) =
+        (path.to_path_buf(), backing, backing_format, recorded);
+    for depth in 1..=MAX_DEPTH {
+        let relative = overlay
+            .parent()
+            .map_or_else(|| base.to_path_buf(), |dir| dir.join(base));
+        let same_file = canonical(&relative).is_some_and(|b| canonical(&layer) == Some(b));
+        if same_file || recorded.as_deref().map(std::path::Path::new) == Some(base) {
+            return Ok((layer, format, depth));
+        }
+        let spec = OpenSpec {
+            direct,
+            skip_backing: true,
+            ..OpenSpec::read_only(Some(&format), true)
+        };
+        let info = open_image(&layer, spec)?
+            .admin
+            .image_info()
+            .map_err(|e| e.with_path(&layer))?;
+        match (info.full_backing_filename, info.backing_format) {
+            (Some(next), Some(next_format)) => {
+                overlay = std::mem::replace(&mut layer, next);
+                format = next_format;
+                recorded = info.backing_filename;
+            }
+            _ => break,
+        }
+    }
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "Did not find '{}' in the backing chain of '{}'",
+            base.display(),
+            path.display()
+        ),
+    ))
+}
+
+/// Copies every run `top` stores above the base at `base_depth` (depth below it: 0 is the image itself) into
+/// `base`: data as data, zero runs as zeros that may be unmapped (as QEMU's commit leaves holes there).
 fn copy_own_data(
     top: &dyn DiskFile,
     base: &dyn DiskFile,
     size: u64,
+    base_depth: usize,
     rate: Option<&RateLimit>,
     progress: bool,
 ) -> Result<()> {
@@ -144,7 +212,7 @@ fn copy_own_data(
     while pos < size {
         let extent = top.map(pos, (size - pos).min(CHUNK))?;
         let len = extent.length.max(1).min(size - pos);
-        if extent.depth == 0 {
+        if (extent.depth as usize) < base_depth {
             match extent.kind {
                 ExtentKind::Unallocated => {}
                 ExtentKind::Zero => base.write_zeroes(pos, len, true)?,
