@@ -74,6 +74,76 @@ fn dirty_bit_set_before_the_first_refcount_change_and_cleared_on_close() {
     assert!(!out.contains("Pattern verification failed"), "{out}");
 }
 
+/// QEMU's `lazy-refcounts` runtime option overrides the compatible bit for one open: `on` makes an image
+/// without the feature defer its refcounts (dirty bit while open, cleared on close, image unchanged otherwise),
+/// `off` makes a lazy image write them eagerly; `on` is refused for a version 2 image, with QEMU's messages.
+#[test]
+fn the_lazy_refcounts_runtime_option_overrides_the_compatible_bit() {
+    let _g = serial();
+    let dir = tempdir();
+    let with = |on: &str| {
+        let mut options = rw();
+        options
+            .apply_runtime_options(&key_values(&[("lazy-refcounts", on)]), Some(65536))
+            .map(|()| options)
+    };
+    // An image without the feature, opened with lazy-refcounts=on.
+    let img = dir.path().join("eager.qcow2");
+    qemu_create(&img, "compat=1.1", "16M");
+    {
+        let disk = open_disk(&img, &with("on").unwrap()).unwrap();
+        disk.write_all_at(1 << 20, &[3u8; 4096]).unwrap();
+        disk.flush().unwrap();
+        assert!(dirty_on_disk(&img), "refcounts deferred under the option");
+    }
+    assert!(!dirty_on_disk(&img));
+    assert_qemu_check_clean(&img);
+    let info = qemu_img(&["info", "--output=json", path_str(&img)]);
+    assert!(info.contains("\"lazy-refcounts\": false"), "{info}");
+    // A lazy image opened with lazy-refcounts=off keeps its refcounts exact at every flush.
+    let lazy = dir.path().join("lazy.qcow2");
+    qemu_create(&lazy, "compat=1.1,lazy_refcounts=on", "16M");
+    {
+        let disk = open_disk(&lazy, &with("off").unwrap()).unwrap();
+        disk.write_all_at(1 << 20, &[3u8; 4096]).unwrap();
+        disk.flush().unwrap();
+        assert!(!dirty_on_disk(&lazy));
+        // The file as a crash now leaves it: refcounts exact.
+        let copy = dir.path().join("copy.qcow2");
+        std::fs::copy(&lazy, &copy).unwrap();
+        assert_eq!(qemu_check(&copy), (0, 0, 0));
+    }
+    // QEMU's refusals, word for word.
+    let v2 = dir.path().join("v2.qcow2");
+    qemu_create(&v2, "compat=0.10", "1M");
+    let opts = format!(
+        "driver=qcow2,file.filename={},lazy-refcounts=on",
+        path_str(&v2)
+    );
+    let (_, qemu) =
+        blk_test_support::qemu::run_status("qemu-io", &["--image-opts", &opts, "-c", "quit"]);
+    let ours = open_disk(&v2, &with("on").unwrap())
+        .unwrap_err()
+        .to_string();
+    let message = "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level";
+    assert!(
+        qemu.contains(message) && ours.contains(message),
+        "{qemu} / {ours}"
+    );
+    let opts = format!(
+        "driver=qcow2,file.filename={},lazy-refcounts=maybe",
+        path_str(&v2)
+    );
+    let (_, qemu) =
+        blk_test_support::qemu::run_status("qemu-io", &["--image-opts", &opts, "-c", "quit"]);
+    let ours = with("maybe").unwrap_err().to_string();
+    let message = "Parameter 'lazy-refcounts' expects 'on' or 'off'";
+    assert!(
+        qemu.contains(message) && ours.contains(message),
+        "{qemu} / {ours}"
+    );
+}
+
 #[test]
 fn a_flush_leaves_refcounts_lazy_and_a_repairing_open_rebuilds_them() {
     let _g = serial();

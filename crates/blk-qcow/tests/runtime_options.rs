@@ -62,8 +62,8 @@ fn cache_sizes_follow_qemu_rules() {
             "Unsupported value 'some' for qcow2 option 'overlap-check'",
         ),
         (
-            &[("lazy-refcounts", "on")][..],
-            "Block format 'qcow2' does not support the option 'lazy-refcounts'",
+            &[("pass-discard-other", "on")][..],
+            "Block format 'qcow2' does not support the option 'pass-discard-other'",
         ),
     ] {
         let err = applied(given).unwrap_err();

@@ -123,7 +123,18 @@ impl Qcow2 {
             )?),
             _ => None,
         };
-        let lazy = header.compatible & COMPAT_LAZY_REFCOUNTS != 0;
+        // QEMU's `lazy-refcounts` runtime option overrides the compatible bit (qcow2_update_options_prepare).
+        let lazy = match options.lazy_refcounts {
+            Some(true) if header.version < 3 => return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
+            )
+            .with_format(FORMAT_NAME)
+            .with_operation(Operation::Open)
+            .with_path(&path)),
+            Some(on) => on,
+            None => header.compatible & COMPAT_LAZY_REFCOUNTS != 0,
+        };
         let dirty = header.incompatible & INCOMPAT_DIRTY != 0;
         let autoclear = header.autoclear;
         // As QEMU's `qcow2_do_open`: the snapshot table is read (and refused when it breaks QEMU's caps) on

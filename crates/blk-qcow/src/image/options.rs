@@ -38,6 +38,9 @@ pub struct Qcow2OpenOptions {
     /// Which metadata every write is checked against (QEMU's `overlap-check` runtime option; default
     /// [`OverlapCheck::Cached`], QEMU's default).
     pub overlap_check: OverlapCheck,
+    /// QEMU's `lazy-refcounts` runtime option: `Some` overrides the image's `lazy_refcounts` compatible bit
+    /// for this open (a v3 image only); `None` follows the bit.
+    pub lazy_refcounts: Option<bool>,
 }
 
 impl Qcow2OpenOptions {
@@ -52,14 +55,16 @@ impl Qcow2OpenOptions {
             depth: 0,
             snapshot: None,
             overlap_check: OverlapCheck::default(),
+            lazy_refcounts: None,
         }
     }
 }
 
 /// The runtime options QCOW2 takes at open ([`Qcow2OpenOptions::apply_runtime_options`]), by QEMU's names.
-/// QEMU's other qcow2 runtime options (`lazy-refcounts`, `pass-discard-*`, `discard-no-unref`, the
+/// QEMU's other qcow2 runtime options (`pass-discard-*`, `discard-no-unref`, the
 /// `overlap-check.<structure>` switches, `encrypt.*`) have no equivalent in blk and are refused.
 pub const RUNTIME_OPTIONS: &[&str] = &[
+    "lazy-refcounts",
     "overlap-check",
     "overlap-check.template",
     "l2-cache-size",
@@ -101,6 +106,8 @@ impl Qcow2OpenOptions {
     ///   the refcount cache's minimum of 4 clusters), the L2 share into
     ///   [`l2_cache_size`](Qcow2OpenOptions::l2_cache_size). blk sizes its refcount cache from the L2 cache, so
     ///   `refcount-cache-size` is checked and has no other effect.
+    /// - `lazy-refcounts` (`on`/`off`): into [`lazy_refcounts`](Qcow2OpenOptions::lazy_refcounts); the open
+    ///   refuses `on` for a version 2 image, as QEMU does.
     /// - `l2-cache-entry-size` (a power of two from 512 to the cluster size) and `cache-clean-interval` (at
     ///   most `UINT_MAX` seconds): checked, without effect (blk caches whole tables and never drops clean ones
     ///   on a timer).
@@ -132,6 +139,11 @@ impl Qcow2OpenOptions {
         for (key, value) in options {
             let size = || parse_size_param(key, value).map_err(|e| e.with_format(FORMAT_NAME));
             match key.as_str() {
+                "lazy-refcounts" => {
+                    let on = parse_bool_param(key, value)
+                        .map_err(|e| e.with_format(FORMAT_NAME).with_operation(Operation::Open))?;
+                    self.lazy_refcounts = Some(on);
+                }
                 "overlap-check" => overlap = Some(value.as_str()),
                 "overlap-check.template" => template = Some(value.as_str()),
                 "l2-cache-size" => l2_cache = Some(size()?),
