@@ -5,11 +5,12 @@
 //! test in CI. The write-path targets (`write_qcow2`, `write_vhd`, `write_vhdx`, module [`write_path`]) create
 //! their image themselves; `crates/blk-factory/tests/write_fuzz_corpus.rs` replays their corpora.
 
+pub mod luks_header;
 pub mod open_image;
 pub mod qcow2;
 pub mod vhd;
 pub mod vhdx;
-pub mod write_path;
 pub mod vhost_user_blk_request;
+pub mod write_path;
 
 pub use open_image::open_image;

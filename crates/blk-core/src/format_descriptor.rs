@@ -96,6 +96,9 @@ pub struct OpenOptions {
     /// given: the names come from [`FormatDescriptor::runtime_options`], and the format's `open` parses the
     /// values with QEMU's messages. Empty by default.
     pub runtime_options: Vec<(String, String)>,
+    /// The secret unlocking an encrypted image (QCOW2's `encrypt.key-secret`: the secret's bytes, not its id);
+    /// `None` by default. Formats without encryption ignore it.
+    pub key_secret: Option<crate::Secret>,
 }
 
 impl OpenOptions {
@@ -110,7 +113,14 @@ impl OpenOptions {
             backing_format: None,
             snapshot: None,
             runtime_options: Vec::new(),
+            key_secret: None,
         }
+    }
+
+    /// Sets the secret unlocking an encrypted image (see [`OpenOptions::key_secret`]).
+    pub fn key_secret(mut self, secret: Option<crate::Secret>) -> OpenOptions {
+        self.key_secret = secret;
+        self
     }
 
     /// Sets the gate for named files.

@@ -89,7 +89,7 @@ pub enum ReadMapping {
         /// Length in bytes.
         len: u64,
     },
-    /// `len` guest bytes lie inside an encoded (e.g. compressed) unit: the engine reads `host_len` bytes at
+    /// `len` guest bytes lie inside an encoded (e.g. compressed, or encrypted) unit: the engine reads `host_len` bytes at
     /// `offset` of host file `file` (bytes past the end of the file read as zeros), has [`Mapper::decode`] turn
     /// them into `decoded_len` bytes, and copies the `len` bytes starting `skip` bytes into the decoded unit to
     /// the guest.
@@ -106,7 +106,8 @@ pub enum ReadMapping {
         skip: u64,
         /// Guest bytes of the piece.
         len: u64,
-        /// Mapper-defined (e.g. the codec), handed back to [`Mapper::decode`].
+        /// Mapper-defined (e.g. the codec, or what an encrypted unit's IVs derive from), handed back to
+        /// [`Mapper::decode`].
         codec: u64,
     },
     /// `len` guest bytes are at guest offset `offset` of another disk, [`Mapper::disk`]`(disk)`: a backing

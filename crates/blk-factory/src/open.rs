@@ -63,6 +63,8 @@ pub struct DiskFileParams {
     /// The format's runtime options (QEMU's `overlap-check=none`, `l2-cache-size=1M`, ...), for this image only
     /// (not its backing files); names the format does not take are refused.
     pub(crate) runtime_options: Vec<(String, String)>,
+    /// The secret unlocking an encrypted image (QCOW2's `encrypt.key-secret`), for this image only.
+    pub(crate) key_secret: Option<blk_core::Secret>,
 }
 
 impl DiskFileParams {
@@ -84,7 +86,15 @@ impl DiskFileParams {
             skip_backing: false,
             snapshot: None,
             runtime_options: Vec::new(),
+            key_secret: None,
         }
+    }
+
+    /// Sets the secret unlocking an encrypted image (QCOW2's `encrypt.key-secret`; its bytes, zeroed when the
+    /// last copy is dropped), for this image only (not its backing files).
+    pub fn key_secret(mut self, secret: Option<blk_core::Secret>) -> DiskFileParams {
+        self.key_secret = secret;
+        self
     }
 
     /// Sets the format (`None`: detect).
@@ -298,5 +308,6 @@ fn open_one(
         .backing_format(params.backing_format.map(|f| f.name().to_string()))
         .snapshot(params.snapshot.clone());
     options.runtime_options = params.runtime_options.clone();
+    options.key_secret = params.key_secret.clone();
     format.descriptor().open(&params.path, &options)
 }

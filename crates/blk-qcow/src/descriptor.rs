@@ -24,9 +24,17 @@ const MAGIC: &[u8] = b"QFI\xfb";
 /// The smallest QCOW2 header (version 2).
 const MIN_HEADER: u64 = 72;
 
-/// qemu 10's option list for qcow2, in its order, for the `Formatting ...` line (the encryption options,
-/// which blk refuses, left out).
+/// qemu 10's option list for qcow2, in its order, for the `Formatting ...` line.
 const FORMATTING_OPTIONS: &[FormattingOption] = &[
+    FormattingOption::new("encryption", OptionPrint::Text, None),
+    FormattingOption::new("encrypt.format", OptionPrint::Text, None),
+    FormattingOption::new("encrypt.key-secret", OptionPrint::Text, None),
+    FormattingOption::new("encrypt.cipher-alg", OptionPrint::Text, None),
+    FormattingOption::new("encrypt.cipher-mode", OptionPrint::Text, None),
+    FormattingOption::new("encrypt.ivgen-alg", OptionPrint::Text, None),
+    FormattingOption::new("encrypt.ivgen-hash-alg", OptionPrint::Text, None),
+    FormattingOption::new("encrypt.hash-alg", OptionPrint::Text, None),
+    FormattingOption::new("encrypt.iter-time", OptionPrint::Number, None),
     FormattingOption::new("cluster_size", OptionPrint::Size, Some("65536")),
     FormattingOption::new("extended_l2", OptionPrint::Text, Some("off")),
     FormattingOption::new("preallocation", OptionPrint::Text, None),
@@ -41,8 +49,8 @@ const FORMATTING_OPTIONS: &[FormattingOption] = &[
     FormattingOption::new("refcount_bits", OptionPrint::Number, Some("16")),
 ];
 
-/// The options `amend` can change, as qemu-img's `amend -o help` lists them for qcow2 (its encryption options
-/// aside: blk has no encryption).
+/// The options `amend` can change, as qemu-img's `amend -o help` lists them for qcow2 (its other encryption
+/// options aside: blk does not amend LUKS key slots).
 const AMEND_OPTIONS: &[&str] = &[
     "backing_file",
     "backing_fmt",
@@ -55,7 +63,8 @@ const AMEND_OPTIONS: &[&str] = &[
     "size",
 ];
 
-/// The LUKS keyslot options only `amend` has, as qemu-img lists them (blk refuses them: encryption is planned).
+/// The LUKS keyslot options only `amend` has, as qemu-img lists them (blk refuses them: key slots are not
+/// amended).
 const AMEND_ONLY_OPTIONS: &[CreateOptionInfo] = &[
     CreateOptionInfo {
         name: "encrypt.keyslot",
@@ -127,6 +136,7 @@ impl FormatDescriptor for Qcow2Format {
         qcow2.check_mode = options.check_mode;
         qcow2.backing_format = options.backing_format.clone();
         qcow2.snapshot = options.snapshot.clone();
+        qcow2.key_secret = options.key_secret.clone();
         if !options.runtime_options.is_empty() {
             self.check_runtime_options(&options.runtime_options)?;
             qcow2

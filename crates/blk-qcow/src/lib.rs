@@ -38,7 +38,9 @@
 //!
 //! - Every image qemu-img 10 makes, read and written; files named inside an image (the backing file, an
 //!   external data file) are opened through the caller's [`blk_core::ImageOpener`].
-//! - Refused with `UnsupportedFeature`: encryption (AES and LUKS), a data-file bit without its name extension,
+//! - LUKS encryption (`encrypt.format=luks`): unlocked with [`Qcow2OpenOptions::key_secret`], guest data
+//!   decrypted and encrypted with the IV of its host sector, as QEMU; created with the `encrypt.*` options.
+//! - Refused with `UnsupportedFeature`: AES-CBC encryption, a data-file bit without its name extension,
 //!   compressed writes with an external data file. Persistent dirty bitmaps are listed by `info` but not
 //!   maintained: like every autoclear bit this crate does not know, theirs is cleared on a writable open.
 //! - Internal snapshots are listed, opened read-only ([`Qcow2OpenOptions::snapshot`]), created, deleted and
@@ -66,6 +68,7 @@
 //! | `io` | `impl Mapper for Qcow2`, the one translation; slow writes, write-zeroes, discards, compression; write ordering |
 //! | `snapshots` | internal snapshots: opened read-only, created, deleted, applied |
 //! | `bitmaps` | persistent dirty bitmaps, as `info` lists them |
+//! | `encryption` | LUKS: the header, key slots, PBKDF2, the sector cipher |
 //! | `check` | `check` and repair |
 //! | `offline` | creating, measuring, resizing, amending, the recorded backing file, emptying for `commit` |
 //! | `descriptor` | [`FORMAT`] |
@@ -73,6 +76,7 @@
 mod bitmaps;
 mod check;
 mod descriptor;
+mod encryption;
 mod image;
 mod io;
 mod metadata;
@@ -80,6 +84,8 @@ mod offline;
 mod snapshots;
 
 pub use descriptor::FORMAT;
+pub use encryption::create_options::LuksCreateOptions;
+pub use encryption::try_unlock_luks_area;
 pub use image::options::{
     CompressionType, Preallocation, Qcow2CreateOptions, Qcow2OpenOptions, CREATE_OPTIONS,
     DEFAULT_L2_CACHE_SIZE, RUNTIME_OPTIONS,

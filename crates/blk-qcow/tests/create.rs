@@ -42,8 +42,10 @@ fn option_errors() {
         ErrorKind::InvalidInput
     );
     assert_eq!(err(&[("data_file_raw", "on")]), ErrorKind::InvalidInput);
+    // LUKS needs its secret; AES encryption is not supported.
+    assert_eq!(err(&[("encrypt.format", "luks")]), ErrorKind::InvalidInput);
     assert_eq!(
-        err(&[("encrypt.format", "luks")]),
+        err(&[("encrypt.format", "aes")]),
         ErrorKind::UnsupportedFeature
     );
     assert_eq!(err(&[("preallocation", "bogus")]), ErrorKind::InvalidInput);

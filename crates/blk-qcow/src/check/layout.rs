@@ -53,6 +53,8 @@ pub(super) struct Layout {
     /// Guest data lives in an external data file (incompatible bit 2): data clusters are not refcounted in
     /// the image file and their offsets are data-file offsets (QEMU's `has_data_file`).
     pub data_file: bool,
+    /// The LUKS header area of an encrypted image (offset, length): refcounted clusters no table names.
+    pub crypto_header: Option<(u64, u64)>,
 }
 
 fn corrupt(message: String, offset: u64) -> Error {
@@ -116,6 +118,10 @@ impl Layout {
             csize_shift: 62 - (cluster_bits - 8),
             extended_l2,
             data_file,
+            crypto_header: crate::encryption::crypto_header_location(header)
+                .ok()
+                .flatten()
+                .filter(|_| header.crypt_method == crate::encryption::CRYPT_LUKS),
         })
     }
 

@@ -23,6 +23,10 @@ impl Checker<'_> {
         let cs = self.layout.cluster_size;
         // The header.
         self.inc(expected, 0, cs)?;
+        // The LUKS header of an encrypted image.
+        if let Some((offset, length)) = self.layout.crypto_header {
+            self.inc(expected, offset, length)?;
+        }
         // The active L1 table.
         let (l1_offset, l1_size) = (self.layout.l1_table_offset, self.layout.l1_size);
         self.check_l1(expected, l1_offset, l1_size, true, fix)?;

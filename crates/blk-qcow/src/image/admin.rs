@@ -83,6 +83,9 @@ impl Qcow2 {
                 InfoValue::Bool(g.data_file_raw),
             ));
         }
+        if let Some(encryption) = &self.shared.encryption {
+            data.push(("encrypt".to_string(), encryption.info()));
+        }
         if h.version >= 3 {
             data.push((
                 "corrupt".to_string(),

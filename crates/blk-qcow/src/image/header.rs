@@ -5,9 +5,9 @@
 //! `refcount_order` 0..=6, header length >= 104, a multiple of 8 and <= the cluster size (v3), backing file
 //! name <= 1023 bytes inside cluster 0, backing format extension < 16 bytes, snapshots <= 65536, table
 //! offsets cluster-aligned and below 2^56 with their start inside the file. Header extensions must lie inside
-//! the header area. At most one cluster (<= 2 MiB) of the file is read to parse the header. Encryption and a
-//! data-file bit without its name extension (QEMU would need a `data-file` option) are refused with
-//! `UnsupportedFeature`.
+//! the header area. At most one cluster (<= 2 MiB) of the file is read to parse the header. AES encryption
+//! (`crypt_method` 1) and a data-file bit without its name extension (QEMU would need a `data-file` option) are
+//! refused with `UnsupportedFeature`; LUKS (`crypt_method` 2) is opened by `encryption`.
 
 use blk_core::{Error, ErrorKind, Result};
 use zerocopy::byteorder::{BigEndian, U32, U64};
@@ -247,8 +247,28 @@ impl Header {
                 20,
             ));
         }
-        if h.crypt_method != 0 || h.extensions.crypto {
-            return Err(unsupported("encrypted qcow2 images are not supported", 32));
+        // Encryption: LUKS (2) is unlocked at open (see `encryption`); QEMU 10 no longer opens the legacy
+        // AES-CBC method (1) for I/O, and blk does not implement it.
+        match h.crypt_method {
+            0 if h.extensions.crypto => {
+                return Err(invalid(
+                    "CRYPTO header extension only expected with LUKS encryption method",
+                    32,
+                ))
+            }
+            0 | crate::encryption::CRYPT_LUKS => {}
+            crate::encryption::CRYPT_AES => {
+                return Err(unsupported(
+                    "AES-CBC encrypted qcow2 images (encrypt.format=aes) are not supported",
+                    32,
+                ))
+            }
+            other => {
+                return Err(invalid(
+                    format!("Unsupported encryption method: {other}"),
+                    32,
+                ));
+            }
         }
         // Backing file name.
         if h.backing_file_offset != 0 {

@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) metadata_preallocated: OnceLock<bool>,
     /// The repair of a dirty image this open made ([`blk_core::ImageAdmin::repaired_on_open`]).
     pub(crate) open_repair: OnceLock<blk_core::CheckReport>,
+    /// LUKS encryption of guest data (`crypt_method` 2), unlocked at open when a secret was given.
+    pub(crate) encryption: Option<Box<crate::encryption::Encryption>>,
 }
 
 impl Drop for Shared {

@@ -70,6 +70,7 @@ impl Qcow2 {
             ));
         }
         let mut g = Geometry::from_header(&header);
+        let encryption = crate::encryption::open_for(&file, file_len, &header, options, read_only)?;
         if let Some(selector) = &options.snapshot {
             // QEMU's `bdrv_snapshot_load_tmp`: only on a read-only open.
             if !read_only {
@@ -187,6 +188,7 @@ impl Qcow2 {
                 set_dirty: !read_only && lazy && !options.check_mode,
                 metadata_preallocated: OnceLock::new(),
                 open_repair: OnceLock::new(),
+                encryption,
             }),
             files: [file],
         };

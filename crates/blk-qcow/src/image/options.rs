@@ -41,6 +41,11 @@ pub struct Qcow2OpenOptions {
     /// QEMU's `lazy-refcounts` runtime option: `Some` overrides the image's `lazy_refcounts` compatible bit
     /// for this open (a v3 image only); `None` follows the bit.
     pub lazy_refcounts: Option<bool>,
+    /// The secret unlocking a LUKS-encrypted image (QEMU's `encrypt.key-secret`, its bytes). Without it an
+    /// encrypted image opens only read-only without its backing file (`info`'s open, when the opener
+    /// [skips backing files](blk_core::ImageOpener::skips_backing)), for `info` (guest data and maps refused);
+    /// other opens fail with QEMU's message.
+    pub key_secret: Option<blk_core::Secret>,
 }
 
 impl Qcow2OpenOptions {
@@ -56,13 +61,15 @@ impl Qcow2OpenOptions {
             snapshot: None,
             overlap_check: OverlapCheck::default(),
             lazy_refcounts: None,
+            key_secret: None,
         }
     }
 }
 
 /// The runtime options QCOW2 takes at open ([`Qcow2OpenOptions::apply_runtime_options`]), by QEMU's names.
 /// QEMU's other qcow2 runtime options (`pass-discard-*`, `discard-no-unref`, the
-/// `overlap-check.<structure>` switches, `encrypt.*`) have no equivalent in blk and are refused.
+/// `overlap-check.<structure>` switches) have no equivalent in blk and are refused; `encrypt.key-secret`
+/// arrives as its secret's bytes ([`Qcow2OpenOptions::key_secret`]).
 pub const RUNTIME_OPTIONS: &[&str] = &[
     "lazy-refcounts",
     "overlap-check",
@@ -275,6 +282,8 @@ pub struct Qcow2CreateOptions {
     /// The `data_file_raw` autoclear bit: the data file is a raw image of the guest (forces metadata
     /// preallocation, as qemu-img does).
     pub data_file_raw: bool,
+    /// LUKS encryption (`encrypt.format=luks` and the other `encrypt.*` options), with its secret.
+    pub encryption: Option<crate::encryption::create_options::LuksCreateOptions>,
 }
 
 impl Default for Qcow2CreateOptions {
@@ -292,6 +301,7 @@ impl Default for Qcow2CreateOptions {
             extended_l2: false,
             data_file: None,
             data_file_raw: false,
+            encryption: None,
         }
     }
 }
@@ -406,7 +416,7 @@ pub static CREATE_OPTIONS: &[CreateOptionInfo] = &[
 impl Qcow2CreateOptions {
     /// Parses qemu-img's `-o` options for qcow2, with `size` the positional size if one was given.
     ///
-    /// Keys as [`CREATE_OPTIONS`] lists them. `encrypt.*` and `encryption=on` are refused with [`ErrorKind::UnsupportedFeature`]; unknown keys with [`ErrorKind::InvalidInput`]
+    /// Keys as [`CREATE_OPTIONS`] lists them. `encrypt.format=luks` with the other `encrypt.*` options (the secret `encrypt.key-secret` names looked up with [`blk_core::Secret::lookup`]); AES encryption (`encrypt.format=aes`, `encryption=on`) is refused with [`ErrorKind::UnsupportedFeature`]; unknown keys with [`ErrorKind::InvalidInput`]
     /// "Invalid parameter 'KEY'".
     ///
     /// ```
@@ -486,16 +496,29 @@ impl Qcow2CreateOptions {
                 "extended_l2" => o.extended_l2 = parse_bool(key, value)?,
                 "data_file" => o.data_file = Some(value.clone()),
                 "data_file_raw" => o.data_file_raw = parse_bool(key, value)?,
+                // Parsed together below.
                 "encryption" => {
-                    if parse_bool(key, value)? {
-                        return Err(unsupported("encrypted qcow2 images are not supported"));
-                    }
+                    parse_bool(key, value)?;
                 }
-                k if k.starts_with("encrypt.") => {
-                    return Err(unsupported("encrypted qcow2 images are not supported"))
-                }
+                k if k.starts_with("encrypt.") => {}
                 _ => return Err(invalid(format!("Invalid parameter '{key}'"))),
             }
+        }
+        let pairs: Vec<(&str, &str)> = options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        o.encryption = crate::encryption::create_options::LuksCreateOptions::parse(&pairs)
+            .map_err(|e| e.with_format(FORMAT_NAME).with_operation(Operation::Create))?;
+        if o.encryption.is_some() && o.preallocation != Preallocation::Off {
+            return Err(unsupported(
+                "preallocation of encrypted images is not supported",
+            ));
+        }
+        if o.encryption.is_some() && o.data_file.is_some() {
+            return Err(unsupported(
+                "encrypted qcow2 images with an external data file are not supported",
+            ));
         }
         if o.version == 2 {
             if o.lazy_refcounts {

@@ -68,7 +68,7 @@ impl Qcow2 {
             host_offset,
             compressed,
         };
-        Ok(match first {
+        let mut found = match first {
             Status::Data(h)
                 if !self.shared.geometry.data_file && self.metadata_preallocated()? =>
             {
@@ -96,7 +96,12 @@ impl Qcow2 {
                     e
                 }
             },
-        })
+        };
+        // As QEMU: no host offsets of an encrypted image (its host bytes are not the guest's).
+        if self.shared.encryption.is_some() && found.depth == 0 {
+            found.host_offset = None;
+        }
+        Ok(found)
     }
 
     /// As QEMU's `qcow2_detect_metadata_preallocation`, decided once per open: whether clearly more clusters

@@ -113,6 +113,13 @@ impl Qcow2 {
     /// disk's last, shorter one), replacing what the cluster held (freed once the new entry is on disk).
     pub(crate) fn write_compressed_impl(&self, offset: u64, buf: &[u8]) -> Result<()> {
         let cs = self.cluster_size();
+        if self.shared.encryption.is_some() {
+            // QEMU would store the cluster compressed and unencrypted: blk refuses to leak it.
+            return Err(Error::new(
+                ErrorKind::UnsupportedFeature,
+                "Compression is not supported with encrypted images",
+            ));
+        }
         if self.shared.data_file.is_some() {
             return Err(Error::new(
                 ErrorKind::UnsupportedFeature,

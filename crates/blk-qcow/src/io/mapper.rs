@@ -35,7 +35,46 @@ pub const BACKING_DISK: usize = 0;
 /// [`Mapper::disk`] index of the external data file.
 pub const DATA_FILE_DISK: usize = 1;
 
+/// The `codec` of an encrypted read piece: this bit, and the host offset of its first sector (host offsets
+/// are below 2^56).
+const ENCRYPTED_CODEC: u64 = 1 << 63;
+
+/// The encoded piece of an encrypted read of `len` bytes at host offset `host`: the 512-byte sectors holding
+/// it (inside its cluster or subcluster, which are whole sectors), to be decrypted by `decode`.
+fn encrypted_read(host: u64, len: u64) -> ReadMapping {
+    let first = host & !511;
+    let end = (host + len).div_ceil(512) * 512;
+    ReadMapping::Encoded {
+        file: IMAGE_FILE,
+        offset: first,
+        host_len: end - first,
+        decoded_len: end - first,
+        skip: host - first,
+        len,
+        codec: ENCRYPTED_CODEC | first,
+    }
+}
+
 impl Qcow2 {
+    /// Decrypts the sectors of an encrypted read piece read at host offset `host`.
+    fn decrypt_piece(&self, host: u64, input: &[u8], output: &mut [u8]) -> Result<()> {
+        let ctx = |e| self.context(e, Operation::Read, None);
+        let encryption = self.shared.encryption.as_ref().ok_or_else(|| {
+            ctx(Error::new(
+                ErrorKind::InvalidInput,
+                "an encrypted piece handed to an image that is not encrypted",
+            ))
+        })?;
+        if input.len() != output.len() {
+            return Err(ctx(Error::new(
+                ErrorKind::InvalidInput,
+                "an encrypted piece decoded into a unit of another size",
+            )));
+        }
+        output.copy_from_slice(input);
+        encryption.decrypt(host, output).map_err(ctx)
+    }
+
     /// Pushes the pieces of the read `offset..end` (under the metadata lock), this request's from `start`.
     fn map_read_locked(
         &self,
@@ -64,6 +103,11 @@ impl Qcow2 {
             let index = (pos % cs) >> g.subcluster_bits;
             let n = (step - pos % step).min(end - pos);
             match Subcluster::of(entry, bitmap, index, g, pos)? {
+                // Encrypted data: the sectors holding the piece, decrypted by `decode` with the IVs of their
+                // host sectors.
+                Subcluster::Data { host } if self.shared.encryption.is_some() => {
+                    encrypted_read(host + pos % cs, n).push_onto(out, start)
+                }
                 Subcluster::Data { host } => match &self.shared.data_file {
                     None => ReadMapping::Host {
                         file: IMAGE_FILE,
@@ -120,6 +164,11 @@ impl Qcow2 {
         let file = &self.shared.file;
         let mut slow_seen = false;
         let mut pos = offset;
+        if self.shared.encryption.is_some() {
+            // Encrypted data is encrypted into a buffer by `write_slow` (see `slow_write`).
+            WriteMapping::Slow { len: end - offset }.push_onto(out, start);
+            return Ok(());
+        }
         while pos < end {
             let (gc, in_off) = (pos >> g.cluster_bits, pos % cs);
             let n = (cs - in_off).min(end - pos);
@@ -299,6 +348,10 @@ impl Mapper for Qcow2 {
     fn map_read(&self, offset: u64, len: u64, out: &mut Vec<ReadMapping>) -> Result<()> {
         let ctx = |e| self.context(e, Operation::Read, Some(offset));
         check_range(offset, len, self.shared.geometry.size).map_err(ctx)?;
+        if let Some(encryption) = &self.shared.encryption {
+            // An image opened without its secret (for `info`) serves no guest data at all.
+            encryption.cipher().map_err(ctx)?;
+        }
         let start = out.len();
         let mut meta = self.lock_metadata();
         let result = self.map_read_locked(&mut meta, offset, offset + len, start, out);
@@ -345,6 +398,9 @@ impl Mapper for Qcow2 {
     }
 
     fn decode(&self, codec: u64, input: &[u8], output: &mut [u8]) -> Result<()> {
+        if codec & ENCRYPTED_CODEC != 0 {
+            return self.decrypt_piece(codec & !ENCRYPTED_CODEC, input, output);
+        }
         // The codec is the image's, the only one a mapping names; decompression checks the output size.
         let kind = self.shared.geometry.compression_type;
         if codec != u64::from(kind) {
@@ -370,6 +426,12 @@ impl Mapper for Qcow2 {
     }
 
     fn block_status(&self, offset: u64, len: u64) -> Result<Extent> {
+        if let Some(encryption) = &self.shared.encryption {
+            // As QEMU, which opens no encrypted image for I/O without its secret: no map either.
+            encryption
+                .cipher()
+                .map_err(|e| self.context(e, Operation::Read, Some(offset)))?;
+        }
         self.map_impl(offset, len)
     }
 

@@ -70,10 +70,47 @@ impl Qcow2 {
     /// Writes guest data at host offset `host` of the file holding it (the image file or the external data
     /// file), for the slow path's own writes.
     pub(crate) fn write_data(&self, host: u64, bufs: &[IoBuf<'_>]) -> Result<()> {
+        if let Some(encryption) = &self.shared.encryption {
+            return self.write_encrypted(encryption, host, bufs);
+        }
         match &self.shared.data_file {
             Some(data) => data.disk.write_at(host, bufs),
             None => self.file().write_vectored_at(host, bufs),
         }
+    }
+
+    /// Writes guest data at host offset `host` of an encrypted image: encrypted in a buffer with the IVs of
+    /// its host sectors, the sectors it covers only in part read and decrypted first.
+    fn write_encrypted(
+        &self,
+        encryption: &crate::encryption::Encryption,
+        host: u64,
+        bufs: &[IoBuf<'_>],
+    ) -> Result<()> {
+        let len = total_len(bufs);
+        let first = host & !511;
+        let end = (host + len).div_ceil(512) * 512;
+        let mut buf = vec![0u8; (end - first) as usize];
+        let head = (host - first) as usize;
+        let mut edges = Vec::new();
+        if head != 0 {
+            edges.push(0);
+        }
+        if host + len != end && (edges.is_empty() || end - first > 512) {
+            edges.push(buf.len() - 512);
+        }
+        for at in edges {
+            let sector = &mut buf[at..at + 512];
+            let got = self
+                .file()
+                .read_vectored_at(first + at as u64, &[IoBufMut::from(&mut *sector)])?;
+            sector[got..].fill(0);
+            encryption.decrypt(first + at as u64, sector)?;
+        }
+        copy_from_bufs(bufs, &mut buf[head..head + len as usize]);
+        encryption.encrypt(first, &mut buf)?;
+        self.file()
+            .write_vectored_at(first, &[IoBuf::from(&buf[..])])
     }
 
     /// Host clusters for `n` new data clusters from guest cluster `gc`: at the guest offset in an external
@@ -103,6 +140,19 @@ impl Qcow2 {
         let mut meta = self.wait_cluster(meta, gc);
         let write = self.classify_write(&mut meta, gc, in_off, n)?;
         match write.plan {
+            WritePlan::InPlace(host)
+                if self.shared.encryption.is_some() && (in_off | n) % 512 != 0 =>
+            {
+                // A part of an encrypted sector: read, decrypted, merged and encrypted again, the cluster
+                // in flight meanwhile so no other writer of the sector races the merge.
+                meta.guard_data_write(file, host + in_off, n)?;
+                meta.in_flight.insert(gc);
+                drop(meta);
+                let written = self.write_data(host + in_off, &range(data, 0, n));
+                self.lock_metadata().in_flight.remove(&gc);
+                self.shared.linked.notify_all();
+                written.map(|()| n)
+            }
             WritePlan::InPlace(host) => {
                 meta.guard_data_write(file, host + in_off, n)?;
                 drop(meta);
@@ -114,9 +164,12 @@ impl Qcow2 {
                 let link = self.allocate_run(&mut meta, gc, pos + len)?;
                 drop(meta);
                 let run = link.count * cs;
-                let written = self
-                    .file()
-                    .write_vectored_at(link.host, &range(data, 0, run));
+                let part = range(data, 0, run);
+                let written = if self.shared.encryption.is_some() {
+                    self.write_data(link.host, &part)
+                } else {
+                    self.file().write_vectored_at(link.host, &part)
+                };
                 self.link_allocation(link, written)?;
                 Ok(run)
             }

@@ -80,11 +80,24 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
         return Err(invalid("Image size is too large for this cluster size"));
     }
     let l1_clusters = (l1_size * 8).div_ceil(cs);
+    // A LUKS header (made before the layout: its size depends on the key length) in clusters after the L1
+    // table, as QEMU allocates them.
+    let luks = match &o.encryption {
+        Some(e) => Some(crate::encryption::key_slots::new_header(
+            e.cipher,
+            e.hash,
+            e.secret.bytes(),
+            e.iter_time_ms,
+        )?),
+        None => None,
+    };
+    let luks_len = luks.as_ref().map_or(0, |area| area.len() as u64);
+    let luks_clusters = luks_len.div_ceil(cs);
     let rb_entries = (cs * 8) >> refcount_order;
     // Refcount table at cluster 1, blocks after it, L1 after them; grow until everything is described.
     let (mut table_clusters, mut blocks) = (1u64, 1u64);
     loop {
-        let total = 1 + table_clusters + blocks + l1_clusters;
+        let total = 1 + table_clusters + blocks + l1_clusters + luks_clusters;
         let need_blocks = total.div_ceil(rb_entries);
         let need_table = (need_blocks * 8).div_ceil(cs);
         if need_blocks == blocks && need_table == table_clusters {
@@ -99,10 +112,11 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
         if b == 0 {
             (1 + table_clusters) * cs
         } else {
-            (1 + table_clusters + 1 + l1_clusters + (b - 1)) * cs
+            (1 + table_clusters + 1 + l1_clusters + luks_clusters + (b - 1)) * cs
         }
     };
-    let total = 1 + table_clusters + blocks + l1_clusters;
+    let luks_offset = (2 + table_clusters + l1_clusters) * cs;
+    let total = 1 + table_clusters + blocks + l1_clusters + luks_clusters;
     let v3 = o.version >= 3;
     let zstd = o.compression_type == CompressionType::Zstd;
     let header = Header {
@@ -111,7 +125,11 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
         backing_file_size: 0,
         cluster_bits,
         size,
-        crypt_method: 0,
+        crypt_method: if luks.is_some() {
+            crate::encryption::CRYPT_LUKS
+        } else {
+            0
+        },
         l1_size: l1_size as u32,
         // An empty image has no L1 table (QEMU records offset 0).
         l1_table_offset: if l1_size == 0 { 0 } else { l1_offset },
@@ -156,12 +174,18 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
                 .data_file
                 .iter()
                 .map(|name| (EXT_DATA_FILE, name.as_bytes().to_vec()))
+                .chain(luks.iter().map(|_| {
+                    let mut pointer = luks_offset.to_be_bytes().to_vec();
+                    pointer.extend_from_slice(&luks_len.to_be_bytes());
+                    (crate::image::extensions::EXT_CRYPTO, pointer)
+                }))
                 .collect(),
             ..Extensions::default()
         },
     };
     let mut image = vec![0u8; (total * cs) as usize];
     let mut header = header;
+    header.extensions.crypto = luks.is_some();
     let mut head = header.serialize();
     if head.len() as u64 >= cs && header.extensions.has_feature_table {
         // qemu leaves the feature name table out when it does not fit (512-byte clusters).
@@ -186,9 +210,14 @@ fn create_impl(path: &Path, o: &Qcow2CreateOptions, opener: &dyn ImageOpener) ->
     // Like qemu-img, the file ends right after the L1 table unless refcount blocks follow it.
     let file_end = if blocks > 1 {
         total * cs
+    } else if luks.is_some() {
+        luks_offset + luks_clusters * cs
     } else {
         l1_offset + l1_size * 8
     };
+    if let Some(area) = &luks {
+        image[luks_offset as usize..luks_offset as usize + area.len()].copy_from_slice(area);
+    }
     if let Some(name) = &o.data_file {
         // qemu-img creates the raw data file with the virtual size (relative to its working directory; here
         // next to the image, where opening looks for it).

@@ -51,6 +51,9 @@ pub struct Qcow2MeasureOptions {
     /// A backing file is named: an input image's data is then all counted (QEMU cannot know what the new
     /// backing file shares with it).
     pub has_backing_file: bool,
+    /// Bytes of the LUKS header of an encrypted image (`encrypt.format=luks`), before rounding to clusters
+    /// (0: not encrypted).
+    pub luks_header: u64,
 }
 
 impl Default for Qcow2MeasureOptions {
@@ -69,6 +72,9 @@ impl From<&Qcow2CreateOptions> for Qcow2MeasureOptions {
             extended_l2: o.extended_l2,
             preallocation: o.preallocation,
             has_backing_file: o.backing_file.is_some(),
+            luks_header: o.encryption.as_ref().map_or(0, |e| {
+                crate::encryption::key_slots::header_area_len(e.cipher.key_bytes())
+            }),
         }
     }
 }
@@ -77,7 +83,8 @@ impl Qcow2MeasureOptions {
     /// Reads the keys of `options` that change the measurement, with QEMU's checks and messages, in QEMU's
     /// order (extended L2, cluster size, compat, refcount width, preallocation). `size` is `--size`, which
     /// wins over `-o size=`. Other keys are ignored: the caller checks that they exist for the format.
-    /// LUKS encryption (`encrypt.format=luks`) is refused with [`ErrorKind::UnsupportedFeature`].
+    /// LUKS encryption (`encrypt.format=luks`) adds its header (sized by `encrypt.cipher-alg` and
+    /// `encrypt.cipher-mode`).
     ///
     /// ```
     /// use blk_qcow::Qcow2MeasureOptions;
@@ -141,14 +148,24 @@ impl Qcow2MeasureOptions {
             Some("full") => Preallocation::Full,
             Some(other) => return Err(invalid(format!("invalid parameter value: {other}"))),
         };
-        if value("encrypt.format") == Some("luks") {
-            return Err(Error::new(
-                ErrorKind::UnsupportedFeature,
-                "encrypted qcow2 images are not supported",
-            )
-            .with_format(FORMAT_NAME)
-            .with_operation(Operation::Create));
-        }
+        // The LUKS header's size depends only on the key length (cipher algorithm and mode).
+        let luks_header = if value("encrypt.format") == Some("luks") {
+            if value("encrypt.key-secret").is_none() {
+                return Err(invalid(
+                    "Parameter 'encrypt.key-secret' is required for cipher",
+                ));
+            }
+            let bits: u64 = match value("encrypt.cipher-alg").unwrap_or("aes-256") {
+                "aes-128" => 128,
+                "aes-192" => 192,
+                _ => 256,
+            };
+            let xts = matches!(value("encrypt.cipher-mode"), None | Some("xts"));
+            let key_bytes = (bits / 8) as usize * if xts { 2 } else { 1 };
+            crate::encryption::key_slots::header_area_len(key_bytes)
+        } else {
+            0
+        };
         let size = match (size, value("size")) {
             (Some(size), _) => Some(size),
             (None, Some(v)) => Some(parse_size_param("size", v).map_err(with_context)?),
@@ -162,6 +179,7 @@ impl Qcow2MeasureOptions {
             extended_l2,
             preallocation,
             has_backing_file: value("backing_file").is_some(),
+            luks_header,
         })
     }
 }
@@ -312,6 +330,12 @@ pub fn measure(
         .checked_sub(virtual_size)
         .and_then(|meta| meta.checked_add(required))
         .ok_or_else(too_large)?;
+    // The LUKS header's clusters, as QEMU adds them to both figures.
+    let luks = round_up(options.luks_header, cs)?;
+    let (required, fully_allocated) = (
+        required.checked_add(luks).ok_or_else(too_large)?,
+        fully_allocated.checked_add(luks).ok_or_else(too_large)?,
+    );
     let bitmaps = match input {
         Some(Qcow2MeasureInput {
             bitmaps: Some(list),

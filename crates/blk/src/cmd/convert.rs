@@ -436,6 +436,13 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
     let min_sparse = parse_sparse(args.sparse_size.as_deref())?;
     let rate = RateLimit::parse(args.rate.as_deref())?;
     let options = parse_options(&args.options).map_err(|e| e.with_path(target_path))?;
+    // As qemu-img (`img_add_key_secrets`): the target is opened with the secret its options name.
+    for (key, id) in &options {
+        if key.ends_with("key-secret") {
+            super::objects::secret(id).map_err(|e| e.with_path(target_path))?;
+            super::image_opts::remember_key_secret(target_path, id);
+        }
+    }
     let backing_format =
         parse_format(args.backing_format.as_deref()).map_err(|e| e.with_path(target_path))?;
     if args.backing.is_some() {

@@ -85,9 +85,40 @@ pub fn runtime_options(path: &Path) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The id of the secret (`encrypt.key-secret`) each resolved image name carries: set by [`resolve`], read by
+/// [`with_runtime_options`].
+static KEY_SECRETS: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+
+/// Remembers that the image at `path` is unlocked with the secret `id`.
+pub fn remember_key_secret(path: &Path, id: &str) {
+    let mut list = KEY_SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|(p, _)| p != path);
+    list.push((path.to_path_buf(), id.to_string()));
+}
+
+/// The secret (its bytes) that unlocks the image at `path`, when its option string named one.
+pub fn key_secret(path: &Path) -> Result<Option<blk_core::Secret>> {
+    let id = KEY_SECRETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, id)| id.clone());
+    match id {
+        Some(id) => Ok(Some(objects::secret(&id)?.value())),
+        None => Ok(None),
+    }
+}
+
 /// `params` with the runtime options the `--image-opts` string naming its path gave
-/// ([`DiskFileParams::runtime_option`](blk_factory::DiskFileParams::runtime_option)).
+/// ([`DiskFileParams::runtime_option`](blk_factory::DiskFileParams::runtime_option)) and the secret it named
+/// (`encrypt.key-secret`).
 pub fn with_runtime_options(params: blk_factory::DiskFileParams) -> blk_factory::DiskFileParams {
+    let secret = key_secret(params.path()).ok().flatten();
+    let params = match secret {
+        Some(secret) => params.key_secret(Some(secret)),
+        None => params,
+    };
     runtime_options(params.path())
         .into_iter()
         .fold(params, |params, (key, value)| {
@@ -270,6 +301,9 @@ fn apply(target: Target<'_>) -> Result<()> {
             None => {}
         }
     }
+    if let Some(id) = &spec.key_secret {
+        remember_key_secret(&spec.path, id);
+    }
     remember_runtime_options(&spec.path, &text, spec.runtime_options);
     *target.path = spec.path;
     *target.format = spec.format;
@@ -429,6 +463,9 @@ pub fn resolve(command: &mut Command) -> Result<()> {
             a.force_share |= spec.no_lock;
             if let Some(direct) = spec.direct {
                 a.cache = Some(if direct { "none" } else { "writeback" }.to_string());
+            }
+            if let Some(id) = &spec.key_secret {
+                remember_key_secret(&spec.path, id);
             }
             remember_runtime_options(&spec.path, &text, spec.runtime_options);
             *path = spec.path;

@@ -157,6 +157,9 @@ impl Described {
                 ]),
             ));
         }
+        if is_encrypted(info) {
+            m.push(("encrypted".into(), Json::Bool(true)));
+        }
         let child = Json::Map(vec![
             ("name".into(), Json::Str("file".into())),
             ("info".into(), self.file.json(&self.filename)),
@@ -177,6 +180,9 @@ impl Described {
             info.virtual_size
         ));
         out.push_str(&format!("disk size: {}\n", size_to_str(info.actual_size)));
+        if is_encrypted(info) {
+            out.push_str("encrypted: yes\n");
+        }
         if let Some(cluster_size) = info.cluster_size {
             out.push_str(&format!("cluster_size: {cluster_size}\n"));
         }
@@ -218,6 +224,14 @@ impl Described {
         ));
         out
     }
+}
+
+/// Whether the image is encrypted (qemu-img's `encrypted`): its format-specific data describes the encryption
+/// (QCOW2's `encrypt`).
+fn is_encrypted(info: &ImageInfo) -> bool {
+    info.format_specific
+        .as_ref()
+        .is_some_and(|(_, data)| data.iter().any(|(k, _)| k == "encrypt"))
 }
 
 /// Runs `blk info`.

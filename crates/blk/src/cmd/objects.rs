@@ -21,24 +21,29 @@ pub struct ObjectArgs {
 
 /// A secret defined on the command line.
 #[derive(Clone)]
-// Its bytes are read by the image formats that need a key (QCOW2's LUKS encryption, `encrypt.key-secret`),
-// which blk does not open yet; until then only the definition is checked.
-#[allow(dead_code)]
+// Its bytes are handed to the image formats that need a key (QCOW2's LUKS encryption, `encrypt.key-secret`)
+// as a `blk_core::Secret`, zeroed when the last copy is dropped.
 pub struct Secret {
     id: String,
-    bytes: Vec<u8>,
+    bytes: blk_core::Secret,
 }
 
-#[allow(dead_code)]
 impl Secret {
     /// The secret's id.
+    #[cfg(test)]
     pub fn id(&self) -> &str {
         &self.id
     }
 
     /// The secret's bytes (decoded when it was given as base64).
+    #[cfg(test)]
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.bytes()
+    }
+
+    /// The bytes, to hand to a format.
+    pub fn value(&self) -> blk_core::Secret {
+        self.bytes.clone()
     }
 }
 
@@ -70,6 +75,10 @@ pub fn define(definitions: &[String]) -> Result<()> {
             )));
         }
         secrets.push(secret);
+    }
+    // Formats that name a secret by id (QCOW2's `encrypt.key-secret` at create) look it up there.
+    for secret in &secrets {
+        blk_core::Secret::define(&secret.id, secret.value());
     }
     // A second call (only tests run the CLI twice in one process) keeps the first run's secrets.
     let _ = SECRETS.set(secrets);
@@ -153,7 +162,12 @@ fn parse_secret(definition: &str, defined: &[Secret]) -> Result<Secret> {
             ))
         })?,
     };
-    let bytes = if base64 { decode_base64(&raw)? } else { raw };
+    let raw = blk_core::Secret::new(raw);
+    let bytes = if base64 {
+        blk_core::Secret::new(decode_base64(raw.bytes())?)
+    } else {
+        raw
+    };
     Ok(Secret { id, bytes })
 }
 
