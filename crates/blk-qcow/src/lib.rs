@@ -39,8 +39,9 @@
 //! - Every image qemu-img 10 makes, read and written; files named inside an image (the backing file, an
 //!   external data file) are opened through the caller's [`blk_core::ImageOpener`].
 //! - Refused with `UnsupportedFeature`: encryption (AES and LUKS), a data-file bit without its name extension,
-//!   compressed writes with an external data file. Persistent dirty bitmaps are listed by `info` but not
-//!   maintained: like every autoclear bit this crate does not know, theirs is cleared on a writable open.
+//!   compressed writes with an external data file.
+//! - Persistent dirty bitmaps are kept by every writable open as QEMU keeps them (loaded, marked in use, set
+//!   by guest writes, stored on flush and close) and changed through [`blk_core::DirtyBitmaps`].
 //! - Internal snapshots are listed, opened read-only ([`Qcow2OpenOptions::snapshot`]), created, deleted and
 //!   applied.
 //!
@@ -65,7 +66,7 @@
 //! | `metadata` | the metadata behind the one lock: tables, subclusters, refcounts, caches, allocator, overlap guard; the locking rules |
 //! | `io` | `impl Mapper for Qcow2`, the one translation; slow writes, write-zeroes, discards, compression; write ordering |
 //! | `snapshots` | internal snapshots: opened read-only, created, deleted, applied |
-//! | `bitmaps` | persistent dirty bitmaps, as `info` lists them |
+//! | `bitmaps` | persistent dirty bitmaps: the directory, tables, tracking writes, `DirtyBitmaps` |
 //! | `check` | `check` and repair |
 //! | `offline` | creating, measuring, resizing, amending, the recorded backing file, emptying for `commit` |
 //! | `descriptor` | [`FORMAT`] |

@@ -72,6 +72,8 @@ impl Drop for Shared {
             return;
         }
         let meta = self.meta.get_mut().unwrap_or_else(|p| p.into_inner());
+        // Bitmaps not stored stay marked in use: inconsistent, as after a crash.
+        let _ = meta.store_bitmaps(&self.file);
         if meta.flush(&self.file).is_ok() {
             if self.set_dirty {
                 let _ = meta.update_incompatible(&self.file, 0, INCOMPAT_DIRTY);

@@ -164,6 +164,8 @@ pub struct Metadata {
     pub(crate) corruption_signaled: bool,
     /// What the overlap check needs beyond the L1 and refcount tables (see `overlap`).
     pub(crate) overlap: OverlapExtents,
+    /// The persistent dirty bitmaps a writable open keeps (see `bitmaps::persistent`).
+    pub(crate) bitmaps: crate::bitmaps::PersistentBitmaps,
 }
 
 /// An error for inconsistent metadata at `offset`.
@@ -207,6 +209,7 @@ impl Metadata {
             grow_ahead: false,
             corruption_signaled: false,
             overlap: OverlapExtents::default(),
+            bitmaps: Default::default(),
         }
     }
 
