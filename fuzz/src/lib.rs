@@ -7,6 +7,7 @@
 
 pub mod open_image;
 pub mod qcow2;
+pub mod qcow2_bitmaps;
 pub mod vhd;
 pub mod vhdx;
 pub mod write_path;
