@@ -8,6 +8,7 @@
 pub mod luks_header;
 pub mod open_image;
 pub mod qcow2;
+pub mod qcow2_bitmaps;
 pub mod vhd;
 pub mod vhdx;
 pub mod vhost_user_blk_request;

@@ -133,4 +133,9 @@ pub trait ImageAdmin: Send + Sync + Debug {
         let _ = (name, format);
         Err(not_supported(Operation::ChangeBacking))
     }
+
+    /// The image's persistent dirty bitmaps, when the format has them ([`crate::DirtyBitmaps`]).
+    fn dirty_bitmaps(&self) -> Option<&dyn crate::DirtyBitmaps> {
+        None
+    }
 }

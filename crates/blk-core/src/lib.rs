@@ -69,6 +69,7 @@ pub mod buffer;
 mod completion_wait;
 pub mod create_option;
 pub mod direct_io;
+pub mod dirty_bitmaps;
 pub mod disk_file;
 mod encoded_read;
 pub mod error;
@@ -104,6 +105,7 @@ pub use create_option::{
     FILE_FORMATTING_OPTIONS,
 };
 pub use direct_io::DirectIoAlignment;
+pub use dirty_bitmaps::{BitmapAction, DirtyBitmapInfo, DirtyBitmaps};
 pub use disk_file::{check_range, read_only_error, AsyncDiskFile, DiskFile};
 pub use error::{Error, ErrorKind, Operation, Result, ResultExt};
 pub use extent::{Extent, ExtentKind};

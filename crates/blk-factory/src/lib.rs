@@ -88,6 +88,8 @@ pub use amend::{amend_disk_file, AmendParams};
 pub use backend::{choose_backend, choose_backend_strict, Backend, BackendChoice};
 pub use backing::{change_backing_file, ChangeBackingParams};
 pub use blk_core::{parse_size, parse_size_param, ImageAdmin, OpenedImage};
+// Persistent dirty bitmaps of an opened image (`OpenedImage::admin.dirty_bitmaps()`).
+pub use blk_core::{BitmapAction, DirtyBitmapInfo, DirtyBitmaps};
 // What a VMM needs, so that blk-factory is its one dependency (ADR 0009).
 pub use blk_core::{
     vm_memory, AsyncDiskFile, AsyncIo, Completion, DiskFile, DiskProperties, DiskTopology, Error,

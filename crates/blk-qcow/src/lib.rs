@@ -41,8 +41,9 @@
 //! - LUKS encryption (`encrypt.format=luks`): unlocked with [`Qcow2OpenOptions::key_secret`], guest data
 //!   decrypted and encrypted with the IV of its host sector, as QEMU; created with the `encrypt.*` options.
 //! - Refused with `UnsupportedFeature`: AES-CBC encryption, a data-file bit without its name extension,
-//!   compressed writes with an external data file. Persistent dirty bitmaps are listed by `info` but not
-//!   maintained: like every autoclear bit this crate does not know, theirs is cleared on a writable open.
+//!   compressed writes with an external data file.
+//! - Persistent dirty bitmaps are kept by every writable open as QEMU keeps them (loaded, marked in use, set
+//!   by guest writes, stored on flush and close) and changed through [`blk_core::DirtyBitmaps`].
 //! - Internal snapshots are listed, opened read-only ([`Qcow2OpenOptions::snapshot`]), created, deleted and
 //!   applied.
 //!
@@ -67,7 +68,7 @@
 //! | `metadata` | the metadata behind the one lock: tables, subclusters, refcounts, caches, allocator, overlap guard; the locking rules |
 //! | `io` | `impl Mapper for Qcow2`, the one translation; slow writes, write-zeroes, discards, compression; write ordering |
 //! | `snapshots` | internal snapshots: opened read-only, created, deleted, applied |
-//! | `bitmaps` | persistent dirty bitmaps, as `info` lists them |
+//! | `bitmaps` | persistent dirty bitmaps: the directory, tables, tracking writes, `DirtyBitmaps` |
 //! | `encryption` | LUKS: the header, key slots, PBKDF2, the sector cipher |
 //! | `check` | `check` and repair |
 //! | `offline` | creating, measuring, resizing, amending, the recorded backing file, emptying for `commit` |

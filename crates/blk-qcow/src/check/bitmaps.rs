@@ -6,6 +6,7 @@ use super::checker::{Checker, Stop};
 use super::expected::ExpectedRefcounts;
 use super::layout::{decode_be64, read_padded, L2_OFFSET_MASK};
 
+use crate::bitmaps::table::{TABLE_ENTRY_ALL_ONES, TABLE_ENTRY_RESERVED};
 use crate::bitmaps::{
     AUTOCLEAR_BITMAPS, EXT_BITMAPS, MAX_BITMAPS, MAX_DIRECTORY_BYTES, MAX_TABLE_ENTRIES,
 };
@@ -13,10 +14,6 @@ use crate::image::header::Header;
 
 /// Bitmap table entries read at once (the table itself may be up to 1 GiB; it is streamed).
 const TABLE_CHUNK: u64 = 1 << 17;
-/// Reserved bits of a bitmap table entry.
-const TABLE_ENTRY_RESERVED: u64 = 0xff00_0000_0000_01fe;
-/// "All ones" flag of a bitmap table entry without a cluster.
-const TABLE_ENTRY_ALL_ONES: u64 = 1;
 
 /// Where the bitmap directory is, from the header (None: no bitmaps QEMU would read).
 #[derive(Debug, Clone, Copy, Default)]

@@ -138,6 +138,7 @@ impl ImageAdmin for Qcow2 {
 
     fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.writable(Operation::Write, offset)?;
+        self.track_write(Operation::Write, offset, buf.len() as u64)?;
         self.write_compressed_impl(offset, buf)
             .map_err(|e| self.context(e, Operation::Write, Some(offset)))
     }
@@ -175,6 +176,11 @@ impl ImageAdmin for Qcow2 {
     fn amend(&self, options: &[(String, String)]) -> Result<()> {
         self.writable(Operation::Write, 0)?;
         amend(self, options).map_err(|e| self.context(e, Operation::Write, None))
+    }
+
+    /// Version 3 images only: QEMU cannot store bitmaps in v2 images.
+    fn dirty_bitmaps(&self) -> Option<&dyn blk_core::DirtyBitmaps> {
+        (self.geometry().version >= 3).then_some(self as &dyn blk_core::DirtyBitmaps)
     }
 
     fn change_backing_file(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {

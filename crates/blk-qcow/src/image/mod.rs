@@ -75,6 +75,8 @@ impl Drop for Shared {
             return;
         }
         let meta = self.meta.get_mut().unwrap_or_else(|p| p.into_inner());
+        // Bitmaps not stored stay marked in use: inconsistent, as after a crash.
+        let _ = meta.store_bitmaps(&self.file);
         // Everything, deferred refcount blocks included, before the dirty bit of lazy refcounts goes.
         if meta.flush_all(&self.file).is_ok() {
             if self.set_dirty {

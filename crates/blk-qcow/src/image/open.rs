@@ -1,19 +1,21 @@
 //! Opening an image: the header checked against QEMU's caps, the tables read, the backing and data files
 //! opened through the caller's [`ImageOpener`](blk_core::ImageOpener), and on a writable open the repair of a
-//! dirty image, the refusal of a corrupt one and the autoclear bits this crate does not maintain cleared.
+//! dirty image, the refusal of a corrupt one, the persistent bitmaps loaded and the autoclear bits this crate
+//! does not maintain cleared.
 //!
 //! A dirty image opened writable is repaired first: as QEMU, a repair that fails or reports check errors
-//! fails the open ("Could not repair dirty image"), while corruptions it leaves do not. Every autoclear bit
-//! but `data_file_raw` is one this crate does not maintain (persistent bitmaps included): a writable open
-//! clears them, as QEMU does for bits it does not know. A snapshot is opened instead of the current disk only
-//! read-only (QEMU's `bdrv_snapshot_load_tmp`).
+//! fails the open ("Could not repair dirty image"), while corruptions it leaves do not. Persistent bitmaps
+//! are loaded and the enabled ones marked in use (see `bitmaps::persistent`; a directory that cannot be kept
+//! fails the open). Every other autoclear bit but `data_file_raw` is one this crate does not maintain: a
+//! writable open clears them, as QEMU does for bits it does not know. A snapshot is opened instead of the
+//! current disk only read-only (QEMU's `bdrv_snapshot_load_tmp`).
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use blk_core::{CheckReport, Error, ErrorKind, HostFile, Operation, RepairMode, Result};
 
-use crate::bitmaps::BitmapDirectory;
+use crate::bitmaps::{BitmapDirectory, AUTOCLEAR_BITMAPS};
 use crate::image::features::{
     AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY,
 };
@@ -213,15 +215,19 @@ impl Qcow2 {
                 meta.update_incompatible(&image.shared.file, 0, INCOMPAT_DIRTY)?;
             }
             let mut meta = image.lock_metadata();
+            let bitmaps = meta.open_bitmaps(&image.shared.file, file_len)?;
             // Every autoclear bit but `data_file_raw` (kept true: guest writes go to the data file at their
-            // guest offsets) is one this crate does not maintain (bitmaps included).
-            let keep = autoclear & AUTOCLEAR_DATA_FILE_RAW;
+            // guest offsets) and the bitmaps' (when kept) is one this crate does not maintain.
+            let keep =
+                autoclear & (AUTOCLEAR_DATA_FILE_RAW | if bitmaps { AUTOCLEAR_BITMAPS } else { 0 });
             if autoclear != keep {
                 image.shared.file.write_all_at(88, &keep.to_be_bytes())?;
                 image.shared.file.sync_data()?;
                 meta.header.autoclear = keep;
                 // QEMU checks the bitmap directory only while the bitmaps bit is set.
-                meta.overlap.bitmap_directory = (0, 0);
+                if keep & AUTOCLEAR_BITMAPS == 0 {
+                    meta.overlap.bitmap_directory = (0, 0);
+                }
             }
             // Lazy refcounts (after the repair, which needs them written): the dirty bit is set before the
             // first refcount change, not here, so an open that allocates nothing leaves the image clean.

@@ -313,6 +313,19 @@ impl Qcow2 {
     }
 }
 
+impl Qcow2 {
+    /// Sets the persistent bitmaps' bits for a write-zeroes, discard or compressed write of
+    /// `offset..offset + len`.
+    pub(crate) fn track_write(&self, operation: Operation, offset: u64, len: u64) -> Result<()> {
+        check_range(offset, len, self.shared.geometry.size)
+            .and_then(|()| {
+                self.lock_metadata()
+                    .track_write(&self.shared.file, offset, len)
+            })
+            .map_err(|e| self.context(e, operation, Some(offset)))
+    }
+}
+
 impl Mapper for Qcow2 {
     fn format_name(&self) -> &'static str {
         FORMAT_NAME
@@ -368,7 +381,9 @@ impl Mapper for Qcow2 {
         check_range(offset, len, self.shared.geometry.size).map_err(ctx)?;
         let start = out.len();
         let mut meta = self.lock_metadata();
-        let result = self.map_write_locked(&mut meta, offset, offset + len, start, out);
+        let result = meta
+            .track_write(&self.shared.file, offset, len)
+            .and_then(|()| self.map_write_locked(&mut meta, offset, offset + len, start, out));
         if result.is_err() {
             if let Some(pieces) = out.get(start..) {
                 self.undo_allocations(&mut meta, pieces);
@@ -437,11 +452,13 @@ impl Mapper for Qcow2 {
 
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
         self.writable(Operation::WriteZeroes, offset)?;
+        self.track_write(Operation::WriteZeroes, offset, len)?;
         self.write_zeroes_impl(offset, len, may_unmap)
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.writable(Operation::Discard, offset)?;
+        self.track_write(Operation::Discard, offset, len)?;
         self.discard_impl(offset, len)
     }
 
@@ -454,6 +471,7 @@ impl Mapper for Qcow2 {
             data.disk.flush()?;
         }
         let mut meta = self.lock_metadata();
+        meta.store_bitmaps(&self.shared.file)?;
         meta.flush(&self.shared.file)
     }
 }

@@ -189,6 +189,8 @@ pub struct Metadata {
     /// cluster's) into a new cluster since the last sync before L2 tables were written (see
     /// `refcounts_before_l2`); set by `check_release`, which every such write runs first.
     pub(crate) cow_unsynced: bool,
+    /// The persistent dirty bitmaps a writable open keeps (see `bitmaps::persistent`).
+    pub(crate) bitmaps: crate::bitmaps::PersistentBitmaps,
 }
 
 /// An error for inconsistent metadata at `offset`.
@@ -235,6 +237,7 @@ impl Metadata {
             lazy_refcounts: false,
             freed: None,
             cow_unsynced: false,
+            bitmaps: Default::default(),
         }
     }
 

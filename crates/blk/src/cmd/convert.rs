@@ -8,7 +8,9 @@
 //! - `-S 0` writes every byte, zeros included, so the target is fully allocated;
 //! - `-B` creates the target over a backing file and copies only what the sources' top layers allocate (the
 //!   rest is assumed to be in the new backing file, as qemu-img assumes);
-//! - `-c` writes whole clusters through [`ImageAdmin::write_compressed`], leaving all-zero clusters out.
+//! - `-c` writes whole clusters through [`ImageAdmin::write_compressed`], leaving all-zero clusters out;
+//! - `--bitmaps` copies the source's persistent dirty bitmaps (name, granularity, enabled, dirty granules)
+//!   after the data, refusing inconsistent ones unless `--skip-broken-bitmaps` (see `bitmaps`).
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,8 @@ use blk_core::{
 };
 use blk_factory::{CreateParams, ImageFormat};
 use clap::Args;
+
+mod bitmaps;
 
 use super::create::create_image;
 use super::rate_limit::RateLimit;
@@ -100,6 +104,12 @@ pub struct ConvertArgs {
     /// Print nothing on success.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
+    /// Copy the persistent dirty bitmaps of the (single) source.
+    #[arg(long = "bitmaps")]
+    pub bitmaps: bool,
+    /// With `--bitmaps`: skip inconsistent bitmaps (with a warning) instead of failing.
+    #[arg(long = "skip-broken-bitmaps")]
+    pub skip_broken_bitmaps: bool,
     /// Cache mode of the target (`none` bypasses the host page cache).
     #[arg(short = 't', long = "target-cache", value_name = "CACHE")]
     pub target_cache: Option<String>,
@@ -424,6 +434,9 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
     if args.target_is_zero && !args.no_create {
         return Err(invalid("--target-is-zero requires use of -n flag"));
     }
+    if args.skip_broken_bitmaps && !args.bitmaps {
+        return Err(invalid("Use of --skip-broken-bitmaps requires --bitmaps"));
+    }
     if args.copy_offload && args.compress {
         return Err(invalid("Cannot enable copy offloading when -c is used"));
     }
@@ -475,6 +488,24 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         };
         opened.push((open_disk(path, spec)?, path));
     }
+    let source_bitmaps = if args.bitmaps {
+        let spec = OpenSpec {
+            format: args.format.as_deref(),
+            read_only: true,
+            force_share: args.force_share,
+            direct: source_direct,
+            check_mode: false,
+            skip_backing: true,
+            snapshot: snapshot.as_ref(),
+        };
+        Some(bitmaps::check_source(
+            sources,
+            spec,
+            args.skip_broken_bitmaps,
+        )?)
+    } else {
+        None
+    };
     let total = opened
         .iter()
         .try_fold(0u64, |acc, (d, _)| acc.checked_add(d.logical_size()))
@@ -515,6 +546,12 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         direct: target_direct,
     };
     let target_image = open_image(target_path, spec)?;
+    if source_bitmaps.is_some() && target_image.admin.dirty_bitmaps().is_none() {
+        return Err(invalid(format!(
+            "Format driver '{}' does not support bitmaps",
+            out_format.name()
+        )));
+    }
     let target_disk = &*target_image.disk;
     if target_disk.logical_size() < total {
         return Err(Error::new(
@@ -573,6 +610,9 @@ pub fn run(args: ConvertArgs) -> Result<u8> {
         }
     }
     target.disk.flush().with_path(target_path)?;
+    if let Some(source) = &source_bitmaps {
+        bitmaps::copy(source, &*target_image.admin, target_path)?;
+    }
     bar.finish();
     Ok(0)
 }

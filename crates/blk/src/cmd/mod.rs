@@ -3,6 +3,7 @@
 
 pub mod amend;
 pub mod bench;
+pub mod bitmap;
 pub mod check;
 pub mod commit;
 pub mod compare;
@@ -80,6 +81,9 @@ pub enum Command {
     Resize(resize::ResizeArgs),
     /// List, create, apply or delete the internal snapshots of an image (qemu-img snapshot).
     Snapshot(snapshot::SnapshotArgs),
+    /// Add, remove, clear, enable, disable or merge the persistent dirty bitmaps of an image (qemu-img
+    /// bitmap).
+    Bitmap(bitmap::BitmapArgs),
     /// Copy a part of an image into a new image, dd style (qemu-img dd).
     Dd(dd::DdArgs),
     /// Run qemu-io style commands against an image (qemu-io -c).
@@ -186,6 +190,7 @@ fn run(mut command: Command) -> Result<u8> {
         Command::Rebase(args) => rebase::run(args),
         Command::Resize(args) => resize::run(args),
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Bitmap(args) => bitmap::run(args),
         Command::Dd(args) => dd::run(args),
         Command::Io(args) => io::run(args),
         Command::Demo(args) => demo::run(args),

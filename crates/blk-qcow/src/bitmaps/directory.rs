@@ -1,16 +1,16 @@
-//! Persistent dirty bitmaps as `qemu-img info` lists them: the bitmaps header extension (type 0x23852875) and
-//! the bitmap directory it points to, validated as QEMU's `qcow2_read_extensions` and `bitmap_list_load` do.
+//! The bitmaps header extension (type 0x23852875) and the bitmap directory it points to, validated as QEMU's
+//! `qcow2_read_extensions` and `bitmap_list_load` do, and serialized back as `bitmap_list_store` writes it.
 //!
 //! QEMU reads the extension only in v3 images whose autoclear bit 0 (bitmaps) is set: a program without bitmap
 //! support clears the bit when it writes, and the bitmaps are then stale and ignored. Bitmap data (the bitmap
-//! tables and their clusters) is not read here.
+//! tables and their clusters) is read by `table`.
 //!
 //! Caps (QEMU's): at most [`MAX_BITMAPS`] bitmaps, a directory of at most [`MAX_DIRECTORY_BYTES`] (read whole,
 //! as QEMU does), names of at most [`MAX_NAME_BYTES`]; every directory entry must satisfy QEMU's constraints
 //! (table cluster-aligned and non-empty, at most 2^27 entries and 512 MiB of bitmap data, granularity 2^9 to
 //! 2^31, known flags and type, no extra data, a table large enough for the disk unless the bitmap is in use).
 
-use blk_core::{Error, ErrorKind, HostFile, InfoValue, Result};
+use blk_core::{Error, ErrorKind, HostFile, Result};
 use zerocopy::byteorder::{BigEndian, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
@@ -31,13 +31,13 @@ pub(crate) const MAX_NAME_BYTES: u16 = 1023;
 /// QEMU's cap on a bitmap table's entries (`BME_MAX_TABLE_SIZE`).
 pub(crate) const MAX_TABLE_ENTRIES: u32 = 0x800_0000;
 /// QEMU's cap on a bitmap's data (`BME_MAX_PHYS_SIZE`, 512 MiB).
-const MAX_PHYS_BYTES: u64 = 0x2000_0000;
+pub(crate) const MAX_PHYS_BYTES: u64 = 0x2000_0000;
 /// Granularity bounds, as log2 (`BME_MIN_GRANULARITY_BITS`, `BME_MAX_GRANULARITY_BITS`).
-const GRANULARITY_BITS: std::ops::RangeInclusive<u8> = 9..=31;
+pub(crate) const GRANULARITY_BITS: std::ops::RangeInclusive<u8> = 9..=31;
 /// The bitmap is being modified (its data is inconsistent).
-const FLAG_IN_USE: u32 = 1;
+pub(crate) const FLAG_IN_USE: u32 = 1;
 /// The bitmap tracks guest writes automatically.
-const FLAG_AUTO: u32 = 2;
+pub(crate) const FLAG_AUTO: u32 = 2;
 /// Flags QEMU accepts (`~BME_RESERVED_FLAGS`).
 const KNOWN_FLAGS: u32 = 0b111;
 /// The only bitmap type (`BT_DIRTY_TRACKING_BITMAP`).
@@ -83,15 +83,65 @@ pub(crate) struct BitmapDirectory {
     pub(crate) offset: u64,
 }
 
-/// One bitmap, as `qemu-img info` shows it.
+/// One bitmap directory entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Bitmap {
     /// The bitmap's name (up to its first NUL, lossy UTF-8).
     pub(crate) name: String,
+    /// The name as stored.
+    pub(crate) raw_name: Vec<u8>,
     /// Bytes of guest data per bit.
     pub(crate) granularity: u64,
-    /// The flags QEMU reports: `in-use` (bit 0) and `auto` (bit 1).
+    /// The flags: `in-use` (bit 0), `auto` (bit 1), `extra_data_compatible` (bit 2).
     pub(crate) flags: u32,
+    /// Where the bitmap table is (cluster-aligned).
+    pub(crate) table_offset: u64,
+    /// Entries of the bitmap table.
+    pub(crate) table_size: u32,
+}
+
+impl Bitmap {
+    /// log2 of the granularity.
+    pub(crate) fn granularity_bits(&self) -> u8 {
+        self.granularity.trailing_zeros() as u8
+    }
+
+    /// Whether the bitmap is marked in use (inconsistent when found so on open).
+    pub(crate) fn in_use(&self) -> bool {
+        self.flags & FLAG_IN_USE != 0
+    }
+
+    /// Whether the bitmap tracks guest writes (enabled).
+    pub(crate) fn auto(&self) -> bool {
+        self.flags & FLAG_AUTO != 0
+    }
+}
+
+/// The directory `bitmaps` as stored: each entry's fixed part, its name, padding to 8 bytes.
+pub(crate) fn serialize(bitmaps: &[Bitmap]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in bitmaps {
+        out.extend_from_slice(&b.table_offset.to_be_bytes());
+        out.extend_from_slice(&b.table_size.to_be_bytes());
+        out.extend_from_slice(&b.flags.to_be_bytes());
+        out.push(TYPE_DIRTY_TRACKING);
+        out.push(b.granularity_bits());
+        out.extend_from_slice(&(b.raw_name.len() as u16).to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&b.raw_name);
+        out.resize(out.len().next_multiple_of(8), 0);
+    }
+    out
+}
+
+/// The bitmaps extension's payload for a directory of `count` entries, `size` bytes at `offset`.
+pub(crate) fn extension_payload(count: u32, size: u64, offset: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(EXTENSION_SIZE);
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&size.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out
 }
 
 fn corrupt(message: String, offset: u64) -> Error {
@@ -274,8 +324,11 @@ impl BitmapDirectory {
             }
             bitmaps.push(Bitmap {
                 name: name.into_owned(),
+                raw_name: name_bytes.to_vec(),
                 granularity: 1u64 << e.granularity_bits,
                 flags: e.flags.get(),
+                table_offset: e.table_offset.get(),
+                table_size: e.table_size.get(),
             });
             pos = next;
         }
@@ -331,34 +384,10 @@ fn entry_problem(
     None
 }
 
-/// The bitmaps as qemu-img's format-specific `bitmaps` list: `{name, granularity, flags}` each, flags as
-/// `in-use` / `auto`.
-pub(crate) fn info_value(bitmaps: &[Bitmap]) -> InfoValue {
-    InfoValue::List(
-        bitmaps
-            .iter()
-            .map(|b| {
-                let mut flags = Vec::new();
-                if b.flags & FLAG_IN_USE != 0 {
-                    flags.push(InfoValue::String("in-use".to_string()));
-                }
-                if b.flags & FLAG_AUTO != 0 {
-                    flags.push(InfoValue::String("auto".to_string()));
-                }
-                InfoValue::Map(vec![
-                    ("name".to_string(), InfoValue::String(b.name.clone())),
-                    ("granularity".to_string(), InfoValue::U64(b.granularity)),
-                    ("flags".to_string(), InfoValue::List(flags)),
-                ])
-            })
-            .collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blk_core::HostOpenOptions;
+    use blk_core::{HostOpenOptions, InfoValue};
     use std::process::Command;
 
     const CLUSTER: u64 = 65536;
@@ -400,7 +429,7 @@ mod tests {
         let got = read_dir(&dir, 2, dir.len() as u64).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].name.as_str(), got[0].granularity), ("b0", 65536));
-        let value = info_value(&got);
+        let value = crate::bitmaps::info::info_value(&got);
         let InfoValue::List(items) = value else {
             panic!("a list")
         };
@@ -410,6 +439,34 @@ mod tests {
         assert_eq!(
             second[2].1,
             InfoValue::List(vec![InfoValue::String("in-use".into())])
+        );
+    }
+
+    #[test]
+    fn serialized_directories_read_back() {
+        let bitmaps: Vec<Bitmap> = [("a", 16u8, FLAG_AUTO), ("longer name", 19, 0)]
+            .iter()
+            .map(|&(name, bits, flags)| Bitmap {
+                name: name.to_string(),
+                raw_name: name.as_bytes().to_vec(),
+                granularity: 1 << bits,
+                flags,
+                table_offset: 3 * CLUSTER,
+                table_size: 1,
+            })
+            .collect();
+        let dir = serialize(&bitmaps);
+        assert_eq!(dir.len() % 8, 0);
+        assert_eq!(read_dir(&dir, 2, dir.len() as u64).unwrap(), bitmaps);
+        let payload = extension_payload(2, dir.len() as u64, CLUSTER);
+        let raw = RawExtension::read_from_bytes(&payload[..]).unwrap();
+        assert_eq!(
+            (
+                raw.nb_bitmaps.get(),
+                raw.directory_size.get(),
+                raw.directory_offset.get()
+            ),
+            (2, dir.len() as u64, CLUSTER)
         );
     }
 
