@@ -127,6 +127,13 @@ pub trait ImageAdmin: Send + Sync + Debug {
         Err(not_supported(Operation::Write))
     }
 
+    /// [`amend`](ImageAdmin::amend) with qemu-img's `--force` (QCOW2: overwrite an active LUKS key slot, erase
+    /// the last active one). By default the same as `amend`.
+    fn amend_with_force(&self, options: &[(String, String)], force: bool) -> Result<()> {
+        let _ = force;
+        self.amend(options)
+    }
+
     /// Rewrites the backing file name and format the image records (`None`: no backing file), without
     /// touching guest data or opening either file (`qemu-img rebase -u`).
     fn change_backing_file(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use blk_core::{Error, LockMode, Operation, Result};
 
 use crate::format::ImageFormat;
-use crate::offline::{context, image_format, open_for_change, require};
+use crate::offline::{context, image_format, open_for_change_unlocked, require};
 
 /// What [`amend_disk_file`] changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,10 +18,14 @@ pub struct AmendParams {
     pub options: Vec<(String, String)>,
     /// Advisory locking while the image is changed.
     pub lock: LockMode,
+    /// The secret that unlocks an encrypted image (QCOW2's `encrypt.key-secret`), needed to open it writable.
+    pub key_secret: Option<blk_core::Secret>,
+    /// qemu-img's `--force` (QCOW2: overwrite an active LUKS key slot, erase the last active one).
+    pub force: bool,
 }
 
 /// Changes the options of the image `params` names in place, as `qemu-img amend` does: for QCOW2 `compat`,
-/// `lazy_refcounts`, `refcount_bits` (its current width only) and `size` (a grow, done after the rest; the
+/// `lazy_refcounts`, `refcount_bits`, LUKS key slots (`encrypt.state`, `encrypt.new-secret`, ...) and `size` (a grow, done after the rest; the
 /// backing file is changed with `rebase`, as QEMU says). Formats without amendable options fail with qemu-img's "Format driver ... does
 /// not support option amendment". The image must not be in use; its backing file is not opened.
 ///
@@ -39,6 +43,8 @@ pub struct AmendParams {
 ///     format: None,
 ///     options: vec![("compat".into(), "1.1".into()), ("lazy_refcounts".into(), "on".into())],
 ///     lock: blk_core::LockMode::Auto,
+///     key_secret: None,
+///     force: false,
 /// })?;
 /// # Ok(())
 /// # }
@@ -63,8 +69,13 @@ pub fn amend_disk_file(params: &AmendParams) -> Result<()> {
         None => None,
     };
     {
-        let image = open_for_change(&params.path, format, params.lock).map_err(ctx)?;
-        image.admin.amend(&rest).map_err(ctx)?;
+        let image =
+            open_for_change_unlocked(&params.path, format, params.lock, params.key_secret.clone())
+                .map_err(ctx)?;
+        image
+            .admin
+            .amend_with_force(&rest, params.force)
+            .map_err(ctx)?;
     }
     if let Some(size) = size {
         let resize = crate::ResizeParams {

@@ -56,3 +56,21 @@ pub(crate) fn open_for_change(
         .opener(Arc::new(FactoryOpener::for_params(&params)));
     format.descriptor().open(path, &options)
 }
+
+/// [`open_for_change`] of an encrypted image, unlocked with `key_secret` (QCOW2's `encrypt.key-secret`).
+pub(crate) fn open_for_change_unlocked(
+    path: &Path,
+    format: ImageFormat,
+    lock: LockMode,
+    key_secret: Option<blk_core::Secret>,
+) -> Result<OpenedImage> {
+    let params = DiskFileParams::new(path)
+        .format(Some(format))
+        .lock(lock)
+        .named_images(NamedImagePolicy::AllowRecordedFormat)
+        .skip_backing(true);
+    let options = OpenOptions::new(params.host_options())
+        .opener(Arc::new(FactoryOpener::for_params(&params)))
+        .key_secret(key_secret);
+    format.descriptor().open(path, &options)
+}

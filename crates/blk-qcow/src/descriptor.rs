@@ -49,8 +49,7 @@ const FORMATTING_OPTIONS: &[FormattingOption] = &[
     FormattingOption::new("refcount_bits", OptionPrint::Number, Some("16")),
 ];
 
-/// The options `amend` can change, as qemu-img's `amend -o help` lists them for qcow2 (its other encryption
-/// options aside: blk does not amend LUKS key slots).
+/// The options `amend` can change, as qemu-img's `amend -o help` lists them for qcow2.
 const AMEND_OPTIONS: &[&str] = &[
     "backing_file",
     "backing_fmt",
@@ -63,8 +62,7 @@ const AMEND_OPTIONS: &[&str] = &[
     "size",
 ];
 
-/// The LUKS keyslot options only `amend` has, as qemu-img lists them (blk refuses them: key slots are not
-/// amended).
+/// The LUKS keyslot options only `amend` has, as qemu-img lists them.
 const AMEND_ONLY_OPTIONS: &[CreateOptionInfo] = &[
     CreateOptionInfo {
         name: "encrypt.keyslot",

@@ -32,24 +32,38 @@ pub fn unlock(
     password: &[u8],
     mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    let key_len = header.key_bytes as usize;
-    let mut material = Zeroizing::new(vec![0u8; header.material_len()]);
-    for slot in header.slots.iter().filter(|s| s.active) {
-        let mut slot_key = Zeroizing::new(vec![0u8; key_len]);
-        header
-            .hash
-            .pbkdf2(password, &slot.salt, slot.iterations, &mut slot_key);
-        read(
-            u64::from(slot.key_offset_sectors) * SECTOR_SIZE as u64,
-            &mut material,
-        )?;
-        SectorCipher::new(header.cipher, &slot_key)?.decrypt(0, &mut material)?;
-        let candidate = anti_forensic::merge(header.hash, &material, key_len);
-        if digest_matches(header, &candidate) {
-            return Ok(candidate);
+    for slot in 0..header.slots.len() {
+        if let Some(key) = unlock_slot(header, slot, password, &mut read)? {
+            return Ok(key);
         }
     }
     Err(Error::new(ErrorKind::PermissionDenied, WRONG_PASSWORD))
+}
+
+/// The master key that `password` unlocks from key slot `slot` of `header` (`None`: the slot is inactive or
+/// the password does not open it); `read` as for [`unlock`].
+pub fn unlock_slot(
+    header: &LuksHeader,
+    slot: usize,
+    password: &[u8],
+    mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let Some(slot) = header.slots.get(slot).filter(|s| s.active) else {
+        return Ok(None);
+    };
+    let key_len = header.key_bytes as usize;
+    let mut material = Zeroizing::new(vec![0u8; header.material_len()]);
+    let mut slot_key = Zeroizing::new(vec![0u8; key_len]);
+    header
+        .hash
+        .pbkdf2(password, &slot.salt, slot.iterations, &mut slot_key);
+    read(
+        u64::from(slot.key_offset_sectors) * SECTOR_SIZE as u64,
+        &mut material,
+    )?;
+    SectorCipher::new(header.cipher, &slot_key)?.decrypt(0, &mut material)?;
+    let candidate = anti_forensic::merge(header.hash, &material, key_len);
+    Ok(digest_matches(header, &candidate).then_some(candidate))
 }
 
 fn master_key_digest(header: &LuksHeader, key: &[u8]) -> [u8; DIGEST_LEN] {

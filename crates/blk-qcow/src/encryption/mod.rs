@@ -12,6 +12,7 @@
 //! | `create_options` | the `encrypt.*` create options |
 //! | `key_derivation` | PBKDF2-HMAC over the hashes' compression functions |
 //! | `key_slots` | unlocking with a password; new headers with calibrated PBKDF2 |
+//! | `key_slot_amend` | `qemu-img amend` of key slots: adding and erasing passwords |
 //! | `sector_cipher` | the unlocked cipher over 512-byte sectors |
 //!
 //! Caps, checked before any work: PBKDF2 iterations at most [`luks_header::MAX_ITERATIONS`], the header area
@@ -22,6 +23,7 @@ pub(crate) mod algorithms;
 pub(crate) mod anti_forensic;
 pub(crate) mod create_options;
 pub(crate) mod key_derivation;
+pub(crate) mod key_slot_amend;
 pub(crate) mod key_slots;
 pub(crate) mod luks_header;
 pub(crate) mod sector_cipher;
@@ -84,6 +86,8 @@ pub(crate) struct Encryption {
     pub(crate) luks: LuksHeader,
     /// The master key's cipher (`None`: opened without a secret, read-only; guest data I/O is refused).
     cipher: Option<SectorCipher>,
+    /// The master key itself (`None` without a secret), for new key slots.
+    master_key: Option<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Encryption {
@@ -121,6 +125,7 @@ impl Encryption {
         }
         let head = read_zero_filled(file, offset, HEADER_SIZE)?;
         let luks = LuksHeader::parse(&head, length)?;
+        let mut master_key = None;
         let cipher = match secret {
             Some(secret) => {
                 let key = key_slots::unlock(&luks, secret.bytes(), |at, buf| {
@@ -129,7 +134,9 @@ impl Encryption {
                     buf[got..].fill(0);
                     Ok(())
                 })?;
-                Some(SectorCipher::new(luks.cipher, &key)?)
+                let cipher = SectorCipher::new(luks.cipher, &key)?;
+                master_key = Some(key);
+                Some(cipher)
             }
             None if info_only => None,
             None => return Err(Error::new(ErrorKind::InvalidInput, SECRET_REQUIRED)),
@@ -139,7 +146,16 @@ impl Encryption {
             length,
             luks,
             cipher,
+            master_key,
         })
+    }
+
+    /// The unlocked master key, or QEMU's message for an image opened without a secret.
+    pub(crate) fn master_key(&self) -> Result<&[u8]> {
+        self.master_key
+            .as_deref()
+            .map(|k| &k[..])
+            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, SECRET_REQUIRED))
     }
 
     /// The unlocked cipher, or QEMU's message for an image opened without a secret.

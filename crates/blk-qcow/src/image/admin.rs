@@ -174,8 +174,12 @@ impl ImageAdmin for Qcow2 {
     }
 
     fn amend(&self, options: &[(String, String)]) -> Result<()> {
+        self.amend_with_force(options, false)
+    }
+
+    fn amend_with_force(&self, options: &[(String, String)], force: bool) -> Result<()> {
         self.writable(Operation::Write, 0)?;
-        amend(self, options).map_err(|e| self.context(e, Operation::Write, None))
+        amend(self, options, force).map_err(|e| self.context(e, Operation::Write, None))
     }
 
     /// Version 3 images only: QEMU cannot store bitmaps in v2 images.

@@ -1,12 +1,14 @@
 //! `ImageAdmin::amend`: `qemu-img amend -o ...` (QEMU's `qcow2_amend_options`) for the options blk can change in
 //! place: `compat` (upgrade to 1.1; downgrade to 0.10, zero clusters expanded), `lazy_refcounts`,
 //! `refcount_bits` (the refcount structure rebuilt with the new width, as QEMU's
-//! `qcow2_change_refcount_order`). Creation-only options and the backing file (QEMU: use `rebase`) are
+//! `qcow2_change_refcount_order`), LUKS key slots of an encrypted image (`encrypt.state`, `encrypt.new-secret`,
+//! `encrypt.old-secret`, `encrypt.keyslot`, `encrypt.iter-time`: see `encryption::key_slot_amend`). Creation-only options and the backing file (QEMU: use `rebase`) are
 //! refused with QEMU's messages; `size` is the caller's (a resize after the amend).
 
 use blk_core::{parse_bool_param, Error, ErrorKind, Result};
 
 use crate::bitmaps::{AUTOCLEAR_BITMAPS, EXT_BITMAPS};
+use crate::encryption::key_slot_amend::{KeySlotAmendment, AMEND_KEYS as KEY_SLOT_KEYS};
 use crate::image::extensions::Extensions;
 use crate::image::features::{COMPAT_LAZY_REFCOUNTS, INCOMPAT_DATA_FILE, INCOMPAT_EXTL2};
 use crate::image::header::{V2_HEADER_SIZE, V3_HEADER_SIZE};
@@ -38,9 +40,11 @@ struct Amendment {
     version: Option<u32>,
     lazy_refcounts: Option<bool>,
     refcount_bits: Option<u64>,
+    /// LUKS key slot changes (`encrypt.state`, `encrypt.new-secret`, ...).
+    key_slots: Option<KeySlotAmendment>,
 }
 
-fn parse(options: &[(String, String)]) -> Result<Amendment> {
+fn parse(options: &[(String, String)], encrypted: bool) -> Result<Amendment> {
     let mut a = Amendment::default();
     for (key, value) in options {
         match key.as_str() {
@@ -64,11 +68,12 @@ fn parse(options: &[(String, String)]) -> Result<Amendment> {
                     "Cannot amend the backing file. You can use 'qemu-img rebase' instead.",
                 ))
             }
-            k if k.starts_with("encrypt.") && k != "encrypt.format" => {
-                // The image is not encrypted (blk opens no encrypted image).
-                return Err(invalid(
-                    "Can't amend encryption options - encryption not present",
-                ));
+            k if KEY_SLOT_KEYS.contains(&k) => {
+                if !encrypted {
+                    return Err(invalid(
+                        "Can't amend encryption options - encryption not present",
+                    ));
+                }
             }
             k if CREATION_ONLY.contains(&k) || k.starts_with("encrypt.") => {
                 return Err(invalid(format!(
@@ -81,15 +86,20 @@ fn parse(options: &[(String, String)]) -> Result<Amendment> {
             _ => return Err(invalid(format!("Invalid parameter '{key}'"))),
         }
     }
+    a.key_slots = KeySlotAmendment::parse(options)?;
     Ok(a)
 }
 
 /// Applies `qemu-img amend -o` options (`size` excluded: resize the image after this) to the image, which
 /// must be open writable with no guest I/O running. Everything is checked first; the header cluster is then
 /// rewritten once (and the backing file changed), so a failure changes nothing.
-pub(crate) fn amend(image: &Qcow2, options: &[(String, String)]) -> Result<()> {
-    let a = parse(options)?;
+pub(crate) fn amend(image: &Qcow2, options: &[(String, String)], force: bool) -> Result<()> {
+    let encryption = image.shared.encryption.as_deref();
+    let a = parse(options, encryption.is_some())?;
     let mut meta = image.lock_metadata();
+    if let (Some(key_slots), Some(encryption)) = (&a.key_slots, encryption) {
+        key_slots.apply(&image.shared.file, encryption, force)?;
+    }
     let mut header = meta.header.clone();
     let version = a.version.unwrap_or(header.version);
     let refcount_bits = 1u64 << header.refcount_order;

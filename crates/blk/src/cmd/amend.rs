@@ -29,7 +29,7 @@ pub struct AmendArgs {
     /// Print nothing on success.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
-    /// Allow changes qemu-img guards with `--force` (accepted).
+    /// Allow changes qemu-img guards with `--force`: overwriting an active LUKS key slot, erasing the last one.
     #[arg(long = "force")]
     pub force: bool,
     /// Cache mode of the image (checked; amend flushes its metadata writes before it returns in every mode).
@@ -62,6 +62,9 @@ pub fn run(args: AmendArgs) -> Result<u8> {
         format,
         options: parse_options(&args.options).map_err(|e| e.with_path(path))?,
         lock: LockMode::Auto,
+        // `--image-opts ...,encrypt.key-secret=ID` unlocks an encrypted image.
+        key_secret: super::image_opts::key_secret(path)?,
+        force: args.force,
     };
     // qemu-img amend opens the image writable, which repairs a dirty image and reports the repair: that open
     // is made here, where the report can be printed (the amend's own open then finds the image clean).
