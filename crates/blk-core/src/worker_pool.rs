@@ -318,8 +318,9 @@ fn run(mapper: &dyn Mapper, op: &JobOp) -> Result<u64> {
     }
 }
 
-/// Decodes an encoded piece with the mapper and copies the piece's bytes to `out`.
-fn decode(
+/// Decodes an encoded piece with the mapper and copies the piece's bytes to `out` (on a worker, or on the
+/// queue's thread for a small unit: see `MappedQueue`'s decode).
+pub(crate) fn decode(
     mapper: &dyn Mapper,
     input: &DecodeInput,
     out: &[IoBufMut<'static>],
