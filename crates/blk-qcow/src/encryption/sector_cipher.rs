@@ -68,13 +68,15 @@ impl std::fmt::Debug for SectorCipher {
     }
 }
 
-/// XTS's multiplication of the tweak by x in GF(2^128) (little-endian).
-fn next_tweak(t: &mut [u8; 16]) {
-    let carry = t[15] >> 7;
-    for i in (1..16).rev() {
-        t[i] = (t[i] << 1) | (t[i - 1] >> 7);
-    }
-    t[0] = (t[0] << 1) ^ (0x87 * carry);
+/// XTS's multiplication of the tweak by x in GF(2^128), the tweak's 16 bytes read as a little-endian number.
+fn next_tweak(t: u128) -> u128 {
+    (t << 1) ^ ((t >> 127) * 0x87)
+}
+
+/// `block ^= t`, the tweak as XTS lays it out (little-endian).
+fn xor_tweak(block: &mut Block, t: u128) {
+    let bytes: [u8; 16] = (*block).into();
+    block.copy_from_slice(&(u128::from_le_bytes(bytes) ^ t).to_le_bytes());
 }
 
 fn xor(block: &mut Block, with: &[u8; 16]) {
@@ -176,14 +178,13 @@ impl SectorCipher {
                 if let Some(tweak) = &self.tweak {
                     tweak.encrypt(&mut t);
                 }
-                let mut tweaks = [[0u8; 16]; BLOCKS];
-                let mut cur: [u8; 16] = t[0].into();
-                for slot in tweaks.iter_mut() {
+                let first: [u8; 16] = t[0].into();
+                let mut cur = u128::from_le_bytes(first);
+                let mut tweaks = [0u128; BLOCKS];
+                for (b, slot) in blocks.iter_mut().zip(tweaks.iter_mut()) {
                     *slot = cur;
-                    next_tweak(&mut cur);
-                }
-                for (b, t) in blocks.iter_mut().zip(&tweaks) {
-                    xor(b, t);
+                    xor_tweak(b, cur);
+                    cur = next_tweak(cur);
                 }
                 if encrypt {
                     self.data.encrypt(blocks);
@@ -191,8 +192,9 @@ impl SectorCipher {
                     self.data.decrypt(blocks);
                 }
                 for (b, t) in blocks.iter_mut().zip(&tweaks) {
-                    xor(b, t);
+                    xor_tweak(b, *t);
                 }
+                tweaks.fill(0);
             }
             CipherMode::Cbc if encrypt => {
                 let mut prev = iv;
