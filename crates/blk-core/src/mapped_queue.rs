@@ -5,8 +5,8 @@
 //! synchronous path ([`mapped_io`](crate::mapped_io)) serves:
 //! - a read: zero pieces are filled in memory at once, each host piece becomes one [`HostOp::Read`] over the
 //!   matching slices of the request's buffers (no copy), each encoded (compressed) piece one [`HostOp::Read`]
-//!   into a queue-owned aligned buffer, decoded with [`Mapper::decode`] on the worker pool (several at once) and
-//!   copied to the request's buffers, and each piece of another disk (a backing file, a parent, a data file) a
+//!   into a queue-owned aligned buffer, decoded with [`Mapper::decode`] (a unit of at most 16 KiB on the
+//!   queue's thread, a larger one on the worker pool, several at once) and copied to the request's buffers, and each piece of another disk (a backing file, a parent, a data file) a
 //!   job on the pool reading that disk;
 //! - a write: each host piece becomes one [`HostOp::Write`]; when a write into a fresh allocation finishes,
 //!   [`Mapper::finish_allocation`] links it (exactly once); pieces of another disk and slow pieces
