@@ -146,6 +146,12 @@ fn qemu_made_images_read_back_through_blk() {
         ("sha512", ",encrypt.hash-alg=sha512"),
         ("cluster512", ",cluster_size=512"),
         ("cluster2m", ",cluster_size=2M"),
+        // The other 128-bit block ciphers this QEMU creates.
+        ("twofish", ",encrypt.cipher-alg=twofish-256"),
+        (
+            "serpent-cbc-essiv",
+            ",encrypt.cipher-alg=serpent-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv",
+        ),
         ("extended-l2", ",extended_l2=on"),
     ];
     for (name, extra) in cases {
@@ -196,6 +202,8 @@ fn blk_writes_decrypt_in_qemu_as_qemus_own() {
         ("cow", ",encrypt.iter-time=10", Some(&base)),
         ("essiv-512", ",encrypt.iter-time=10,cluster_size=512,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256", None),
         ("extended-l2", ",encrypt.iter-time=10,extended_l2=on", Some(&base)),
+        ("twofish", ",encrypt.iter-time=10,encrypt.cipher-alg=twofish-192", None),
+        ("serpent", ",encrypt.iter-time=10,encrypt.cipher-alg=serpent-256", Some(&base)),
     ] {
         let ours = dir.path().join(format!("{name}-blk.qcow2"));
         let theirs = dir.path().join(format!("{name}-qemu.qcow2"));

@@ -1,7 +1,9 @@
 //! The algorithms a LUKS1 header names, by LUKS's spelling (`aes`, `xts-plain64`, `cbc-essiv:sha256`,
 //! `sha256`) and by QEMU's (`aes-256`, `xts`, `essiv`, `sha256`): the block cipher and its key length, the
-//! cipher mode, the IV generator and the hash. Only what QEMU's LUKS driver writes with AES is understood:
-//! AES-128/192/256 in XTS, CBC or ECB mode; IVs `plain`, `plain64`, `essiv:HASH`; hashes SHA-1 and SHA-2.
+//! cipher mode, the IV generator and the hash. What QEMU's LUKS driver writes with a 128-bit block cipher is
+//! understood: AES, Twofish or Serpent with 128, 192 or 256-bit keys, in XTS, CBC or ECB mode; IVs `plain`,
+//! `plain64`, `essiv:HASH`; hashes SHA-1 and SHA-2. (QEMU's 64-bit-block CAST5 and its SM4, which this QEMU
+//! build refuses, are not.)
 
 use blk_core::{Error, ErrorKind, Result};
 use sha1::Sha1;
@@ -136,10 +138,56 @@ impl IvGen {
     }
 }
 
-/// The cipher of a LUKS header: AES with `key_bits`, a mode and an IV generator.
+/// A block cipher with 128-bit blocks (LUKS's `cipher_name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockCipher {
+    /// AES (QEMU's default).
+    Aes,
+    /// Twofish.
+    Twofish,
+    /// Serpent.
+    Serpent,
+}
+
+impl BlockCipher {
+    /// The cipher named `name` (LUKS's spelling: `aes`, `twofish`, `serpent`).
+    pub fn by_name(name: &str) -> Option<BlockCipher> {
+        Some(match name {
+            "aes" => BlockCipher::Aes,
+            "twofish" => BlockCipher::Twofish,
+            "serpent" => BlockCipher::Serpent,
+            _ => return None,
+        })
+    }
+
+    /// The name, as LUKS spells it (QEMU adds the key length: `aes-256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockCipher::Aes => "aes",
+            BlockCipher::Twofish => "twofish",
+            BlockCipher::Serpent => "serpent",
+        }
+    }
+
+    /// The cipher and key length QEMU's `encrypt.cipher-alg` names (`aes-256`, `twofish-128`).
+    pub fn by_qemu_name(name: &str) -> Option<(BlockCipher, u32)> {
+        let (cipher, bits) = name.rsplit_once('-')?;
+        let bits = match bits {
+            "128" => 128,
+            "192" => 192,
+            "256" => 256,
+            _ => return None,
+        };
+        Some((BlockCipher::by_name(cipher)?, bits))
+    }
+}
+
+/// The cipher of a LUKS header: a block cipher with `key_bits`, a mode and an IV generator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CipherSpec {
-    /// 128, 192 or 256: the AES key length (XTS takes two such keys).
+    /// The block cipher (the ESSIV cipher is the same one).
+    pub cipher: BlockCipher,
+    /// 128, 192 or 256: the cipher's key length (XTS takes two such keys).
     pub key_bits: u32,
     /// The mode.
     pub mode: CipherMode,
@@ -155,11 +203,8 @@ impl CipherSpec {
     /// The cipher a LUKS header names: `cipher_name` (`aes`), `cipher_mode` (`xts-plain64`,
     /// `cbc-essiv:sha256`, `ecb`) and its master key length in bytes.
     pub fn from_luks(cipher_name: &str, cipher_mode: &str, key_bytes: u32) -> Result<CipherSpec> {
-        if cipher_name != "aes" {
-            return Err(unsupported(format!(
-                "Cipher name '{cipher_name}' is not supported"
-            )));
-        }
+        let cipher = BlockCipher::by_name(cipher_name)
+            .ok_or_else(|| unsupported(format!("Cipher name '{cipher_name}' is not supported")))?;
         let (mode_name, ivgen_name) = match cipher_mode.split_once('-') {
             Some((m, iv)) => (m, Some(iv)),
             None => (cipher_mode, None),
@@ -198,11 +243,14 @@ impl CipherSpec {
             _ => {
                 return Err(Error::new(
                     ErrorKind::InvalidFormat,
-                    format!("Cipher key length {key_bytes} does not suit aes-{mode_name}"),
+                    format!(
+                        "Cipher key length {key_bytes} does not suit {cipher_name}-{mode_name}"
+                    ),
                 ))
             }
         };
         let spec = CipherSpec {
+            cipher,
             key_bits,
             mode,
             ivgen,
@@ -223,7 +271,7 @@ impl CipherSpec {
 
     /// QEMU's name of the cipher (`aes-256`).
     pub fn cipher_alg_name(&self) -> String {
-        format!("aes-{}", self.key_bits)
+        format!("{}-{}", self.cipher.name(), self.key_bits)
     }
 
     /// LUKS's `cipher_mode` string (`xts-plain64`, `cbc-essiv:sha256`).
@@ -235,8 +283,8 @@ impl CipherSpec {
         }
     }
 
-    /// The AES key length of the ESSIV cipher: the ESSIV hash's digest length (QEMU picks the AES variant
-    /// whose key is as long as the digest).
+    /// The key length of the ESSIV cipher (the same block cipher): the ESSIV hash's digest length (QEMU picks
+    /// the variant whose key is as long as the digest).
     pub fn essiv_key_bits(&self) -> Result<Option<u32>> {
         match self.ivgen {
             Some(IvGen::Essiv(h)) => match h.digest_len() {
@@ -244,8 +292,9 @@ impl CipherSpec {
                 24 => Ok(Some(192)),
                 32 => Ok(Some(256)),
                 n => Err(unsupported(format!(
-                    "Cipher key length {n} of the essiv hash '{}' does not suit aes",
-                    h.name()
+                    "Cipher key length {n} of the essiv hash '{}' does not suit {}",
+                    h.name(),
+                    self.cipher.name()
                 ))),
             },
             _ => Ok(None),
@@ -266,7 +315,13 @@ mod tests {
         assert_eq!(spec.ivgen, Some(IvGen::Essiv(HashAlg::Sha256)));
         assert_eq!(spec.luks_mode_name(), "cbc-essiv:sha256");
         assert!(CipherSpec::from_luks("aes", "cbc-essiv:sha1", 16).is_err());
-        assert!(CipherSpec::from_luks("serpent", "xts-plain64", 64).is_err());
+        let spec = CipherSpec::from_luks("serpent", "xts-plain64", 64).unwrap();
+        assert_eq!(spec.cipher_alg_name(), "serpent-256");
+        assert!(CipherSpec::from_luks("cast5", "cbc-plain64", 16).is_err());
+        assert_eq!(
+            BlockCipher::by_qemu_name("twofish-128"),
+            Some((BlockCipher::Twofish, 128))
+        );
         assert!(CipherSpec::from_luks("aes", "xts-plain64", 63).is_err());
         assert!(CipherSpec::from_luks("aes", "xts-plain64", u32::MAX).is_err());
         assert!(CipherSpec::from_luks("aes", "cbc", 32).is_err());

@@ -2,7 +2,7 @@
 
 use blk_core::{Error, ErrorKind, Result, Secret};
 
-use crate::encryption::algorithms::{CipherMode, CipherSpec, HashAlg, IvGen};
+use crate::encryption::algorithms::{BlockCipher, CipherMode, CipherSpec, HashAlg, IvGen};
 
 /// How to encrypt a new image (`encrypt.format=luks` and the other `encrypt.*` options): the secret, the
 /// cipher (default `aes-256` `xts` `plain64`), the hash (default `sha256`) and the PBKDF2 time (default
@@ -58,16 +58,13 @@ impl LuksCreateOptions {
             .ok_or_else(|| invalid("Parameter 'encrypt.key-secret' is required for cipher"))?;
         let secret =
             Secret::lookup(id).ok_or_else(|| invalid(format!("No secret with id '{id}'")))?;
-        let key_bits = match get("encrypt.cipher-alg").unwrap_or("aes-256") {
-            "aes-128" => 128,
-            "aes-192" => 192,
-            "aes-256" => 256,
-            other => {
-                return Err(unsupported(format!(
-                    "Cipher algorithm '{other}' is not supported (blk encrypts with AES)"
-                )))
-            }
-        };
+        let cipher_alg = get("encrypt.cipher-alg").unwrap_or("aes-256");
+        let (block_cipher, key_bits) = BlockCipher::by_qemu_name(cipher_alg).ok_or_else(|| {
+            unsupported(format!(
+                "Cipher algorithm '{cipher_alg}' is not supported (blk encrypts with AES, Twofish or \
+                 Serpent)"
+            ))
+        })?;
         let mode_name = get("encrypt.cipher-mode").unwrap_or("xts");
         let mode = CipherMode::by_name(mode_name).ok_or_else(|| {
             invalid(format!(
@@ -103,6 +100,7 @@ impl LuksCreateOptions {
             ));
         }
         let cipher = CipherSpec {
+            cipher: block_cipher,
             key_bits,
             mode,
             ivgen,

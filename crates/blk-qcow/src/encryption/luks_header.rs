@@ -211,7 +211,7 @@ impl LuksHeader {
         let mut b = [0u8; HEADER_SIZE];
         b[..6].copy_from_slice(&MAGIC);
         b[6..8].copy_from_slice(&1u16.to_be_bytes());
-        put_text(&mut b[8..40], "aes");
+        put_text(&mut b[8..40], self.cipher.cipher.name());
         put_text(&mut b[40..72], &self.cipher.luks_mode_name());
         put_text(&mut b[72..104], self.hash.name());
         b[104..108].copy_from_slice(&self.payload_offset_sectors.to_be_bytes());

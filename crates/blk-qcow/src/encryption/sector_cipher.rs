@@ -1,50 +1,72 @@
-//! The unlocked cipher: AES in XTS, CBC or ECB mode over 512-byte sectors, each with the IV its sector number
+//! The unlocked cipher: AES, Twofish or Serpent in XTS, CBC or ECB mode over 512-byte sectors, each with the IV its sector number
 //! gives (`plain`, `plain64` or ESSIV), as QEMU's `qcrypto_block_encrypt`/`decrypt` do. Keys are zeroed when
 //! the cipher is dropped (the `aes` crate's `zeroize` feature) and never printed.
 
 use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use aes::{Aes128, Aes192, Aes256, Block};
 use blk_core::{Error, ErrorKind, Result};
+use serpent::Serpent;
+use twofish::Twofish;
 
-use crate::encryption::algorithms::{CipherMode, CipherSpec, IvGen};
+use crate::encryption::algorithms::{BlockCipher, CipherMode, CipherSpec, IvGen};
 
 /// The sector size of LUKS encryption: every IV covers 512 bytes.
 pub const SECTOR_SIZE: usize = 512;
 /// AES blocks in a sector.
 const BLOCKS: usize = SECTOR_SIZE / 16;
 
-/// AES with one of its key lengths.
-enum AnyAes {
+/// A keyed 128-bit block cipher: AES with one of its key lengths, Twofish or Serpent (any of theirs).
+enum AnyCipher {
     A128(Aes128),
     A192(Aes192),
     A256(Aes256),
+    Twofish(Box<Twofish>),
+    Serpent(Box<Serpent>),
 }
 
-impl AnyAes {
-    /// AES keyed with `key` (16, 24 or 32 bytes).
-    fn new(key: &[u8]) -> Result<AnyAes> {
-        let bad = || Error::new(ErrorKind::InvalidInput, "bad AES key length");
-        Ok(match key.len() {
-            16 => AnyAes::A128(Aes128::new_from_slice(key).map_err(|_| bad())?),
-            24 => AnyAes::A192(Aes192::new_from_slice(key).map_err(|_| bad())?),
-            32 => AnyAes::A256(Aes256::new_from_slice(key).map_err(|_| bad())?),
-            _ => return Err(bad()),
+impl AnyCipher {
+    /// `cipher` keyed with `key` (16, 24 or 32 bytes).
+    fn new(cipher: BlockCipher, key: &[u8]) -> Result<AnyCipher> {
+        let bad = || Error::new(ErrorKind::InvalidInput, "bad cipher key length");
+        if !matches!(key.len(), 16 | 24 | 32) {
+            return Err(bad());
+        }
+        Ok(match (cipher, key.len()) {
+            (BlockCipher::Aes, 16) => {
+                AnyCipher::A128(Aes128::new_from_slice(key).map_err(|_| bad())?)
+            }
+            (BlockCipher::Aes, 24) => {
+                AnyCipher::A192(Aes192::new_from_slice(key).map_err(|_| bad())?)
+            }
+            (BlockCipher::Aes, _) => {
+                AnyCipher::A256(Aes256::new_from_slice(key).map_err(|_| bad())?)
+            }
+            (BlockCipher::Twofish, _) => {
+                AnyCipher::Twofish(Box::new(Twofish::new_from_slice(key).map_err(|_| bad())?))
+            }
+            (BlockCipher::Serpent, _) => {
+                AnyCipher::Serpent(Box::new(Serpent::new_from_slice(key).map_err(|_| bad())?))
+            }
         })
     }
 
     fn encrypt(&self, blocks: &mut [Block]) {
         match self {
-            AnyAes::A128(c) => c.encrypt_blocks(blocks),
-            AnyAes::A192(c) => c.encrypt_blocks(blocks),
-            AnyAes::A256(c) => c.encrypt_blocks(blocks),
+            AnyCipher::A128(c) => c.encrypt_blocks(blocks),
+            AnyCipher::A192(c) => c.encrypt_blocks(blocks),
+            AnyCipher::A256(c) => c.encrypt_blocks(blocks),
+            AnyCipher::Twofish(c) => c.encrypt_blocks(blocks),
+            AnyCipher::Serpent(c) => c.encrypt_blocks(blocks),
         }
     }
 
     fn decrypt(&self, blocks: &mut [Block]) {
         match self {
-            AnyAes::A128(c) => c.decrypt_blocks(blocks),
-            AnyAes::A192(c) => c.decrypt_blocks(blocks),
-            AnyAes::A256(c) => c.decrypt_blocks(blocks),
+            AnyCipher::A128(c) => c.decrypt_blocks(blocks),
+            AnyCipher::A192(c) => c.decrypt_blocks(blocks),
+            AnyCipher::A256(c) => c.decrypt_blocks(blocks),
+            AnyCipher::Twofish(c) => c.decrypt_blocks(blocks),
+            AnyCipher::Serpent(c) => c.decrypt_blocks(blocks),
         }
     }
 }
@@ -53,11 +75,11 @@ impl AnyAes {
 pub struct SectorCipher {
     spec: CipherSpec,
     /// The data key (XTS: the first half of the key).
-    data: AnyAes,
+    data: AnyCipher,
     /// XTS: the tweak key (the second half).
-    tweak: Option<AnyAes>,
+    tweak: Option<AnyCipher>,
     /// ESSIV: AES keyed by the hash of the key.
-    essiv: Option<AnyAes>,
+    essiv: Option<AnyCipher>,
 }
 
 impl std::fmt::Debug for SectorCipher {
@@ -103,12 +125,15 @@ impl SectorCipher {
         }
         let (data, tweak) = if spec.mode == CipherMode::Xts {
             let (a, b) = key.split_at(key.len() / 2);
-            (AnyAes::new(a)?, Some(AnyAes::new(b)?))
+            (
+                AnyCipher::new(spec.cipher, a)?,
+                Some(AnyCipher::new(spec.cipher, b)?),
+            )
         } else {
-            (AnyAes::new(key)?, None)
+            (AnyCipher::new(spec.cipher, key)?, None)
         };
         let essiv = match spec.ivgen {
-            Some(IvGen::Essiv(hash)) => Some(AnyAes::new(&hash.digest(&[key]))?),
+            Some(IvGen::Essiv(hash)) => Some(AnyCipher::new(spec.cipher, &hash.digest(&[key]))?),
             _ => None,
         };
         Ok(SectorCipher {

@@ -155,11 +155,9 @@ impl Qcow2MeasureOptions {
                     "Parameter 'encrypt.key-secret' is required for cipher",
                 ));
             }
-            let bits: u64 = match value("encrypt.cipher-alg").unwrap_or("aes-256") {
-                "aes-128" => 128,
-                "aes-192" => 192,
-                _ => 256,
-            };
+            let bits = value("encrypt.cipher-alg")
+                .and_then(crate::encryption::algorithms::BlockCipher::by_qemu_name)
+                .map_or(256, |(_, bits)| u64::from(bits));
             let xts = matches!(value("encrypt.cipher-mode"), None | Some("xts"));
             let key_bytes = (bits / 8) as usize * if xts { 2 } else { 1 };
             crate::encryption::key_slots::header_area_len(key_bytes)
