@@ -368,7 +368,7 @@ fn hostile_luks_headers_are_refused_quickly() {
         ),
         ("slot state", 208, &7u32.to_be_bytes(), "corrupted"),
         ("magic", 0, b"XUKS", "LUKS"),
-        ("cipher", 8, b"twofish\0", "not supported"),
+        ("cipher", 8, b"cast5\0\0\0", "not supported"),
         ("hash", 72, b"md5\0\0\0", "not supported"),
         ("version", 6, &2u16.to_be_bytes(), "version"),
     ];
