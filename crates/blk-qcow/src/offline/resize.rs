@@ -32,7 +32,7 @@ use crate::image::header::{Header, MAX_L1_BYTES};
 use crate::image::options::{Preallocation, Qcow2OpenOptions};
 use crate::image::Qcow2;
 use crate::io::discard::holds_reference;
-use crate::metadata::overlap::{ACTIVE_L1, IGNORE_NONE, REFCOUNT_TABLE};
+use crate::metadata::overlap::{ACTIVE_L1, REFCOUNT_TABLE};
 use crate::metadata::refcount::{block_set, REFTABLE_OFFSET_MASK};
 use crate::metadata::subclusters::ALL_ALLOCATED;
 use crate::metadata::tables::{set_entry, L2Entry, L1_OFFSET_MASK, ZERO};
@@ -41,8 +41,6 @@ use crate::FORMAT_NAME;
 
 /// Byte offset of the header's size field.
 const SIZE_FIELD: u64 = 24;
-/// Byte offset of the header's `l1_size` field (followed by `l1_table_offset`).
-const L1_SIZE_FIELD: u64 = 36;
 /// Autoclear bit 0: the persistent bitmaps are consistent.
 const AUTOCLEAR_BITMAPS: u64 = 1;
 
@@ -198,7 +196,7 @@ fn resize_inner(
         shrink(&image, &mut meta, new_size, new_l1_size)?;
     } else if new_size > old_size {
         if new_l1_size > meta.g.l1_size {
-            grow_l1_table(&image, &mut meta, new_l1_size)?;
+            crate::snapshots::l1::grow_active(&mut meta, image.host_file(), new_l1_size)?;
         }
         let has_backing = meta
             .header
@@ -259,38 +257,6 @@ fn write_size(image: &Qcow2, meta: &mut Metadata, new_size: u64) -> Result<()> {
     meta.header.size = new_size;
     meta.g.size = new_size;
     Ok(())
-}
-
-/// Replaces the L1 table by one of exactly `new_l1_size` entries (QEMU's `qcow2_grow_l1_table` with
-/// `exact_size`): allocated in free clusters, refcounts synced, table written and synced, then the header
-/// switched in one synced write, then the old table's clusters freed.
-fn grow_l1_table(image: &Qcow2, meta: &mut Metadata, new_l1_size: u64) -> Result<()> {
-    let file = image.host_file();
-    let cs = meta.g.cluster_size;
-    let new_bytes = new_l1_size * 8;
-    let old_offset = meta.g.l1_table_offset;
-    let old_bytes = meta.g.l1_size * 8;
-    let new_offset = meta.allocate_clusters(file, new_bytes.div_ceil(cs))?;
-    meta.write_back_refcounts(file, true)?;
-    let mut table = vec![0u8; new_bytes as usize];
-    for (i, &e) in meta.l1.iter().enumerate() {
-        set_entry(&mut table, i, e);
-    }
-    meta.guard_write(file, IGNORE_NONE, new_offset, new_bytes)?;
-    file.write_all_at(new_offset, &table)?;
-    file.sync_data()?;
-    let mut field = [0u8; 12];
-    field[..4].copy_from_slice(&(new_l1_size as u32).to_be_bytes());
-    field[4..].copy_from_slice(&new_offset.to_be_bytes());
-    file.write_all_at(L1_SIZE_FIELD, &field)?;
-    file.sync_data()?;
-    meta.header.l1_size = new_l1_size as u32;
-    meta.header.l1_table_offset = new_offset;
-    meta.g.l1_size = new_l1_size;
-    meta.g.l1_table_offset = new_offset;
-    meta.l1.resize(new_l1_size as usize, 0);
-    meta.l1_changed();
-    meta.change_refcount_range(file, old_offset, old_bytes, -1)
 }
 
 /// Makes the grown area `[old_size, new_size)` read as zeros rather than as the backing file (QEMU's

@@ -75,7 +75,8 @@ pub(crate) fn write(
 const L1_SIZE_FIELD: u64 = 36;
 
 /// Replaces the active L1 table by one of exactly `entries` entries (more than it has), as QEMU's
-/// `qcow2_grow_l1_table` with `exact_size` does before applying a snapshot with a larger L1 table: the new
+/// `qcow2_grow_l1_table` with `exact_size` does before applying a snapshot with a larger L1 table and when
+/// `resize` grows the disk past what the table covers: the new
 /// table allocated in free clusters (its refcounts written first), written with the old entries and zeros,
 /// synced; the header switched to it in one synced write; then the old table's clusters freed.
 pub(crate) fn grow_active(meta: &mut Metadata, file: &HostFile, entries: u64) -> Result<()> {

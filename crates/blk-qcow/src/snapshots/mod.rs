@@ -21,7 +21,7 @@
 pub(crate) mod apply;
 pub(crate) mod create;
 pub(crate) mod delete;
-mod l1;
+pub(crate) mod l1;
 pub(crate) mod open;
 mod refcounts;
 pub(crate) mod table;
