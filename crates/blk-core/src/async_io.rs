@@ -170,12 +170,14 @@ pub trait AsyncIo: Send {
     }
 
     /// Registers memory regions with the backend (io_uring: `IORING_REGISTER_BUFFERS`), so single-buffer
-    /// operations inside them skip the kernel's per-operation page pinning. Returns whether the backend took
-    /// them (`false`: a backend without registration, or regions registered already); other buffers keep
-    /// working as plain I/O. A [`GuestQueue`](crate::GuestQueue) registers guest memory itself.
+    /// operations inside them skip the kernel's per-operation page pinning. Regions registered before are
+    /// replaced, but only while no operation is in the kernel. Returns whether the backend took them
+    /// (`false`: a backend without registration, or operations in flight; other buffers keep working as
+    /// plain I/O). A [`GuestQueue`](crate::GuestQueue) registers guest memory itself.
     ///
     /// # Safety
-    /// The regions must stay mapped, as memory I/O may read and write, until the queue is dropped.
+    /// The regions must stay mapped, as memory I/O may read and write, until the queue is dropped or a later
+    /// call that returns `true` replaces them.
     unsafe fn register_memory(&mut self, regions: &[IoBufMut<'static>]) -> Result<bool> {
         let _ = regions;
         Ok(false)

@@ -8,8 +8,8 @@
 //! bitmap for exactly the bytes a read wrote when it completes. No `unsafe` in the caller.
 //!
 //! Guest memory is registered with the backend when the queue is made (io_uring: `IORING_REGISTER_BUFFERS`),
-//! so single-buffer requests inside it skip the kernel's per-operation page pinning; anything else is plain
-//! I/O. See ADR 0009.
+//! and again after [`GuestQueue::set_memory`] once nothing is in flight, so single-buffer requests inside it
+//! skip the kernel's per-operation page pinning; anything else is plain I/O. See ADR 0009.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -190,8 +190,11 @@ pub struct GuestQueue<M: GuestMemoryBackend + Send + Sync + 'static> {
     // then the memories its operations used.
     queue: Box<dyn AsyncIo>,
     memory: Arc<M>,
-    /// The memory registered with the backend, kept mapped for the queue's life (the kernel holds its pages).
+    /// The memory registered with the backend, kept mapped until the queue is dropped or a registration of
+    /// newer memory replaces it (the kernel holds its pages until then).
     registered: Option<Arc<M>>,
+    /// The memory changed since it was registered: register the new one when nothing is in flight.
+    reregister: bool,
     retired: Vec<Retired<M>>,
     generation: u64,
     /// Live requests translated with the current memory.
@@ -232,6 +235,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> GuestQueue<M> {
             queue,
             memory,
             registered: None,
+            reregister: false,
             retired: Vec::new(),
             generation: 0,
             live_current: 0,
@@ -252,6 +256,7 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> GuestQueue<M> {
 
     /// Registers every region of the current memory, in chunks of at most [`REGISTERED_CHUNK`].
     fn register(&mut self) {
+        self.reregister = false;
         let mut regions = Vec::new();
         for region in self.memory.iter() {
             let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else {
@@ -263,8 +268,9 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> GuestQueue<M> {
             let mut at = 0;
             while at < len {
                 let n = (len - at).min(REGISTERED_CHUNK);
-                // SAFETY: `host + at .. + n` lies inside the region's mapping, which stays mapped for the queue's
-                // life: `self.registered` keeps the memory's `Arc` until after the inner queue is dropped.
+                // SAFETY: `host + at .. + n` lies inside the region's mapping, which stays mapped while it is
+                // registered: `self.registered` keeps the memory's `Arc` until after the inner queue is dropped,
+                // or until a later registration replaced it (with nothing in the kernel).
                 regions.push(unsafe { IoBufMut::from_raw_parts(host.wrapping_add(at), n) });
                 at += n;
             }
@@ -272,10 +278,17 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> GuestQueue<M> {
         if regions.is_empty() {
             return;
         }
-        // SAFETY: as above: the regions stay mapped until the inner queue is dropped (field order, and
-        // `registered` is never cleared).
-        if let Ok(true) = unsafe { self.queue.register_memory(&regions) } {
-            self.registered = Some(Arc::clone(&self.memory));
+        // SAFETY: as above: the regions stay mapped until the inner queue is dropped (field order) or a later
+        // registration replaces them; `registered` changes only when the backend took new regions, which it
+        // does only with nothing in the kernel, so the pages of the memory it drops are no longer held.
+        match unsafe { self.queue.register_memory(&regions) } {
+            Ok(true) => self.registered = Some(Arc::clone(&self.memory)),
+            // A replacement refused while operations are in the kernel: retried at the next idle submission.
+            // (A backend without registration says the same to the first call, and is not asked again.)
+            Ok(false) => self.reregister = self.registered.is_some(),
+            // Plain I/O from now on; the memory registered before (if any) stays mapped, in case the kernel
+            // still holds its pages.
+            Err(_) => {}
         }
     }
 
@@ -285,10 +298,11 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> GuestQueue<M> {
     }
 
     /// Serves requests submitted from now on with `memory` (memory hot-plug, vhost-user `SET_MEM_TABLE`). The
-    /// previous memory stays mapped until every request submitted with it has completed; memory registered
-    /// with the backend stays mapped until the queue is dropped (the kernel holds its pages), and new regions
-    /// are not registered: make a new queue to register a new memory map.
+    /// previous memory stays mapped until every request submitted with it has completed. If guest memory is
+    /// registered with the backend, the new memory replaces it there at the first submission that finds
+    /// nothing in flight; the old registered memory stays mapped until then (the kernel holds its pages).
     pub fn set_memory(&mut self, memory: Arc<M>) {
+        self.reregister |= self.registered.is_some();
         let old = std::mem::replace(&mut self.memory, memory);
         if self.live_current > 0 {
             self.retired.push(Retired {
@@ -342,6 +356,9 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> GuestQueue<M> {
     /// at once. A request whose ranges are not all inside guest memory completes at once with
     /// [`ErrorKind::InvalidInput`]; `Err` here means the queue itself failed and no request was accepted.
     pub fn submit(&mut self, batch: &[GuestRequest<'_>]) -> Result<()> {
+        if self.reregister && self.live == 0 {
+            self.register();
+        }
         self.read_bufs.clear();
         self.write_bufs.clear();
         self.staged.clear();

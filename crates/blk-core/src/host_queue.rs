@@ -161,10 +161,13 @@ pub trait HostQueue: Send {
 
     /// Registers memory regions with the kernel (io_uring: `IORING_REGISTER_BUFFERS`), so single-buffer reads
     /// and writes inside one of them use the registered form (`READ_FIXED`/`WRITE_FIXED`); others stay plain.
-    /// Returns whether the backend took them; the default (backends without registration) says `false`.
+    /// Regions registered before are replaced, but only while no operation is in the kernel (otherwise this
+    /// returns `false` and changes nothing: call again when the queue is idle). Returns whether the backend
+    /// took them; the default (backends without registration) says `false`.
     ///
     /// # Safety
-    /// The regions must stay mapped, as memory I/O may read and write, until the queue is dropped.
+    /// The regions must stay mapped, as memory I/O may read and write, until the queue is dropped or a later
+    /// call that returns `true` replaces them.
     unsafe fn register_memory(&mut self, regions: &[IoBufMut<'static>]) -> Result<bool> {
         let _ = regions;
         Ok(false)

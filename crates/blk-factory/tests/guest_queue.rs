@@ -400,6 +400,74 @@ fn io_uring_uses_registered_guest_memory() {
 }
 
 #[test]
+fn io_uring_registers_new_guest_memory_once_idle() {
+    let Some(uring) = Backend::by_name("io_uring").filter(|&b| choose_backend(b).backend == b)
+    else {
+        eprintln!("io_uring is not available here");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(&dir, ImageFormat::RAW, &[]);
+    let disk = open(&path, uring);
+    // A first memory table without the region the data will be in (a vhost-user frontend that adds it later).
+    let first = Arc::new(Memory::from_ranges(&[(GuestAddress(0), 64 << 10)]).unwrap());
+    let mut queue = GuestQueue::new(disk.create_async_io(8).unwrap(), first).unwrap();
+    if !queue.registered_memory() {
+        eprintln!("the kernel refused to register guest memory (RLIMIT_MEMLOCK?)");
+        return;
+    }
+    let mem = memory();
+    mem.write_slice(&[0x5a; 8192], GuestAddress(0x40000))
+        .unwrap();
+    queue.set_memory(Arc::clone(&mem));
+    let iov = [GuestIoVec::new(GuestAddress(0x40000), 8192)];
+    let write = GuestRequest::new(
+        1,
+        GuestOp::Write {
+            offset: 0,
+            iovecs: &iov,
+        },
+    );
+    queue.submit(&[write]).unwrap();
+    ok(&wait_all(&mut queue, 1)[0]);
+    // The new memory was registered before the write went out: it used the registered form.
+    let fixed = queue.fixed_buffer_ops();
+    assert!(fixed >= 1, "{fixed} registered-buffer operations");
+    // With a request in flight the registration waits; the data stays right either way.
+    let newer = memory();
+    let back = [GuestIoVec::new(GuestAddress(0x10000), 8192)];
+    let read = GuestRequest::new(
+        2,
+        GuestOp::Read {
+            offset: 0,
+            iovecs: &back,
+        },
+    );
+    queue.submit(&[read]).unwrap();
+    queue.set_memory(Arc::clone(&newer));
+    let read_again = GuestRequest::new(
+        3,
+        GuestOp::Read {
+            offset: 0,
+            iovecs: &back,
+        },
+    );
+    queue.submit(&[read_again]).unwrap();
+    let done = wait_all(&mut queue, 2);
+    assert_eq!((ok(&done[0]), ok(&done[1])), (8192, 8192));
+    let mut got = vec![0u8; 8192];
+    mem.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+    assert!(got.iter().all(|&b| b == 0x5a));
+    newer.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+    assert!(got.iter().all(|&b| b == 0x5a));
+    // Idle now: the next submission registers `newer`, and uses it.
+    let before = queue.fixed_buffer_ops();
+    queue.submit(&[read_again]).unwrap();
+    assert_eq!(ok(&wait_all(&mut queue, 1)[0]), 8192);
+    assert!(queue.fixed_buffer_ops() > before);
+}
+
+#[test]
 fn properties_per_format() {
     let dir = tempfile::tempdir().unwrap();
     for (format, options) in formats() {

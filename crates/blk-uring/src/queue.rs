@@ -383,10 +383,21 @@ impl HostQueue for UringQueue {
 
     unsafe fn register_memory(&mut self, regions: &[IoBufMut<'static>]) -> Result<bool> {
         if !self.fixed.is_empty() {
-            return Ok(false);
+            if self.in_ring > 0 || !self.ready.is_empty() {
+                // An operation in the kernel (or about to be) may name a registered buffer by index.
+                return Ok(false);
+            }
+            // Nothing in the kernel: the kernel drops its pins of the old regions, and the table names
+            // the new ones only.
+            self.fixed = FixedBuffers::default();
+            self.ring
+                .submitter()
+                .unregister_buffers()
+                .map_err(|e| Error::io_while(e, "unregistering io_uring buffers"))?;
         }
-        // SAFETY: the caller keeps the regions valid for I/O until this queue is dropped (the trait's
-        // `# Safety`), which is what `register_buffers` asks.
+        // SAFETY: the caller keeps the regions valid for I/O until this queue is dropped or a later call
+        // replaces them (the trait's `# Safety`); a replacement happens only with nothing in the kernel, so
+        // from then on the kernel holds none of their pages. That is what `register_buffers` asks.
         unsafe { self.register_buffers(regions) }.map(|()| true)
     }
 
