@@ -1,6 +1,8 @@
 //! Any bytes as a virtio-blk descriptor chain and guest memory: the vhost-user-blk request parser must never
-//! panic, and a request it accepts must only name guest memory, within the device's limits.
+//! panic, and a request it accepts must only name guest memory, within the device's limits. The same bytes as
+//! a descriptor table: walking a chain in it never panics and always ends.
 
+use blk_vhost_user::chain::walk_chain;
 use blk_vhost_user::request::{
     parse_range, parse_request, read_data, write_data, Limits, RequestKind, Segment,
 };
@@ -30,6 +32,13 @@ pub fn vhost_user_blk_request(data: &[u8]) {
     };
     let fill = contents.len().min(0x10000);
     let _ = mem.write_slice(&contents[..fill], GuestAddress(0));
+    // The same bytes as a descriptor table at guest address 0: any chain in it ends, after at most the table's
+    // size of direct descriptors and one indirect table's.
+    let mut visited = 0usize;
+    walk_chain(&mem, GuestAddress(0), 16, u16::from(control) % 16, |_| {
+        visited += 1
+    });
+    assert!(visited <= 16 + usize::from(u16::MAX));
     let chain: Vec<Segment> = descs
         .chunks_exact(DESC_BYTES)
         .map(|d| {

@@ -11,7 +11,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_queue::QueueT;
-use vm_memory::GuestAddressSpace;
+use vm_memory::{GuestAddress, GuestAddressSpace};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -162,13 +162,17 @@ impl Connection {
                 if vring.get_ref().get_queue().next_avail() == observed.0 {
                     break;
                 }
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                if let Accepted::Done(used) = worker.accept(device, &*mem, head, chain) {
+                // The chain's head and its descriptor table; the worker walks the chain itself.
+                let popped = {
+                    let mut state = vring.get_mut();
+                    let queue = state.get_queue_mut();
+                    let table = (GuestAddress(queue.desc_table()), queue.size());
+                    queue
+                        .pop_descriptor_chain(mem.clone())
+                        .map(|chain| (chain.head_index(), table))
+                };
+                let Some((head, table)) = popped else { break };
+                if let Accepted::Done(used) = worker.accept(device, &*mem, head, table) {
                     vring.add_used(head, used).map_err(io::Error::other)?;
                 }
                 if worker.completes_inline && worker.staged() >= INLINE_SUB_BATCH {

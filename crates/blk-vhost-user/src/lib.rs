@@ -14,6 +14,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`request`] | the virtio-blk request parser (the fuzz target's subject) |
+//! | [`chain`] | one descriptor chain walked in guest memory, direct and indirect |
 //! | [`config`] | feature bits and the config space |
 //! | `server` | [`BlkOptions`], [`VhostUserBlk`], [`StopHandle`], [`stop_on_signals`] |
 //! | `backend` | the `VhostUserBackend` of one connection |
@@ -54,6 +55,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+pub mod chain;
 pub mod config;
 mod poll;
 mod queue;

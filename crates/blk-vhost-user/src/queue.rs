@@ -15,10 +15,10 @@ use blk_factory::{
     AsyncDiskFile, Completion, GuestIoVec, GuestOp, GuestQueue, GuestRequest, RequestFlags,
 };
 use vhost_user_backend::VringT;
-use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::backend::{Device, GuestMemory, Vring};
+use crate::chain::walk_chain;
 use crate::request::{
     parse_range, parse_request, write_data, RequestKind, Segment, ID_LEN, VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
@@ -159,12 +159,13 @@ impl QueueWorker {
     }
 
     /// Parses one chain: answers it at once or stages it for [`submit`](QueueWorker::submit).
+    /// `head` is the chain's first descriptor in the descriptor table `table` (its guest address and size).
     pub(crate) fn accept<M>(
         &mut self,
         device: &Device,
         mem: &M,
         head: u16,
-        chain: DescriptorChain<impl std::ops::Deref<Target = M>>,
+        table: (GuestAddress, u16),
     ) -> Accepted
     where
         M: GuestMemoryBackend,
@@ -172,21 +173,17 @@ impl QueueWorker {
         let limits = &device.limits;
         self.chain.clear();
         let mut last = None;
-        for desc in chain {
-            let segment = Segment {
-                addr: desc.addr().0,
-                len: desc.len(),
-                device_writes: desc.is_write_only(),
-            };
+        let chain = &mut self.chain;
+        walk_chain(mem, table.0, table.1, head, |segment| {
             // Past the limit only the last descriptor (the status byte) is kept: the parser refuses the chain
-            // as too long and still has a status to answer with. The iterator itself stops after the queue
+            // as too long and still has a status to answer with. The walk itself stops after the table's
             // size, so a looping chain ends too.
-            if self.chain.len() <= limits.max_segments {
-                self.chain.push(segment);
+            if chain.len() <= limits.max_segments {
+                chain.push(segment);
             } else {
                 last = Some(segment);
             }
-        }
+        });
         if let Some(last) = last {
             self.chain.push(last);
         }
