@@ -612,6 +612,11 @@ fn translate<M: GuestMemoryBackend>(
         if iov.len == 0 {
             continue;
         }
+        // The usual case: the range lies in one region (one lookup, no iterator).
+        if let Ok(slice) = memory.get_slice(iov.addr, iov.len) {
+            push(slice.ptr_guard_mut().as_ptr(), slice.len());
+            continue;
+        }
         let mut covered = 0usize;
         for slice in memory.get_slices(iov.addr, iov.len) {
             let slice = slice.map_err(|e| outside(iov, &e.to_string()))?;

@@ -15,13 +15,13 @@ use blk_factory::{
     AsyncDiskFile, Completion, GuestIoVec, GuestOp, GuestQueue, GuestRequest, RequestFlags,
 };
 use vhost_user_backend::VringT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::backend::{Device, GuestMemory, Vring};
 use crate::chain::walk_chain;
 use crate::request::{
-    parse_range, parse_request, write_data, RequestKind, Segment, ID_LEN, VIRTIO_BLK_S_IOERR,
-    VIRTIO_BLK_S_OK,
+    parse_range, parse_request, write_data, write_status, RequestKind, Segment, ID_LEN,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 
 /// What a chain became.
@@ -192,7 +192,7 @@ impl QueueWorker {
             Err(rejection) => {
                 log::debug!("request refused: {}", rejection.reason);
                 return Accepted::Done(match rejection.status_addr {
-                    Some(addr) if mem.write_obj(rejection.status, addr).is_ok() => 1,
+                    Some(addr) if write_status(mem, addr, rejection.status) => 1,
                     _ => 0,
                 });
             }
@@ -248,7 +248,7 @@ impl QueueWorker {
         status: u8,
         written: u64,
     ) -> Accepted {
-        if mem.write_obj(status, status_addr).is_err() {
+        if !write_status(mem, status_addr, status) {
             return Accepted::Done(0);
         }
         Accepted::Done(u32::try_from(written).unwrap_or(u32::MAX - 1) + 1)
@@ -429,7 +429,7 @@ impl QueueWorker {
                 (VIRTIO_BLK_S_IOERR, 1)
             }
         };
-        let used = if mem.write_obj(status, entry.status_addr).is_ok() {
+        let used = if write_status(mem, entry.status_addr, status) {
             used
         } else {
             0

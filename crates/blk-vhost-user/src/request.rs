@@ -13,7 +13,7 @@
 //! whose capacity it never grows past the limits), and is the target of the `vhost_user_blk_request` fuzz
 //! target.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileMemory};
 
 /// `VIRTIO_BLK_T_IN`: read from the disk into guest memory.
 pub const VIRTIO_BLK_T_IN: u32 = 0;
@@ -194,7 +194,14 @@ pub fn parse_request<M: GuestMemoryBackend + ?Sized>(
             return Err(fail("request header in a device-writable descriptor"));
         }
         let take = (HEADER_LEN - have).min(seg.len as usize);
-        if mem
+        let whole = have == 0 && take == HEADER_LEN;
+        if whole {
+            // The usual case: the whole header in one descriptor, read with one load.
+            match read_header(mem, GuestAddress(seg.addr)) {
+                Some(raw) => header = raw,
+                None => return Err(fail("request header outside guest memory")),
+            }
+        } else if mem
             .read_slice(&mut header[have..have + take], GuestAddress(seg.addr))
             .is_err()
         {
@@ -232,9 +239,7 @@ pub fn parse_request<M: GuestMemoryBackend + ?Sized>(
         if seg.len == 0 {
             continue;
         }
-        if seg.addr.checked_add(u64::from(seg.len)).is_none()
-            || !mem.check_range(GuestAddress(seg.addr), seg.len as usize)
-        {
+        if seg.addr.checked_add(u64::from(seg.len)).is_none() || !in_memory(mem, seg) {
             return Err(fail("data descriptor outside guest memory"));
         }
         readable |= !seg.device_writes;
@@ -371,6 +376,34 @@ pub fn parse_range<M: GuestMemoryBackend + ?Sized>(
             unmap: flags & WRITE_ZEROES_FLAG_UNMAP != 0,
         }),
         _ => Err(VIRTIO_BLK_S_IOERR),
+    }
+}
+
+/// Reads the 16-byte header at `addr`: one load when it lies in one region, a byte copy otherwise.
+fn read_header<M: GuestMemoryBackend + ?Sized>(mem: &M, addr: GuestAddress) -> Option<[u8; 16]> {
+    match mem.get_slice(addr, HEADER_LEN) {
+        Ok(slice) => slice.get_ref::<[u8; HEADER_LEN]>(0).ok().map(|r| r.load()),
+        Err(_) => mem.read_obj::<[u8; HEADER_LEN]>(addr).ok(),
+    }
+}
+
+/// Whether all of `seg` lies in guest memory: one region lookup when it lies in one region.
+fn in_memory<M: GuestMemoryBackend + ?Sized>(mem: &M, seg: Segment) -> bool {
+    let addr = GuestAddress(seg.addr);
+    let len = seg.len as usize;
+    mem.get_slice(addr, len).is_ok() || mem.check_range(addr, len)
+}
+
+/// Writes a request's status byte at `addr` (marking its page in the dirty log); returns whether `addr` is in
+/// guest memory.
+pub fn write_status<M: GuestMemoryBackend + ?Sized>(
+    mem: &M,
+    addr: GuestAddress,
+    status: u8,
+) -> bool {
+    match mem.get_slice(addr, 1) {
+        Ok(slice) => slice.get_ref::<u8>(0).map(|r| r.store(status)).is_ok(),
+        Err(_) => false,
     }
 }
 
