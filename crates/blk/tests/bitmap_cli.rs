@@ -105,3 +105,70 @@ fn bitmap_commands_match_qemu_img() {
     assert_check_clean(&s, "b.img");
     ok(&s.qemu_img(&["compare", "q.img", "b.img"]));
 }
+
+/// `blk resize` of an image with persistent bitmaps against `qemu-img resize` on twins: grown, written in the
+/// new area, shrunk; after each step the bitmaps `qemu-img info` lists and their dirty maps are equal and
+/// `qemu-img check` is clean. An image whose bitmap is in use (its writer killed) is refused by both.
+#[test]
+fn resize_keeps_bitmaps_as_qemu_img() {
+    if !have_qemu() {
+        return;
+    }
+    let s = Scratch::new();
+    ok(&s.qemu_img(&["create", "-q", "-f", "qcow2", "q.img", "64M"]));
+    ok(&s.qemu_img(&["bitmap", "--add", "-g", "64k", "q.img", "a"]));
+    ok(&s.qemu_img(&["bitmap", "--add", "-g", "512k", "q.img", "b"]));
+    ok(&s.qemu_img(&["bitmap", "--add", "--disable", "q.img", "c"]));
+    ok(&s.qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 1 0 4k",
+        "-c",
+        "write -P 2 30M 100k",
+        "-c",
+        "write -P 3 63M 1M",
+        "q.img",
+    ]));
+    std::fs::copy(s.path("q.img"), s.path("b.img")).expect("copy twin");
+    let steps: &[&[&str]] = &[
+        &["resize", "-f", "qcow2", "IMG", "+16M"],
+        &["io", "-f", "qcow2", "-c", "write -P 4 70M 64k", "IMG"],
+        &["resize", "--shrink", "-f", "qcow2", "IMG", "40M"],
+        &["resize", "-f", "qcow2", "IMG", "100M"],
+        // Tables of more than one cluster (the 64k-granularity bitmap's 80 KiB).
+        &["resize", "-f", "qcow2", "IMG", "40G"],
+        &["io", "-f", "qcow2", "-c", "write -P 5 39G 64k", "IMG"],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let with = |image: &'static str| -> Vec<&str> {
+            step.iter()
+                .map(|a| if *a == "IMG" { image } else { *a })
+                .collect()
+        };
+        if step[0] == "io" {
+            ok(&s.qemu_io(&with("q.img")[1..]));
+        } else {
+            ok(&s.qemu_img(&with("q.img")));
+        }
+        ok(&s.blk(&with("b.img")));
+        let context = format!("after {step:?}");
+        assert_same_bitmaps(&s, "q.img", "b.img", &context);
+        assert_check_clean(&s, "b.img");
+        let size = |image: &str| -> u64 {
+            let info = ok(&s.qemu_img(&["info", "--output=json", image]));
+            let v: serde_json::Value = serde_json::from_str(&info).expect("info JSON");
+            v["virtual-size"].as_u64().expect("virtual-size")
+        };
+        assert_eq!(size("b.img"), size("q.img"), "{context} (step {i})");
+        ok(&s.qemu_img(&["compare", "q.img", "b.img"]));
+    }
+    // A writer killed after a write leaves the enabled bitmaps in use: both refuse to resize.
+    for image in ["q.img", "b.img"] {
+        let _ = s.qemu_io(&["-f", "qcow2", "-c", "write 0 4k", "-c", "sigraise 9", image]);
+    }
+    std::fs::copy(s.path("q.img"), s.path("in-use.img")).expect("copy");
+    // Exit code 1, and blk's error line holds qemu-img's ("Bitmap 'a' is inconsistent and cannot be used").
+    common::assert_same_failure(&s, &["resize", "-f", "qcow2", "in-use.img", "+1M"]);
+    common::assert_same_failure(&s, &["resize", "-f", "qcow2", "b.img", "+1M"]);
+}

@@ -28,6 +28,8 @@ use blk_core::{
     Error, ErrorKind, HostFile, HostOpenOptions, ImageOpener, NamedImage, Operation, Result,
 };
 
+use crate::bitmaps::dirty_bits::DirtyBits;
+use crate::bitmaps::persistent::MAX_BITMAP_MEMORY;
 use crate::image::header::{Header, MAX_L1_BYTES};
 use crate::image::options::{Preallocation, Qcow2OpenOptions};
 use crate::image::Qcow2;
@@ -41,8 +43,6 @@ use crate::FORMAT_NAME;
 
 /// Byte offset of the header's size field.
 const SIZE_FIELD: u64 = 24;
-/// Autoclear bit 0: the persistent bitmaps are consistent.
-const AUTOCLEAR_BITMAPS: u64 = 1;
 
 /// Options of [`resize`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -79,9 +79,11 @@ impl ImageOpener for NoNamedImages {
 /// The image must not be in use. Files named inside it (the backing file) are not opened. Refused as QEMU
 /// refuses: a size of 0 (as qemu-img), a size that is not a multiple of 512 or needs an L1 table over 32 MiB (`InvalidInput`), a
 /// smaller size without `shrink` (`InvalidInput`, "Use the --shrink option to perform a shrink operation."),
-/// a v2 image with internal snapshots (`UnsupportedFeature`); refused where this crate differs: images with
-/// an external data file or with consistent persistent bitmaps (`UnsupportedFeature`; encrypted images are
-/// refused at open).
+/// a v2 image with internal snapshots (`UnsupportedFeature`), a persistent bitmap found in use
+/// (`InvalidInput`, "Bitmap 'NAME' is inconsistent and cannot be used"); refused where this crate differs:
+/// images with an external data file (`UnsupportedFeature`; encrypted images are refused at open), bitmaps
+/// that would need more than 512 MiB of memory at the new size (`InvalidInput`). Persistent bitmaps follow
+/// the new size, as QEMU's: grown with clear bits, cut at the new end.
 ///
 /// Growing a v3 image with a backing file makes the new area read as zeros (zero flags), as QEMU does when
 /// the backing file is longer than the old size (this function does not open the backing file to know; the
@@ -160,7 +162,7 @@ fn resize_inner(
         return Err(blk_core::read_only_error(Operation::Resize));
     }
     let file = HostFile::open(path, options.host)?;
-    // The header is checked before the image is opened: a writable open clears the bitmaps' autoclear bit.
+    // The header is checked before the image is opened (which changes it: the bitmaps marked in use).
     let file_len = file.len()?;
     let head = read_zero_filled(&file, 0, file_len.min(2 << 20) as usize)?;
     let header = Header::parse(&head, file_len)?;
@@ -191,6 +193,7 @@ fn resize_inner(
     let open_options = Qcow2OpenOptions::new(options.host, Arc::new(NoNamedImages));
     let image = Qcow2::open_file(file, &open_options)?;
     let mut meta = image.lock_metadata();
+    check_bitmaps(&meta, new_size)?;
     let old_size = meta.g.size;
     if new_size < old_size {
         shrink(&image, &mut meta, new_size, new_l1_size)?;
@@ -209,6 +212,10 @@ fn resize_inner(
     }
     meta.flush(image.host_file())?;
     write_size(&image, &mut meta, new_size)?;
+    // The persistent bitmaps at the new size (QEMU's truncate resizes them and stores them on close): grown
+    // with clear bits, cut at the new end. The enabled ones are marked in use on disk since the open, so a
+    // crash before this leaves them inconsistent, never wrong.
+    meta.store_bitmaps(image.host_file())?;
     let first_new_cluster = old_size.div_ceil(meta.g.cluster_size);
     drop(meta);
     drop(image);
@@ -239,11 +246,41 @@ fn check_supported(header: &Header) -> Result<()> {
             "resizing a qcow2 image with an external data file is not supported",
         ));
     }
-    if header.version >= 3 && header.autoclear & AUTOCLEAR_BITMAPS != 0 {
-        // A writable open of this crate invalidates persistent bitmaps; QEMU resizes them.
+    Ok(())
+}
+
+/// Refuses a resize the persistent bitmaps cannot follow: a bitmap found in use (inconsistent), as QEMU's
+/// `qcow2_truncate_bitmaps_check` refuses it, and bitmaps that would need more memory at the new size than a
+/// writable open keeps ([`MAX_BITMAP_MEMORY`]).
+fn check_bitmaps(meta: &Metadata, new_size: u64) -> Result<()> {
+    let cs = meta.g.cluster_size;
+    let mut memory = 0u64;
+    for k in &meta.bitmaps.kept {
+        if k.bits.is_none() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "Bitmap '{}' is inconsistent and cannot be used",
+                    k.entry.name
+                ),
+            ));
+        }
+        let granularity_bits = k.entry.granularity_bits();
+        let table_entries = new_size
+            .div_ceil(1u64 << granularity_bits)
+            .div_ceil(8)
+            .div_ceil(cs);
+        memory = memory
+            .saturating_add(DirtyBits::memory_for(new_size, granularity_bits))
+            .saturating_add(table_entries.saturating_mul(8));
+    }
+    if memory > MAX_BITMAP_MEMORY {
         return Err(Error::new(
-            ErrorKind::UnsupportedFeature,
-            "resizing a qcow2 image with persistent dirty bitmaps is not supported",
+            ErrorKind::InvalidInput,
+            format!(
+                "at the new size the persistent bitmaps would need {memory} bytes of memory, more than the \
+                 {MAX_BITMAP_MEMORY} a writable open keeps; remove bitmaps with qemu-img bitmap first"
+            ),
         ));
     }
     Ok(())
