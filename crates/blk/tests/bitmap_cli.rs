@@ -172,3 +172,87 @@ fn resize_keeps_bitmaps_as_qemu_img() {
     common::assert_same_failure(&s, &["resize", "-f", "qcow2", "in-use.img", "+1M"]);
     common::assert_same_failure(&s, &["resize", "-f", "qcow2", "b.img", "+1M"]);
 }
+
+/// `blk bitmap` with `--image-opts` and `--object` as qemu-img takes them: on twins, an image named by an
+/// option string, and an encrypted image whose secret comes from `--object`; qemu-img's refusals of `-f`
+/// beside `--image-opts` and of a read-only option string.
+#[test]
+fn image_opts_and_objects_as_qemu_img() {
+    if !have_qemu() {
+        return;
+    }
+    let s = Scratch::new();
+    ok(&s.qemu_img(&["create", "-q", "-f", "qcow2", "q.img", "16M"]));
+    std::fs::copy(s.path("q.img"), s.path("b.img")).expect("copy twin");
+    for (tool, image) in [("qemu-img", "q.img"), ("blk", "b.img")] {
+        let opts = format!("driver=qcow2,file.filename={image}");
+        let args = ["bitmap", "--add", "-g", "128k", "--image-opts", &opts, "a"];
+        ok(&if tool == "blk" {
+            s.blk(&args)
+        } else {
+            s.qemu_img(&args)
+        });
+    }
+    assert_same_bitmaps(&s, "q.img", "b.img", "--image-opts --add");
+    common::assert_same_failure(
+        &s,
+        &[
+            "bitmap",
+            "--image-opts",
+            "-f",
+            "qcow2",
+            "--add",
+            "driver=qcow2,file.filename=b.img",
+            "x",
+        ],
+    );
+    common::assert_same_failure(
+        &s,
+        &[
+            "bitmap",
+            "--add",
+            "--image-opts",
+            "driver=qcow2,file.filename=b.img,read-only=on",
+            "x",
+        ],
+    );
+
+    let secret = "secret,id=s0,data=pw";
+    ok(&s.qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        secret,
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+        "qe.img",
+        "16M",
+    ]));
+    std::fs::copy(s.path("qe.img"), s.path("be.img")).expect("copy twin");
+    for (tool, image) in [("qemu-img", "qe.img"), ("blk", "be.img")] {
+        let opts = format!("driver=qcow2,file.filename={image},encrypt.key-secret=s0");
+        for action in [&["--add", "e"][..], &["--disable", "e"], &["--add", "f"]] {
+            let mut args = vec!["bitmap", "--object", secret, "--image-opts"];
+            args.extend(&action[..1]);
+            args.extend([opts.as_str(), action[1]]);
+            ok(&if tool == "blk" {
+                s.blk(&args)
+            } else {
+                s.qemu_img(&args)
+            });
+        }
+    }
+    assert_eq!(
+        bitmap_support::info_bitmaps(&s, "be.img"),
+        bitmap_support::info_bitmaps(&s, "qe.img")
+    );
+    ok(&s.qemu_img(&[
+        "check",
+        "--object",
+        secret,
+        "--image-opts",
+        "driver=qcow2,file.filename=be.img,encrypt.key-secret=s0",
+    ]));
+}

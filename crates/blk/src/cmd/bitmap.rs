@@ -57,6 +57,10 @@ pub struct BitmapArgs {
     pub source_format: Option<String>,
     /// `-f`: the image's format (probed when omitted).
     pub format: Option<String>,
+    /// `--image-opts`: the image is a qemu option string (`driver=qcow2,file.filename=...`).
+    pub image_opts: bool,
+    /// `--object`: secrets the image may name (`encrypt.key-secret`).
+    pub objects: Vec<String>,
     /// The file names and bitmap names given: the image and the bitmap when there are two.
     pub operands: Vec<String>,
 }
@@ -116,6 +120,19 @@ impl clap::Args for BitmapArgs {
                 .help("Image format (probed when omitted)"),
         )
         .arg(
+            Arg::new("image_opts")
+                .long("image-opts")
+                .action(ArgAction::SetTrue)
+                .help("The image is an option string, driver=FMT,file.filename=PATH[,...]"),
+        )
+        .arg(
+            Arg::new("object")
+                .long("object")
+                .value_name("OBJECTDEF")
+                .action(ArgAction::Append)
+                .help("Define a secret: secret,id=ID,data=STRING or secret,id=ID,file=PATH"),
+        )
+        .arg(
             Arg::new("operands")
                 .value_name("FILENAME BITMAP")
                 .num_args(0..)
@@ -167,6 +184,11 @@ impl clap::FromArgMatches for BitmapArgs {
             source_file: path("source_file"),
             source_format: text("source_format"),
             format: text("format"),
+            image_opts: matches.get_flag("image_opts"),
+            objects: matches
+                .get_many::<String>("object")
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default(),
             operands: matches
                 .get_many::<String>("operands")
                 .map(|v| v.cloned().collect())

@@ -474,6 +474,19 @@ pub fn resolve(command: &mut Command) -> Result<()> {
             a.image_opts.image_opts = false;
             Ok(())
         }
+        Command::Bitmap(a) if a.image_opts => {
+            if a.format.is_some() {
+                return Err(invalid("--image-opts and --format are mutually exclusive"));
+            }
+            // The image only; `-b` names a plain file, as in qemu-img.
+            let Some(operand) = a.operands.first_mut() else {
+                return Ok(());
+            };
+            let mut path = PathBuf::from(operand.as_str());
+            apply(target(&mut path, &mut a.format, None, None, true))?;
+            *operand = path.to_string_lossy().into_owned();
+            Ok(())
+        }
         Command::Dd(a) if a.image_opts.image_opts => {
             for operand in a.operands.iter_mut() {
                 if let Some(text) = operand.strip_prefix("if=") {
@@ -510,6 +523,7 @@ pub fn object_definitions(command: &Command) -> &[String] {
         Command::Amend(a) => &a.objects.objects,
         Command::Measure(a) => &a.objects.objects,
         Command::Io(a) => &a.objects.objects,
+        Command::Bitmap(a) => &a.objects,
         _ => &[],
     }
 }
