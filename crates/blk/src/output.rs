@@ -87,6 +87,42 @@ pub fn to_json_pretty(value: &Json) -> String {
     out
 }
 
+/// Prints `value` on one line as qemu's `qobject_to_json` does (`{"key": value, ...}`, keys in `QDict` order):
+/// the text of qemu's `json:` image names.
+pub fn to_json_compact(value: &Json) -> String {
+    let mut out = String::new();
+    write_json_compact(value, &mut out);
+    out
+}
+
+fn write_json_compact(value: &Json, out: &mut String) {
+    match value {
+        Json::Bool(_) | Json::U64(_) | Json::Str(_) => write_json(value, 0, out),
+        Json::List(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_json_compact(item, out);
+            }
+            out.push(']');
+        }
+        Json::Map(entries) => {
+            out.push('{');
+            for (i, (key, item)) in qdict_order(entries).into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                quote_json(key, out);
+                out.push_str(": ");
+                write_json_compact(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
 fn indent(level: usize, out: &mut String) {
     for _ in 0..level {
         out.push_str("    ");
@@ -393,6 +429,26 @@ mod tests {
         assert_eq!(size_to_str(1000), "0.977 KiB");
         assert_eq!(size_to_str(999), "999 B");
         assert_eq!(size_to_str(197_120), "192 KiB");
+    }
+
+    #[test]
+    fn compact_json_is_qemus_json_image_name() {
+        // qemu-img 10.0.2 `info --image-opts driver=qcow2,file.filename=enc.qcow2,encrypt.key-secret=sec0`.
+        let name = Json::Map(vec![
+            ("encrypt.key-secret".into(), Json::Str("sec0".into())),
+            ("driver".into(), Json::Str("qcow2".into())),
+            (
+                "file".into(),
+                Json::Map(vec![
+                    ("driver".into(), Json::Str("file".into())),
+                    ("filename".into(), Json::Str("enc.qcow2".into())),
+                ]),
+            ),
+        ]);
+        assert_eq!(
+            to_json_compact(&name),
+            r#"{"encrypt.key-secret": "sec0", "driver": "qcow2", "file": {"driver": "file", "filename": "enc.qcow2"}}"#
+        );
     }
 
     #[test]

@@ -96,15 +96,19 @@ pub fn remember_key_secret(path: &Path, id: &str) {
     list.push((path.to_path_buf(), id.to_string()));
 }
 
-/// The secret (its bytes) that unlocks the image at `path`, when its option string named one.
-pub fn key_secret(path: &Path) -> Result<Option<blk_core::Secret>> {
-    let id = KEY_SECRETS
+/// The id of the secret the option string naming the image at `path` gave (`encrypt.key-secret`), if any.
+pub fn key_secret_id(path: &Path) -> Option<String> {
+    KEY_SECRETS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
         .find(|(p, _)| p == path)
-        .map(|(_, id)| id.clone());
-    match id {
+        .map(|(_, id)| id.clone())
+}
+
+/// The secret (its bytes) that unlocks the image at `path`, when its option string named one.
+pub fn key_secret(path: &Path) -> Result<Option<blk_core::Secret>> {
+    match key_secret_id(path) {
         Some(id) => Ok(Some(objects::secret(&id)?.value())),
         None => Ok(None),
     }

@@ -40,6 +40,30 @@ pub struct InfoArgs {
     pub filename: PathBuf,
 }
 
+/// The name qemu gives an image node opened from `filename`: the file name, unless an `--image-opts` string gave
+/// a strong runtime option (qcow2's `encrypt.key-secret`, `key_secret`), which qemu keeps in the name as
+/// `json:{"encrypt.key-secret": ID, "driver": "qcow2", "file": {"driver": "file", "filename": FILE}}`
+/// (`bdrv_refresh_filename`).
+fn node_name(filename: &str, format: &str, key_secret: Option<String>) -> String {
+    match key_secret {
+        Some(id) if format == "qcow2" => {
+            let name = Json::Map(vec![
+                ("encrypt.key-secret".into(), Json::Str(id)),
+                ("driver".into(), Json::Str(format.into())),
+                (
+                    "file".into(),
+                    Json::Map(vec![
+                        ("driver".into(), Json::Str("file".into())),
+                        ("filename".into(), Json::Str(filename.into())),
+                    ]),
+                ),
+            ]);
+            format!("json:{}", crate::output::to_json_compact(&name))
+        }
+        _ => filename.to_string(),
+    }
+}
+
 /// The host file under an image: qemu's `file` child node.
 #[derive(Debug, Clone, Copy)]
 pub struct FileNode {
@@ -91,7 +115,10 @@ impl FileNode {
 /// One image of the chain, as `info` prints it.
 #[derive(Debug, Clone)]
 pub struct Described {
-    /// The name to print (the argument as given, or the resolved backing file name).
+    /// The image node's name as qemu-img prints it (`image:`, the top-level `filename`): the file name, or
+    /// qemu's `json:{...}` name for an image whose `--image-opts` string named a secret.
+    pub node_name: String,
+    /// The file's name (the argument as given, or the resolved backing file name).
     pub filename: String,
     /// What the format reports.
     pub info: ImageInfo,
@@ -110,8 +137,14 @@ impl Described {
         let image = open_image(path, spec)?;
         let info = image.admin.image_info().map_err(|e| e.with_path(path))?;
         let file = FileNode::stat(path)?;
+        let filename = display_path(path);
         Ok(Described {
-            filename: display_path(path),
+            node_name: node_name(
+                &filename,
+                info.format,
+                super::image_opts::key_secret_id(path),
+            ),
+            filename,
             info,
             file,
         })
@@ -121,7 +154,7 @@ impl Described {
     pub fn json(&self) -> Json {
         let info = &self.info;
         let mut m: Vec<(String, Json)> = vec![
-            ("filename".into(), Json::Str(self.filename.clone())),
+            ("filename".into(), Json::Str(self.node_name.clone())),
             ("format".into(), Json::Str(info.format.to_string())),
             ("dirty-flag".into(), Json::Bool(info.dirty)),
             ("actual-size".into(), Json::U64(info.actual_size)),
@@ -172,7 +205,7 @@ impl Described {
     pub fn human(&self) -> String {
         let info = &self.info;
         let mut out = String::new();
-        out.push_str(&format!("image: {}\n", self.filename));
+        out.push_str(&format!("image: {}\n", self.node_name));
         out.push_str(&format!("file format: {}\n", info.format));
         out.push_str(&format!(
             "virtual size: {} ({} bytes)\n",
