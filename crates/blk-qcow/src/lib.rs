@@ -93,7 +93,7 @@ pub use image::options::{
 };
 pub use image::Qcow2;
 pub use io::mapper::{BACKING_DISK, DATA_FILE_DISK};
-pub use metadata::overlap::OverlapCheck;
+pub use metadata::overlap::{OverlapCheck, OverlapStructure};
 pub use offline::measure::{
     measure, DataClusterCount, MeasuredBitmap, Qcow2Measure, Qcow2MeasureInput, Qcow2MeasureOptions,
 };

@@ -99,6 +99,75 @@ fn overlap_check_none_lets_through_the_write_cached_refuses() {
     assert_ne!(s.read("b-none.qcow2"), s.read("o.qcow2"));
 }
 
+/// `overlap-check.<structure>` switches one structure's check on top of the mode, as qemu-io does: the
+/// snapshot table's check off under `cached` lets the write through, on under `none` refuses it; the bytes
+/// each tool leaves are the same.
+#[test]
+fn overlap_check_structure_switches_as_qemu_io() {
+    let s = Scratch::new();
+    snapshot_table_over_data(&s, "o.qcow2");
+    let write = "write -P 0x5a 0 4k";
+    for (case, options, refused) in [
+        (
+            "off",
+            "overlap-check=cached,overlap-check.snapshot-table=off",
+            false,
+        ),
+        (
+            "on",
+            "overlap-check=none,overlap-check.snapshot-table=on",
+            true,
+        ),
+        // Another structure switched off leaves the snapshot table's check on.
+        (
+            "other",
+            "overlap-check.active-l2=off,overlap-check.main-header=no",
+            true,
+        ),
+    ] {
+        let (q, b) = (format!("q-{case}.qcow2"), format!("b-{case}.qcow2"));
+        s.write(&q, &s.read("o.qcow2"));
+        s.write(&b, &s.read("o.qcow2"));
+        let theirs = s.qemu_io(&[
+            "--image-opts",
+            "-c",
+            write,
+            &format!("driver=qcow2,file.filename={q},{options}"),
+        ]);
+        let ours = s.blk(&[
+            "io",
+            "--image-opts",
+            "-c",
+            write,
+            &format!("driver=qcow2,file.filename={b},{options}"),
+        ]);
+        assert_eq!(
+            stderr(&theirs).contains("Preventing invalid write"),
+            refused,
+            "{case}: qemu-io: {}",
+            stderr(&theirs)
+        );
+        if refused {
+            assert!(
+                stdout(&ours).contains("write failed"),
+                "{case}: blk: {}",
+                stdout(&ours)
+            );
+        } else {
+            assert_eq!(code(&ours), 0, "{case}: blk: {}", stderr(&ours));
+            assert!(
+                !stderr(&ours).contains("Preventing"),
+                "{case}: blk: {}",
+                stderr(&ours)
+            );
+        }
+        assert!(
+            s.read(&b) == s.read(&q),
+            "{case}: blk left other bytes than qemu-io"
+        );
+    }
+}
+
 #[test]
 fn bad_values_and_combinations_get_qemu_img_messages() {
     let s = Scratch::new();
@@ -147,6 +216,14 @@ fn bad_values_and_combinations_get_qemu_img_messages() {
             "bogus=1",
             "Block format 'qcow2' does not support the option 'bogus'",
         ),
+        (
+            "overlap-check.main-header=maybe",
+            "Parameter 'overlap-check.main-header' expects 'on' or 'off'",
+        ),
+        (
+            "overlap-check.bogus=on",
+            "Block format 'qcow2' does not support the option 'overlap-check.bogus'",
+        ),
     ] {
         let text = format!("driver=qcow2,file.filename=x.qcow2,{options}");
         assert_both_fail_with(&s, &["info", "--image-opts", &text], message);
@@ -170,6 +247,7 @@ fn bad_values_and_combinations_get_qemu_img_messages() {
         "cache-size=2M,refcount-cache-size=256k",
         "l2-cache-entry-size=4k,cache-clean-interval=0",
         "overlap-check=all",
+        "overlap-check.inactive-l2=on,overlap-check.bitmap-directory=false",
     ] {
         let text = format!("driver=qcow2,file.filename=x.qcow2,{options}");
         ok(&s.qemu_img(&["info", "--image-opts", &text]));

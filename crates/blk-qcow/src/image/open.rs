@@ -159,7 +159,9 @@ impl Qcow2 {
             _ => (0, 0),
         };
         let mut meta = Metadata::new(header, l1, refcount_table, l2_tables, rb_tables);
-        meta.overlap.kinds = options.overlap_check.kinds();
+        meta.overlap.kinds = options
+            .overlap_check
+            .kinds_with(&options.overlap_check_switches);
         meta.overlap.bitmap_directory = bitmap_directory;
         meta.set_snapshot_extents(
             snapshots.size,

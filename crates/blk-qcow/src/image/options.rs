@@ -8,7 +8,7 @@ use blk_core::{
     ImageOpener, Operation, Result, SnapshotSelector,
 };
 
-use crate::metadata::overlap::OverlapCheck;
+use crate::metadata::overlap::{OverlapCheck, OverlapStructure};
 use crate::FORMAT_NAME;
 
 /// The default L2 cache size: QEMU's maximum default (32 MiB, 256 GiB of guest space at 64 KiB clusters).
@@ -38,6 +38,9 @@ pub struct Qcow2OpenOptions {
     /// Which metadata every write is checked against (QEMU's `overlap-check` runtime option; default
     /// [`OverlapCheck::Cached`], QEMU's default).
     pub overlap_check: OverlapCheck,
+    /// QEMU's `overlap-check.<structure>` runtime options: each structure's check switched on or off on top of
+    /// [`overlap_check`](Qcow2OpenOptions::overlap_check), in the order given.
+    pub overlap_check_switches: Vec<(OverlapStructure, bool)>,
     /// QEMU's `lazy-refcounts` runtime option: `Some` overrides the image's `lazy_refcounts` compatible bit
     /// for this open (a v3 image only); `None` follows the bit.
     pub lazy_refcounts: Option<bool>,
@@ -60,6 +63,7 @@ impl Qcow2OpenOptions {
             depth: 0,
             snapshot: None,
             overlap_check: OverlapCheck::default(),
+            overlap_check_switches: Vec::new(),
             lazy_refcounts: None,
             key_secret: None,
         }
@@ -67,13 +71,21 @@ impl Qcow2OpenOptions {
 }
 
 /// The runtime options QCOW2 takes at open ([`Qcow2OpenOptions::apply_runtime_options`]), by QEMU's names.
-/// QEMU's other qcow2 runtime options (`pass-discard-*`, `discard-no-unref`, the
-/// `overlap-check.<structure>` switches) have no equivalent in blk and are refused; `encrypt.key-secret`
-/// arrives as its secret's bytes ([`Qcow2OpenOptions::key_secret`]).
+/// QEMU's other qcow2 runtime options (`pass-discard-*`, `discard-no-unref`) have no equivalent in blk and are
+/// refused; `encrypt.key-secret` arrives as its secret's bytes ([`Qcow2OpenOptions::key_secret`]).
 pub const RUNTIME_OPTIONS: &[&str] = &[
     "lazy-refcounts",
     "overlap-check",
     "overlap-check.template",
+    "overlap-check.main-header",
+    "overlap-check.active-l1",
+    "overlap-check.active-l2",
+    "overlap-check.refcount-table",
+    "overlap-check.refcount-block",
+    "overlap-check.snapshot-table",
+    "overlap-check.inactive-l1",
+    "overlap-check.inactive-l2",
+    "overlap-check.bitmap-directory",
     "l2-cache-size",
     "l2-cache-entry-size",
     "refcount-cache-size",
@@ -107,7 +119,10 @@ impl Qcow2OpenOptions {
     /// it are skipped, and the open reports the header).
     ///
     /// - `overlap-check` (and `overlap-check.template`, which must agree with it): `none`, `constant`,
-    ///   `cached`, `all`, into [`overlap_check`](Qcow2OpenOptions::overlap_check).
+    ///   `cached`, `all`, into [`overlap_check`](Qcow2OpenOptions::overlap_check); `overlap-check.<structure>`
+    ///   (`main-header`, `active-l1`, `active-l2`, `refcount-table`, `refcount-block`, `snapshot-table`,
+    ///   `inactive-l1`, `inactive-l2`, `bitmap-directory`; `on`/`off`) into
+    ///   [`overlap_check_switches`](Qcow2OpenOptions::overlap_check_switches).
     /// - `l2-cache-size`, `refcount-cache-size`, `cache-size`: QEMU's sizes and its rules for combining them
     ///   (at most two given, neither part above `cache-size`, `cache-size` alone giving the L2 cache all but
     ///   the refcount cache's minimum of 4 clusters), the L2 share into
@@ -143,6 +158,7 @@ impl Qcow2OpenOptions {
         let mut refcount_cache = None;
         let mut combined = None;
         let mut clean_interval = 0;
+        let mut switches = Vec::new();
         for (key, value) in options {
             let size = || parse_size_param(key, value).map_err(|e| e.with_format(FORMAT_NAME));
             match key.as_str() {
@@ -153,6 +169,16 @@ impl Qcow2OpenOptions {
                 }
                 "overlap-check" => overlap = Some(value.as_str()),
                 "overlap-check.template" => template = Some(value.as_str()),
+                _ if key.starts_with("overlap-check.")
+                    && OverlapStructure::parse(&key["overlap-check.".len()..]).is_some() =>
+                {
+                    let on = parse_bool_param(key, value)
+                        .map_err(|e| e.with_format(FORMAT_NAME).with_operation(Operation::Open))?;
+                    if let Some(structure) = OverlapStructure::parse(&key["overlap-check.".len()..])
+                    {
+                        switches.push((structure, on));
+                    }
+                }
                 "l2-cache-size" => l2_cache = Some(size()?),
                 "l2-cache-entry-size" => entry_size = Some(size()?),
                 "refcount-cache-size" => refcount_cache = Some(size()?),
@@ -225,6 +251,7 @@ impl Qcow2OpenOptions {
                 ))
             })?;
         }
+        self.overlap_check_switches = switches;
         self.l2_cache_size = l2_bytes;
         Ok(())
     }

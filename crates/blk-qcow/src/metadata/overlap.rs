@@ -62,6 +62,80 @@ pub(crate) const BITMAP_DIRECTORY: u32 = 1 << 8;
 /// Nothing is an overlap.
 pub(crate) const IGNORE_NONE: u32 = 0;
 
+/// One kind of metadata QEMU's overlap check knows, switched on or off alone by the runtime option
+/// `overlap-check.<name>` (on top of the `overlap-check` mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlapStructure {
+    /// `main-header`: the header cluster.
+    MainHeader,
+    /// `active-l1`: the active L1 table.
+    ActiveL1,
+    /// `active-l2`: the active L2 tables.
+    ActiveL2,
+    /// `refcount-table`: the refcount table.
+    RefcountTable,
+    /// `refcount-block`: the refcount blocks.
+    RefcountBlock,
+    /// `snapshot-table`: the snapshot table.
+    SnapshotTable,
+    /// `inactive-l1`: the snapshots' L1 tables.
+    InactiveL1,
+    /// `inactive-l2`: the snapshots' L2 tables.
+    InactiveL2,
+    /// `bitmap-directory`: the persistent bitmaps' directory.
+    BitmapDirectory,
+}
+
+impl OverlapStructure {
+    /// Every structure, in QEMU's bit order.
+    pub const ALL: [OverlapStructure; 9] = [
+        OverlapStructure::MainHeader,
+        OverlapStructure::ActiveL1,
+        OverlapStructure::ActiveL2,
+        OverlapStructure::RefcountTable,
+        OverlapStructure::RefcountBlock,
+        OverlapStructure::SnapshotTable,
+        OverlapStructure::InactiveL1,
+        OverlapStructure::InactiveL2,
+        OverlapStructure::BitmapDirectory,
+    ];
+
+    /// QEMU's name (the option is `overlap-check.<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OverlapStructure::MainHeader => "main-header",
+            OverlapStructure::ActiveL1 => "active-l1",
+            OverlapStructure::ActiveL2 => "active-l2",
+            OverlapStructure::RefcountTable => "refcount-table",
+            OverlapStructure::RefcountBlock => "refcount-block",
+            OverlapStructure::SnapshotTable => "snapshot-table",
+            OverlapStructure::InactiveL1 => "inactive-l1",
+            OverlapStructure::InactiveL2 => "inactive-l2",
+            OverlapStructure::BitmapDirectory => "bitmap-directory",
+        }
+    }
+
+    /// The structure named `name` (QEMU's name).
+    pub fn parse(name: &str) -> Option<OverlapStructure> {
+        OverlapStructure::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Its bit among the kinds a check covers.
+    pub(crate) fn kind(self) -> u32 {
+        match self {
+            OverlapStructure::MainHeader => MAIN_HEADER,
+            OverlapStructure::ActiveL1 => ACTIVE_L1,
+            OverlapStructure::ActiveL2 => ACTIVE_L2,
+            OverlapStructure::RefcountTable => REFCOUNT_TABLE,
+            OverlapStructure::RefcountBlock => REFCOUNT_BLOCK,
+            OverlapStructure::SnapshotTable => SNAPSHOT_TABLE,
+            OverlapStructure::InactiveL1 => INACTIVE_L1,
+            OverlapStructure::InactiveL2 => INACTIVE_L2,
+            OverlapStructure::BitmapDirectory => BITMAP_DIRECTORY,
+        }
+    }
+}
+
 /// QEMU's `overlap-check` runtime option: which metadata a write is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OverlapCheck {
@@ -92,6 +166,18 @@ impl OverlapCheck {
             OverlapCheck::Cached => CONSTANT | ACTIVE_L2 | REFCOUNT_BLOCK,
             OverlapCheck::All => CONSTANT | ACTIVE_L2 | REFCOUNT_BLOCK | INACTIVE_L2,
         }
+    }
+
+    /// The kinds this mode checks with `switches` applied in order (each structure's check on or off, QEMU's
+    /// `overlap-check.<structure>` options; the last word on a structure wins).
+    pub(crate) fn kinds_with(self, switches: &[(OverlapStructure, bool)]) -> u32 {
+        switches.iter().fold(self.kinds(), |kinds, &(s, on)| {
+            if on {
+                kinds | s.kind()
+            } else {
+                kinds & !s.kind()
+            }
+        })
     }
 
     /// The mode QEMU's option value `name` names (`none`, `constant`, `cached`, `all`).
@@ -392,6 +478,28 @@ impl Qcow2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn structure_switches_apply_on_top_of_the_mode_last_word_winning() {
+        use OverlapStructure as S;
+        let cached = OverlapCheck::Cached.kinds();
+        assert_eq!(
+            OverlapCheck::Cached.kinds_with(&[(S::SnapshotTable, false)]),
+            cached & !SNAPSHOT_TABLE
+        );
+        assert_eq!(
+            OverlapCheck::None.kinds_with(&[(S::InactiveL2, true)]),
+            INACTIVE_L2
+        );
+        assert_eq!(
+            OverlapCheck::None.kinds_with(&[(S::MainHeader, true), (S::MainHeader, false)]),
+            0
+        );
+        for s in OverlapStructure::ALL {
+            assert_eq!(OverlapStructure::parse(s.name()), Some(s));
+        }
+        assert_eq!(OverlapStructure::parse("template"), None);
+    }
 
     #[test]
     fn modes_are_qemus() {
