@@ -94,7 +94,7 @@ pub use blk_core::{BitmapAction, DirtyBitmapInfo, DirtyBitmaps};
 pub use blk_core::{
     vm_memory, AsyncDiskFile, AsyncIo, Completion, DiskFile, DiskProperties, DiskTopology, Error,
     ErrorKind, EventFd, GuestIoVec, GuestOp, GuestQueue, GuestRequest, IoBuf, IoBufMut, LockMode,
-    Request, RequestFlags, RequestOp, Result,
+    Request, RequestFlags, RequestOp, Result, Secret,
 };
 #[cfg(feature = "io-uring")]
 pub use blk_uring::DISABLE_IO_URING_ENV;
