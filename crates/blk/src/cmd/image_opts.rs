@@ -478,6 +478,21 @@ pub fn resolve(command: &mut Command) -> Result<()> {
             a.image_opts.image_opts = false;
             Ok(())
         }
+        Command::VhostUserBlk(a) if a.image_opts.image_opts => {
+            let writes = !a.read_only;
+            let mut cache = Some(a.cache.clone());
+            apply(target(
+                &mut a.filename,
+                &mut a.format,
+                None,
+                Some(&mut cache),
+                writes,
+            ))?;
+            if let Some(cache) = cache {
+                a.cache = cache;
+            }
+            Ok(())
+        }
         Command::Bitmap(a) if a.image_opts => {
             if a.format.is_some() {
                 return Err(invalid("--image-opts and --format are mutually exclusive"));
@@ -528,6 +543,7 @@ pub fn object_definitions(command: &Command) -> &[String] {
         Command::Measure(a) => &a.objects.objects,
         Command::Io(a) => &a.objects.objects,
         Command::Bitmap(a) => &a.objects,
+        Command::VhostUserBlk(a) => &a.objects.objects,
         _ => &[],
     }
 }

@@ -1,5 +1,7 @@
 //! `blk vhost-user-blk`: serves an image to a VMM over a vhost-user socket until SIGTERM or SIGINT (options after
-//! qemu-storage-daemon's vhost-user-blk export and Cloud Hypervisor's `vhost_user_block`).
+//! qemu-storage-daemon's vhost-user-blk export and Cloud Hypervisor's `vhost_user_block`). An encrypted QCOW2
+//! is served with its secret from `--object secret,...` and `--image-opts ...,encrypt.key-secret=ID`, as
+//! qemu-storage-daemon's `--object` and `--blockdev` give it.
 
 use std::path::PathBuf;
 
@@ -12,6 +14,13 @@ use super::{open_disk, parse_cache, OpenSpec};
 /// Arguments of `blk vhost-user-blk`.
 #[derive(Debug, Args)]
 pub struct VhostUserBlkArgs {
+    /// `--image-opts`: the image is a qemu option string (`driver=qcow2,file.filename=...`, with runtime
+    /// options and `encrypt.key-secret`).
+    #[command(flatten)]
+    pub image_opts: super::image_opts::ImageOptsArgs,
+    /// `--object`: secrets the image may name (an encrypted QCOW2's `encrypt.key-secret`).
+    #[command(flatten)]
+    pub objects: super::objects::ObjectArgs,
     /// The vhost-user socket to listen on (a stale file there is replaced).
     #[arg(long = "socket", value_name = "PATH")]
     pub socket: PathBuf,
