@@ -63,7 +63,15 @@ fn cache_sizes_follow_qemu_rules() {
         ),
         (
             &[("pass-discard-other", "on")][..],
-            "Block format 'qcow2' does not support the option 'pass-discard-other'",
+            "blk supports only pass-discard-other=off",
+        ),
+        (
+            &[("pass-discard-request", "maybe")][..],
+            "Parameter 'pass-discard-request' expects 'on' or 'off'",
+        ),
+        (
+            &[("discard-unknown", "on")][..],
+            "Block format 'qcow2' does not support the option 'discard-unknown'",
         ),
     ] {
         let err = applied(given).unwrap_err();

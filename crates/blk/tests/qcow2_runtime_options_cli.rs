@@ -168,6 +168,62 @@ fn overlap_check_structure_switches_as_qemu_io() {
     }
 }
 
+/// `pass-discard-request=off` leaves the clusters guest discards and unmapping write-zeroes free allocated in
+/// the file, as qemu-io given the same string does; by default both punch them. The files end byte for byte
+/// equal to qemu-io's either way. QEMU's other discard options are taken at blk's fixed behaviour (their
+/// defaults) and refused otherwise.
+#[test]
+fn pass_discard_request_as_qemu_io() {
+    let s = Scratch::new();
+    ok(&s.qemu_img(&["create", "-q", "-f", "qcow2", "d.qcow2", "16M"]));
+    ok(&s.qemu_io(&["-c", "write -P 1 0 4M", "d.qcow2"]));
+    let commands = ["discard 0 1M", "write -z -u 2M 1M"];
+    for (case, extra) in [("off", ",pass-discard-request=off"), ("default", "")] {
+        let (q, b) = (format!("q-{case}.qcow2"), format!("b-{case}.qcow2"));
+        s.write(&q, &s.read("d.qcow2"));
+        s.write(&b, &s.read("d.qcow2"));
+        let mut qemu_args = vec!["--image-opts"];
+        let mut blk_args = vec!["io", "--image-opts"];
+        for c in commands {
+            qemu_args.extend(["-c", c]);
+            blk_args.extend(["-c", c]);
+        }
+        let q_opts = format!("driver=qcow2,file.filename={q}{extra}");
+        let b_opts = format!("driver=qcow2,file.filename={b}{extra}");
+        qemu_args.push(&q_opts);
+        blk_args.push(&b_opts);
+        ok(&s.qemu_io(&qemu_args));
+        ok(&s.blk(&blk_args));
+        assert!(
+            s.read(&b) == s.read(&q),
+            "{case}: blk left other bytes than qemu-io"
+        );
+        ok(&s.qemu_img(&["check", &b]));
+    }
+    assert!(
+        s.read("b-off.qcow2") != s.read("b-default.qcow2"),
+        "pass-discard-request=off changed nothing"
+    );
+    let text =
+        "driver=qcow2,file.filename=d.qcow2,pass-discard-snapshot=on,pass-discard-other=off,\
+                discard-no-unref=off";
+    ok(&s.blk(&["info", "--image-opts", text]));
+    for refused in [
+        "pass-discard-snapshot=off",
+        "pass-discard-other=on",
+        "discard-no-unref=on",
+    ] {
+        let text = format!("driver=qcow2,file.filename=d.qcow2,{refused}");
+        let out = s.blk(&["info", "--image-opts", &text]);
+        assert_eq!(code(&out), 1, "{refused}");
+        assert!(
+            stderr(&out).contains("blk supports only"),
+            "{refused}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn bad_values_and_combinations_get_qemu_img_messages() {
     let s = Scratch::new();

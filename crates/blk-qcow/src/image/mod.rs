@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     /// Whether this open writes refcounts lazily: it sets the dirty bit before its first refcount change
     /// (see `metadata`) and clears it on close.
     pub(crate) set_dirty: bool,
+    /// Whether clusters freed by guest discards and write-zeroes are punched from the file
+    /// ([`Qcow2OpenOptions::pass_discard_request`](crate::Qcow2OpenOptions::pass_discard_request)).
+    pub(crate) pass_discard_request: bool,
     /// Whether the image looks metadata-preallocated (decided on the first `map`, as QEMU does).
     pub(crate) metadata_preallocated: OnceLock<bool>,
     /// The repair of a dirty image this open made ([`blk_core::ImageAdmin::repaired_on_open`]).

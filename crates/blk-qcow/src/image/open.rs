@@ -190,6 +190,7 @@ impl Qcow2 {
                 backing_format,
                 read_only,
                 set_dirty: !read_only && lazy && !options.check_mode,
+                pass_discard_request: options.pass_discard_request,
                 metadata_preallocated: OnceLock::new(),
                 open_repair: OnceLock::new(),
                 encryption,

@@ -41,6 +41,10 @@ pub struct Qcow2OpenOptions {
     /// QEMU's `overlap-check.<structure>` runtime options: each structure's check switched on or off on top of
     /// [`overlap_check`](Qcow2OpenOptions::overlap_check), in the order given.
     pub overlap_check_switches: Vec<(OverlapStructure, bool)>,
+    /// QEMU's `pass-discard-request` runtime option: whether host clusters that guest discards and
+    /// write-zeroes free are discarded (punched) from the image file too (default `true`, as qemu-io opens
+    /// images, with unmapping on). `false` leaves their old bytes allocated in the file.
+    pub pass_discard_request: bool,
     /// QEMU's `lazy-refcounts` runtime option: `Some` overrides the image's `lazy_refcounts` compatible bit
     /// for this open (a v3 image only); `None` follows the bit.
     pub lazy_refcounts: Option<bool>,
@@ -64,6 +68,7 @@ impl Qcow2OpenOptions {
             snapshot: None,
             overlap_check: OverlapCheck::default(),
             overlap_check_switches: Vec::new(),
+            pass_discard_request: true,
             lazy_refcounts: None,
             key_secret: None,
         }
@@ -71,10 +76,13 @@ impl Qcow2OpenOptions {
 }
 
 /// The runtime options QCOW2 takes at open ([`Qcow2OpenOptions::apply_runtime_options`]), by QEMU's names.
-/// QEMU's other qcow2 runtime options (`pass-discard-*`, `discard-no-unref`) have no equivalent in blk and are
-/// refused; `encrypt.key-secret` arrives as its secret's bytes ([`Qcow2OpenOptions::key_secret`]).
+/// `encrypt.key-secret` arrives as its secret's bytes ([`Qcow2OpenOptions::key_secret`]).
 pub const RUNTIME_OPTIONS: &[&str] = &[
     "lazy-refcounts",
+    "pass-discard-request",
+    "pass-discard-snapshot",
+    "pass-discard-other",
+    "discard-no-unref",
     "overlap-check",
     "overlap-check.template",
     "overlap-check.main-header",
@@ -130,6 +138,10 @@ impl Qcow2OpenOptions {
     ///   `refcount-cache-size` is checked and has no other effect.
     /// - `lazy-refcounts` (`on`/`off`): into [`lazy_refcounts`](Qcow2OpenOptions::lazy_refcounts); the open
     ///   refuses `on` for a version 2 image, as QEMU does.
+    /// - `pass-discard-request` (`on`/`off`): into
+    ///   [`pass_discard_request`](Qcow2OpenOptions::pass_discard_request). `pass-discard-snapshot=on`,
+    ///   `pass-discard-other=off` and `discard-no-unref=off` (QEMU's defaults, blk's fixed behaviour) are
+    ///   taken; their other values are refused (`UnsupportedFeature`).
     /// - `l2-cache-entry-size` (a power of two from 512 to the cluster size) and `cache-clean-interval` (at
     ///   most `UINT_MAX` seconds): checked, without effect (blk caches whole tables and never drops clean ones
     ///   on a timer).
@@ -166,6 +178,24 @@ impl Qcow2OpenOptions {
                     let on = parse_bool_param(key, value)
                         .map_err(|e| e.with_format(FORMAT_NAME).with_operation(Operation::Open))?;
                     self.lazy_refcounts = Some(on);
+                }
+                "pass-discard-request" => {
+                    self.pass_discard_request = parse_bool_param(key, value)
+                        .map_err(|e| e.with_format(FORMAT_NAME).with_operation(Operation::Open))?;
+                }
+                // blk's fixed behaviour is QEMU's default for these: other values are refused rather than
+                // ignored.
+                "pass-discard-snapshot" | "pass-discard-other" | "discard-no-unref" => {
+                    let on = parse_bool_param(key, value)
+                        .map_err(|e| e.with_format(FORMAT_NAME).with_operation(Operation::Open))?;
+                    if on != (key == "pass-discard-snapshot") {
+                        return Err(Error::new(
+                            ErrorKind::UnsupportedFeature,
+                            format!("blk supports only {key}={}", if on { "off" } else { "on" }),
+                        )
+                        .with_format(FORMAT_NAME)
+                        .with_operation(Operation::Open));
+                    }
                 }
                 "overlap-check" => overlap = Some(value.as_str()),
                 "overlap-check.template" => template = Some(value.as_str()),

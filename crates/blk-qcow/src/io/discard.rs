@@ -11,6 +11,17 @@ use crate::metadata::subclusters::{zero_range, SUBCLUSTERS};
 use crate::metadata::tables::{L2Entry, ZERO};
 use crate::metadata::Metadata;
 
+/// Why clusters are freed: QEMU's discard types, which decide whether the freed host clusters are discarded
+/// (punched) from the image file too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freed {
+    /// By a guest discard or write-zeroes (`QCOW2_DISCARD_REQUEST`): punched unless the open said
+    /// `pass-discard-request=off`.
+    Request,
+    /// Always punched (`QCOW2_DISCARD_ALWAYS`: the tail a shrink discards).
+    Always,
+}
+
 /// Whether replacing an entry must drop a reference to what it pointed to.
 pub(crate) fn holds_reference(entry: L2Entry) -> bool {
     matches!(
@@ -21,12 +32,18 @@ pub(crate) fn holds_reference(entry: L2Entry) -> bool {
 
 impl Qcow2 {
     /// Drops the references of replaced entries (after their L2 tables reached the disk: one flush for the
-    /// whole batch) and punches the freed host clusters, contiguous ones in one call. Runs under the lock, so
-    /// no allocation can take a freed cluster before its punch.
-    pub(crate) fn release_all(&self, meta: &mut Metadata, released: Vec<L2Entry>) -> Result<()> {
+    /// whole batch) and punches the freed host clusters, contiguous ones in one call, when `why` passes
+    /// discards to the file. Runs under the lock, so no allocation can take a freed cluster before its punch.
+    pub(crate) fn release_all(
+        &self,
+        meta: &mut Metadata,
+        released: Vec<L2Entry>,
+        why: Freed,
+    ) -> Result<()> {
         if released.is_empty() {
             return Ok(());
         }
+        let punch = why == Freed::Always || self.shared.pass_discard_request;
         let file = &self.shared.file;
         let cs = self.cluster_size();
         meta.flush(file)?;
@@ -45,6 +62,9 @@ impl Qcow2 {
             {
                 if self.shared.data_file.is_some() {
                     self.zero_data_cluster(host);
+                    continue;
+                }
+                if !punch {
                     continue;
                 }
                 match meta.refcount(file, host >> self.shared.geometry.cluster_bits) {
@@ -126,7 +146,7 @@ impl Qcow2 {
             };
             // A bad entry stops the discard there; what was changed before it is still released.
             let result = changed();
-            self.release_all(&mut meta, released)?;
+            self.release_all(&mut meta, released, Freed::Request)?;
             result?;
             gc = stop;
         }
@@ -155,7 +175,11 @@ impl Qcow2 {
             }
             meta.set_l2_entry(file, c, 0)?;
             meta.set_l2_bitmap(file, c, all_zero)?;
-            self.release_all(&mut meta, if allocated { vec![entry] } else { Vec::new() })?;
+            self.release_all(
+                &mut meta,
+                if allocated { vec![entry] } else { Vec::new() },
+                Freed::Request,
+            )?;
         }
         Ok(())
     }

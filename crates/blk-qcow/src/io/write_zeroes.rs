@@ -98,7 +98,7 @@ impl Qcow2 {
                 break;
             }
         }
-        self.release_all(&mut meta, released)?;
+        self.release_all(&mut meta, released, crate::io::discard::Freed::Request)?;
         result
     }
 
@@ -109,7 +109,7 @@ impl Qcow2 {
         let mut meta = self.wait_cluster(meta, gc);
         let mut released = Vec::new();
         let zeroed = self.zero_entry(&mut meta, gc, may_unmap, deallocate, true, &mut released)?;
-        self.release_all(&mut meta, released)?;
+        self.release_all(&mut meta, released, crate::io::discard::Freed::Request)?;
         Ok(zeroed)
     }
 

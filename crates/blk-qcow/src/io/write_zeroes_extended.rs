@@ -138,7 +138,11 @@ impl Qcow2 {
                         self.zero_data_range(host + a, b - a);
                     }
                 }
-                self.release_all(&mut meta, if release { vec![entry] } else { Vec::new() })?;
+                self.release_all(
+                    &mut meta,
+                    if release { vec![entry] } else { Vec::new() },
+                    crate::io::discard::Freed::Request,
+                )?;
             }
             c += 1;
         }

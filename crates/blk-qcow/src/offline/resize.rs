@@ -33,7 +33,7 @@ use crate::bitmaps::persistent::MAX_BITMAP_MEMORY;
 use crate::image::header::{Header, MAX_L1_BYTES};
 use crate::image::options::{Preallocation, Qcow2OpenOptions};
 use crate::image::Qcow2;
-use crate::io::discard::holds_reference;
+use crate::io::discard::{holds_reference, Freed};
 use crate::metadata::overlap::{ACTIVE_L1, REFCOUNT_TABLE};
 use crate::metadata::refcount::{block_set, REFTABLE_OFFSET_MASK};
 use crate::metadata::subclusters::ALL_ALLOCATED;
@@ -361,7 +361,8 @@ fn zero_new_area(image: &Qcow2, meta: &mut Metadata, old_size: u64, new_size: u6
         Ok(())
     };
     let result = zero(meta);
-    image.release_all(meta, released)?;
+    // QEMU zeroes the grown area with its guest write-zeroes path (`QCOW2_DISCARD_REQUEST`).
+    image.release_all(meta, released, Freed::Request)?;
     result
 }
 
@@ -408,7 +409,7 @@ pub(crate) fn discard_tail(image: &Qcow2, meta: &mut Metadata, new_size: u64) ->
         };
         // A bad entry stops the discard there; what was cleared before it is still released.
         let result = clear(meta);
-        image.release_all(meta, released)?;
+        image.release_all(meta, released, Freed::Always)?;
         result?;
     }
     Ok(())
