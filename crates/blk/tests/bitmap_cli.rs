@@ -218,18 +218,7 @@ fn image_opts_and_objects_as_qemu_img() {
     );
 
     let secret = "secret,id=s0,data=pw";
-    ok(&s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        secret,
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
-        "qe.img",
-        "16M",
-    ]));
+    s.create_luks_qcow2(secret, "s0", "", "qe.img", "16M");
     std::fs::copy(s.path("qe.img"), s.path("be.img")).expect("copy twin");
     for (tool, image) in [("qemu-img", "qe.img"), ("blk", "be.img")] {
         let opts = format!("driver=qcow2,file.filename={image},encrypt.key-secret=s0");

@@ -16,10 +16,7 @@ fn opts(name: &str) -> String {
 
 /// qemu-img create of an encrypted image (PBKDF2 at 10 ms) with `extra` options.
 fn qemu_create(s: &Scratch, name: &str, extra: &str, size: &str) {
-    let o = format!("encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10{extra}");
-    ok(&s.qemu_img(&[
-        "create", "-q", "-f", "qcow2", "--object", OBJECT, "-o", &o, name, size,
-    ]));
+    s.create_luks_qcow2(OBJECT, "sec0", extra, name, size);
 }
 
 /// What qemu-img decrypts `name` to.

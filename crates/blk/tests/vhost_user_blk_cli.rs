@@ -53,18 +53,7 @@ fn an_encrypted_image_is_served_with_its_secret_and_refused_without() {
         return;
     }
     let s = Scratch::new();
-    ok(&s.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        SECRET,
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
-        "enc.qcow2",
-        "16M",
-    ]));
+    s.create_luks_qcow2(SECRET, "s0", "", "enc.qcow2", "16M");
     // Without the secret: refused before serving, with QEMU's message.
     let out = s.blk(&[
         "vhost-user-blk",

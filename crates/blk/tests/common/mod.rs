@@ -54,6 +54,15 @@ impl Scratch {
         self.run("qemu-io", args)
     }
 
+    /// Creates a LUKS-encrypted QCOW2 `name` of `size` with qemu-img, keyed by the secret `object`
+    /// (`secret,id=ID,data=...`) whose id is `id`, PBKDF2 at 10 ms, and `extra` (`,option=value...`).
+    pub fn create_luks_qcow2(&self, object: &str, id: &str, extra: &str, name: &str, size: &str) {
+        let o = format!("encrypt.format=luks,encrypt.key-secret={id},encrypt.iter-time=10{extra}");
+        ok(&self.qemu_img(&[
+            "create", "-q", "-f", "qcow2", "--object", object, "-o", &o, name, size,
+        ]));
+    }
+
     /// Creates a 16 MiB raw image with qemu-img and writes [`reference_script`] into it with qemu-io.
     pub fn reference_image(&self, name: &str) -> PathBuf {
         ok(&self.qemu_img(&["create", "-q", "-f", "raw", name, "16M"]));
