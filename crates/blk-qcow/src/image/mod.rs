@@ -32,7 +32,7 @@ pub(crate) mod options;
 mod vm_state;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use blk_core::{Error, HostFile, ImageOpener, Operation, Result};
 
@@ -49,9 +49,11 @@ pub(crate) struct Shared {
     pub(crate) geometry: Geometry,
     /// The metadata file handle (metadata I/O and the final flush).
     pub(crate) file: HostFile,
-    pub(crate) meta: Mutex<Metadata>,
+    /// The metadata lock: shared by the read path's cache hits, exclusive for everything else (see
+    /// `metadata`).
+    pub(crate) meta: RwLock<Metadata>,
     /// Signalled when an in-flight cluster is linked.
-    pub(crate) linked: Condvar,
+    pub(crate) linked: LinkSignal,
     pub(crate) backing: Option<Backing>,
     /// The external data file, when the image has one.
     pub(crate) data_file: Option<DataFile>,
@@ -70,6 +72,41 @@ pub(crate) struct Shared {
     pub(crate) open_repair: OnceLock<blk_core::CheckReport>,
     /// LUKS encryption of guest data (`crypt_method` 2), unlocked at open when a secret was given.
     pub(crate) encryption: Option<Box<crate::encryption::Encryption>>,
+}
+
+/// The exclusive metadata lock, as held by every path that may change metadata.
+pub(crate) type MetadataGuard<'a> = RwLockWriteGuard<'a, Metadata>;
+
+/// The signal that in-flight clusters were linked (or given back): a counter under its own mutex, which a
+/// writer waiting for a cluster reads while it still holds the metadata lock, so that no link between its
+/// check and its wait is missed. Lock order: the metadata lock, then this one.
+#[derive(Debug, Default)]
+pub(crate) struct LinkSignal {
+    links: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl LinkSignal {
+    /// Wakes every writer waiting for a cluster: call after taking clusters out of flight.
+    pub(crate) fn notify_all(&self) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        *links = links.wrapping_add(1);
+        self.changed.notify_all();
+    }
+
+    /// Releases `meta`, waits until a link is signalled after this call began, and takes the metadata lock
+    /// of `image` again.
+    pub(crate) fn wait<'a>(&self, meta: MetadataGuard<'a>, image: &'a Qcow2) -> MetadataGuard<'a> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = *links;
+        drop(meta);
+        let links = self
+            .changed
+            .wait_while(links, |links| *links == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        drop(links);
+        image.lock_metadata()
+    }
 }
 
 impl Drop for Shared {
@@ -123,9 +160,14 @@ impl Qcow2 {
         &self.shared.geometry
     }
 
-    /// Takes the metadata lock.
-    pub(crate) fn lock_metadata(&self) -> MutexGuard<'_, Metadata> {
-        self.shared.meta.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes the metadata lock, exclusively.
+    pub(crate) fn lock_metadata(&self) -> MetadataGuard<'_> {
+        self.shared.meta.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the metadata lock's shared side: for lookups that only hit the caches (see `metadata`).
+    pub(crate) fn read_metadata(&self) -> RwLockReadGuard<'_, Metadata> {
+        self.shared.meta.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// This handle's descriptor of the image file.

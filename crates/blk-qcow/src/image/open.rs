@@ -11,7 +11,7 @@
 //! current disk only read-only (QEMU's `bdrv_snapshot_load_tmp`).
 
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use blk_core::{CheckReport, Error, ErrorKind, HostFile, Operation, RepairMode, Result};
 
@@ -21,7 +21,7 @@ use crate::image::features::{
 };
 use crate::image::header::{Header, MAX_L1_BYTES, MAX_REFTABLE_BYTES};
 use crate::image::options::Qcow2OpenOptions;
-use crate::image::{backing, data_file, Qcow2, Shared};
+use crate::image::{backing, data_file, LinkSignal, Qcow2, Shared};
 use crate::metadata::tables::entry;
 use crate::metadata::{read_zero_filled, Geometry, Metadata};
 use crate::snapshots::table::SnapshotTable;
@@ -182,8 +182,8 @@ impl Qcow2 {
             shared: Arc::new(Shared {
                 geometry: g,
                 file: meta_file,
-                meta: Mutex::new(meta),
-                linked: Condvar::new(),
+                meta: RwLock::new(meta),
+                linked: LinkSignal::default(),
                 backing,
                 data_file,
                 backing_name,

@@ -47,6 +47,24 @@ impl Qcow2 {
     /// inside the used part of the file; compressed clusters are refused with an external data file.
     pub(crate) fn lookup(&self, meta: &mut Metadata, gc: u64) -> Result<L2Entry> {
         let raw = meta.l2_entry(&self.shared.file, gc)?;
+        self.validated(meta, gc, raw)
+    }
+
+    /// `lookup_with_bitmap` from the L2 cache alone, under the metadata lock's shared side: `None` when the
+    /// L2 table is not cached (the caller takes the lock exclusively and looks up again).
+    pub(crate) fn cached_lookup_with_bitmap(
+        &self,
+        meta: &Metadata,
+        gc: u64,
+    ) -> Result<Option<(L2Entry, u64)>> {
+        let Some((raw, bitmap)) = meta.cached_l2_entry_and_bitmap(gc) else {
+            return Ok(None);
+        };
+        Ok(Some((self.validated(meta, gc, raw)?, bitmap)))
+    }
+
+    /// The raw L2 entry `raw` of guest cluster `gc`, decoded and validated.
+    fn validated(&self, meta: &Metadata, gc: u64, raw: u64) -> Result<L2Entry> {
         let entry = L2Entry::decode(raw, &self.shared.geometry);
         if let L2Entry::Data { host, .. }
         | L2Entry::Zero {

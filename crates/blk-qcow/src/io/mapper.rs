@@ -8,9 +8,10 @@
 //! | write | in place where the cluster is `COPIED` data (with extended L2 entries: every covered subcluster holds data), in the image file (the overlap guard first) or the data file (`Disk` 1); whole fresh clusters allocated in runs (`Allocated`, linked in [`finish_allocation`](blk_core::Mapper::finish_allocation)); every other cluster (copy-on-write, shared, compressed or preallocated zero clusters, clusters in flight, data-file allocations, subcluster bitmap changes) a `Slow` piece of its own, served by [`write_slow`](blk_core::Mapper::write_slow) (see `slow_write`); fresh clusters after a slow one are slow too, so a request's clusters are allocated in guest order. |
 //!
 //! Both answers come from the lookup and the write classifier of `lookup`. One mapping takes the metadata lock
-//! once; an allocating write marks its clusters in flight under that hold
+//! once (a read whose L2 tables are all cached only its shared side; a read that finds one missing, once more
+//! exclusively); an allocating write marks its clusters in flight under that hold
 //! and `finish_allocation` links them (or gives them back) under a second one, after the data write. The
-//! mapper never waits on the in-flight condition variable: a cluster in flight is a slow piece, and
+//! mapper never waits on the link signal: a cluster in flight is a slow piece, and
 //! `write_slow` waits there instead.
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use blk_core::{
 use crate::image::Qcow2;
 use crate::io::lookup::WritePlan;
 use crate::metadata::subclusters::Subcluster;
-use crate::metadata::tables::COPIED;
+use crate::metadata::tables::{L2Entry, COPIED};
 use crate::metadata::Metadata;
 use crate::FORMAT_NAME;
 
@@ -75,15 +76,17 @@ impl Qcow2 {
         encryption.decrypt(host, output).map_err(ctx)
     }
 
-    /// Pushes the pieces of the read `offset..end` (under the metadata lock), this request's from `start`.
-    fn map_read_locked(
+    /// Pushes the pieces of the read `offset..end`, this request's from `start`, with the entries `lookup`
+    /// gives (under the metadata lock, shared or exclusive). `Ok(false)` when `lookup` had no answer for a
+    /// cluster (its L2 table is not cached); the caller truncates `out`.
+    fn map_read_with(
         &self,
-        meta: &mut Metadata,
+        mut lookup: impl FnMut(u64) -> Result<Option<(L2Entry, u64)>>,
         offset: u64,
         end: u64,
         start: usize,
         out: &mut Vec<ReadMapping>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let g = &self.shared.geometry;
         let cs = g.cluster_size;
         let step = g.subcluster_size();
@@ -95,7 +98,9 @@ impl Qcow2 {
             let (entry, bitmap) = match current {
                 Some((c, e, b)) if c == gc => (e, b),
                 _ => {
-                    let (e, b) = self.lookup_with_bitmap(meta, gc)?;
+                    let Some((e, b)) = lookup(gc)? else {
+                        return Ok(false);
+                    };
                     current = Some((gc, e, b));
                     (e, b)
                 }
@@ -146,7 +151,7 @@ impl Qcow2 {
             }
             pos += n;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Pushes the pieces of the write `offset..end` (under the metadata lock), this request's from `start`,
@@ -366,9 +371,34 @@ impl Mapper for Qcow2 {
             encryption.cipher().map_err(ctx)?;
         }
         let start = out.len();
-        let mut meta = self.lock_metadata();
-        let result = self.map_read_locked(&mut meta, offset, offset + len, start, out);
+        let end = offset + len;
+        // The hit path: the metadata lock's shared side, every L2 table from the cache (see `metadata`).
+        let meta = self.read_metadata();
+        let hit = self.map_read_with(
+            |gc| self.cached_lookup_with_bitmap(&meta, gc),
+            offset,
+            end,
+            start,
+            out,
+        );
         drop(meta);
+        let result = match hit {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                // A table to load: exclusively, from the start of the request.
+                out.truncate(start);
+                let mut meta = self.lock_metadata();
+                self.map_read_with(
+                    |gc| self.lookup_with_bitmap(&mut meta, gc).map(Some),
+                    offset,
+                    end,
+                    start,
+                    out,
+                )
+                .map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             out.truncate(start);
         }

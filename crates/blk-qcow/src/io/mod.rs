@@ -15,18 +15,21 @@
 //!
 //! # Locking on the I/O path
 //!
-//! The metadata lock (see `metadata`) is the only lock of the crate; on the I/O path:
+//! The metadata lock (see `metadata`: a read-write lock, whose shared side serves only the read path's cache
+//! hits) and the link signal after it are the crate's locks; on the I/O path:
 //!
 //! 1. Guest data I/O never happens under the metadata lock: a request is mapped (looked up, or allocated)
 //!    under the lock, the lock is dropped, the engine moves the data, and the lock is taken again to link
 //!    newly written clusters into their L2 table.
 //! 2. A guest cluster being allocated is recorded in the in-flight table; readers see its old contents
 //!    (backing file, zeros) until the link, which happens only after the data is written. Another writer of the
-//!    same cluster waits on the image's condition variable (which releases the lock) until it is linked.
-//! 3. The mapper, used by both engines, takes the lock once per request to map it (lookups, the overlap
+//!    same cluster waits on the image's link signal (`LinkSignal`: the lock released) until it is linked.
+//! 3. The mapper, used by both engines, takes the lock once per request to map it: a read whose L2 tables are
+//!    cached takes only its shared side; a read that must load a table starts over under the exclusive side,
+//!    and so does every write (lookups, the overlap
 //!    guard, the allocation of fresh clusters, which enter the in-flight table under that hold) and once per
 //!    allocated run to link it after its data write (`finish_allocation`, which takes the clusters out of
-//!    flight and notifies the condition variable). It never waits on the condition variable: a cluster in
+//!    flight and notifies the link signal). It never waits on the link signal: a cluster in
 //!    flight is a slow piece, and `write_slow` (on the calling thread, or a queue's worker) waits there
 //!    instead. The engines call `finish_allocation` for every allocated piece, or its clusters would block
 //!    their writers.

@@ -16,12 +16,10 @@
 //! Order: the data is written before the L2 entry pointing to it; a replaced (shared or compressed) cluster
 //! loses its reference only after the new entry reached the disk.
 
-use std::sync::MutexGuard;
-
 use blk_core::buffer::{range, total_len};
 use blk_core::{read_mapped, IoBuf, IoBufMut, Mapper, Result};
 
-use crate::image::Qcow2;
+use crate::image::{MetadataGuard, Qcow2};
 use crate::io::discard::holds_reference;
 use crate::io::lookup::{ClusterWrite, WritePlan};
 use crate::metadata::subclusters::{alloc_range, zero_range, ALL_ALLOCATED, SUBCLUSTERS};
@@ -54,15 +52,11 @@ impl Qcow2 {
     /// Waits until guest cluster `gc` is not being allocated by someone else.
     pub(crate) fn wait_cluster<'a>(
         &'a self,
-        mut meta: MutexGuard<'a, Metadata>,
+        mut meta: MetadataGuard<'a>,
         gc: u64,
-    ) -> MutexGuard<'a, Metadata> {
+    ) -> MetadataGuard<'a> {
         while meta.in_flight.contains(&gc) {
-            meta = self
-                .shared
-                .linked
-                .wait(meta)
-                .unwrap_or_else(|p| p.into_inner());
+            meta = self.shared.linked.wait(meta, self);
         }
         meta
     }
@@ -190,7 +184,7 @@ impl Qcow2 {
     /// preallocated zero cluster.
     fn write_cluster(
         &self,
-        mut meta: MutexGuard<'_, Metadata>,
+        mut meta: MetadataGuard<'_>,
         gc: u64,
         entry: L2Entry,
         in_off: u64,
@@ -288,7 +282,7 @@ impl Qcow2 {
     /// entry and bitmap in `write` (checked), copying only what QEMU copies.
     fn write_subclusters(
         &self,
-        mut meta: MutexGuard<'_, Metadata>,
+        mut meta: MetadataGuard<'_>,
         gc: u64,
         write: ClusterWrite,
         in_off: u64,

@@ -1,12 +1,19 @@
-//! A write-back LRU cache of metadata clusters (L2 tables, refcount blocks), keyed by host offset.
+//! A write-back cache of metadata clusters (L2 tables, refcount blocks), keyed by host offset, evicted by the
+//! clock algorithm.
 //!
-//! Lookups hash the offset into an index (no allocation); each slot holds one table's bytes. The owner writes
-//! dirty slots back (in dependency order) before they are evicted: see `Metadata`.
+//! Lookups hash the offset into an index (no allocation); each slot holds one table's bytes. A hit is a
+//! `&self` operation: it sets the slot's reference bit only when the bit is clear, so repeated hits on a table
+//! write no shared cache line and may run under the metadata lock's read side (see `metadata`). Eviction sweeps
+//! a clock hand over the slots, clearing reference bits, and takes the first slot whose bit was clear; the slot
+//! most recently looked up or inserted with the exclusive lock is never the victim while another slot exists,
+//! so a caller may use two tables at once. The owner writes dirty slots back (in dependency order) before they
+//! are evicted: see `Metadata`.
 //!
 //! Sizes: the L2 cache holds at most `Qcow2OpenOptions::l2_cache_size` bytes of tables (default 32 MiB, QEMU's
 //! maximum default; at least 2 tables), the refcount-block cache a quarter as many blocks (at least 4).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One cached table.
 #[derive(Debug)]
@@ -17,7 +24,8 @@ pub(crate) struct Slot {
     pub(crate) data: Box<[u8]>,
     /// Whether it differs from the disk.
     pub(crate) dirty: bool,
-    last_use: u64,
+    /// The clock's reference bit: set by hits, cleared by the sweeping hand.
+    referenced: AtomicBool,
 }
 
 /// The cache.
@@ -26,10 +34,10 @@ pub(crate) struct TableCache {
     capacity: usize,
     slots: Vec<Slot>,
     index: HashMap<u64, usize>,
-    tick: u64,
-    /// The slot of the last lookup: checked (by its offset) before hashing, as consecutive requests mostly hit
-    /// the same table.
-    last: usize,
+    /// Where the next eviction sweep starts.
+    hand: usize,
+    /// The slot last looked up or inserted with exclusive access: never the victim while another exists.
+    recent: usize,
 }
 
 impl TableCache {
@@ -39,25 +47,27 @@ impl TableCache {
             capacity: capacity.max(2),
             slots: Vec::new(),
             index: HashMap::new(),
-            tick: 0,
-            last: 0,
+            hand: 0,
+            recent: 0,
         }
     }
 
-    /// The slot holding the table at `offset`, marking it used.
-    pub(crate) fn lookup(&mut self, offset: u64) -> Option<usize> {
-        let slot = match self.slots.get(self.last) {
-            Some(s) if s.offset == offset => self.last,
-            _ => {
-                let slot = *self.index.get(&offset)?;
-                self.last = slot;
-                slot
+    /// The slot holding the table at `offset`, marking it referenced: the hit path, for shared access. The
+    /// reference bit is written only when it is clear.
+    pub(crate) fn lookup(&self, offset: u64) -> Option<usize> {
+        let slot = *self.index.get(&offset)?;
+        if let Some(s) = self.slots.get(slot) {
+            if !s.referenced.load(Ordering::Relaxed) {
+                s.referenced.store(true, Ordering::Relaxed);
             }
-        };
-        self.tick += 1;
-        if let Some(s) = self.slots.get_mut(slot) {
-            s.last_use = self.tick;
         }
+        Some(slot)
+    }
+
+    /// [`lookup`](TableCache::lookup) with exclusive access: the slot found is also kept from the next eviction.
+    pub(crate) fn lookup_mut(&mut self, offset: u64) -> Option<usize> {
+        let slot = self.lookup(offset)?;
+        self.recent = slot;
         Some(slot)
     }
 
@@ -82,13 +92,31 @@ impl TableCache {
         self.slots.len() >= self.capacity
     }
 
-    /// The least recently used slot.
-    pub(crate) fn victim(&self) -> Option<usize> {
-        self.slots
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, s)| s.last_use)
-            .map(|(i, _)| i)
+    /// The slot to evict next: the clock hand sweeps on from where it stopped, clearing reference bits, and
+    /// stops at the first slot whose bit was clear (after at most one full turn every bit is clear). The most
+    /// recently used slot is skipped while another exists.
+    pub(crate) fn victim(&mut self) -> Option<usize> {
+        let n = self.slots.len();
+        if n == 0 {
+            return None;
+        }
+        // Two turns at most: the first clears every bit it passes.
+        for _ in 0..2 * n + 1 {
+            let at = self.hand % n;
+            self.hand = (at + 1) % n;
+            if at == self.recent && n > 1 {
+                continue;
+            }
+            let referenced = self
+                .slots
+                .get(at)
+                .is_some_and(|s| s.referenced.swap(false, Ordering::Relaxed));
+            if !referenced {
+                return Some(at);
+            }
+        }
+        // Not reached: the first turn cleared every bit but `recent`'s (which is skipped).
+        Some(if self.recent == 0 && n > 1 { 1 } else { 0 })
     }
 
     /// The slot (for writing it back).
@@ -111,14 +139,13 @@ impl TableCache {
         dirty: bool,
         replace: Option<usize>,
     ) -> usize {
-        self.tick += 1;
         let slot = Slot {
             offset,
             data,
             dirty,
-            last_use: self.tick,
+            referenced: AtomicBool::new(true),
         };
-        match replace.filter(|&r| r < self.slots.len()) {
+        let at = match replace.filter(|&r| r < self.slots.len()) {
             Some(r) => {
                 let old = std::mem::replace(&mut self.slots[r], slot);
                 self.index.remove(&old.offset);
@@ -131,7 +158,9 @@ impl TableCache {
                 self.index.insert(offset, r);
                 r
             }
-        }
+        };
+        self.recent = at;
+        at
     }
 
     /// Slots that are dirty.
@@ -149,9 +178,14 @@ impl TableCache {
     /// Drops the table at `offset` without writing it back (it was freed).
     pub(crate) fn forget(&mut self, offset: u64) {
         if let Some(slot) = self.index.remove(&offset) {
+            let last = self.slots.len().saturating_sub(1);
             self.slots.swap_remove(slot);
             if let Some(moved) = self.slots.get(slot) {
                 self.index.insert(moved.offset, slot);
+            }
+            // The moved slot keeps its protection from eviction.
+            if self.recent == last {
+                self.recent = slot;
             }
         }
     }
@@ -160,5 +194,63 @@ impl TableCache {
     pub(crate) fn clear(&mut self) {
         self.slots.clear();
         self.index.clear();
+        self.hand = 0;
+        self.recent = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TableCache;
+
+    fn table(byte: u8) -> Box<[u8]> {
+        vec![byte; 8].into_boxed_slice()
+    }
+
+    #[test]
+    fn the_victim_is_never_the_table_just_used() {
+        let mut cache = TableCache::new(2);
+        let a = cache.insert(0x10000, table(1), false, None);
+        let b = cache.insert(0x20000, table(2), false, None);
+        // Both referenced; `b` was inserted last, then `a` is looked up with exclusive access.
+        assert_eq!(cache.lookup_mut(0x10000), Some(a));
+        for _ in 0..4 {
+            assert_eq!(cache.victim(), Some(b));
+        }
+        assert_eq!(cache.lookup_mut(0x20000), Some(b));
+        assert_eq!(cache.victim(), Some(a));
+    }
+
+    #[test]
+    fn shared_hits_keep_a_table_from_the_next_sweep() {
+        let mut cache = TableCache::new(3);
+        for (i, offset) in [0x10000u64, 0x20000, 0x30000].into_iter().enumerate() {
+            cache.insert(offset, table(i as u8), false, None);
+        }
+        // A sweep clears every reference bit but the recent slot's and picks the first clear one.
+        let first = cache.victim();
+        assert!(matches!(first, Some(0 | 1)));
+        // A hit on the other old table, through the shared path, protects it from the next sweep.
+        let other = if first == Some(0) { 0x20000 } else { 0x10000 };
+        let hit = cache.lookup(other);
+        assert!(hit.is_some());
+        let next = cache.victim();
+        assert_ne!(next, hit);
+        assert_ne!(next, Some(2));
+    }
+
+    #[test]
+    fn forget_and_replace_keep_the_index_right() {
+        let mut cache = TableCache::new(2);
+        cache.insert(0x10000, table(1), false, None);
+        cache.insert(0x20000, table(2), false, None);
+        cache.forget(0x10000);
+        let moved = cache.lookup(0x20000).unwrap();
+        assert_eq!(cache.data(moved)[0], 2);
+        assert_eq!(cache.lookup(0x10000), None);
+        let victim = cache.victim();
+        let c = cache.insert(0x30000, table(3), false, victim.filter(|_| cache.is_full()));
+        assert_eq!(cache.data(c)[0], 3);
+        assert_eq!(cache.data(cache.lookup(0x20000).unwrap())[0], 2);
     }
 }

@@ -7,21 +7,28 @@
 //! | `tables` | L1 and L2 entries and their decoding |
 //! | `subclusters` | extended L2 entries: the status of each subcluster from an entry and its bitmap |
 //! | `refcount` | refcount reads and writes, new refcount blocks, refcount-table growth |
-//! | `cache` | the L2-table and refcount-block caches (LRU, write-back) |
+//! | `cache` | the L2-table and refcount-block caches (clock eviction, write-back) |
 //! | `allocator` | cluster and byte (compressed) allocation; the host file grown ahead and cut back |
 //! | `overlap` | the overlap guard: a prevented write over metadata marks the image corrupt |
 //!
 //! # Locking
 //!
-//! Every handle of an open image shares one `Mutex<Metadata>` (taken with `Qcow2::lock_metadata`), the only
-//! lock of the crate:
+//! Every handle of an open image shares one `RwLock<Metadata>`, the metadata lock. Its shared side
+//! (`Qcow2::read_metadata`) serves the read path's cache hits: the L1 table, a cached L2 table and the checks
+//! of an entry, with no I/O, no loading and no eviction; a hit writes no shared cache line but the lock word
+//! itself (the cache's reference bit is written only when clear, see `cache`). Everything else takes it
+//! exclusively (`Qcow2::lock_metadata`), and so does a read whose L2 table is not cached, which starts over
+//! there. The rules:
 //!
 //! 1. Metadata I/O (L2 tables, refcount blocks, the header) happens under the lock; guest data I/O never does
 //!    (see `io` for the I/O path: mapping, the in-flight table and its condition variable, the link).
 //! 2. No other disk is called under the lock (the backing file has its own locks, so no lock order between
 //!    layers exists), except that clusters freed or zeroed under it are zeroed in the external data file, a
 //!    leaf that never calls back (see `io`).
-//! 3. The offline operations (snapshots, `amend`, `change_backing_file`, `make_empty`, `check`) hold the lock
+//! 3. One lock comes after it: `LinkSignal`'s, the counter a writer waiting for an in-flight cluster reads
+//!    before it lets the metadata lock go, and on which it then waits (see `io`). Nothing is taken under
+//!    `LinkSignal`'s lock.
+//! 4. The offline operations (snapshots, `amend`, `change_backing_file`, `make_empty`, `check`) hold the lock
 //!    for their whole run and take no other lock; no guest I/O may run at the same time (the snapshot
 //!    operations refuse while a write is in flight; `check` waits for a moment without one).
 //!
@@ -359,7 +366,7 @@ impl Metadata {
 
     /// The L2 cache slot of the table at `offset`, loading it (and evicting another) as needed.
     pub(crate) fn l2_slot(&mut self, file: &HostFile, offset: u64) -> Result<usize> {
-        if let Some(slot) = self.l2_cache.lookup(offset) {
+        if let Some(slot) = self.l2_cache.lookup_mut(offset) {
             return Ok(slot);
         }
         self.check_table_location(offset, "L2 table")?;
@@ -476,6 +483,25 @@ impl Metadata {
             self.l2_cache.data(slot),
             self.g.l2_word(gc % self.g.l2_entries),
         ))
+    }
+
+    /// The raw L2 entry and subcluster bitmap of guest cluster `gc` if its L2 table is cached (or not
+    /// allocated: then both are 0), without loading or evicting anything: the cache hit of the read path,
+    /// under the metadata lock's shared side. `None` when the table must be loaded.
+    pub(crate) fn cached_l2_entry_and_bitmap(&self, gc: u64) -> Option<(u64, u64)> {
+        let l1_index = gc / self.g.l2_entries;
+        let l2_offset = self.l1.get(l1_index as usize).copied().unwrap_or(0) & L1_OFFSET_MASK;
+        if l2_offset == 0 {
+            return Some((0, 0));
+        }
+        let data = self.l2_cache.data(self.l2_cache.lookup(l2_offset)?);
+        let word = self.g.l2_word(gc % self.g.l2_entries);
+        let bitmap = if self.g.extended_l2 {
+            entry(data, word + 1)
+        } else {
+            0
+        };
+        Some((entry(data, word), bitmap))
     }
 
     /// The raw L2 entry and subcluster bitmap of guest cluster `gc` (both 0 when its L2 table is not

@@ -67,7 +67,7 @@ impl Metadata {
     }
 
     fn rb_slot(&mut self, file: &HostFile, offset: u64) -> Result<usize> {
-        if let Some(slot) = self.rb_cache.lookup(offset) {
+        if let Some(slot) = self.rb_cache.lookup_mut(offset) {
             return Ok(slot);
         }
         self.check_table_location(offset, "refcount block")?;
@@ -289,7 +289,7 @@ impl Metadata {
         Ok(offset)
     }
 
-    /// Writes back and frees the LRU refcount block slot.
+    /// Writes back and frees the refcount block slot the clock chooses.
     fn flush_one_rb(&mut self, file: &HostFile) -> Result<Option<usize>> {
         let victim = self.rb_cache.victim();
         if let Some(v) = victim {
