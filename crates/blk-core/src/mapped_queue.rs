@@ -11,10 +11,16 @@
 //! - a write: each host piece becomes one [`HostOp::Write`]; when a write into a fresh allocation finishes,
 //!   [`Mapper::finish_allocation`] links it (exactly once); pieces of another disk and slow pieces
 //!   ([`Mapper::write_slow`]) are jobs on the pool;
-//! - FUA writes, write-zeroes, discards, and requests whose host pieces O_DIRECT cannot take as they are, run
-//!   whole on a small [worker pool](crate::worker_pool), through the synchronous path;
-//! - a flush waits until every request submitted before it on this queue has completed, then runs
-//!   [`Mapper::flush`] on the pool; requests submitted after it proceed meanwhile.
+//! - a FUA write is mapped and written as any other; once its data is written it waits for a flush
+//!   ([`Mapper::flush`] on the pool) that started after that, and completes with it. FUA writes share
+//!   flushes: one runs at a time, and every FUA write whose data was written meanwhile waits for the next
+//!   one, so a batch of them costs one or two flushes, not one each;
+//! - write-zeroes, discards, and requests whose host pieces O_DIRECT cannot take as they are, run whole on a
+//!   small [worker pool](crate::worker_pool), through the synchronous path (a FUA write there flushes on its
+//!   own);
+//! - a flush waits until every write, write-zeroes, discard and flush submitted before it on this queue has
+//!   completed (not reads: a flush orders only what changes the disk), then runs [`Mapper::flush`] on the
+//!   pool; requests submitted after it proceed meanwhile.
 //!
 //! A host read that completes short is taken as the end of the host file only when it is (one `fstat` on that
 //! rare path: then the rest of the piece reads as zeros); inside the file the rest is pushed and submitted
@@ -73,6 +79,12 @@ pub struct MappedQueue {
     barriers: FlushBarriers,
     /// Flush slots whose wait is over (scratch).
     flushes_ready: Vec<u32>,
+    /// FUA writes whose data is written, waiting for the next shared flush.
+    fua_waiting: Vec<u32>,
+    /// FUA writes the running shared flush completes.
+    fua_flushing: Vec<u32>,
+    /// The slot of the running shared flush (internal: no guest request).
+    fua_flush: Option<u32>,
     /// Requests completed without host I/O, not yet reaped.
     immediate: VecDeque<Completion>,
     /// Started on the first request that needs it.
@@ -132,6 +144,9 @@ impl MappedQueue {
             ops: HostOpTable::with_capacity(depth),
             barriers: FlushBarriers::default(),
             flushes_ready: Vec::new(),
+            fua_waiting: Vec::new(),
+            fua_flushing: Vec::new(),
+            fua_flush: None,
             immediate: VecDeque::with_capacity(depth),
             pool: None,
             read_map: Vec::new(),
@@ -200,7 +215,8 @@ impl MappedQueue {
         if let Err(e) = self.pool() {
             return self.complete_now(user_data, Err(e));
         }
-        let slot = self.slots.acquire(user_data, 1, bytes);
+        let ordered = !matches!(op, JobOp::Read { .. });
+        let slot = self.slots.acquire(user_data, 1, bytes, ordered);
         if let Some(pool) = self.pool.as_mut() {
             pool.submit(Job { slot, op });
         }
@@ -346,7 +362,8 @@ impl MappedQueue {
             };
             return self.send_to_pool(user_data, len, op);
         }
-        let Some(slot) = (later > 0).then(|| self.slots.acquire(user_data, later, len)) else {
+        let Some(slot) = (later > 0).then(|| self.slots.acquire(user_data, later, len, false))
+        else {
             // Zeros only: filled, nothing to wait for.
             zero_range(bufs, 0, len);
             return self.complete_now(user_data, Ok(len));
@@ -435,13 +452,9 @@ impl MappedQueue {
         if let Err(e) = self.admit(offset, len, Operation::Write, segments) {
             return self.complete_now(user_data, Err(e));
         }
-        if fua {
-            let op = JobOp::Write {
-                offset,
-                bufs: bufs.to_vec(),
-                fua: true,
-            };
-            return self.send_to_pool(user_data, len, op);
+        if len == 0 && fua {
+            // Nothing to write, but what is written must be durable: a flush of its own.
+            return self.accept_flush(user_data);
         }
         if len == 0 {
             return self.complete_now(user_data, Ok(0));
@@ -452,13 +465,20 @@ impl MappedQueue {
                 let e = self.context(e, Operation::Write, Some(offset));
                 self.complete_now(user_data, Err(e));
             }
-            Ok(()) => self.write_mapped(user_data, offset, len, bufs),
+            Ok(()) => self.write_mapped(user_data, offset, len, bufs, fua),
         }
     }
 
     /// Serves a mapped write: one host write per host piece (allocations linked when written), other disks'
-    /// pieces and slow pieces on the pool.
-    fn write_mapped(&mut self, user_data: u64, offset: u64, len: u64, bufs: &[IoBuf<'static>]) {
+    /// pieces and slow pieces on the pool; a FUA write then waits for a shared flush (see `finish_slot`).
+    fn write_mapped(
+        &mut self,
+        user_data: u64,
+        offset: u64,
+        len: u64,
+        bufs: &[IoBuf<'static>],
+        fua: bool,
+    ) {
         let mut total = 0u64;
         let mut valid = true;
         let mut aligned = true;
@@ -500,13 +520,16 @@ impl MappedQueue {
             let op = JobOp::Write {
                 offset,
                 bufs: bufs.to_vec(),
-                fua: false,
+                fua,
             };
             return self.send_to_pool(user_data, len, op);
         }
         // total == len > 0, so there is at least one piece; a table never holds 2^32 pieces of one request.
         let pieces = self.write_map.len() as u32;
-        let slot = self.slots.acquire(user_data, pieces, len);
+        let slot = self.slots.acquire(user_data, pieces, len, true);
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.fua = fua;
+        }
         let mut pos = 0u64;
         for i in 0..self.write_map.len() {
             let piece = self.write_map[i];
@@ -553,13 +576,14 @@ impl MappedQueue {
         }
     }
 
-    /// A flush: runs on the pool once every request submitted before it has completed.
+    /// A flush: runs on the pool once every write, write-zeroes, discard and flush submitted before it has
+    /// completed.
     fn accept_flush(&mut self, user_data: u64) {
         if let Err(e) = self.pool() {
             return self.complete_now(user_data, Err(e));
         }
-        let earlier = self.slots.live();
-        let slot = self.slots.acquire(user_data, 1, 0);
+        let earlier = self.slots.live_ordered();
+        let slot = self.slots.acquire(user_data, 1, 0, true);
         if earlier == 0 {
             if let Some(pool) = self.pool.as_mut() {
                 pool.submit(Job {
@@ -757,10 +781,77 @@ impl MappedQueue {
         self.finish_slot(slot)
     }
 
-    /// Frees a finished request's slot and starts the flushes that were waiting for it.
+    /// Frees a finished request's slot and starts the flushes that were waiting for it. A FUA write whose
+    /// data is written waits for a shared flush instead; the end of a shared flush completes its FUA writes.
     fn finish_slot(&mut self, slot: u32) -> Option<Completion> {
-        let (completion, seq) = self.slots.release(slot)?;
-        if !self.barriers.is_empty() {
+        if self.fua_flush == Some(slot) {
+            return self.shared_flush_finished(slot);
+        }
+        if let Some(s) = self.slots.get_mut(slot) {
+            if s.fua && s.error.is_none() {
+                s.fua = false;
+                self.fua_waiting.push(slot);
+                self.start_shared_flush();
+                return None;
+            }
+        }
+        self.release_slot(slot)
+    }
+
+    /// Starts a shared flush for the FUA writes waiting, unless one is running (they wait for the next).
+    fn start_shared_flush(&mut self) {
+        if self.fua_flush.is_some() || self.fua_waiting.is_empty() {
+            return;
+        }
+        if let Err(e) = self.pool() {
+            // The writes fail: their data may not be durable.
+            for slot in std::mem::take(&mut self.fua_waiting) {
+                if let Some(s) = self.slots.get_mut(slot) {
+                    s.fail(fua_flush_failed(&e));
+                }
+                if let Some(c) = self.release_slot(slot) {
+                    self.immediate.push_back(c);
+                }
+            }
+            return;
+        }
+        std::mem::swap(&mut self.fua_waiting, &mut self.fua_flushing);
+        // Internal: no guest request waits for it by sequence, and `in_flight` does not count it.
+        let flush = self.slots.acquire(u64::MAX, 1, 0, false);
+        self.fua_flush = Some(flush);
+        if let Some(pool) = self.pool.as_mut() {
+            pool.submit(Job {
+                slot: flush,
+                op: JobOp::Flush,
+            });
+        }
+    }
+
+    /// A shared flush finished: its FUA writes complete with its result (queued as immediate completions),
+    /// and the next one starts for the FUA writes that waited meanwhile.
+    fn shared_flush_finished(&mut self, flush: u32) -> Option<Completion> {
+        self.fua_flush = None;
+        let result = self.slots.release(flush).map(|(c, _, _)| c.result);
+        let mut writes = std::mem::take(&mut self.fua_flushing);
+        for &slot in &writes {
+            if let (Some(Err(e)), Some(s)) = (&result, self.slots.get_mut(slot)) {
+                s.fail(fua_flush_failed(e));
+            }
+            if let Some(c) = self.release_slot(slot) {
+                self.immediate.push_back(c);
+            }
+        }
+        // Keep the vector's capacity for the next shared flush.
+        writes.clear();
+        self.fua_flushing = writes;
+        self.start_shared_flush();
+        self.immediate.pop_front()
+    }
+
+    /// Frees a slot: its completion, after starting the flushes that waited for it.
+    fn release_slot(&mut self, slot: u32) -> Option<Completion> {
+        let (completion, seq, ordered) = self.slots.release(slot)?;
+        if ordered && !self.barriers.is_empty() {
             self.barriers.completed(seq, &mut self.flushes_ready);
             while let Some(flush) = self.flushes_ready.pop() {
                 if let Some(pool) = self.pool.as_mut() {
@@ -796,6 +887,15 @@ enum ShortTransfer {
     EndOfFile,
     /// The piece fails.
     Failed(HostFailure),
+}
+
+/// The error of a FUA write whose shared flush failed (each write of the flush gets its own copy).
+fn fua_flush_failed(flush: &Error) -> Error {
+    Error::new(
+        flush.kind(),
+        format!("the flush that makes this FUA write durable failed: {flush}"),
+    )
+    .with_operation(Operation::Write)
 }
 
 /// The error an allocation is given back with when its data write was never submitted.
@@ -868,7 +968,8 @@ impl AsyncIo for MappedQueue {
     }
 
     fn in_flight(&self) -> usize {
-        self.slots.live() + self.immediate.len()
+        // The shared flush of FUA writes is not a request.
+        self.slots.live() - usize::from(self.fua_flush.is_some()) + self.immediate.len()
     }
 
     unsafe fn register_memory(&mut self, regions: &[IoBufMut<'static>]) -> Result<bool> {

@@ -26,6 +26,11 @@ pub(crate) struct Slot {
     pub(crate) error: Option<Error>,
     /// A read's buffer list, to zero-fill the tail of a short host read (capacity reused).
     pub(crate) bufs: Vec<IoBufMut<'static>>,
+    /// Whether a later flush waits for it: everything but reads (a flush orders only what changes the
+    /// disk).
+    pub(crate) ordered: bool,
+    /// A FUA write: complete only once a flush after its data has finished.
+    pub(crate) fua: bool,
     in_use: bool,
 }
 
@@ -42,6 +47,8 @@ pub(crate) struct SlotTable {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
+    /// Live slots that later flushes wait for.
+    live_ordered: usize,
     next_seq: u64,
 }
 
@@ -52,15 +59,24 @@ impl SlotTable {
             slots: Vec::with_capacity(depth),
             free: Vec::with_capacity(depth),
             live: 0,
+            live_ordered: 0,
             next_seq: 0,
         }
     }
 
-    /// Takes a free slot for a request: `outstanding` pieces, `bytes` on success.
-    pub(crate) fn acquire(&mut self, user_data: u64, outstanding: u32, bytes: u64) -> u32 {
+    /// Takes a free slot for a request: `outstanding` pieces, `bytes` on success; `ordered` when later flushes
+    /// must wait for it (anything but a read).
+    pub(crate) fn acquire(
+        &mut self,
+        user_data: u64,
+        outstanding: u32,
+        bytes: u64,
+        ordered: bool,
+    ) -> u32 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.live += 1;
+        self.live_ordered += usize::from(ordered);
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -76,6 +92,8 @@ impl SlotTable {
             slot.bytes = bytes;
             slot.error = None;
             slot.bufs.clear();
+            slot.ordered = ordered;
+            slot.fua = false;
             slot.in_use = true;
         }
         index
@@ -86,8 +104,9 @@ impl SlotTable {
         self.slots.get_mut(index as usize).filter(|s| s.in_use)
     }
 
-    /// Frees slot `index`; returns its completion and its sequence number.
-    pub(crate) fn release(&mut self, index: u32) -> Option<(Completion, u64)> {
+    /// Frees slot `index`; returns its completion, its sequence number and whether later flushes waited for
+    /// it.
+    pub(crate) fn release(&mut self, index: u32) -> Option<(Completion, u64, bool)> {
         let slot = self.slots.get_mut(index as usize).filter(|s| s.in_use)?;
         slot.in_use = false;
         slot.bufs.clear();
@@ -96,6 +115,7 @@ impl SlotTable {
             None => Ok(slot.bytes),
         };
         self.live -= 1;
+        self.live_ordered -= usize::from(slot.ordered);
         self.free.push(index);
         Some((
             Completion {
@@ -103,12 +123,18 @@ impl SlotTable {
                 result,
             },
             slot.seq,
+            slot.ordered,
         ))
     }
 
     /// Requests in flight.
     pub(crate) fn live(&self) -> usize {
         self.live
+    }
+
+    /// Requests in flight that a flush submitted now waits for.
+    pub(crate) fn live_ordered(&self) -> usize {
+        self.live_ordered
     }
 }
 
@@ -256,17 +282,19 @@ mod tests {
     #[test]
     fn slots_and_ops_are_reused() {
         let mut slots = SlotTable::with_capacity(2);
-        let a = slots.acquire(10, 1, 512);
-        let b = slots.acquire(11, 1, 0);
+        let a = slots.acquire(10, 1, 512, false);
+        let b = slots.acquire(11, 1, 0, true);
         assert_eq!(slots.live(), 2);
         if let Some(s) = slots.get_mut(b) {
             s.fail(Error::new(crate::ErrorKind::Io, "x"));
         }
-        let (done, seq) = slots.release(b).unwrap();
-        assert_eq!((done.user_data, seq), (11, 1));
+        assert_eq!(slots.live_ordered(), 1);
+        let (done, seq, ordered) = slots.release(b).unwrap();
+        assert_eq!((done.user_data, seq, ordered), (11, 1, true));
+        assert_eq!(slots.live_ordered(), 0);
         assert!(done.result.is_err());
         assert!(slots.release(b).is_none());
-        assert_eq!(slots.acquire(12, 1, 0), b);
+        assert_eq!(slots.acquire(12, 1, 0, true), b);
         assert_eq!(slots.release(a).unwrap().0.result.unwrap(), 512);
 
         let mut ops = HostOpTable::with_capacity(1);

@@ -419,6 +419,65 @@ fn a_flush_completes_after_the_requests_before_it() {
     assert_eq!(h.mapper.shared().flushes.load(Ordering::SeqCst), 2);
 }
 
+/// FUA writes of one batch share flushes: their data goes to the host queue as any write's, and each completes
+/// only after a flush that started once its data was written; the batch needs one or two flushes, not one per
+/// write.
+#[test]
+fn fua_writes_of_a_batch_share_flushes() {
+    let mut h = Harness::new(
+        FakeOptions {
+            slow_clusters: false,
+            ..FakeOptions::default()
+        },
+        32,
+    );
+    let mut data: Vec<GuestBuf> = (0..16).map(|i| GuestBuf::filled(4096, i + 1)).collect();
+    let lists: Vec<Vec<IoBuf<'static>>> = data.iter_mut().map(|b| b.bufs(4096)).collect();
+    let batch: Vec<Request<'_>> = lists
+        .iter()
+        .enumerate()
+        .map(|(i, w)| write_request(i as u64, i as u64 * CLUSTER, w).with_flags(RequestFlags::FUA))
+        .collect();
+    h.queue.submit(&batch).unwrap();
+    let started = Instant::now();
+    let mut done = 0;
+    while done < batch.len() {
+        match h.queue.next_completed_request() {
+            Some(c) => {
+                assert!(c.result.is_ok(), "{:?}", c.result);
+                // Durable: a flush ran after its data was written.
+                assert!(h.mapper.shared().flushes.load(Ordering::SeqCst) >= 1);
+                done += 1;
+            }
+            None => {
+                assert!(started.elapsed() < Duration::from_secs(30), "queue hangs");
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+    let flushes = h.mapper.shared().flushes.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&flushes),
+        "{flushes} flushes for 16 FUA writes"
+    );
+    assert_eq!(h.queue.in_flight(), 0);
+    let disk = whole_disk(h.mapper.fake_disk());
+    for (i, buf) in data.iter().enumerate() {
+        let at = i * CLUSTER as usize;
+        assert!(disk[at..at + 4096] == *buf.bytes(), "write {i}");
+    }
+    // A FUA write of nothing is a flush.
+    let done = complete(
+        &mut h.queue,
+        &[write_request(99, 0, &[]).with_flags(RequestFlags::FUA)],
+    );
+    assert_eq!(done[0].result.as_ref().ok(), Some(&0));
+    assert_eq!(
+        h.mapper.shared().flushes.load(Ordering::SeqCst),
+        flushes + 1
+    );
+}
+
 #[test]
 fn failed_links_and_host_errors_fail_their_request() {
     let mut h = Harness::new(
