@@ -9,6 +9,7 @@ use crate::async_io::AsyncIo;
 use crate::buffer::{IoBuf, IoBufMut};
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::extent::Extent;
+use crate::host_file::HostFile;
 use crate::properties::DiskProperties;
 use crate::topology::DiskTopology;
 
@@ -66,6 +67,13 @@ pub trait DiskFile: Send + Sync + Debug {
 
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
+
+    /// The host file this disk is, byte for byte, when it is one (see [`Mapper::identity_file`](crate::Mapper::identity_file)): a format
+    /// that opened this disk as a file its image names may put its I/O on its own host queue. The default:
+    /// none.
+    fn identity_file(&self) -> Option<&HostFile> {
+        None
+    }
 
     /// Where the guest range starting at `offset` (at most `len` bytes) lives: the first run of equal status.
     ///

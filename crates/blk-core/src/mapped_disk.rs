@@ -13,6 +13,7 @@ use crate::buffer::{total_len, total_len_mut, IoBuf, IoBufMut};
 use crate::disk_file::{check_range, read_only_error, AsyncDiskFile, DiskFile};
 use crate::error::{Error, Operation, Result};
 use crate::extent::Extent;
+use crate::host_file::HostFile;
 use crate::host_queue::HostQueueBackend;
 use crate::mapped_io::{context, read_mapped_len, write_mapped_len};
 use crate::mapped_queue::MappedQueue;
@@ -140,6 +141,10 @@ impl<M: Mapper + ?Sized> fmt::Debug for MappedDisk<M> {
 impl<M: Mapper + ?Sized> DiskFile for MappedDisk<M> {
     fn logical_size(&self) -> u64 {
         self.mapper.logical_size()
+    }
+
+    fn identity_file(&self) -> Option<&HostFile> {
+        self.mapper.identity_file()
     }
 
     fn physical_size(&self) -> Result<u64> {

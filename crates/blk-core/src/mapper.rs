@@ -406,6 +406,14 @@ pub trait Mapper: Send + Sync + Debug {
         None
     }
 
+    /// The host file this image is, byte for byte, when it is one (guest offset `x` is offset `x` of the file,
+    /// every request maps to that one range: raw). A format that reaches this image as a file it names (a
+    /// QCOW2 external data file) may then map its pieces there as host pieces of its own, served on its host
+    /// queue instead of through [`DiskFile`] calls on a worker pool. The default: none.
+    fn identity_file(&self) -> Option<&HostFile> {
+        None
+    }
+
     /// Whether the disk was opened read-only. The default asks the image file.
     fn is_read_only(&self) -> bool {
         self.host_files().first().is_none_or(HostFile::is_read_only)

@@ -165,9 +165,25 @@ fn check_reads(img: &Path, size: u64, seed: u64, what: &str) {
     );
 }
 
-/// The blk half of `check_reads`.
+/// The blk half of `check_reads`, with an external data file opened both as a disk and as a host file of the
+/// image's own.
 fn check_reads_through_blk(img: &Path, size: u64, seed: u64, what: &str, expected: &[u8]) {
-    let disk = support::open_disk(img, &ro_data()).unwrap();
+    check_reads_with(img, &ro_data(), size, seed, what, expected);
+    if what.contains("data-file") {
+        let what = format!("{what}, data file as host file");
+        check_reads_with(img, &ro_host_data(), size, seed, &what, expected);
+    }
+}
+
+fn check_reads_with(
+    img: &Path,
+    options: &blk_qcow::Qcow2OpenOptions,
+    size: u64,
+    seed: u64,
+    what: &str,
+    expected: &[u8],
+) {
+    let disk = support::open_disk(img, options).unwrap();
     assert_same(&read_all(&disk), expected, &format!("{what}: sync path"));
     let mut queue = queue_of(&disk, &SyncHostBackend, 32);
     let got = read_through_queue(&mut queue, size, seed);

@@ -44,32 +44,45 @@ fn qemu_made_images_read_like_qemu_and_replays_match() {
         "data_file=data.raw,extended_l2=on",
         "data_file=data.raw,data_file_raw=on,extended_l2=on,cluster_size=32k",
     ] {
-        let theirs = create_with_qemu(&dir.path().join("theirs"), opts);
-        let ours = create_with_qemu(&dir.path().join("ours"), opts);
-        assert_reads_and_maps_like_qemu(&theirs, &ro_data(), &format!("{opts} (empty)"));
-        qemu_io("qcow2", &theirs, SCRIPT);
-        assert_reads_and_maps_like_qemu(&theirs, &ro_data(), opts);
-        {
-            let disk = support::open_disk(&ours, &rw_data()).unwrap();
-            for cmd in SCRIPT {
-                run_blk(&disk, cmd);
+        // The data file through `DiskFile` calls, and as a host file of the image's own.
+        for (rw, ro, how) in [
+            (rw_data(), ro_data(), "disk"),
+            (rw_host_data(), ro_host_data(), "host file"),
+        ] {
+            let opts = &format!("{opts}, data file as {how}");
+            let theirs =
+                create_with_qemu(&dir.path().join("theirs"), opts.split(", ").next().unwrap());
+            let ours = create_with_qemu(&dir.path().join("ours"), opts.split(", ").next().unwrap());
+            assert_reads_and_maps_like_qemu(&theirs, &ro, &format!("{opts} (empty)"));
+            qemu_io("qcow2", &theirs, SCRIPT);
+            assert_reads_and_maps_like_qemu(&theirs, &ro, opts);
+            {
+                let disk = support::open_disk(&ours, &rw).unwrap();
+                assert_eq!(
+                    blk_core::Mapper::host_files(&*disk).len(),
+                    if how == "host file" { 2 } else { 1 },
+                    "{opts}"
+                );
+                for cmd in SCRIPT {
+                    run_blk(&disk, cmd);
+                }
+                disk.flush().unwrap();
             }
-            disk.flush().unwrap();
+            assert_qemu_check_clean(&ours);
+            qemu_img(&["compare", "-q", path_str(&ours), path_str(&theirs)]);
+            assert_eq!(
+                qemu_map(&ours),
+                qemu_map(&theirs),
+                "qemu-img map after replay, {opts}"
+            );
+            if opts.contains("data_file_raw=on") {
+                // The raw data file is the guest disk.
+                let data = std::fs::read(dir.path().join("ours/data.raw")).unwrap();
+                assert_same(&data, &qemu_contents(&theirs, "qcow2"), "raw data file");
+            }
+            std::fs::remove_dir_all(dir.path().join("theirs")).unwrap();
+            std::fs::remove_dir_all(dir.path().join("ours")).unwrap();
         }
-        assert_qemu_check_clean(&ours);
-        qemu_img(&["compare", "-q", path_str(&ours), path_str(&theirs)]);
-        assert_eq!(
-            qemu_map(&ours),
-            qemu_map(&theirs),
-            "qemu-img map after replay, {opts}"
-        );
-        if opts.contains("data_file_raw=on") {
-            // The raw data file is the guest disk.
-            let data = std::fs::read(dir.path().join("ours/data.raw")).unwrap();
-            assert_same(&data, &qemu_contents(&theirs, "qcow2"), "raw data file");
-        }
-        std::fs::remove_dir_all(dir.path().join("theirs")).unwrap();
-        std::fs::remove_dir_all(dir.path().join("ours")).unwrap();
     }
 }
 

@@ -96,6 +96,11 @@ impl Mapper for Raw {
         std::slice::from_ref(&self.file)
     }
 
+    /// The file itself: raw is the identity.
+    fn identity_file(&self) -> Option<&HostFile> {
+        Some(&self.file)
+    }
+
     fn duplicate(&self) -> Result<Arc<dyn Mapper>> {
         Ok(Arc::new(Raw {
             file: self.file.try_clone()?,

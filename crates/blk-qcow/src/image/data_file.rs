@@ -12,7 +12,11 @@
 //! Data-file offsets are not checked against anything (QEMU bounds them by nothing either): reads past the
 //! data file's end give zeros.
 //!
-//! Guest data I/O to it is the mapper's (`Disk` pieces, index `DATA_FILE_DISK`) and the slow path's; with
+//! Guest data I/O to it is the mapper's and the slow path's. When the opened data file is a host file byte for
+//! byte ([`DiskFile::identity_file`]: raw, as the factory opens it), each handle holds a descriptor of it as
+//! its second host file (`DATA_HOST_FILE`) and the mapper's pieces there are host pieces, served on the
+//! queue's host queue like the image file's; otherwise they are `Disk` pieces (index `DATA_FILE_DISK`) on the
+//! worker pool. With
 //! compressed clusters refused here, it is read as `CorruptImage` and written as `UnsupportedFeature`.
 
 use std::path::{Path, PathBuf};

@@ -135,8 +135,10 @@ impl Drop for Shared {
 #[derive(Debug)]
 pub struct Qcow2 {
     pub(crate) shared: Arc<Shared>,
-    /// This handle's descriptor of the image file: [`blk_core::Mapper::host_files`].
-    pub(crate) files: [HostFile; 1],
+    /// This handle's host files ([`blk_core::Mapper::host_files`]): its descriptor of the image file, and of
+    /// the external data file when that is a host file byte for byte (`DATA_HOST_FILE`; see
+    /// [`blk_core::DiskFile::identity_file`]), so that data-file pieces are served on the queue's host queue.
+    pub(crate) files: Vec<HostFile>,
 }
 
 impl Qcow2 {
@@ -206,12 +208,15 @@ impl Qcow2 {
 
     /// Another handle: its own descriptor, the same metadata.
     pub(crate) fn duplicate(&self) -> Result<Qcow2> {
+        let files = self
+            .files
+            .iter()
+            .map(HostFile::try_clone)
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| self.context(e, Operation::Open, None))?;
         Ok(Qcow2 {
             shared: Arc::clone(&self.shared),
-            files: [self
-                .file()
-                .try_clone()
-                .map_err(|e| self.context(e, Operation::Open, None))?],
+            files,
         })
     }
 

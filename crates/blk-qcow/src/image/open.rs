@@ -178,6 +178,11 @@ impl Qcow2 {
         meta.grow_ahead =
             !read_only && with_data_file && !file.is_block_device() && !g.data_file_raw;
         let meta_file = file.try_clone()?;
+        // A data file that is a host file byte for byte (raw) is served as this image's second host file.
+        let mut files = vec![file];
+        if let Some(host) = data_file.as_ref().and_then(|d| d.disk.identity_file()) {
+            files.push(host.try_clone()?);
+        }
         let image = Qcow2 {
             shared: Arc::new(Shared {
                 geometry: g,
@@ -195,7 +200,7 @@ impl Qcow2 {
                 open_repair: OnceLock::new(),
                 encryption,
             }),
-            files: [file],
+            files,
         };
         if !read_only && !options.check_mode {
             if dirty {

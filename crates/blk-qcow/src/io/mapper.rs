@@ -4,8 +4,8 @@
 //!
 //! | request | pieces |
 //! |---|---|
-//! | read | data clusters: the image file (host-contiguous clusters merged), or the external data file (`Disk` 1, zeros past its end); zero clusters: zeros; compressed clusters: an encoded piece inflated by [`decode`](blk_core::Mapper::decode); unallocated clusters: the backing file (`Disk` 0, zeros past its end), or zeros. With extended L2 entries the same per subcluster. |
-//! | write | in place where the cluster is `COPIED` data (with extended L2 entries: every covered subcluster holds data), in the image file (the overlap guard first) or the data file (`Disk` 1); whole fresh clusters allocated in runs (`Allocated`, linked in [`finish_allocation`](blk_core::Mapper::finish_allocation)); every other cluster (copy-on-write, shared, compressed or preallocated zero clusters, clusters in flight, data-file allocations, subcluster bitmap changes) a `Slow` piece of its own, served by [`write_slow`](blk_core::Mapper::write_slow) (see `slow_write`); fresh clusters after a slow one are slow too, so a request's clusters are allocated in guest order. |
+//! | read | data clusters: the image file (host-contiguous clusters merged), or the external data file (host file 1 when it is a raw file, else `Disk` 1; zeros past its end); zero clusters: zeros; compressed clusters: an encoded piece inflated by [`decode`](blk_core::Mapper::decode); unallocated clusters: the backing file (`Disk` 0, zeros past its end), or zeros. With extended L2 entries the same per subcluster. |
+//! | write | in place where the cluster is `COPIED` data (with extended L2 entries: every covered subcluster holds data), in the image file (the overlap guard first) or the data file (host file 1, or `Disk` 1); whole fresh clusters allocated in runs (`Allocated`, linked in [`finish_allocation`](blk_core::Mapper::finish_allocation)); every other cluster (copy-on-write, shared, compressed or preallocated zero clusters, clusters in flight, data-file allocations, subcluster bitmap changes) a `Slow` piece of its own, served by [`write_slow`](blk_core::Mapper::write_slow) (see `slow_write`); fresh clusters after a slow one are slow too, so a request's clusters are allocated in guest order. |
 //!
 //! Both answers come from the lookup and the write classifier of `lookup`. One mapping takes the metadata lock
 //! once (a read whose L2 tables are all cached only its shared side; a read that finds one missing, once more
@@ -31,6 +31,8 @@ use crate::FORMAT_NAME;
 
 /// Index of the image file in [`Mapper::host_files`].
 pub(crate) const IMAGE_FILE: usize = 0;
+/// Index of the external data file in [`Mapper::host_files`], when it is a host file byte for byte.
+pub(crate) const DATA_HOST_FILE: usize = 1;
 /// [`Mapper::disk`] index of the backing file.
 pub const BACKING_DISK: usize = 0;
 /// [`Mapper::disk`] index of the external data file.
@@ -120,6 +122,14 @@ impl Qcow2 {
                         len: n,
                     }
                     .push_onto(out, start),
+                    // On the queue's host queue when the data file is a host file (zeros past its end, as a
+                    // raw image reads).
+                    Some(_) if self.files.len() > DATA_HOST_FILE => ReadMapping::Host {
+                        file: DATA_HOST_FILE,
+                        offset: host + pos % cs,
+                        len: n,
+                    }
+                    .push_onto(out, start),
                     // Zeros past the end of the data file, which QEMU does not bound either.
                     Some(data) => push_disk_read(
                         out,
@@ -180,19 +190,26 @@ impl Qcow2 {
             match self.classify_write(meta, gc, in_off, n)?.plan {
                 WritePlan::InPlace(host) => {
                     meta.guard_data_write(file, host + in_off, n)?;
-                    let piece = if self.shared.data_file.is_some() {
-                        WriteMapping::Disk {
-                            disk: DATA_FILE_DISK,
-                            offset: host + in_off,
-                            len: n,
-                        }
-                    } else {
-                        WriteMapping::Host {
-                            file: IMAGE_FILE,
-                            offset: host + in_off,
-                            len: n,
-                        }
-                    };
+                    let piece =
+                        if self.shared.data_file.is_some() && self.files.len() > DATA_HOST_FILE {
+                            WriteMapping::Host {
+                                file: DATA_HOST_FILE,
+                                offset: host + in_off,
+                                len: n,
+                            }
+                        } else if self.shared.data_file.is_some() {
+                            WriteMapping::Disk {
+                                disk: DATA_FILE_DISK,
+                                offset: host + in_off,
+                                len: n,
+                            }
+                        } else {
+                            WriteMapping::Host {
+                                file: IMAGE_FILE,
+                                offset: host + in_off,
+                                len: n,
+                            }
+                        };
                     piece.push_onto(out, start);
                     pos += n;
                 }

@@ -264,6 +264,34 @@ impl ImageOpener for DataFileOpener {
     }
 }
 
+/// [`DataFileOpener`] whose data files say they are their host file byte for byte
+/// ([`DiskFile::identity_file`], as the factory's raw disks do): the image then serves data-file pieces as
+/// host pieces of its own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostDataFileOpener;
+
+impl ImageOpener for HostDataFileOpener {
+    fn open_named(&self, image: &NamedImage) -> Result<Box<dyn DiskFile>> {
+        if image.role == blk_core::NamedImageRole::DataFile {
+            assert_eq!(image.format.as_deref(), Some("raw"), "data files are raw");
+            let mut disk = TestRaw::open(&image.path, image.read_only)?;
+            disk.identity = true;
+            return Ok(Box::new(disk));
+        }
+        TestOpener.open_named(image)
+    }
+}
+
+/// Open options for a writable open with [`HostDataFileOpener`].
+pub fn rw_host_data() -> Qcow2OpenOptions {
+    Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(HostDataFileOpener))
+}
+
+/// Open options for a read-only open with [`HostDataFileOpener`].
+pub fn ro_host_data() -> Qcow2OpenOptions {
+    Qcow2OpenOptions::new(blk_test_support::ro(), Arc::new(HostDataFileOpener))
+}
+
 /// Open options for a writable open with [`DataFileOpener`].
 pub fn rw_data() -> Qcow2OpenOptions {
     Qcow2OpenOptions::new(HostOpenOptions::default(), Arc::new(DataFileOpener))
@@ -280,6 +308,8 @@ pub fn ro_data() -> Qcow2OpenOptions {
 pub struct TestRaw {
     file: HostFile,
     size: u64,
+    /// Whether [`DiskFile::identity_file`] gives the file.
+    identity: bool,
 }
 
 impl TestRaw {
@@ -294,7 +324,11 @@ impl TestRaw {
             },
         )?;
         let size = file.len()?;
-        Ok(TestRaw { file, size })
+        Ok(TestRaw {
+            file,
+            size,
+            identity: false,
+        })
     }
 
     /// Refuses `operation` when the disk is read-only.
@@ -323,6 +357,7 @@ impl DiskFile for TestRaw {
         Ok(Box::new(TestRaw {
             file: self.file.try_clone()?,
             size: self.size,
+            identity: self.identity,
         }))
     }
     fn read_at(&self, offset: u64, bufs: &[IoBufMut<'_>]) -> Result<()> {
@@ -358,6 +393,9 @@ impl DiskFile for TestRaw {
             return Ok(());
         }
         self.file.sync_data()
+    }
+    fn identity_file(&self) -> Option<&HostFile> {
+        self.identity.then_some(&self.file)
     }
 }
 
