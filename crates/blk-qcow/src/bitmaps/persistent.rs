@@ -133,6 +133,11 @@ impl Metadata {
         Ok(true)
     }
 
+    /// Whether guest writes set bits in persistent bitmaps (`track_write` has work to do).
+    pub(crate) fn tracks_writes(&self) -> bool {
+        self.bitmaps.tracking
+    }
+
     /// Sets the bits `offset..offset + len` touches in every enabled bitmap, marking them in use on disk
     /// first when a bit changes while they are not.
     #[inline]

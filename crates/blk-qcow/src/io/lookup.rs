@@ -142,8 +142,22 @@ impl Qcow2 {
         in_off: u64,
         n: u64,
     ) -> Result<ClusterWrite> {
-        let g = &self.shared.geometry;
         let (entry, bitmap) = self.lookup_with_bitmap(meta, gc)?;
+        self.classify_entry(meta, gc, in_off, n, entry, bitmap)
+    }
+
+    /// The classifier's answer for guest cluster `gc` whose validated entry and bitmap are `entry` and
+    /// `bitmap` (looked up under either side of the metadata lock).
+    pub(crate) fn classify_entry(
+        &self,
+        meta: &Metadata,
+        gc: u64,
+        in_off: u64,
+        n: u64,
+        entry: L2Entry,
+        bitmap: u64,
+    ) -> Result<ClusterWrite> {
+        let g = &self.shared.geometry;
         let write = |plan| {
             Ok(ClusterWrite {
                 entry,

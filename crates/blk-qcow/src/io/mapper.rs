@@ -8,8 +8,8 @@
 //! | write | in place where the cluster is `COPIED` data (with extended L2 entries: every covered subcluster holds data), in the image file (the overlap guard first) or the data file (host file 1, or `Disk` 1); whole fresh clusters allocated in runs (`Allocated`, linked in [`finish_allocation`](blk_core::Mapper::finish_allocation)); every other cluster (copy-on-write, shared, compressed or preallocated zero clusters, clusters in flight, data-file allocations, subcluster bitmap changes) a `Slow` piece of its own, served by [`write_slow`](blk_core::Mapper::write_slow) (see `slow_write`); fresh clusters after a slow one are slow too, so a request's clusters are allocated in guest order. |
 //!
 //! Both answers come from the lookup and the write classifier of `lookup`. One mapping takes the metadata lock
-//! once (a read whose L2 tables are all cached only its shared side; a read that finds one missing, once more
-//! exclusively); an allocating write marks its clusters in flight under that hold
+//! once (a read whose L2 tables are all cached, or a write that overwrites in place, only its shared side; a
+//! request that finds a table missing or a cluster to allocate, once more exclusively); an allocating write marks its clusters in flight under that hold
 //! and `finish_allocation` links them (or gives them back) under a second one, after the data write. The
 //! mapper never waits on the link signal: a cluster in flight is a slow piece, and
 //! `write_slow` waits there instead.
@@ -190,27 +190,7 @@ impl Qcow2 {
             match self.classify_write(meta, gc, in_off, n)?.plan {
                 WritePlan::InPlace(host) => {
                     meta.guard_data_write(file, host + in_off, n)?;
-                    let piece =
-                        if self.shared.data_file.is_some() && self.files.len() > DATA_HOST_FILE {
-                            WriteMapping::Host {
-                                file: DATA_HOST_FILE,
-                                offset: host + in_off,
-                                len: n,
-                            }
-                        } else if self.shared.data_file.is_some() {
-                            WriteMapping::Disk {
-                                disk: DATA_FILE_DISK,
-                                offset: host + in_off,
-                                len: n,
-                            }
-                        } else {
-                            WriteMapping::Host {
-                                file: IMAGE_FILE,
-                                offset: host + in_off,
-                                len: n,
-                            }
-                        };
-                    piece.push_onto(out, start);
+                    self.in_place_piece(host + in_off, n).push_onto(out, start);
                     pos += n;
                 }
                 // After a slow piece, fresh clusters are slow too: the slow path allocates in guest order, so
@@ -238,6 +218,64 @@ impl Qcow2 {
             }
         }
         Ok(())
+    }
+
+    /// The piece of an in-place write of `len` bytes at host `at`: the image file, or the data file (a host
+    /// file of this handle's when it is one, else `Disk` 1).
+    fn in_place_piece(&self, at: u64, len: u64) -> WriteMapping {
+        match &self.shared.data_file {
+            None => WriteMapping::Host {
+                file: IMAGE_FILE,
+                offset: at,
+                len,
+            },
+            Some(_) if self.files.len() > DATA_HOST_FILE => WriteMapping::Host {
+                file: DATA_HOST_FILE,
+                offset: at,
+                len,
+            },
+            Some(_) => WriteMapping::Disk {
+                disk: DATA_FILE_DISK,
+                offset: at,
+                len,
+            },
+        }
+    }
+
+    /// Pushes the pieces of the write `offset..end`, this request's from `start`, under the metadata lock's
+    /// shared side, when every cluster it touches is written in place (its L2 table cached, the overlap check
+    /// decided in memory) and no persistent bitmap tracks writes: `Ok(false)` otherwise (the caller truncates
+    /// `out` and maps the write exclusively).
+    fn map_write_in_place(
+        &self,
+        meta: &Metadata,
+        offset: u64,
+        end: u64,
+        start: usize,
+        out: &mut Vec<WriteMapping>,
+    ) -> Result<bool> {
+        let g = &self.shared.geometry;
+        let cs = g.cluster_size;
+        let mut pos = offset;
+        while pos < end {
+            let (gc, in_off) = (pos >> g.cluster_bits, pos % cs);
+            let n = (cs - in_off).min(end - pos);
+            let Some((entry, bitmap)) = self.cached_lookup_with_bitmap(meta, gc)? else {
+                return Ok(false);
+            };
+            let WritePlan::InPlace(host) = self
+                .classify_entry(meta, gc, in_off, n, entry, bitmap)?
+                .plan
+            else {
+                return Ok(false);
+            };
+            if !meta.data_write_allowed(host + in_off, n) {
+                return Ok(false);
+            }
+            self.in_place_piece(host + in_off, n).push_onto(out, start);
+            pos += n;
+        }
+        Ok(true)
     }
 
     /// Allocates the run of whole fresh clusters from guest cluster `gc` (which the classifier answered
@@ -427,6 +465,20 @@ impl Mapper for Qcow2 {
         let ctx = |e| self.context(e, Operation::Write, Some(offset));
         check_range(offset, len, self.shared.geometry.size).map_err(ctx)?;
         let start = out.len();
+        if self.shared.encryption.is_none() {
+            // The hit path: overwrites in place under the metadata lock's shared side.
+            let meta = self.read_metadata();
+            if !meta.tracks_writes() {
+                match self.map_write_in_place(&meta, offset, offset + len, start, out) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => out.truncate(start),
+                    Err(e) => {
+                        out.truncate(start);
+                        return Err(ctx(e));
+                    }
+                }
+            }
+        }
         let mut meta = self.lock_metadata();
         let result = meta
             .track_write(&self.shared.file, offset, len)

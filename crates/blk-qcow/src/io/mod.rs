@@ -25,8 +25,8 @@
 //!    (backing file, zeros) until the link, which happens only after the data is written. Another writer of the
 //!    same cluster waits on the image's link signal (`LinkSignal`: the lock released) until it is linked.
 //! 3. The mapper, used by both engines, takes the lock once per request to map it: a read whose L2 tables are
-//!    cached takes only its shared side; a read that must load a table starts over under the exclusive side,
-//!    and so does every write (lookups, the overlap
+//!    cached, and a write that only overwrites allocated clusters in place, take only its shared side; one
+//!    that must load a table, allocate or change metadata starts over under the exclusive side (lookups, the overlap
 //!    guard, the allocation of fresh clusters, which enter the in-flight table under that hold) and once per
 //!    allocated run to link it after its data write (`finish_allocation`, which takes the clusters out of
 //!    flight and notifies the link signal). It never waits on the link signal: a cluster in

@@ -14,11 +14,14 @@
 //! # Locking
 //!
 //! Every handle of an open image shares one `RwLock<Metadata>`, the metadata lock. Its shared side
-//! (`Qcow2::read_metadata`) serves the read path's cache hits: the L1 table, a cached L2 table and the checks
-//! of an entry, with no I/O, no loading and no eviction; a hit writes no shared cache line but the lock word
-//! itself (the cache's reference bit is written only when clear, see `cache`). Everything else takes it
-//! exclusively (`Qcow2::lock_metadata`), and so does a read whose L2 table is not cached, which starts over
-//! there. The rules:
+//! (`Qcow2::read_metadata`) serves the cache hits of the I/O path: reads, and writes that overwrite
+//! allocated clusters in place (no persistent bitmap tracking writes, the overlap check decided in memory:
+//! `data_write_allowed`). Under it: the L1 table, a cached L2 table, the checks of an entry and the in-flight
+//! table are read; nothing is loaded, evicted, written or allocated, and no I/O happens. A hit writes no
+//! shared cache line but the lock word itself (the cache's reference bit is written only when clear, see
+//! `cache`). Everything else takes it exclusively (`Qcow2::lock_metadata`), and so does a request that finds
+//! a table missing, a cluster to allocate or anything the shared side cannot decide: it starts over there.
+//! The rules:
 //!
 //! 1. Metadata I/O (L2 tables, refcount blocks, the header) happens under the lock; guest data I/O never does
 //!    (see `io` for the I/O path: mapping, the in-flight table and its condition variable, the link).

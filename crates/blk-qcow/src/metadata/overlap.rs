@@ -298,6 +298,73 @@ impl Metadata {
         if chk == 0 || len == 0 {
             return None;
         }
+        if chk & (ACTIVE_L2 | REFCOUNT_BLOCK) != 0 {
+            self.refresh_cluster_index();
+        }
+        if let Some(kind) = self.overlap_in_memory(chk, offset, len) {
+            return Some(kind);
+        }
+        let cs = self.g.cluster_size;
+        let start = offset / cs * cs;
+        let end = offset.saturating_add(len).div_ceil(cs).saturating_mul(cs);
+        let hits = |at: u64, size: u64| size != 0 && start < at.saturating_add(size) && at < end;
+        if chk & INACTIVE_L2 != 0 {
+            for &(at, n) in &self.overlap.snapshot_l1s {
+                let bytes = n.saturating_mul(8);
+                // As QEMU: a snapshot L1 table that cannot be valid is skipped (check reports it).
+                if bytes > MAX_L1_BYTES || at % cs != 0 || at == 0 {
+                    continue;
+                }
+                let Ok(table) = read_zero_filled(file, at, bytes as usize) else {
+                    continue;
+                };
+                if (0..n as usize).any(|i| {
+                    let l2 = entry(&table, i) & L1_OFFSET_MASK;
+                    l2 != 0 && hits(l2, cs)
+                }) {
+                    return Some(INACTIVE_L2);
+                }
+            }
+        }
+        if chk & BITMAP_DIRECTORY != 0 && self.hits_bitmap_directory(offset, len) {
+            return Some(BITMAP_DIRECTORY);
+        }
+        None
+    }
+
+    /// The guest-data write check of `guard_data_write` under the metadata lock's shared side: whether a write
+    /// of `len` bytes at host `offset` may go ahead. `false` leaves the decision to the exclusive check: the
+    /// cluster index is stale, the mode reads inactive L2 tables from the disk, the image was marked corrupt,
+    /// or the write overlaps metadata (the exclusive check then signals the corruption).
+    pub(crate) fn data_write_allowed(&self, offset: u64, len: u64) -> bool {
+        if self.corruption_signaled {
+            return false;
+        }
+        if self.g.data_file || len == 0 {
+            return true;
+        }
+        let chk = self.overlap.kinds;
+        if chk & INACTIVE_L2 != 0
+            || (chk & (ACTIVE_L2 | REFCOUNT_BLOCK) != 0 && !self.overlap.fresh)
+        {
+            return false;
+        }
+        self.overlap_in_memory(chk, offset, len).is_none()
+            && !(chk & BITMAP_DIRECTORY != 0 && self.hits_bitmap_directory(offset, len))
+    }
+
+    /// Whether `offset..offset + len`, widened to whole clusters, meets the bitmap directory.
+    fn hits_bitmap_directory(&self, offset: u64, len: u64) -> bool {
+        let cs = self.g.cluster_size;
+        let start = offset / cs * cs;
+        let end = offset.saturating_add(len).div_ceil(cs).saturating_mul(cs);
+        let (at, size) = self.overlap.bitmap_directory;
+        size != 0 && start < at.saturating_add(size) && at < end
+    }
+
+    /// The kinds of `metadata_overlap` known in memory, in QEMU's order up to the refcount blocks (the cluster
+    /// index must be fresh when `chk` has active L2 tables or refcount blocks).
+    fn overlap_in_memory(&self, chk: u32, offset: u64, len: u64) -> Option<u32> {
         let cs = self.g.cluster_size;
         if chk & MAIN_HEADER != 0 && offset < cs {
             return Some(MAIN_HEADER);
@@ -331,7 +398,6 @@ impl Metadata {
             return Some(INACTIVE_L1);
         }
         if chk & (ACTIVE_L2 | REFCOUNT_BLOCK) != 0 {
-            self.refresh_cluster_index();
             // The clusters that may reach `start..end`: from the first one ending after `start` on.
             let clusters = &self.overlap.clusters;
             let first = clusters.partition_point(|&(at, _)| at.saturating_add(cs) <= start);
@@ -349,28 +415,6 @@ impl Metadata {
             if found & REFCOUNT_BLOCK != 0 {
                 return Some(REFCOUNT_BLOCK);
             }
-        }
-        if chk & INACTIVE_L2 != 0 {
-            for &(at, n) in &self.overlap.snapshot_l1s {
-                let bytes = n.saturating_mul(8);
-                // As QEMU: a snapshot L1 table that cannot be valid is skipped (check reports it).
-                if bytes > MAX_L1_BYTES || at % cs != 0 || at == 0 {
-                    continue;
-                }
-                let Ok(table) = read_zero_filled(file, at, bytes as usize) else {
-                    continue;
-                };
-                if (0..n as usize).any(|i| {
-                    let l2 = entry(&table, i) & L1_OFFSET_MASK;
-                    l2 != 0 && hits(l2, cs)
-                }) {
-                    return Some(INACTIVE_L2);
-                }
-            }
-        }
-        let (dir_offset, dir_size) = self.overlap.bitmap_directory;
-        if chk & BITMAP_DIRECTORY != 0 && hits(dir_offset, dir_size) {
-            return Some(BITMAP_DIRECTORY);
         }
         None
     }
