@@ -2,8 +2,8 @@
 //! options, the files it names, and the description and administration it answers ([`blk_core::ImageAdmin`]).
 //!
 //! Handles from [`Mapper::duplicate`](blk_core::Mapper::duplicate) share one `Arc<Shared>`: the fixed
-//! layout, the metadata behind the one metadata lock (see `metadata` for the locking rules), the condition
-//! variable writers of a cluster being allocated wait on, and the backing and data files. Closing the last
+//! layout, the metadata behind the one metadata lock (see `metadata` for the locking rules), the link signal
+//! writers of a cluster being allocated wait on, and the backing and data files. Closing the last
 //! handle of a writable image writes the caches back, clears the dirty bit this open set and cuts the file
 //! back to its used end.
 //!
