@@ -8,14 +8,15 @@
 //! the table; it never stops the suite.
 
 use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bench_images::{Image, ImageSet};
 use crate::bench_report::{self, ContenderResult, ScenarioResult};
 use crate::bench_scenarios::{
-    scenarios, with_baseline, Contender, Scale, Scenario, Tool, SCENARIO_COUNT,
+    scenarios, with_baseline, Contender, Preparation, Scale, Scenario, Tool,
 };
 use crate::cmd;
 
@@ -69,11 +70,12 @@ impl CompareOptions {
                 }
                 "--scenario" => {
                     let k = it.next().ok_or("--scenario needs a number")?;
+                    // Whether the suite has it is checked when it runs (see `select`).
                     let k: u32 = k
                         .parse()
                         .ok()
-                        .filter(|k| (1..=SCENARIO_COUNT).contains(k))
-                        .ok_or_else(|| format!("--scenario: `{k}` is not 1 to {SCENARIO_COUNT}"))?;
+                        .filter(|&k| k > 0)
+                        .ok_or_else(|| format!("--scenario: `{k}` is not a positive number"))?;
                     options.scenarios.push(k);
                 }
                 _ => rest.push(arg),
@@ -115,6 +117,9 @@ pub struct RunOutcome {
     /// The backend blk ran on: the `backend: ...` line older blk binaries print, the fallback its warning
     /// names, or else the `-i` asked for (blk says nothing when that one runs, as qemu-img).
     pub backend: Option<String>,
+    /// User + system CPU time of the process (all its threads) in seconds, from `wait4`; `None` when it was
+    /// not reaped normally (it could not start, or was killed after the timeout).
+    pub cpu_seconds: Option<f64>,
 }
 
 /// The command line of one run of `contender` on `image`.
@@ -144,6 +149,7 @@ pub fn run_once(mut command: Command, timeout: Duration) -> RunOutcome {
     let failed = |why: String| RunOutcome {
         seconds: Err(why),
         backend: None,
+        cpu_seconds: None,
     };
     let mut child = match command
         .stdin(Stdio::null())
@@ -155,9 +161,9 @@ pub fn run_once(mut command: Command, timeout: Duration) -> RunOutcome {
         Err(e) => return failed(format!("cannot start `{shown}`: {e}")),
     };
     let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
+    let (status, cpu) = loop {
+        match reap(&child) {
+            Ok(Some(done)) => break done,
             Ok(None) if start.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -194,11 +200,50 @@ pub fn run_once(mut command: Command, timeout: Duration) -> RunOutcome {
         return RunOutcome {
             seconds: Err(format!("`{shown}` failed ({status}): {why}")),
             backend,
+            cpu_seconds: Some(cpu),
         };
     }
     let seconds = parse_seconds(&stdout)
         .ok_or_else(|| format!("`{shown}` printed no `Run completed in` line: {stdout:?}"));
-    RunOutcome { seconds, backend }
+    RunOutcome {
+        seconds,
+        backend,
+        cpu_seconds: Some(cpu),
+    }
+}
+
+/// Reaps `child` if it has exited (`wait4` with `WNOHANG`): its exit status and the CPU time (user + system,
+/// in seconds, every thread of it, io_uring's kernel workers included) it used. `None` while it runs.
+///
+/// `wait4` reports the usage of this one child, where `getrusage(RUSAGE_CHILDREN)` would add every child any
+/// thread of this process reaped meanwhile. After it, `child` is reaped: its `wait`/`try_wait` must not run.
+fn reap(child: &std::process::Child) -> std::io::Result<Option<(ExitStatus, f64)>> {
+    let pid = libc::pid_t::try_from(child.id())
+        .map_err(|_| std::io::Error::other("child pid out of range"))?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct of integers.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `usage` are valid, writable, live for the call; `pid` is our own child, not yet
+    // reaped (std waits for it only in `wait`/`try_wait`, which the callers no longer call once this reaped it).
+    let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+    match reaped {
+        0 => Ok(None),
+        r if r == pid => {
+            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            Ok(Some((
+                ExitStatus::from_raw(status),
+                seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            )))
+        }
+        _ => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
 }
 
 /// The time in `Run completed in X seconds.`.
@@ -224,6 +269,40 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
+/// The distinct images of the `scenarios`' contenders, in order of first use.
+pub fn images_of(scenarios: &[Scenario]) -> Vec<Image> {
+    let mut images = Vec::new();
+    for c in scenarios.iter().flat_map(|s| &s.contenders) {
+        if !images.contains(&c.image) {
+            images.push(c.image);
+        }
+    }
+    images
+}
+
+/// Does `scenario`'s [`Preparation`] to its images.
+fn prepare(env: &Environment, images: &ImageSet, scenario: &Scenario) -> Result<(), String> {
+    let used = images_of(std::slice::from_ref(scenario));
+    match scenario.prepare {
+        Preparation::None => Ok(()),
+        Preparation::WarmCache => used.into_iter().try_for_each(|i| images.warm_cache(i)),
+        Preparation::WriteOnce => used.into_iter().try_for_each(|image| {
+            images.drop_cache(image)?;
+            const MIB: u64 = 1 << 20;
+            let mut command = Command::new(&env.blk);
+            command
+                .arg("bench")
+                .args(["-f", image.format(), "-w", "-t", "writeback", "-d", "8"])
+                .args(["-s", &MIB.to_string(), "-S", &MIB.to_string()])
+                .args(["-c", &(images.size() / MIB).max(1).to_string()])
+                .arg(images.path(image));
+            run_once(command, env.run_timeout).seconds?;
+            // Written back before the runs, so that no run shares the disk with this pass's writeback.
+            images.sync(image)
+        }),
+    }
+}
+
 /// Runs one scenario `runs` times per contender, alternating them (the order rotates each run).
 pub fn run_scenario(
     env: &Environment,
@@ -240,16 +319,11 @@ pub fn run_scenario(
             times: Vec::new(),
             failures: Vec::new(),
             backend: None,
+            requests: c.requests(),
+            cpu_seconds: Vec::new(),
         })
         .collect();
-    let mut setup_error = None;
-    if scenario.warm_cache {
-        for image in [Image::DataRaw, Image::DataQcow2] {
-            if let Err(e) = images.warm_cache(image) {
-                setup_error.get_or_insert(e);
-            }
-        }
-    }
+    let setup_error = prepare(env, images, scenario).err();
     let n = scenario.contenders.len();
     for run in 0..runs {
         for k in 0..n {
@@ -266,7 +340,10 @@ pub fn run_scenario(
             let command = command_for(env, contender, &images.path(contender.image));
             let outcome = run_once(command, env.run_timeout);
             match outcome.seconds {
-                Ok(s) => result.times.push(s),
+                Ok(s) => {
+                    result.times.push(s);
+                    result.cpu_seconds.extend(outcome.cpu_seconds);
+                }
                 Err(e) => result.failures.push(e),
             }
             if outcome.backend.is_some() {
@@ -286,44 +363,55 @@ pub fn run_scenario(
     }
 }
 
-/// Runs the suite: makes the images, runs the selected scenarios, prints the table and writes the Markdown
-/// report. Fails (after reporting everything) when a run failed; ratios below target are reported, not
-/// errors.
-pub fn run_suite(
-    env: &Environment,
-    options: &CompareOptions,
-    command_line: &str,
-) -> Result<(), String> {
-    let scale = Scale::of(options);
-    let selected: Vec<Scenario> = scenarios(&scale)
-        .into_iter()
-        .filter(|s| options.selects(s.id))
-        .map(|s| match options.baseline_blk {
-            Some(_) => with_baseline(s),
-            None => s,
-        })
-        .collect();
-    println!(
-        "making {} MiB images in {}",
-        scale.image_size >> 20,
-        env.target_dir.join("bench-images").display()
-    );
-    let images = ImageSet::create(
-        &env.target_dir.join("bench-images"),
-        scale.image_size,
-        &env.qemu_img,
-    )?;
-    let mut results = Vec::with_capacity(selected.len());
-    for scenario in &selected {
-        print!("scenario {}: {} ", scenario.id, scenario.title);
-        results.push(run_scenario(env, &images, scenario, options.runs));
+/// The scenarios of `all` that `options` select (`--scenario K`: each K must be one of them).
+pub fn select(all: Vec<Scenario>, options: &CompareOptions) -> Result<Vec<Scenario>, String> {
+    if let Some(k) = options
+        .scenarios
+        .iter()
+        .find(|&&k| !all.iter().any(|s| s.id == k))
+    {
+        return Err(format!(
+            "--scenario: this suite has no scenario {k} (it has 1 to {})",
+            all.len()
+        ));
     }
-    drop(images);
+    Ok(all.into_iter().filter(|s| options.selects(s.id)).collect())
+}
+
+/// Makes the images `scenarios` use, `size` bytes each, in `dir` and runs each scenario `runs` times per
+/// contender; the images are deleted at the end.
+pub fn run_scenarios(
+    env: &Environment,
+    dir: &Path,
+    size: u64,
+    scenarios: &[Scenario],
+    runs: usize,
+) -> Result<Vec<ScenarioResult>, String> {
+    println!("making {} MiB images in {}", size >> 20, dir.display());
+    let images = ImageSet::create(dir, size, &env.qemu_img, &images_of(scenarios))?;
+    let mut results = Vec::with_capacity(scenarios.len());
+    for scenario in scenarios {
+        print!("scenario {}: {} ", scenario.id, scenario.title);
+        results.push(run_scenario(env, &images, scenario, runs));
+    }
+    Ok(results)
+}
+
+/// Prints `results` as a table, writes them as Markdown under `heading` to `<target>/{file_name}`, and fails
+/// (after reporting everything) when a run failed; ratios below target are reported, not errors.
+pub fn report(
+    env: &Environment,
+    heading: &str,
+    file_name: &str,
+    results: &[ScenarioResult],
+    command_line: &str,
+    runs: usize,
+) -> Result<(), String> {
     let machine = bench_report::Machine::probe(&env.qemu_img);
-    let text = bench_report::table(&results);
+    let text = bench_report::table(results);
     println!("\n{text}");
-    let markdown = bench_report::markdown(&results, &machine, command_line, options.runs);
-    let report = env.target_dir.join("bench-compare.md");
+    let markdown = bench_report::markdown(heading, results, &machine, command_line, runs);
+    let report = env.target_dir.join(file_name);
     std::fs::write(&report, markdown)
         .map_err(|e| format!("cannot write {}: {e}", report.display()))?;
     println!("report: {}", report.display());
@@ -338,6 +426,39 @@ pub fn run_suite(
         return Err(format!("{failed} bench runs failed (see the table above)"));
     }
     Ok(())
+}
+
+/// Runs the suite: makes the images, runs the selected scenarios, prints the table and writes the Markdown
+/// report (`<target>/bench-compare.md`). Fails (after reporting everything) when a run failed; ratios below
+/// target are reported, not errors.
+pub fn run_suite(
+    env: &Environment,
+    options: &CompareOptions,
+    command_line: &str,
+) -> Result<(), String> {
+    let scale = Scale::of(options);
+    let selected: Vec<Scenario> = select(scenarios(&scale), options)?
+        .into_iter()
+        .map(|s| match options.baseline_blk {
+            Some(_) => with_baseline(s),
+            None => s,
+        })
+        .collect();
+    let results = run_scenarios(
+        env,
+        &env.target_dir.join("bench-images"),
+        scale.image_size,
+        &selected,
+        options.runs,
+    )?;
+    report(
+        env,
+        bench_report::COMPARE_HEADING,
+        "bench-compare.md",
+        &results,
+        command_line,
+        options.runs,
+    )
 }
 
 #[cfg(test)]
@@ -368,12 +489,26 @@ mod tests {
         assert!(o.selects(2) && !o.selects(1));
         let mut args = strings(&["--quick"]);
         assert_eq!(CompareOptions::extract(&mut args).unwrap().runs, 1);
-        for bad in [&["--runs", "0"][..], &["--scenario", "7"], &["--runs"]] {
+        for bad in [&["--runs", "0"][..], &["--scenario", "0"], &["--runs"]] {
             assert!(
                 CompareOptions::extract(&mut strings(bad)).is_err(),
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_scenario_the_suite_lacks_is_refused() {
+        let all = scenarios(&Scale::of(&CompareOptions::default()));
+        let options = |args: &[&str]| CompareOptions::extract(&mut strings(args)).unwrap();
+        assert_eq!(
+            select(all.clone(), &options(&["--scenario", "6"]))
+                .unwrap()
+                .len(),
+            1
+        );
+        let err = select(all, &options(&["--scenario", "7"])).unwrap_err();
+        assert!(err.contains("no scenario 7"), "{err}");
     }
 
     #[test]

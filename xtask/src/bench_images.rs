@@ -1,11 +1,13 @@
-//! The images of the comparison suite (`cargo xtask bench --suite compare`): made once per run in
-//! `<target>/bench-images/` (on the target's file system, which supports O_DIRECT, unlike a tmpfs), deleted
-//! when the suite ends.
+//! The images of the `blk bench` suites (`cargo xtask bench --suite compare|scaling|tmpfs`): the ones a suite's
+//! scenarios use, made once per run in `<target>/bench-images/` (on the target's file system, which supports
+//! O_DIRECT) or, for the tmpfs suite, in a directory on a tmpfs; deleted when the suite ends.
 //!
 //! | image | how it is made | used by |
 //! |---|---|---|
-//! | `data.raw` | written here: non-zero, distinct 4 KiB blocks | reads and writes on raw |
+//! | `data.raw` | written here: non-zero, distinct 4 KiB blocks (always made: the others are converted from it) | reads and writes on raw |
 //! | `data.qcow2` | `qemu-img convert -O qcow2 -o cluster_size=64k data.raw` (every cluster allocated) | reads, overwrites |
+//! | `data.vhd` | `qemu-img convert -O vpc -o subformat=dynamic,force_size=on data.raw` (every block allocated, the exact size) | scaling |
+//! | `data.vhdx` | `qemu-img convert -O vhdx data.raw` (dynamic, 8 MiB blocks, every block allocated) | scaling |
 //! | `zstd.qcow2` | `qemu-img convert -c -O qcow2 -o compression_type=zstd` of compressible data | compressed reads |
 //! | `empty.qcow2`, `empty.raw` | `qemu-img create`, again before every run that writes them | allocating writes |
 
@@ -23,6 +25,10 @@ pub enum Image {
     DataRaw,
     /// QCOW2 (64 KiB clusters) with the same data, every cluster allocated.
     DataQcow2,
+    /// Dynamic VHD (`vpc`) with the same data, every block allocated.
+    DataVhd,
+    /// Dynamic VHDX with the same data, every block allocated.
+    DataVhdx,
     /// QCOW2 with zstd-compressed clusters.
     ZstdQcow2,
     /// A new, empty QCOW2 (made again before each run).
@@ -37,6 +43,8 @@ impl Image {
         match self {
             Image::DataRaw => "data.raw",
             Image::DataQcow2 => "data.qcow2",
+            Image::DataVhd => "data.vhd",
+            Image::DataVhdx => "data.vhdx",
             Image::ZstdQcow2 => "zstd.qcow2",
             Image::EmptyQcow2 => "empty.qcow2",
             Image::EmptyRaw => "empty.raw",
@@ -48,6 +56,8 @@ impl Image {
         match self {
             Image::DataRaw | Image::EmptyRaw => "raw",
             Image::DataQcow2 | Image::ZstdQcow2 | Image::EmptyQcow2 => "qcow2",
+            Image::DataVhd => "vpc",
+            Image::DataVhdx => "vhdx",
         }
     }
 
@@ -66,8 +76,14 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
-    /// Makes every image of `size` bytes (a multiple of 1 MiB) in `dir`, which is emptied first.
-    pub fn create(dir: &Path, size: u64, qemu_img: &Path) -> Result<ImageSet, String> {
+    /// Makes `images` (and `data.raw`, their source), each of `size` bytes (a multiple of 1 MiB), in `dir`,
+    /// which is emptied first.
+    pub fn create(
+        dir: &Path,
+        size: u64,
+        qemu_img: &Path,
+        images: &[Image],
+    ) -> Result<ImageSet, String> {
         if dir.exists() {
             fs::remove_dir_all(dir).map_err(|e| format!("cannot empty {}: {e}", dir.display()))?;
         }
@@ -79,21 +95,33 @@ impl ImageSet {
         };
         let data = set.path(Image::DataRaw);
         write_data(&data, size, DataKind::Distinct)?;
-        set.qemu_img(
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "qcow2",
-                "-o",
-                "cluster_size=64k",
-            ],
-            &[&data, &set.path(Image::DataQcow2)],
-        )?;
-        let compressible = dir.join("compressible.raw");
-        write_data(&compressible, size, DataKind::Compressible)?;
-        set.qemu_img(
+        for &image in images {
+            let options: &[&str] = match image {
+                Image::DataRaw => continue,
+                Image::EmptyQcow2 | Image::EmptyRaw => {
+                    set.make_fresh(image)?;
+                    continue;
+                }
+                Image::ZstdQcow2 => {
+                    set.make_zstd()?;
+                    continue;
+                }
+                Image::DataQcow2 => &["-o", "cluster_size=64k"],
+                Image::DataVhd => &["-o", "subformat=dynamic,force_size=on"],
+                Image::DataVhdx => &[],
+            };
+            let mut args = vec!["convert", "-f", "raw", "-O", image.format()];
+            args.extend_from_slice(options);
+            set.qemu_img(&args, &[&data, &set.path(image)])?;
+        }
+        Ok(set)
+    }
+
+    /// Makes `zstd.qcow2` from compressible data.
+    fn make_zstd(&self) -> Result<(), String> {
+        let compressible = self.dir.join("compressible.raw");
+        write_data(&compressible, self.size, DataKind::Compressible)?;
+        self.qemu_img(
             &[
                 "convert",
                 "-c",
@@ -104,13 +132,20 @@ impl ImageSet {
                 "-o",
                 "compression_type=zstd",
             ],
-            &[&compressible, &set.path(Image::ZstdQcow2)],
+            &[&compressible, &self.path(Image::ZstdQcow2)],
         )?;
         fs::remove_file(&compressible)
-            .map_err(|e| format!("cannot remove {}: {e}", compressible.display()))?;
-        set.make_fresh(Image::EmptyQcow2)?;
-        set.make_fresh(Image::EmptyRaw)?;
-        Ok(set)
+            .map_err(|e| format!("cannot remove {}: {e}", compressible.display()))
+    }
+
+    /// The image directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes per image.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     /// The path of `image`.
@@ -144,6 +179,40 @@ impl ImageSet {
                 Ok(_) => {}
                 Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
             }
+        }
+    }
+
+    /// Writes `image`'s dirty pages back (`fsync`).
+    pub fn sync(&self, image: Image) -> Result<(), String> {
+        let path = self.path(image);
+        let err = |e: std::io::Error| format!("cannot sync {}: {e}", path.display());
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
+        file.sync_all().map_err(err)
+    }
+
+    /// Drops `image`'s pages from the host page cache (written back first), so that the next access fills
+    /// the cache anew.
+    pub fn drop_cache(&self, image: Image) -> Result<(), String> {
+        self.sync(image)?;
+        let path = self.path(image);
+        let err =
+            |e: std::io::Error| format!("cannot drop {} from the page cache: {e}", path.display());
+        let file = File::open(&path).map_err(err)?;
+        // SAFETY: a plain syscall on a descriptor `file` keeps open for the call; no memory is passed.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            errno => Err(err(std::io::Error::from_raw_os_error(errno))),
         }
     }
 

@@ -1,11 +1,12 @@
-//! The comparison suite's results: medians per contender, the ratios against their targets, printed as a
-//! table and written as Markdown (with the machine, date and commit) for `docs/performance.md`.
+//! The `blk bench` suites' results: medians per contender (seconds, IOPS, CPU time per request), the ratios
+//! against their targets, printed as a table and written as Markdown (with the machine, date and commit) for
+//! `docs/performance.md`.
 
 use std::path::Path;
 use std::process::Command;
 
 use crate::bench_compare::median;
-use crate::bench_scenarios::RatioCheck;
+use crate::bench_scenarios::{Measure, RatioCheck};
 use crate::cmd;
 
 /// The runs of one contender.
@@ -21,12 +22,28 @@ pub struct ContenderResult {
     pub failures: Vec<String>,
     /// The backend blk reported (blk contenders).
     pub backend: Option<String>,
+    /// Requests per run (its `-c`), when known.
+    pub requests: Option<u64>,
+    /// User + system CPU seconds of each successful run (the whole process: start, open and the run).
+    pub cpu_seconds: Vec<f64>,
 }
 
 impl ContenderResult {
     /// The median time of the successful runs.
     pub fn median(&self) -> Option<f64> {
         median(&self.times)
+    }
+
+    /// Requests per second at the median time.
+    pub fn iops(&self) -> Option<f64> {
+        let requests = self.requests? as f64;
+        self.median().filter(|&s| s > 0.0).map(|s| requests / s)
+    }
+
+    /// The median CPU time per request, in microseconds.
+    pub fn cpu_per_request_us(&self) -> Option<f64> {
+        let requests = self.requests.filter(|&r| r > 0)? as f64;
+        median(&self.cpu_seconds).map(|cpu| cpu * 1e6 / requests)
     }
 }
 
@@ -55,26 +72,34 @@ pub struct Ratio {
 }
 
 impl ScenarioResult {
-    fn median_of(&self, name: &str) -> Option<f64> {
-        self.contenders
-            .iter()
-            .find(|c| c.name == name)
-            .and_then(ContenderResult::median)
+    fn measured(&self, name: &str, measure: Measure) -> Option<f64> {
+        let contender = self.contenders.iter().find(|c| c.name == name)?;
+        match measure {
+            Measure::Speed => contender.median(),
+            Measure::CpuPerRequest => contender.cpu_per_request_us(),
+        }
     }
 
     /// The measured value of `check`.
     pub fn ratio(&self, check: &RatioCheck) -> Ratio {
-        let subject = self.median_of(check.subject);
-        let others: Option<Vec<f64>> = check.faster_of.iter().map(|n| self.median_of(n)).collect();
+        let subject = self.measured(check.subject, check.measure);
+        let others: Option<Vec<f64>> = check
+            .faster_of
+            .iter()
+            .map(|n| self.measured(n, check.measure))
+            .collect();
+        // Of the others, the fastest (least time) or the thriftiest (least CPU) counts.
         let best = others.and_then(|o| o.into_iter().reduce(f64::min));
-        let value = match (subject, best) {
-            (Some(s), Some(b)) if s > 0.0 => Some(b / s),
+        let value = match (check.measure, subject, best) {
+            (Measure::Speed, Some(s), Some(b)) if s > 0.0 => Some(b / s),
+            (Measure::CpuPerRequest, Some(s), Some(b)) if b > 0.0 => Some(s / b),
             _ => None,
         };
-        Ratio {
-            value,
-            pass: value.is_some_and(|v| v >= check.target),
-        }
+        let pass = match check.measure {
+            Measure::Speed => value.is_some_and(|v| v >= check.target),
+            Measure::CpuPerRequest => value.is_some_and(|v| v <= check.target),
+        };
+        Ratio { value, pass }
     }
 }
 
@@ -149,6 +174,23 @@ fn verdict(ratio: &Ratio) -> &'static str {
     }
 }
 
+fn target_text(check: &RatioCheck) -> String {
+    match check.measure {
+        Measure::Speed => format!(">= {:.2}x", check.target),
+        Measure::CpuPerRequest => format!("<= {:.2}x", check.target),
+    }
+}
+
+fn iops_text(c: &ContenderResult) -> String {
+    c.iops()
+        .map_or_else(|| "-".to_string(), |v| format!("{v:.0}"))
+}
+
+fn cpu_text(c: &ContenderResult) -> String {
+    c.cpu_per_request_us()
+        .map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
+}
+
 fn ratio_text(ratio: &Ratio) -> String {
     ratio
         .value
@@ -165,9 +207,11 @@ pub fn table(results: &[ScenarioResult]) -> String {
         }
         for c in &r.contenders {
             out.push_str(&format!(
-                "  {:<16} median {:>8} s  ({} ok, {} failed){}\n",
+                "  {:<16} median {:>8} s {:>9} IOPS {:>7} us CPU/req  ({} ok, {} failed){}\n",
                 c.name,
                 seconds(c.median()),
+                iops_text(c),
+                cpu_text(c),
                 c.times.len(),
                 c.failures.len(),
                 c.backend
@@ -182,10 +226,10 @@ pub fn table(results: &[ScenarioResult]) -> String {
         for check in &r.checks {
             let ratio = r.ratio(check);
             out.push_str(&format!(
-                "  {:<36} {:>8}  target >= {:.2}x  {}\n",
+                "  {:<36} {:>8}  target {}  {}\n",
                 check.label,
                 ratio_text(&ratio),
-                check.target,
+                target_text(check),
                 verdict(&ratio)
             ));
         }
@@ -193,18 +237,19 @@ pub fn table(results: &[ScenarioResult]) -> String {
     out
 }
 
-/// The results as Markdown, with how and where they were measured.
+/// The heading of the comparison suite's report.
+pub const COMPARE_HEADING: &str = "blk bench vs qemu-img bench";
+
+/// The results as Markdown under `### {heading} ({date})`, with how and where they were measured.
 pub fn markdown(
+    heading: &str,
     results: &[ScenarioResult],
     machine: &Machine,
     command: &str,
     runs: usize,
 ) -> String {
     let mut out = String::new();
-    out.push_str(&format!(
-        "### blk bench vs qemu-img bench ({})\n\n",
-        machine.date
-    ));
+    out.push_str(&format!("### {heading} ({})\n\n", machine.date));
     out.push_str(&format!("- Command: `{command}` (median of {runs} runs per contender, contenders alternated run by run)\n"));
     out.push_str(&format!(
         "- Machine: {}, kernel {}\n",
@@ -217,27 +262,29 @@ pub fn markdown(
         for check in &r.checks {
             let ratio = r.ratio(check);
             out.push_str(&format!(
-                "| {}. {} | {} | {} | >= {:.2}x | {} |\n",
+                "| {}. {} | {} | {} | {} | {} |\n",
                 r.id,
                 r.title,
                 check.label,
                 ratio_text(&ratio),
-                check.target,
+                target_text(check),
                 verdict(&ratio)
             ));
         }
     }
     out.push_str(
-        "\n| scenario | contender | median (s) | runs ok / failed | backend | command |\n",
+        "\n| scenario | contender | median (s) | IOPS | CPU/request (us) | runs ok / failed | backend | command |\n",
     );
-    out.push_str("|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
     for r in results {
         for c in &r.contenders {
             out.push_str(&format!(
-                "| {} | {} | {} | {} / {} | {} | `{}` |\n",
+                "| {} | {} | {} | {} | {} | {} / {} | {} | `{}` |\n",
                 r.id,
                 c.name,
                 seconds(c.median()),
+                iops_text(c),
+                cpu_text(c),
                 c.times.len(),
                 c.failures.len(),
                 c.backend.as_deref().unwrap_or("-"),
@@ -259,6 +306,8 @@ mod tests {
             times: times.to_vec(),
             failures: Vec::new(),
             backend: None,
+            requests: Some(1000),
+            cpu_seconds: times.iter().map(|t| t / 2.0).collect(),
         }
     }
 
@@ -276,12 +325,7 @@ mod tests {
             checks: Vec::new(),
             setup_error: None,
         };
-        let check = |faster_of, target| RatioCheck {
-            label: "x",
-            subject: "blk",
-            faster_of,
-            target,
-        };
+        let check = |faster_of, target| RatioCheck::speed("x", "blk", faster_of, target);
         assert_eq!(
             result.ratio(&check(vec!["q1", "q2"], 1.5)),
             Ratio {
@@ -303,6 +347,49 @@ mod tests {
         }]);
         assert!(
             text.contains("2.00x") && text.contains("pass") && text.contains("failed"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn cpu_checks_want_less_and_iops_follow_the_median() {
+        let mut blk = contender("blk", &[1.0]);
+        blk.cpu_seconds = vec![0.003, 0.001, 0.002];
+        let mut qemu = contender("qemu", &[2.0]);
+        qemu.cpu_seconds = vec![0.004];
+        assert_eq!(blk.iops(), Some(1000.0));
+        assert_eq!(blk.cpu_per_request_us(), Some(2.0));
+        let result = ScenarioResult {
+            id: 1,
+            title: "t",
+            contenders: vec![blk, qemu],
+            checks: Vec::new(),
+            setup_error: None,
+        };
+        let check = |target| RatioCheck {
+            measure: Measure::CpuPerRequest,
+            ..RatioCheck::speed("cpu", "blk", vec!["qemu"], target)
+        };
+        assert_eq!(
+            result.ratio(&check(0.7)),
+            Ratio {
+                value: Some(0.5),
+                pass: true
+            }
+        );
+        assert!(!result.ratio(&check(0.4)).pass);
+        let text = markdown(
+            "h",
+            &[ScenarioResult {
+                checks: vec![check(0.7)],
+                ..result
+            }],
+            &Machine::probe(Path::new("/nonexistent/qemu-img")),
+            "cmd",
+            1,
+        );
+        assert!(
+            text.contains("<= 0.70x") && text.contains("| 1000 | 2.00 |"),
             "{text}"
         );
     }

@@ -33,7 +33,27 @@ pub struct Contender {
     pub args: Vec<String>,
 }
 
-/// A ratio a scenario must reach: `min(time of the `faster_of` contenders) / time(subject) >= target`.
+impl Contender {
+    /// The request count of a run (its `-c`), when given.
+    pub fn requests(&self) -> Option<u64> {
+        self.args
+            .windows(2)
+            .find(|w| w[0] == "-c")
+            .and_then(|w| w[1].parse().ok())
+    }
+}
+
+/// What a [`RatioCheck`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Speed: `min(time of the others) / time(subject) >= target` (with equal counts, the IOPS ratio).
+    Speed,
+    /// CPU time per request: `cpu(subject) / min(cpu of the others) <= target`.
+    CpuPerRequest,
+}
+
+/// A ratio a scenario must reach: by default (`Measure::Speed`) `min(time of the `faster_of` contenders) /
+/// time(subject) >= target`; see [`Measure`].
 #[derive(Debug, Clone)]
 pub struct RatioCheck {
     /// What the ratio says, e.g. `blk qcow2 vs blk raw`.
@@ -42,8 +62,42 @@ pub struct RatioCheck {
     pub subject: &'static str,
     /// The contenders it is compared with; the fastest of them counts (the better qemu).
     pub faster_of: Vec<&'static str>,
-    /// The least acceptable ratio.
+    /// The least acceptable ratio (for `Measure::CpuPerRequest`: the greatest).
     pub target: f64,
+    /// What is compared.
+    pub measure: Measure,
+}
+
+impl RatioCheck {
+    /// A speed check (see [`Measure::Speed`]).
+    pub fn speed(
+        label: &'static str,
+        subject: &'static str,
+        faster_of: Vec<&'static str>,
+        target: f64,
+    ) -> RatioCheck {
+        RatioCheck {
+            label,
+            subject,
+            faster_of,
+            target,
+            measure: Measure::Speed,
+        }
+    }
+}
+
+/// What is done to a scenario's images before its runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preparation {
+    /// Nothing.
+    None,
+    /// Each contender's image read once, so that it is in the host page cache (page-cache reads).
+    WarmCache,
+    /// Each contender's image dropped from the page cache, then written once in full, sequentially, in 1 MiB
+    /// writes by `blk bench -w -t writeback` (page-cache writes: on this VM's ext4, 4 KiB writes into pages
+    /// that a read brought into the cache are slower, in the kernel, than into pages a write made; qemu-img
+    /// shows the same).
+    WriteOnce,
 }
 
 /// One workload with its contenders and ratio targets.
@@ -53,8 +107,8 @@ pub struct Scenario {
     pub id: u32,
     /// What it measures.
     pub title: &'static str,
-    /// Read every data image once before the runs (page-cache scenarios).
-    pub warm_cache: bool,
+    /// What is done to the contenders' images before the runs.
+    pub prepare: Preparation,
     /// The contenders, run in turn (rotated each run).
     pub contenders: Vec<Contender>,
     /// The ratios to report.
@@ -120,12 +174,12 @@ pub fn with_baseline(mut scenario: Scenario) -> Scenario {
             .filter(|c| c.tool == Tool::Blk)
             .map(|c| c.name),
     ) {
-        scenario.checks.push(RatioCheck {
-            label: Box::leak(format!("{current} vs its baseline").into_boxed_str()),
-            subject: current,
-            faster_of: vec![twin.name],
-            target: BASELINE_TARGET,
-        });
+        scenario.checks.push(RatioCheck::speed(
+            Box::leak(format!("{current} vs its baseline").into_boxed_str()),
+            current,
+            vec![twin.name],
+            BASELINE_TARGET,
+        ));
     }
     scenario.contenders.extend(twins);
     scenario
@@ -149,26 +203,18 @@ pub fn scenarios(scale: &Scale) -> Vec<Scenario> {
         image,
         args,
     };
-    let vs_qemu = |label, target| RatioCheck {
-        label,
-        subject: "blk qcow2",
-        faster_of: vec!["qemu io_uring", "qemu threads"],
-        target,
+    let vs_qemu = |label, target| {
+        RatioCheck::speed(
+            label,
+            "blk qcow2",
+            vec!["qemu io_uring", "qemu threads"],
+            target,
+        )
     };
     // Where O_DIRECT I/O is device-bound, no block layer beats qemu on the raw file: reported against a
     // nominal 0.95 (blk's QCOW2 path within 5% of the device's limit).
-    let vs_device = |label| RatioCheck {
-        label,
-        subject: "blk qcow2",
-        faster_of: vec!["qemu raw"],
-        target: 0.95,
-    };
-    let vs_raw = |label, target| RatioCheck {
-        label,
-        subject: "blk qcow2",
-        faster_of: vec!["blk raw"],
-        target,
-    };
+    let vs_device = |label| RatioCheck::speed(label, "blk qcow2", vec!["qemu raw"], 0.95);
+    let vs_raw = |label, target| RatioCheck::speed(label, "blk qcow2", vec!["blk raw"], target);
 
     let mut list = Vec::new();
     for (id, title, cache, warm) in [
@@ -190,7 +236,11 @@ pub fn scenarios(scale: &Scale) -> Vec<Scenario> {
         list.push(Scenario {
             id,
             title,
-            warm_cache: warm,
+            prepare: if warm {
+                Preparation::WarmCache
+            } else {
+                Preparation::None
+            },
             contenders: vec![
                 c(
                     "blk qcow2",
@@ -233,7 +283,7 @@ pub fn scenarios(scale: &Scale) -> Vec<Scenario> {
     list.push(Scenario {
         id: 3,
         title: "4 KiB scattered writes, depth 32, O_DIRECT, allocated QCOW2",
-        warm_cache: false,
+        prepare: Preparation::None,
         contenders: vec![
             c(
                 "blk qcow2",
@@ -271,7 +321,7 @@ pub fn scenarios(scale: &Scale) -> Vec<Scenario> {
     list.push(Scenario {
         id: 4,
         title: "64 KiB sequential writes, depth 32, O_DIRECT, into an empty image (new each run)",
-        warm_cache: false,
+        prepare: Preparation::None,
         contenders: vec![
             c(
                 "blk qcow2",
@@ -303,7 +353,7 @@ pub fn scenarios(scale: &Scale) -> Vec<Scenario> {
     list.push(Scenario {
         id: 5,
         title: "64 KiB sequential reads, depth 32, O_DIRECT, zstd-compressed QCOW2",
-        warm_cache: false,
+        prepare: Preparation::None,
         contenders: vec![
             c(
                 "blk qcow2",
@@ -344,30 +394,28 @@ pub fn scenarios(scale: &Scale) -> Vec<Scenario> {
     list.push(Scenario {
         id: 6,
         title: "4 KiB scattered reads, depth 32 per queue, page cache: 2 queues vs 1 (same total count)",
-        warm_cache: true,
+        prepare: Preparation::WarmCache,
         contenders: vec![
             c("blk 2 queues", Tool::Blk, Image::DataQcow2, args(&common, &["--queues", "2"])),
             c("blk 1 queue", Tool::Blk, Image::DataQcow2, args(&common, &["--queues", "1"])),
         ],
-        checks: vec![RatioCheck {
-            label: "2 queues vs 1 queue",
-            subject: "blk 2 queues",
-            faster_of: vec!["blk 1 queue"],
-            target: 1.7,
-        }],
+        checks: vec![RatioCheck::speed(
+            "2 queues vs 1 queue",
+            "blk 2 queues",
+            vec!["blk 1 queue"],
+            1.7,
+        )],
     });
     list
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn every_check_names_its_scenario_contenders() {
-        let list = scenarios(&Scale::of(&CompareOptions::default()));
-        assert_eq!(list.len(), SCENARIO_COUNT as usize);
-        for s in &list {
+    /// Every check of every scenario of `list` names contenders of its scenario.
+    pub(crate) fn assert_checks_name_contenders(list: &[Scenario]) {
+        for s in list {
             let names: Vec<&str> = s.contenders.iter().map(|c| c.name).collect();
             for check in &s.checks {
                 assert!(
@@ -383,6 +431,13 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_check_names_its_scenario_contenders() {
+        let list = scenarios(&Scale::of(&CompareOptions::default()));
+        assert_eq!(list.len(), SCENARIO_COUNT as usize);
+        assert_checks_name_contenders(&list);
         // The scattering step is odd in blocks and fits qemu-img's int.
         assert_eq!(SCATTER_STEP % 4096, 0);
         assert_eq!((SCATTER_STEP / 4096) % 2, 1);
