@@ -13,6 +13,13 @@
 //!   slower).
 //! - [`Suite::VhostUser`] (run only when named: `--suite vhost-user`): blk's vhost-user-blk backend against
 //!   qemu-storage-daemon's export, one libblkio client for both; see [`bench_vhost_user`](crate::bench_vhost_user).
+//! - [`Suite::Scaling`] (run only when named: `--suite scaling`): `blk bench --queues 1|2|4|8` on one image
+//!   for QCOW2, VHD, VHDX and raw, page-cache 4 KiB reads and writes; see [`bench_scaling`](crate::bench_scaling).
+//! - [`Suite::Tmpfs`] (run only when named: `--suite tmpfs`): blk bench vs qemu-img bench with O_DIRECT on
+//!   images in `/dev/shm`, and CPU per request on the disk; see [`bench_tmpfs`](crate::bench_tmpfs).
+//!
+//! The scaling and tmpfs suites take the comparison suite's `--runs N`, `--quick` and `--scenario K`, and report
+//! IOPS and CPU time per request beside every median, as the comparison suite does.
 
 use std::path::{Path, PathBuf};
 
@@ -33,13 +40,23 @@ pub enum Suite {
     Compare,
     /// `blk vhost-user-blk` vs qemu-storage-daemon's export, one libblkio client (only when named).
     VhostUser,
+    /// `blk bench --queues 1|2|4|8` on one image, page cache (only when named).
+    Scaling,
+    /// blk bench vs qemu-img bench, O_DIRECT on a tmpfs (only when named).
+    Tmpfs,
 }
 
 impl Suite {
     /// Every suite, in the order `cargo xtask bench` runs them.
     pub const ALL: &'static [Suite] = &[Suite::Criterion, Suite::Compare];
     /// Every suite `--suite` knows.
-    pub const KNOWN: &'static [Suite] = &[Suite::Criterion, Suite::Compare, Suite::VhostUser];
+    pub const KNOWN: &'static [Suite] = &[
+        Suite::Criterion,
+        Suite::Compare,
+        Suite::VhostUser,
+        Suite::Scaling,
+        Suite::Tmpfs,
+    ];
 
     /// The suite's name, as `--suite` takes it.
     pub fn name(self) -> &'static str {
@@ -47,6 +64,8 @@ impl Suite {
             Suite::Criterion => "criterion",
             Suite::Compare => "compare",
             Suite::VhostUser => "vhost-user",
+            Suite::Scaling => "scaling",
+            Suite::Tmpfs => "tmpfs",
         }
     }
 
@@ -89,17 +108,19 @@ impl Suite {
                 crate::bench_vhost_user::run_suite(&env)
             }
             Suite::Compare => {
-                let target = target_dir(root)?;
-                let blk = build_release_blk(root, &target)?;
-                let env = Environment {
-                    blk,
-                    qemu_img: PathBuf::from("qemu-img"),
-                    target_dir: target,
-                    run_timeout: std::time::Duration::from_secs(120),
-                    baseline_blk: compare.baseline_blk.clone(),
-                };
-                bench_compare::run_suite(&env, compare, command_line)
+                bench_compare::run_suite(&bench_environment(root, compare)?, compare, command_line)
             }
+            Suite::Scaling => crate::bench_scaling::run_suite(
+                &bench_environment(root, compare)?,
+                compare,
+                command_line,
+            ),
+            Suite::Tmpfs => crate::bench_tmpfs::run_suite(
+                &bench_environment(root, compare)?,
+                compare,
+                command_line,
+                Path::new(crate::bench_tmpfs::DEFAULT_TMPFS),
+            ),
             Suite::Criterion => {
                 let mut command = cmd::cargo_command(root);
                 command.args(["bench", "-p", BENCH_PACKAGE]);
@@ -121,6 +142,19 @@ impl Suite {
             }
         }
     }
+}
+
+/// The `blk bench` suites' environment: a release build of `blk`, `qemu-img` from `PATH`, the target directory.
+fn bench_environment(root: &Path, compare: &CompareOptions) -> Result<Environment, String> {
+    let target = target_dir(root)?;
+    let blk = build_release_blk(root, &target)?;
+    Ok(Environment {
+        blk,
+        qemu_img: PathBuf::from("qemu-img"),
+        target_dir: target,
+        run_timeout: std::time::Duration::from_secs(120),
+        baseline_blk: compare.baseline_blk.clone(),
+    })
 }
 
 /// Builds `blk` in release mode with its default features (every format and backend) and returns the binary's
@@ -185,6 +219,8 @@ mod tests {
         assert_eq!(Suite::from_name("criterion"), Some(Suite::Criterion));
         assert_eq!(Suite::from_name("compare"), Some(Suite::Compare));
         assert_eq!(Suite::from_name("vhost-user"), Some(Suite::VhostUser));
+        assert_eq!(Suite::from_name("scaling"), Some(Suite::Scaling));
+        assert_eq!(Suite::from_name("tmpfs"), Some(Suite::Tmpfs));
         assert_eq!(Suite::from_name("qemu"), None);
         assert!(run(Path::new("."), &["--suite".into(), "nope".into()]).is_err());
     }

@@ -15,7 +15,10 @@ commands:
                               the harness, e.g. a name filter or `--save-baseline before`), then
                               compare (blk bench vs qemu-img bench on 1 GiB images: medians of
                               --runs N runs (5), ratios; --quick: a smoke test; --scenario K: one of 1-6);
-                              --suite vhost-user: blk vhost-user-blk vs qemu-storage-daemon, libblkio client
+                              --suite vhost-user: blk vhost-user-blk vs qemu-storage-daemon, libblkio client;
+                              --suite scaling: blk bench --queues 1/2/4/8, page cache, qcow2/vpc/vhdx/raw;
+                              --suite tmpfs: blk vs qemu-img bench, O_DIRECT on /dev/shm (both take
+                              --runs, --quick, --scenario)
   fuzz [--seconds N] [TARGET...]
                               runs every (or each named) fuzz/ target for N seconds (default 60)
   crash [--kills N] [--seed S] [--only IMAGE] [--release]
