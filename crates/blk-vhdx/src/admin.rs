@@ -44,7 +44,7 @@ impl ImageAdmin for Vhdx {
             .len()
             .map_err(|e| self.context(e, Operation::Check))?;
         let problems = bat::check_entries(
-            &self.shared.bat_read(),
+            &self.shared.bat_snapshot(),
             &self.shared.geometry,
             file_len,
             &self.shared.fixed_regions(),
@@ -60,10 +60,10 @@ impl ImageAdmin for Vhdx {
     fn has_zero_init(&self) -> bool {
         let has_parent = self.shared.parent.is_some();
         !has_parent
-            && !self
-                .shared
-                .bat_read()
-                .iter()
-                .any(|&e| bat::PayloadBlock::of(e, has_parent).host().is_some())
+            && !(0..self.shared.bat.len()).any(|index| {
+                bat::PayloadBlock::of(self.shared.entry(index), has_parent)
+                    .host()
+                    .is_some()
+            })
     }
 }

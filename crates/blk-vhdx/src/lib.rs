@@ -40,21 +40,28 @@
 //! # Crash safety
 //!
 //! Every metadata change (BAT entries) goes through the log: entry written, flushed, applied in place, flushed.
-//! A newly allocated block's data is written and flushed before the BAT entry naming it is logged, so a crash
-//! at any point leaves either the old mapping (the new block leaked past the end of the file) or the new one.
+//! A block promoted or copied from a parent by the slow path has its data written and flushed before the BAT
+//! entry naming it is logged. A block a write allocates while mapping (one that read as zeros) is linked in
+//! memory at once and logged by the next flush (after the data is flushed) or close: it is a hole of the grown
+//! file, so wherever its new data is not (yet) written it reads as zeros, as the block did before. A crash at
+//! any point leaves either the old mapping (the new block leaked past the end of the file) or the new one, and
+//! every write acknowledged before a completed flush is there.
 //! A writable open replays a log left behind; a read-only open of such an image fails ([`blk_core::ErrorKind::ReadOnly`]),
 //! as in QEMU, because replaying only in memory would show data other tools do not see until a writable open.
 //!
 //! # Locking
 //!
-//! Handles from `duplicate` share one `Arc`'d state. The BAT sits behind an `RwLock`, taken for reading only
-//! long enough to copy entries (once per request in the mapping), never across I/O: reads and in-place writes
-//! of present blocks run in parallel, on the calling thread or on blk-core's queues. A `Mutex` (`meta`)
-//! serializes metadata changes: headers, the log, allocation at the end of the file and the set of blocks being
-//! allocated. Lock order: `meta`, then the BAT's write lock (held only to store entries). An allocating write
-//! reserves its block under `meta`, releases it while writing and flushing the block's data, then retakes it to
-//! log the BAT entry; other writers to that block wait on a condition variable. Only the slow writes change
-//! metadata, so the crash-safety order and the lock order hold on every path.
+//! Handles from `duplicate` share one `Arc`'d state. The BAT is held as one atomic per entry: the mapping loads
+//! entries without a lock and writes nothing shared, so reads and in-place writes of present blocks run in
+//! parallel, on the calling thread or on blk-core's queues. A `Mutex` (`meta`) serializes metadata changes
+//! (every store of a BAT entry happens under it): headers, the log, allocation at the end of the file and the
+//! set of blocks the slow path is allocating. A write
+//! into a block that reads as zeros takes `meta` while mapping, reserves and links the block, and is then an
+//! in-place write; later writes into that block find it present. The slow path (promotion of partially
+//! present blocks, copies from the parent) reserves its block under `meta`, releases it while writing and
+//! flushing the block's data, then retakes it to log the BAT entry; other slow writers to that block wait on a
+//! condition variable, and the mapping answers slow for it meanwhile. Sector bitmaps of partially present
+//! blocks are cached behind their own `RwLock`, filled on first read.
 //!
 //! # Limits
 //!
@@ -68,6 +75,9 @@
 //! - `map` mirrors qemu-img (all data, no offsets: QEMU's vhdx has no block status); [`Vhdx::allocation`] gives
 //!   the real status.
 //! - Host ranges past the end of the file read as zeros (as QEMU's file driver reads them).
+//! - A writable session grows the file ahead of its allocations (see `shared`) and a clean close cuts it back;
+//!   a crash leaves the grown tail (a hole), which later opens keep and allocate past.
+//! - Cached sector bitmaps: at most 32 MiB (`shared::BITMAP_CACHE_BYTES`); past it the cache starts over.
 
 mod admin;
 mod bat;

@@ -4,19 +4,28 @@
 //! | state | read | write |
 //! |---|---|---|
 //! | FULLY_PRESENT | host range (adjacent blocks merged) | host range, in place |
-//! | PARTIALLY_PRESENT | per run of sectors of its sector bitmap: host range, or the parent | slow (promotion) |
+//! | PARTIALLY_PRESENT | per run of sectors of its sector bitmap (cached): host range, or the parent | slow (promotion) |
 //! | NOT_PRESENT with a parent | the parent (zeros past its end) | slow (allocation, copy from the parent) |
-//! | NOT_PRESENT without, ZERO, UNDEFINED, UNMAPPED (both codes) | zeros | slow (allocation) |
+//! | NOT_PRESENT without, ZERO, UNDEFINED, UNMAPPED (both codes) | zeros | allocated here, then in place |
 //! | any other | `CorruptImage` | slow (allocation) |
 //!
-//! Writes are slow whole until the session's first guest-visible change has rewritten the data write GUID.
-//! Slow pieces run [`Mapper::write_slow`] (the `slow_write` module), the only writer of metadata, so the
-//! crash-safety order and the lock order stay there; the mapper allocates nothing. The BAT's read lock is taken
-//! once per request (once more after each partially present block, whose bitmap is read without it) and never
-//! held across I/O.
+//! A write into a block that reads as zeros allocates it while mapping, under the metadata lock: a new block at
+//! the used end of the file (grown ahead, so the data writes do not extend the file), linked in memory at once
+//! ([`Shared::link`](crate::shared::Shared)) and written in place like a present block; concurrent writes into
+//! the same new block find it present and never wait. The rest of the block is the hole the file grew by, which
+//! reads as zeros, as the old state did (QEMU relies on the grown file reading as zeros the same way), so a
+//! read racing the first writes, or a crash, shows old content wherever new data is not. The BAT entries so
+//! linked are logged on the next [`Mapper::flush`] (after the data is flushed), with the next logged update of
+//! their BAT page, or on close.
+//!
+//! The session's first write updates the data write GUID in both headers, here, under the metadata lock,
+//! before any piece of it is handed out (MS-VHDX 2.2.2: before the first change of user-visible data, as QEMU's
+//! `vhdx_user_visible_write`). Slow pieces run [`Mapper::write_slow`] (the `slow_write` module). BAT entries
+//! are atomics: the hit path (a present block) loads them without a lock and writes nothing shared.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use blk_core::buffer::total_len;
 use blk_core::{
@@ -24,7 +33,7 @@ use blk_core::{
     ExtentKind, HostFile, IoBuf, Mapper, Operation, ReadMapping, Result, WriteMapping,
 };
 
-use crate::bat::{self, BlockPart, PayloadBlock, SB_PRESENT};
+use crate::bat::{self, BlockPart, PayloadBlock, PAYLOAD_FULLY_PRESENT, SB_PRESENT};
 use crate::error::corrupt;
 use crate::vhdx::Vhdx;
 use crate::FORMAT_NAME;
@@ -70,52 +79,37 @@ impl Vhdx {
     ) -> Result<()> {
         let shared = &*self.shared;
         let has_parent = shared.parent.is_some();
-        let mut parts = shared.geometry.parts(offset, len);
-        loop {
-            // Host ranges, parents and zeros under one read lock, up to a partially present block.
-            let partial = {
-                let table = shared.bat_read();
-                let mut partial = None;
-                for part in parts.by_ref() {
-                    // 0 (not present) past the table; validated geometry never asks.
-                    let entry = table.get(part.index).copied().unwrap_or(0);
-                    match PayloadBlock::of(entry, has_parent) {
-                        PayloadBlock::Present { host } => ReadMapping::Host {
-                            file: IMAGE_FILE,
-                            offset: host + part.in_block,
-                            len: part.len,
-                        }
-                        .push_onto(out, start),
-                        PayloadBlock::Parent => self.push_parent(out, start, part.guest, part.len),
-                        PayloadBlock::Unallocated | PayloadBlock::Zero => {
-                            ReadMapping::Zero { len: part.len }.push_onto(out, start);
-                        }
-                        PayloadBlock::Partial { host } => {
-                            let g = &shared.geometry;
-                            let sb_index = g.bitmap_index(part.block / g.chunk_ratio);
-                            let sb = table.get(sb_index).copied().unwrap_or(0);
-                            partial = Some((part, host, sb_index, sb));
-                            break;
-                        }
-                        PayloadBlock::Invalid(st) => {
-                            let err = self.invalid_state(part.index, st);
-                            return Err(self.context(err, Operation::Read));
-                        }
-                    }
+        for part in shared.geometry.parts(offset, len) {
+            // 0 (not present) past the table; validated geometry never asks.
+            match PayloadBlock::of(shared.entry(part.index), has_parent) {
+                PayloadBlock::Present { host } => ReadMapping::Host {
+                    file: IMAGE_FILE,
+                    offset: host + part.in_block,
+                    len: part.len,
                 }
-                partial
-            };
-            match partial {
-                Some((part, host, sb_index, sb)) => {
+                .push_onto(out, start),
+                PayloadBlock::Parent => self.push_parent(out, start, part.guest, part.len),
+                PayloadBlock::Unallocated | PayloadBlock::Zero => {
+                    ReadMapping::Zero { len: part.len }.push_onto(out, start);
+                }
+                PayloadBlock::Partial { host } => {
+                    let g = &shared.geometry;
+                    let sb_index = g.bitmap_index(part.block / g.chunk_ratio);
+                    let sb = shared.entry(sb_index);
                     self.map_partial(part, host, (sb_index, sb), out, start)?;
                 }
-                None => return Ok(()),
+                PayloadBlock::Invalid(st) => {
+                    let err = self.invalid_state(part.index, st);
+                    return Err(self.context(err, Operation::Read));
+                }
             }
         }
+        Ok(())
     }
 
     /// Maps `part` of a partially present block at `host`: runs of sectors whose bit is set in the sector
-    /// bitmap (BAT entry `sb`) are this file's, the others the parent's (2.4).
+    /// bitmap (BAT entry `sb`) are this file's, the others the parent's (2.4). The block's bits are read once
+    /// and cached.
     fn map_partial(
         &self,
         part: BlockPart,
@@ -124,30 +118,61 @@ impl Vhdx {
         out: &mut Vec<ReadMapping>,
         start: usize,
     ) -> Result<()> {
-        let g = &self.shared.geometry;
+        let shared = &*self.shared;
+        let g = &shared.geometry;
         if bat::state(sb) != SB_PRESENT {
             return Err(corrupt(
-                self.shared.regions.bat.offset + sb_index as u64 * 8,
+                shared.regions.bat.offset + sb_index as u64 * 8,
                 format!(
                     "block {} is partially present but its sector bitmap block is not",
                     part.block
                 ),
             ));
         }
+        {
+            let cache = shared
+                .bitmaps
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(bits) = cache.blocks.get(&part.block) {
+                self.push_sector_runs(part, host, bits, out, start);
+                return Ok(());
+            }
+        }
+        // A whole number of bytes (blocks hold at least 256 sectors), at most 256 MiB / 512 / 8: 64 KiB.
+        let bytes = g.block_size / g.sector_size / 8;
+        let mut bits = vec![0u8; bytes as usize].into_boxed_slice();
+        self.file.read_exact_at(
+            bat::file_offset(sb) + (part.block % g.chunk_ratio) * bytes,
+            &mut bits,
+        )?;
+        self.push_sector_runs(part, host, &bits, out, start);
+        shared
+            .bitmaps
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(part.block, bits);
+        Ok(())
+    }
+
+    /// Pushes the pieces of `part` of a partially present block at `host` whose sector bitmap is `bits` (one
+    /// bit per sector of the block).
+    fn push_sector_runs(
+        &self,
+        part: BlockPart,
+        host: u64,
+        bits: &[u8],
+        out: &mut Vec<ReadMapping>,
+        start: usize,
+    ) {
+        let g = &self.shared.geometry;
         let ss = g.sector_size;
         let (in_off, len) = (part.in_block, part.len);
         let first = in_off / ss;
         let last = (in_off + len).div_ceil(ss);
-        let chunk_sector = (part.block % g.chunk_ratio) * (g.block_size / ss);
-        let byte0 = (chunk_sector + first) / 8;
-        // At most block size / sector size / 8 bytes: 64 KiB.
-        let mut bits = vec![0u8; ((chunk_sector + last).div_ceil(8) - byte0) as usize];
-        self.file
-            .read_exact_at(bat::file_offset(sb) + byte0, &mut bits)?;
         let present = |sector: u64| {
-            let bit = chunk_sector + sector - byte0 * 8;
-            bits.get((bit / 8) as usize)
-                .is_some_and(|b| b & (1 << (bit % 8)) != 0)
+            bits.get((sector / 8) as usize)
+                .is_some_and(|b| b & (1 << (sector % 8)) != 0)
         };
         let mut sector = first;
         while sector < last {
@@ -169,6 +194,61 @@ impl Vhdx {
                 self.push_parent(out, start, part.block * g.block_size + start_byte, n);
             }
             sector = end;
+        }
+    }
+
+    /// Maps a write some of whose blocks read as zeros (see the module docs), under the metadata lock: each
+    /// such block that no slow write is allocating gets a new block, linked in memory, and its part is written
+    /// in place; present blocks are written in place, the others are slow. The reservations, which alone may
+    /// fail, come first: a failure links nothing.
+    fn map_allocating_write(
+        &self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<WriteMapping>,
+        start: usize,
+    ) -> Result<()> {
+        let shared = &*self.shared;
+        let g = &shared.geometry;
+        let mut meta = shared.lock_meta();
+        let allocates = |block: PayloadBlock, part: &BlockPart, inflight: &HashSet<u64>| {
+            block.reads_zero() && !inflight.contains(&part.block)
+        };
+        let first_host = meta.file_end;
+        for part in g.parts(offset, len) {
+            if allocates(shared.block(part.index), &part, &meta.inflight) {
+                if let Err(e) = shared.reserve_block(&mut meta) {
+                    meta.file_end = first_host;
+                    return Err(e);
+                }
+            }
+        }
+        let mut next_host = first_host;
+        for part in g.parts(offset, len) {
+            let block = shared.block(part.index);
+            let host = match block {
+                PayloadBlock::Present { host } => Some(host),
+                _ if allocates(block, &part, &meta.inflight) => {
+                    let host = next_host;
+                    next_host += g.block_size;
+                    shared.link(
+                        &mut meta,
+                        part.index,
+                        bat::entry(PAYLOAD_FULLY_PRESENT, host),
+                    );
+                    Some(host)
+                }
+                _ => None,
+            };
+            match host {
+                Some(host) => WriteMapping::Host {
+                    file: IMAGE_FILE,
+                    offset: host + part.in_block,
+                    len: part.len,
+                },
+                None => WriteMapping::Slow { len: part.len },
+            }
+            .push_onto(out, start);
         }
         Ok(())
     }
@@ -263,23 +343,34 @@ impl Mapper for Vhdx {
             return Ok(());
         }
         if !shared.data_guid_written.load(Ordering::Acquire) {
-            // The first guest-visible change of the session updates the headers first.
-            WriteMapping::Slow { len }.push_onto(out, start);
-            return Ok(());
+            // The session's first guest-visible change updates the headers first, once.
+            self.user_visible_write()
+                .map_err(|e| self.context(e, Operation::Write))?;
         }
         let has_parent = shared.parent.is_some();
-        let table = shared.bat_read();
-        for part in shared.geometry.parts(offset, len) {
-            let entry = table.get(part.index).copied().unwrap_or(0);
-            match PayloadBlock::of(entry, has_parent) {
-                PayloadBlock::Present { host } => WriteMapping::Host {
-                    file: IMAGE_FILE,
-                    offset: host + part.in_block,
-                    len: part.len,
-                },
-                _ => WriteMapping::Slow { len: part.len },
+        let allocates = {
+            let mut allocates = false;
+            for part in shared.geometry.parts(offset, len) {
+                match PayloadBlock::of(shared.entry(part.index), has_parent) {
+                    PayloadBlock::Present { host } => WriteMapping::Host {
+                        file: IMAGE_FILE,
+                        offset: host + part.in_block,
+                        len: part.len,
+                    },
+                    block if block.reads_zero() => {
+                        allocates = true;
+                        break;
+                    }
+                    _ => WriteMapping::Slow { len: part.len },
+                }
+                .push_onto(out, start);
             }
-            .push_onto(out, start);
+            allocates
+        };
+        if allocates {
+            out.truncate(start);
+            self.map_allocating_write(offset, len, out, start)
+                .map_err(|e| self.context(e, Operation::Write))?;
         }
         Ok(())
     }
@@ -333,5 +424,16 @@ impl Mapper for Vhdx {
     /// Whole blocks become UNMAPPED (ZERO in a differencing image); partial ones get zeros.
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.zero_range(offset, len, true)
+    }
+
+    /// Flushes the data, then logs the BAT entries of blocks allocated since (see the module docs).
+    fn flush(&self) -> Result<()> {
+        let shared = &*self.shared;
+        if shared.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()?;
+        let mut meta = shared.lock_meta();
+        shared.log_unlogged(&mut meta)
     }
 }

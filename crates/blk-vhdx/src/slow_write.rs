@@ -1,6 +1,7 @@
-//! Writes that change metadata, for the pieces the mapping answers slow: the session's data write GUID,
-//! allocation and promotion of a block (its data written and flushed before the logged BAT update), and
-//! write-zeroes and discard as block state changes.
+//! Writes that change metadata, for the pieces the mapping answers slow: the session's data write GUID (also
+//! updated by the mapping, for the first write), allocation and promotion of a block that reads from the
+//! parent or a sector bitmap (its data written and flushed before the logged BAT update; blocks that read as
+//! zeros are allocated by the mapping), and write-zeroes and discard as block state changes.
 
 use std::sync::atomic::Ordering;
 

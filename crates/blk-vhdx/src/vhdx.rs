@@ -1,8 +1,8 @@
 //! [`Vhdx`]: opening an image (headers, log replay, regions, metadata, BAT, parent).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use blk_core::{Error, ErrorKind, HostFile, Operation, Result};
@@ -119,11 +119,13 @@ impl Vhdx {
             regions,
             log_region,
             read_only,
-            bat: RwLock::new(table),
+            bat: table.into_iter().map(AtomicU64::new).collect(),
             meta: Mutex::new(MetaState {
                 headers,
                 log: LogWriter::new(log_region),
                 file_end: file_len.div_ceil(MIB) * MIB,
+                host_len: file_len,
+                unlogged: BTreeSet::new(),
                 inflight: HashSet::new(),
             }),
             allocated: Condvar::new(),
@@ -132,6 +134,7 @@ impl Vhdx {
             data_guid_written: AtomicBool::new(log_replayed),
             log_replayed,
             params,
+            bitmaps: RwLock::default(),
         };
         Ok(Vhdx {
             file,
