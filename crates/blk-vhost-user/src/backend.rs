@@ -282,6 +282,15 @@ impl Connection {
         u64::from(device.config.num_queues) + 1
     }
 
+    /// The connection's vring workers have ended (the frontend left, or never came): a drain waiting for them
+    /// returns now rather than at its timeout.
+    pub(crate) fn workers_stopped(&self) {
+        let (count, cond) = &self.drained;
+        let mut count = count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = (*count).max(self.drain_events.len());
+        cond.notify_all();
+    }
+
     /// Shutdown's drain: every worker serves what its ring holds; waits for all of them (at most `timeout`).
     pub(crate) fn drain(&self, timeout: std::time::Duration) {
         for event in &self.drain_events {

@@ -302,6 +302,7 @@ fn accept_loop(
         *device.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&conn));
         if let Err(e) = daemon.start(&mut listener) {
             log::warn!("accept failed: {e}");
+            conn.workers_stopped();
             continue;
         }
         if device.stopping.load(Ordering::Acquire) {
@@ -320,9 +321,12 @@ fn accept_loop(
             log::info!("frontend disconnected: {e}");
         }
         *shutdown.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Dropping the daemon stops its vring workers after their current batch. A stop that came as the
+        // frontend left may be draining this connection: it must not wait for workers that are gone.
+        drop(daemon);
+        conn.workers_stopped();
         if !device.stopping.load(Ordering::Acquire) {
             *device.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-        // Dropping the daemon stops its vring workers after their current batch.
     }
 }
