@@ -84,6 +84,16 @@
 //! `Drop`). The queue's own references to the files (registrations, duplicated descriptors, and with them the
 //! advisory locks of their open file descriptions) are released by the time the drop returns.
 //!
+//! ## Threads
+//! A queue is `Send` and used from one thread at a time (`&mut self`). It may be made on one thread and used
+//! on another, and move between threads at any time, with operations in flight or not: whichever thread
+//! calls `next_completion` gets every completion (reaping from a thread other than the submitting one may only
+//! see a completion after the submitting thread's next system call, or a moment after it ended), whichever
+//! thread drops it waits for the kernel as above, and nothing is lost or deadlocks. A backend may tie kernel
+//! state to the thread that submits (io_uring: a single-issuer ring, enabled by its first submitting thread) and
+//! pay for a change of submitting thread (blk-uring moves to a new ring, once the old one has none of the
+//! queue's operations in the kernel): a queue is best submitted to from one thread.
+//!
 //! ## Registration
 //! A backend crate exports `pub const BACKEND: &dyn BackendDescriptor`: the name `-i` takes, its aliases, and a
 //! probe that makes the backend or says in one line why it cannot work here. The factory probes each

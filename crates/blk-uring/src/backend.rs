@@ -10,6 +10,7 @@ use blk_core::{
 use io_uring::{opcode, IoUring, Probe};
 
 use crate::queue::UringQueue;
+use crate::ring::RingOptions;
 
 /// The ring size used by the probe in [`UringBackend::new`].
 const PROBE_RING_ENTRIES: u32 = 2;
@@ -19,6 +20,8 @@ const PROBE_RING_ENTRIES: u32 = 2;
 pub(crate) struct RingFeatures {
     /// `IORING_OP_READ` and `IORING_OP_WRITE` (Linux 5.6) exist: single-buffer operations skip the iovec.
     pub(crate) single_buffer_ops: bool,
+    /// The set-up flags the queues' rings ask for.
+    pub(crate) options: RingOptions,
 }
 
 /// The io_uring [`HostQueueBackend`]: one ring per queue, files registered with the ring, the queue's eventfd
@@ -57,15 +60,30 @@ impl UringBackend {
                 RingFeatures {
                     single_buffer_ops: probe.is_supported(opcode::Read::CODE)
                         && probe.is_supported(opcode::Write::CODE),
+                    options: RingOptions::default(),
                 }
             }
             // Kernels before 5.6 have no probe; they have READV, WRITEV and FSYNC (5.1) but not READ/WRITE.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => RingFeatures {
                 single_buffer_ops: false,
+                options: RingOptions::default(),
             },
             Err(e) => return Err(unavailable(&format!("probing operations: {e}"))),
         };
         Ok(UringBackend { features })
+    }
+
+    /// The same backend, its queues' rings asking for `options` (each flag still only where the kernel has
+    /// it). [`UringBackend::new`] asks for [`RingOptions::default`].
+    #[must_use]
+    pub fn with_ring_options(mut self, options: RingOptions) -> UringBackend {
+        self.features.options = options;
+        self
+    }
+
+    /// The set-up flags the queues' rings ask for.
+    pub fn ring_options(&self) -> RingOptions {
+        self.features.options
     }
 
     /// A queue over `files` with at most `depth` operations in the kernel at once, as its concrete type

@@ -1,5 +1,6 @@
-//! The files a queue does I/O on: registered with the ring (SQEs name them by index, `types::Fixed`), or, where
-//! the kernel refuses to register them, named by the queue's own duplicated descriptors.
+//! The files a queue does I/O on: registered with the ring (SQEs name them by index, `types::Fixed`), or, on a
+//! single-issuer ring or where the kernel refuses to register them, named by the queue's own duplicated
+//! descriptors.
 
 use std::os::fd::AsRawFd;
 
@@ -19,22 +20,25 @@ pub(crate) struct FileTable {
 }
 
 impl FileTable {
-    /// Duplicates `files` and registers them with `ring`; when registration is refused (e.g. more files than
-    /// `RLIMIT_NOFILE` allows the table to hold), SQEs name the duplicates' descriptors instead.
-    pub(crate) fn new(ring: &IoUring, files: &[&HostFile]) -> Result<FileTable> {
+    /// Duplicates `files` and, when `register`, registers them with `ring`; when registration is refused (e.g.
+    /// more files than `RLIMIT_NOFILE` allows the table to hold) or not asked, SQEs name the duplicates'
+    /// descriptors instead.
+    pub(crate) fn new(ring: &IoUring, files: &[&HostFile], register: bool) -> Result<FileTable> {
         let files = files
             .iter()
             .map(|f| f.try_clone())
             .collect::<Result<Vec<_>>>()?;
-        if files.is_empty() {
-            return Ok(FileTable {
-                files,
-                registered: true,
-            });
+        let mut table = FileTable {
+            files,
+            registered: false,
+        };
+        if register {
+            table.registered = table.files.is_empty() || {
+                let fds: Vec<i32> = table.files.iter().map(|f| f.as_raw_fd()).collect();
+                ring.submitter().register_files(&fds).is_ok()
+            };
         }
-        let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
-        let registered = ring.submitter().register_files(&fds).is_ok();
-        Ok(FileTable { files, registered })
+        Ok(table)
     }
 
     /// How an SQE names file `index`, or `None` when the queue has no such file.

@@ -10,7 +10,8 @@
 //! | module | what it holds |
 //! |---|---|
 //! | `backend` | [`UringBackend`]: the probe (`UringBackend::new`) and queue creation; [`BACKEND`], the registration |
-//! | `queue` | [`UringQueue`]: the ring, submission with a backlog, reaping, waiting on drop |
+//! | `queue` | [`UringQueue`]: the ring, submission with a backlog, reaping, waiting on drop, moving to another thread's ring |
+//! | `ring` | the ring's set-up flags with their fallbacks ([`RingOptions`], [`RingSetup`]), and which thread owns a ring |
 //! | `slot` | the slot table: each operation's copied buffer list and progress (a `HostTransfer`) until it completes |
 //! | `files` | the queue's files: duplicated, and registered with the ring unless the kernel refuses |
 //! | `fixed_buffers` | registered buffers ([`UringQueue::register_buffers`]): which region holds a buffer |
@@ -28,21 +29,24 @@
 //!   all: some sandboxes kill a process that tries).
 //! - A queue's ring has `depth` entries rounded up to a power of two (at most [`MAX_QUEUE_DEPTH`]); at most
 //!   `depth` operations are in the ring at once. The completion ring is twice as large, so it never overflows.
-//! - The ring is made with `COOP_TASKRUN` and `TASKRUN_FLAG` where the kernel has them (5.19): a completion
-//!   made outside the submitting thread (an io-wq worker's buffered write, a device interrupt's direct I/O)
-//!   does not interrupt that thread with an inter-processor interrupt; it is posted at the thread's next
-//!   system call, or at once when the thread sleeps (on the eventfd or anything else), and
-//!   [`next_completion`](blk_core::HostQueue::next_completion) makes that system call itself when the kernel
-//!   flags completions as waiting. So a queue is best reaped by the thread that submits to it (as every blk
-//!   queue is); another thread reaping still gets every completion, once the submitter enters the kernel.
+//! - The ring (see "The ring" below) is made with `COOP_TASKRUN` and `TASKRUN_FLAG` where the kernel has them
+//!   (5.19): a completion made outside the submitting thread (an io-wq worker's buffered write, a device
+//!   interrupt's direct I/O) does not interrupt that thread with an inter-processor interrupt; it is posted at
+//!   the thread's next system call, or at once when the thread sleeps (on the eventfd or anything else), and
+//!   [`next_completion`](blk_core::HostQueue::next_completion) makes that system call itself
+//!   (`io_uring_enter` with `GETEVENTS`, no wait) when the kernel flags completions as waiting. So a queue is
+//!   best reaped by the thread that submits to it (as every blk queue is); another thread reaping still gets
+//!   every completion, once the submitter enters the kernel (a sleeping submitter is woken for it; one that
+//!   ended leaves it to a kernel worker).
 //! - The queue keeps duplicates of its files ([`HostFile::try_clone`](blk_core::HostFile::try_clone)), so it
-//!   works after the `HostFile`s it was made from are dropped and can ask a file's length, and registers them
-//!   with the ring (`IORING_REGISTER_FILES`; SQEs use `types::Fixed`). If the kernel refuses to register
-//!   them, SQEs name the duplicated descriptors instead ([`UringQueue::files_registered`] says which). Either
-//!   way the queue keeps the files' open file descriptions, and with them their advisory (OFD) locks, while
-//!   it lives. On drop it unregisters the files and closes the duplicates, so the locks go at once (a closed
-//!   ring would release registered files later, from a kernel worker, and a `qemu-img` run right after could
-//!   find the image still locked).
+//!   works after the `HostFile`s it was made from are dropped and can ask a file's length. A ring any thread
+//!   may use gets them registered (`IORING_REGISTER_FILES`; SQEs use `types::Fixed`, sparing the kernel a
+//!   file lookup per operation); a single-issuer ring does not (see "Threads"), nor one whose kernel refuses:
+//!   SQEs then name the duplicated descriptors ([`UringQueue::files_registered`] says which). Either way the
+//!   queue keeps the files' open file descriptions, and with them their advisory (OFD) locks, while it lives,
+//!   and releases them by the time its drop returns: it unregisters registered files and closes the
+//!   duplicates (a closed ring would release registered files later, from a kernel worker, and a `qemu-img`
+//!   run right after could find the image still locked).
 //! - The queue's eventfd is registered with the ring (`IORING_REGISTER_EVENTFD`): the kernel writes it for
 //!   every completion. Completions the queue makes itself (an operation naming a file index the queue does
 //!   not have: `EBADF`) are signalled by writing it in [`submit`](blk_core::HostQueue::submit).
@@ -52,8 +56,9 @@
 //!   kernel stopped at a failing entry). Operations beyond the ring's room wait in the backlog; they go out
 //!   from [`next_completion`](blk_core::HostQueue::next_completion) once the completion ring is drained and
 //!   slots are free. `EAGAIN`/`EBUSY` from the kernel leave the entries queued for the next call.
-//! - [`next_completion`](blk_core::HostQueue::next_completion) reads the completion ring directly (no system
-//!   call per completion). Each completion entry of a read or write is a step of the operation's
+//! - [`next_completion`](blk_core::HostQueue::next_completion) reads the completion ring directly: no system
+//!   call per completion, and none at all (the eventfd is not read) while completions are there; it enters the
+//!   kernel only to post completions waiting as task work or to submit the backlog. Each completion entry of a read or write is a step of the operation's
 //!   [`HostTransfer`](blk_core::host_queue::HostTransfer): a short transfer goes back to the backlog for the
 //!   rest, from where it stopped; a read ends at the end of the file (a short count); an error ends the
 //!   operation with the error, even after some bytes (unless a read stopped at the end of the file: then the
@@ -71,10 +76,53 @@
 //! O_DIRECT file completes with `EINVAL` (the queue keeps working). Formats bounce unaligned I/O before it gets
 //! here.
 //!
+//! # The ring
+//!
+//! [`RingOptions`] (from [`UringBackend::with_ring_options`]; [`RingOptions::default`] otherwise) says which
+//! set-up flags a queue's ring asks for; each is used only where the kernel has it, the ring being made again
+//! without the newest flag left whenever the kernel answers `EINVAL`, down to the flags of Linux 5.1.
+//! [`UringQueue::ring_setup`] says what a ring got. By default: `SUBMIT_ALL` (5.18: the kernel goes on past
+//! an entry that fails early), `COOP_TASKRUN` and `TASKRUN_FLAG` (above), `SINGLE_ISSUER` (6.0: the kernel
+//! skips synchronisation a ring only one thread submits to does not need) and `NO_SQARRAY` (6.6: no
+//! indirection array between the submission ring and its entries).
+//!
+//! `DEFER_TASKRUN` (6.1), which would post completions only inside the submitting thread's own
+//! `io_uring_enter`, is not used: with it, only that thread can ever post its completions. Another thread
+//! reaping or dropping the queue (a vhost-user queue drained from the frontend's thread, a queue dropped after
+//! its thread ended) would find nothing and wait forever; after the submitting thread ends, its completions
+//! stay unposted until the ring closes (`tests/kernel_ring_rules.rs` shows both on this kernel).
+//!
 //! # Threads and locks
 //!
-//! A queue is used from one thread at a time (`&mut self`, `Send`), and holds no lock: nothing to order. The
-//! backend is a plain value (`Copy`), shared freely.
+//! A queue is used from one thread at a time (`&mut self`), and is `Send`: made on one thread, it may be
+//! used on another, and move between threads, with operations in flight or not. A single-issuer ring is
+//! made disabled (`IORING_SETUP_R_DISABLED`: the eventfd, and buffers, register from any thread before it is
+//! enabled) and enabled (`IORING_REGISTER_ENABLE_RINGS`) by the first thread that submits, which owns it from
+//! then on: the kernel refuses another thread's submissions and registrations (`EEXIST`). So, per call:
+//! - [`submit`](blk_core::HostQueue::submit) (and buffer registration:
+//!   [`HostQueue::register_memory`](blk_core::HostQueue::register_memory) answers `false` while it cannot)
+//!   from a thread other than the owner: when none of the queue's operations are in the kernel, the queue
+//!   moves to a new ring owned by the calling thread (its eventfd and registered buffers registered again;
+//!   [`UringQueue::ring_moves`] counts these), and submits there. Otherwise the operations wait in the
+//!   backlog and go out from
+//!   [`next_completion`](blk_core::HostQueue::next_completion) on the new ring once the old ring's completions
+//!   have been reaped (they still come: any thread may read a ring's completions, and the old owner posts
+//!   them). Nothing blocks, nothing is lost.
+//! - [`next_completion`](blk_core::HostQueue::next_completion) from any thread reads the completion ring; only
+//!   the owner enters the kernel for the task work flag (another thread's call would not run the owner's).
+//! - Dropping from any thread waits for the operations in the kernel (a ring without `DEFER_TASKRUN` may be
+//!   waited on by any thread). Only the owner may unregister anything (others get `EEXIST`), which is why a
+//!   single-issuer ring never registers the files: a queue dropped by another thread still releases them,
+//!   and their locks, before its drop returns. (Registered buffers of a ring dropped by another thread are
+//!   unpinned by the kernel worker that frees the ring, shortly after.)
+//! - With [`RingOptions::single_issuer`] off (or a kernel without it), the ring is shared by every thread and
+//!   never moves.
+//!
+//! Moving costs a ring set-up (a few system calls, and pinning the registered buffers again): a queue is best
+//! kept on one thread, as blk's own users do (`blk bench` makes each queue on its thread; blk-vhost-user makes
+//! each on its vring thread, when the first request comes, drains it from the frontend's thread on
+//! `GET_VRING_BASE`, which only reaps, and drops it on whichever thread lets go of the connection last). A
+//! queue holds no lock: nothing to order. The backend is a plain value (`Copy`), shared freely.
 //!
 //! # Limits
 //!
@@ -146,11 +194,13 @@ mod backend;
 mod files;
 mod fixed_buffers;
 mod queue;
+mod ring;
 mod slot;
 
 pub use backend::{UringBackend, BACKEND, DISABLE_IO_URING_ENV};
 pub use fixed_buffers::{MAX_FIXED_BUFFERS, MAX_FIXED_BUFFER_LEN};
 pub use queue::{UringQueue, MAX_QUEUE_DEPTH};
+pub use ring::{RingOptions, RingSetup};
 
 /// The backend's name, as [`BACKEND`] and [`blk_core::HostQueueBackend::name`] give it and `-i` takes it.
 pub const BACKEND_NAME: &str = "io_uring";

@@ -4,6 +4,10 @@
 //! (an SQE in the submission queue or in the kernel, counted by `in_ring`, never more than `depth`), and back
 //! to the caller from [`next_completion`](HostQueue::next_completion). Its slot holds its buffers and progress
 //! the whole time.
+//!
+//! A single-issuer ring belongs to the thread that enabled it. When another thread submits, the queue moves to
+//! a new ring owned by that thread as soon as the old ring has none of its operations in the kernel (at once
+//! when idle; otherwise new operations wait in the backlog until the old ring's completions are reaped).
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -17,7 +21,11 @@ use io_uring::IoUring;
 use crate::backend::{ring_setup_error, RingFeatures};
 use crate::files::FileTable;
 use crate::fixed_buffers::FixedBuffers;
+use crate::ring::{build_ring, enable, RingOptions, RingSetup, ThreadKey};
 use crate::slot::SlotTable;
+
+/// `IORING_ENTER_GETEVENTS` (`linux/io_uring.h`): the `io_uring_enter` flag that waits for completions.
+const IORING_ENTER_GETEVENTS: u32 = 1;
 
 /// The largest queue depth (and ring size) a queue uses; a larger `depth` is clamped to it.
 pub const MAX_QUEUE_DEPTH: u32 = 4096;
@@ -35,6 +43,16 @@ const MAX_BUSY_RETRIES: u32 = 1000;
 /// [`UringBackend`]: crate::UringBackend
 pub struct UringQueue {
     ring: IoUring,
+    /// The flags `ring` was made with.
+    setup: RingSetup,
+    /// What a new ring is asked for (when another thread takes the queue over).
+    options: RingOptions,
+    /// The ring size asked for.
+    entries: u32,
+    /// The thread that enabled `ring` (single-issuer rings; `None` while it is disabled).
+    owner: Option<ThreadKey>,
+    /// Rings made after the first one, for other threads.
+    moves: u64,
     files: FileTable,
     notifier: EventFd,
     slots: SlotTable,
@@ -46,11 +64,16 @@ pub struct UringQueue {
     depth: u32,
     /// Operations in the ring now.
     in_ring: u32,
+    /// Slots whose SQE is in the submission queue and not yet taken by the kernel, in ring order (left there
+    /// when the kernel answered `EAGAIN`/`EBUSY`).
+    in_sq: Vec<u32>,
     /// Operations pushed and not yet returned.
     pending: usize,
     single_buffer_ops: bool,
     /// Regions registered with [`UringQueue::register_buffers`].
     fixed: FixedBuffers,
+    /// The same regions in registration order (registered again on a new ring).
+    regions: Vec<IoBufMut<'static>>,
     /// SQEs submitted with a registered buffer (`READ_FIXED`/`WRITE_FIXED`).
     fixed_ops: u64,
 }
@@ -82,30 +105,16 @@ impl UringQueue {
         }
         let depth = depth.min(MAX_QUEUE_DEPTH);
         let entries = depth.next_power_of_two();
-        // SUBMIT_ALL (5.18) keeps the kernel going past an SQE that fails early. COOP_TASKRUN (5.19) spares the
-        // thread an inter-processor interrupt per completion made outside it (a buffered write finished by an
-        // io-wq worker, a direct I/O finished in a device interrupt): the completion is posted at the thread's
-        // next system call or when it sleeps, and TASKRUN_FLAG tells `next_completion` when to make one.
-        // Older kernels refuse the flags: then fewer of them.
-        let ring = match IoUring::builder()
-            .setup_submit_all()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .build(entries)
-        {
-            Ok(ring) => ring,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                match IoUring::builder().setup_submit_all().build(entries) {
-                    Ok(ring) => ring,
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries)
-                        .map_err(|e| ring_setup_error(e, "creating an io_uring ring"))?,
-                    Err(e) => return Err(ring_setup_error(e, "creating an io_uring ring")),
-                }
-            }
-            Err(e) => return Err(ring_setup_error(e, "creating an io_uring ring")),
-        };
+        // The flags and their fallbacks are `ring`'s business (see the crate docs, "The ring"). A single-issuer
+        // ring comes back disabled: registrations below work from this thread, and the thread that first
+        // submits enables it.
+        let (ring, setup) = build_ring(entries, features.options)?;
         let depth = depth.min(ring.params().sq_entries());
-        let files = FileTable::new(&ring, files)?;
+        // A single-issuer ring's registrations can be undone only by its owner, and the queue may be dropped by
+        // another thread: registered files would then stay referenced (with their advisory locks) until a
+        // kernel worker frees the ring, after the drop. Its SQEs name the duplicated descriptors instead (the
+        // kernel holds a file only while an operation on it runs).
+        let files = FileTable::new(&ring, files, !setup.single_issuer)?;
         let notifier = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
             .map_err(|e| Error::io_while(e, "creating the queue's eventfd"))?;
         ring.submitter()
@@ -113,6 +122,11 @@ impl UringQueue {
             .map_err(|e| ring_setup_error(e, "registering the eventfd with io_uring"))?;
         Ok(UringQueue {
             ring,
+            setup,
+            options: features.options,
+            entries,
+            owner: None,
+            moves: 0,
             files,
             notifier,
             slots: SlotTable::default(),
@@ -120,9 +134,11 @@ impl UringQueue {
             local: VecDeque::new(),
             depth,
             in_ring: 0,
+            in_sq: Vec::with_capacity(depth as usize),
             pending: 0,
             single_buffer_ops: features.single_buffer_ops,
             fixed: FixedBuffers::default(),
+            regions: Vec::new(),
             fixed_ops: 0,
         })
     }
@@ -130,6 +146,18 @@ impl UringQueue {
     /// The most operations this queue has in the kernel at once.
     pub fn depth(&self) -> u32 {
         self.depth
+    }
+
+    /// The set-up flags of the queue's ring (what the kernel took of the backend's
+    /// [`RingOptions`](crate::RingOptions)).
+    pub fn ring_setup(&self) -> RingSetup {
+        self.setup
+    }
+
+    /// How many times the queue moved to a new ring because another thread than the ring's owner submitted
+    /// (single-issuer rings only; see the crate docs, "Threads").
+    pub fn ring_moves(&self) -> u64 {
+        self.moves
     }
 
     /// Whether the queue's files are registered with the ring (`IORING_REGISTER_FILES`); otherwise SQEs name
@@ -159,6 +187,12 @@ impl UringQueue {
             ));
         }
         let fixed = FixedBuffers::new(regions)?;
+        if !self.may_register()? {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "this io_uring queue's ring belongs to another thread, which still has operations in it",
+            ));
+        }
         // SAFETY: the caller guarantees the regions stay valid for I/O until the queue (and so the ring) is
         // dropped (see `# Safety`); `as_iovecs_mut` gives their addresses and lengths in iovec layout.
         unsafe {
@@ -168,6 +202,7 @@ impl UringQueue {
         }
         .map_err(|e| Error::io_while(e, "registering buffers with io_uring"))?;
         self.fixed = fixed;
+        self.regions = regions.to_vec();
         Ok(())
     }
 
@@ -179,6 +214,102 @@ impl UringQueue {
     /// Operations waiting for room in the ring (the backlog).
     pub fn backlog(&self) -> usize {
         self.ready.len()
+    }
+
+    /// Whether the calling thread may enter the ring now without taking it: a ring any thread may use, or a
+    /// single-issuer ring this thread enabled.
+    fn is_owner(&self) -> bool {
+        !self.setup.single_issuer || self.owner == Some(ThreadKey::current())
+    }
+
+    /// Whether the calling thread may register with the ring: as [`is_owner`](Self::is_owner), or a ring still
+    /// disabled (registrations do not enable it), or, when another thread owns it, after the queue moved to a
+    /// ring of this thread (possible while none of its operations are in the kernel). `false`: not now.
+    fn may_register(&mut self) -> Result<bool> {
+        if self.owner.is_none() || self.is_owner() {
+            return Ok(true);
+        }
+        self.ensure_submitter()
+    }
+
+    /// Makes the calling thread the ring's submitter: nothing to do for a ring any thread may use or one this
+    /// thread owns; a disabled ring is enabled by (and belongs to) this thread; a ring of another thread is
+    /// replaced by a new ring of this thread when none of the queue's operations are in its kernel side.
+    /// `Ok(false)`: some still are (another thread's submissions, completing there); the backlog waits for
+    /// them, and [`next_completion`](HostQueue::next_completion) moves the queue once they are reaped.
+    fn ensure_submitter(&mut self) -> Result<bool> {
+        if !self.setup.single_issuer {
+            return Ok(true);
+        }
+        let me = ThreadKey::current();
+        match self.owner {
+            Some(owner) if owner == me => Ok(true),
+            None => {
+                enable(&self.ring).map_err(|e| Error::io_while(e, "enabling the io_uring ring"))?;
+                self.owner = Some(me);
+                Ok(true)
+            }
+            Some(_) => {
+                let in_kernel = (self.in_ring as usize).saturating_sub(self.in_sq.len());
+                if in_kernel > 0 {
+                    return Ok(false);
+                }
+                self.move_to_this_thread()?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Replaces the ring (owned by another thread, with nothing of the queue in its kernel side) by a new one
+    /// owned by the calling thread, with the same files, eventfd and registered buffers. Entries the old ring
+    /// never took go back to the front of the backlog. On error the old ring stays.
+    fn move_to_this_thread(&mut self) -> Result<()> {
+        let (ring, setup) = build_ring(self.entries, self.options)?;
+        if setup.single_issuer {
+            enable(&ring).map_err(|e| Error::io_while(e, "enabling the io_uring ring"))?;
+        }
+        ring.submitter()
+            .register_eventfd(self.notifier.as_raw_fd())
+            .map_err(|e| ring_setup_error(e, "registering the eventfd with io_uring"))?;
+        if !self.regions.is_empty() {
+            // SAFETY: the regions were registered with the old ring under `register_buffers`'s contract (valid
+            // until the queue is dropped), which the new ring, owned by the queue too, inherits.
+            let registered = unsafe {
+                ring.submitter()
+                    .register_buffers(blk_core::buffer::as_iovecs_mut(&self.regions))
+            };
+            if registered.is_err() {
+                // Plain operations instead (nothing in the kernel names a registered buffer now).
+                self.fixed = FixedBuffers::default();
+                self.regions.clear();
+            }
+        }
+        for &index in self.in_sq.iter().rev() {
+            self.ready.push_front(index);
+        }
+        let unsent = u32::try_from(self.in_sq.len()).unwrap_or(u32::MAX);
+        self.in_ring = self.in_ring.saturating_sub(unsent);
+        self.in_sq.clear();
+        // The old ring closes here: none of the queue's operations are in it. Its pins of the registered
+        // buffers go a little later, from a kernel worker (it belongs to another thread: it cannot unregister
+        // them). Files are never registered with a single-issuer ring.
+        self.ring = ring;
+        self.setup = setup;
+        self.owner = setup.single_issuer.then(ThreadKey::current);
+        self.moves += 1;
+        Ok(())
+    }
+
+    /// Posts completions waiting as task work of this thread: `io_uring_enter` with `GETEVENTS` and no wait
+    /// (the task work runs on the way out of any system call). Errors (`EINTR`) only mean a later call does
+    /// it.
+    fn run_task_work(&self) {
+        // SAFETY: submits nothing (to_submit 0) and passes no argument: the call only runs task work.
+        let _ = unsafe {
+            self.ring
+                .submitter()
+                .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
+        };
     }
 
     /// Moves operations from the backlog into the submission queue while the ring has room.
@@ -217,6 +348,7 @@ impl UringQueue {
                 break;
             }
             self.ready.pop_front();
+            self.in_sq.push(index);
             self.in_ring += 1;
             self.fixed_ops += u64::from(uses_fixed);
         }
@@ -232,6 +364,10 @@ impl UringQueue {
                 return Ok(());
             }
             let outcome = self.ring.submit();
+            // The kernel takes entries in ring order: what it took leaves `in_sq` from the front.
+            let left = self.ring.submission().len();
+            let taken = self.in_sq.len().saturating_sub(left);
+            self.in_sq.drain(..taken);
             match outcome {
                 Ok(n) if n > 0 => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -318,8 +454,15 @@ impl HostQueue for UringQueue {
     }
 
     fn submit(&mut self) -> Result<()> {
-        self.fill_submission_queue();
-        let entered = self.enter();
+        let entered = match self.ensure_submitter() {
+            Ok(true) => {
+                self.fill_submission_queue();
+                self.enter()
+            }
+            // Another thread's ring still holds operations: the backlog goes out once they are reaped.
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
         if !self.local.is_empty() {
             // Completions the kernel will not signal; a full counter (EAGAIN) is already signalled.
             let _ = self.notifier.write(1);
@@ -350,22 +493,33 @@ impl HostQueue for UringQueue {
                 }
                 None => {
                     if !ran_task_work && self.ring.submission().taskrun() {
-                        // Completions wait for this thread to enter the kernel (COOP_TASKRUN): one system
-                        // call posts them all. Its errors (EINTR) only mean the next call does it.
+                        // Completions wait for the submitting thread to enter the kernel (COOP_TASKRUN): one
+                        // system call posts them all. Another thread's call would run its own task work, not
+                        // the submitter's: that waits for the submitter's next system call (a sleeping
+                        // submitter is woken for it; one that ended leaves it to a kernel worker).
                         ran_task_work = true;
-                        let _ = self.ring.submit();
-                        continue;
+                        if self.is_owner() {
+                            self.run_task_work();
+                            continue;
+                        }
                     }
-                    let unsubmitted = !self.ring.submission().is_empty();
+                    let unsubmitted = !self.in_sq.is_empty();
                     let room = self.in_ring < self.depth && !self.ready.is_empty();
                     if submitted || !(unsubmitted || room) {
                         return None;
                     }
                     // The CQ is drained and the backlog can move: submit it (buffered reads may complete
-                    // during the call, so look at the CQ once more).
-                    self.fill_submission_queue();
-                    if let Err(e) = self.enter() {
-                        self.fail_backlog(e.errno());
+                    // during the call, so look at the CQ once more). A ring of another thread that still
+                    // holds operations cannot take it: their completions come first.
+                    match self.ensure_submitter() {
+                        Ok(true) => {
+                            self.fill_submission_queue();
+                            if let Err(e) = self.enter() {
+                                self.fail_backlog(e.errno());
+                            }
+                        }
+                        Ok(false) => return None,
+                        Err(e) => self.fail_backlog(e.errno()),
                     }
                     submitted = true;
                 }
@@ -382,6 +536,10 @@ impl HostQueue for UringQueue {
     }
 
     unsafe fn register_memory(&mut self, regions: &[IoBufMut<'static>]) -> Result<bool> {
+        if !self.may_register()? {
+            // Another thread's ring still holds operations: it cannot take a registration from this thread.
+            return Ok(false);
+        }
         if !self.fixed.is_empty() {
             if self.in_ring > 0 || !self.ready.is_empty() {
                 // An operation in the kernel (or about to be) may name a registered buffer by index.
@@ -390,6 +548,7 @@ impl HostQueue for UringQueue {
             // Nothing in the kernel: the kernel drops its pins of the old regions, and the table names
             // the new ones only.
             self.fixed = FixedBuffers::default();
+            self.regions.clear();
             self.ring
                 .submitter()
                 .unregister_buffers()
@@ -408,37 +567,55 @@ impl HostQueue for UringQueue {
 
 impl Drop for UringQueue {
     fn drop(&mut self) {
-        // Backlogged operations never reached the kernel: drop them. Everything in the ring must complete
-        // before the caller's memory and our iovec arrays may be released.
+        // Backlogged operations never reached the kernel: drop them, and the entries the kernel has not taken
+        // from the submission queue (nothing below submits). Everything in the kernel must complete before
+        // the caller's memory and our iovec arrays may be released.
         self.ready.clear();
+        let unsent = u32::try_from(self.in_sq.len()).unwrap_or(u32::MAX);
+        self.in_ring = self.in_ring.saturating_sub(unsent);
+        self.in_sq.clear();
         while self.in_ring > 0 {
-            match self.ring.submit_and_wait(1) {
+            let reaped = self.ring.completion().count();
+            let reaped = u32::try_from(reaped).unwrap_or(u32::MAX);
+            self.in_ring = self.in_ring.saturating_sub(reaped);
+            if self.in_ring == 0 {
+                break;
+            }
+            // SAFETY: submits nothing and passes no argument: the call only waits for a completion.
+            let waited = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(0, 1, IORING_ENTER_GETEVENTS, None)
+            };
+            match waited {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(e) => {
-                    // A valid ring only fails to wait with EINTR/EAGAIN/EBUSY. Returning now would let the
-                    // kernel write into memory the caller may free: stop the process instead.
+                    // A valid ring only fails to wait with EINTR/EAGAIN/EBUSY (any thread may wait on a ring
+                    // without DEFER_TASKRUN, which blk-uring never sets). Returning now
+                    // would let the kernel write into memory the caller may free: stop the process instead.
                     eprintln!("blk-uring: cannot wait for in-flight io_uring operations: {e}");
                     std::process::abort();
                 }
             }
-            let reaped = self.ring.completion().count();
-            let reaped = u32::try_from(reaped).unwrap_or(u32::MAX);
-            self.in_ring = self.in_ring.saturating_sub(reaped);
         }
         // Closing a ring releases its registered files later, from a kernel worker: the files (and the
         // advisory locks on their open file descriptions) would outlive the queue for a while, and a reopen
         // right after the drop could find the image still locked. Unregistering releases them now (the
-        // queue's duplicated descriptors close right after, with its fields). Errors only mean the ring will
+        // queue's duplicated descriptors close right after, with its fields). Files are registered only with
+        // rings any thread may use; registered buffers of a single-issuer ring only its owner may unregister
+        // (others get EEXIST: a kernel worker unpins them shortly after). Errors only mean the ring will
         // release them itself.
-        if self.files.is_registered() {
-            let _ = self.ring.submitter().unregister_files();
-        }
-        if !self.fixed.is_empty() {
-            let _ = self.ring.submitter().unregister_buffers();
+        if self.owner.is_none() || self.is_owner() {
+            if self.files.is_registered() {
+                let _ = self.ring.submitter().unregister_files();
+            }
+            if !self.fixed.is_empty() {
+                let _ = self.ring.submitter().unregister_buffers();
+            }
         }
     }
 }
