@@ -5,11 +5,12 @@
 //! first sector in the file (0xFFFFFFFF: not allocated). A block is its sector bitmap (one bit per sector,
 //! padded to a 512-byte boundary) followed by the block's data.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use blk_core::{Error, ErrorKind, HostFile, Result};
 
+use crate::allocation::Allocator;
 use crate::dynamic_header::{DynamicHeader, HEADER_SIZE};
 use crate::footer::FOOTER_SIZE;
 use crate::geometry::MAX_SIZE;
@@ -60,11 +61,12 @@ pub struct SparseLayout {
     pub bitmap_size: u64,
     /// The metadata regions (footer copy, header, BAT, parent locators).
     pub metadata: Vec<Region>,
-    /// The BAT, in host byte order.
-    pub bat: RwLock<Vec<u32>>,
-    /// Where the next block goes (QEMU's `free_data_block_offset`); the end footer sits there. Lock order: this
-    /// lock before `bat`'s write lock.
-    pub next_block: Mutex<u64>,
+    /// The BAT, in host byte order: a lookup is one atomic load (no lock, no shared write); an entry is only
+    /// stored under the `allocator` lock, after the block's bitmap state, when its block is linked.
+    bat: Vec<AtomicU32>,
+    /// Where the next block goes (QEMU's `free_data_block_offset`) and the blocks reserved by writes in
+    /// flight (see the `allocation` module).
+    pub(crate) allocator: Mutex<Allocator>,
     /// Serializes sector-bitmap read-modify-writes.
     pub bitmap_lock: Mutex<()>,
     /// Per block, what its sector bitmap is known to say: [`BITMAP_UNKNOWN`], [`BITMAP_FULL`] (every sector
@@ -244,8 +246,8 @@ impl SparseLayout {
             block_size,
             bitmap_size,
             metadata,
-            bat: RwLock::new(bat),
-            next_block: Mutex::new(next_block),
+            bat: bat.into_iter().map(AtomicU32::new).collect(),
+            allocator: Mutex::new(Allocator::new(next_block)),
             bitmap_lock: Mutex::new(()),
         })
     }
@@ -269,12 +271,30 @@ impl SparseLayout {
     }
 
     /// The BAT entry of `block` (`UNALLOCATED` past the table).
+    #[inline]
     pub fn entry(&self, block: u64) -> u32 {
-        let bat = self.bat.read().unwrap_or_else(|e| e.into_inner());
         usize::try_from(block)
             .ok()
-            .and_then(|i| bat.get(i).copied())
-            .unwrap_or(UNALLOCATED)
+            .and_then(|i| self.bat.get(i))
+            .map_or(UNALLOCATED, |e| e.load(Ordering::Acquire))
+    }
+
+    /// The number of BAT entries.
+    pub fn entry_count(&self) -> u64 {
+        self.bat.len() as u64
+    }
+
+    /// The whole BAT as it is now (host byte order).
+    pub fn entries(&self) -> Vec<u32> {
+        self.bat.iter().map(|e| e.load(Ordering::Acquire)).collect()
+    }
+
+    /// Makes `block` point at `sector` for every reader. Callers hold the `allocator` lock and have written
+    /// the entry to the file and the block's bitmap state first.
+    pub(crate) fn publish(&self, block: u64, sector: u32) {
+        if let Some(e) = usize::try_from(block).ok().and_then(|i| self.bat.get(i)) {
+            e.store(sector, Ordering::Release);
+        }
     }
 
     /// Where the data of the block allocated at `entry` starts in the file (after its sector bitmap).

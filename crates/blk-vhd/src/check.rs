@@ -45,7 +45,9 @@ impl Vhd {
                 .push("the footer copy at offset 0 is damaged".to_string());
             footer_damaged = true;
         }
-        let next_block = *sparse.next_block.lock().unwrap_or_else(|e| e.into_inner());
+        // Held to the end of the footer and leak checks: a repair moves the footer the allocator knows of.
+        let mut alloc = sparse.lock_allocator();
+        let next_block = alloc.next;
         if len >= FOOTER_SIZE {
             self.file.read_exact_at(len - FOOTER_SIZE, &mut bytes)?;
         } else {
@@ -75,14 +77,18 @@ impl Vhd {
                 self.file.set_len(next_block + FOOTER_SIZE)?;
             }
             self.file.sync_data()?;
+            alloc.grown = None;
             report.corruptions_fixed += report.corruptions;
             report.corruptions = 0;
             report.messages.push("rewrote both footers".to_string());
         }
 
         let span = sparse.bitmap_size + sparse.block_size;
+        // The footer sits right after the last block, or, while this open grows the file ahead, at the end
+        // of the grown part (no leak).
+        let footer_place = alloc.grown.unwrap_or(next_block);
         let past_blocks = len.saturating_sub(FOOTER_SIZE).saturating_sub(next_block);
-        if !footer_damaged && past_blocks > 0 {
+        if !footer_damaged && past_blocks > footer_place - next_block {
             // Space between the last block and the end footer: an allocation interrupted after it moved the
             // footer (the BAT never pointed there). The next allocation reuses it; a repair gives it back.
             let leaked = past_blocks.div_ceil(span);
@@ -90,6 +96,7 @@ impl Vhd {
                 self.file.write_all_at(next_block, footer.as_bytes())?;
                 self.file.set_len(next_block + FOOTER_SIZE)?;
                 self.file.sync_data()?;
+                alloc.grown = None;
                 report.leaks_fixed += leaked;
                 report.messages.push(format!(
                     "moved the end footer back to {next_block:#x} over {past_blocks} bytes no block used"
@@ -113,13 +120,14 @@ impl Vhd {
             }
         }
 
-        let bat = sparse.bat.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let bat = sparse.entries();
         let mut allocated = 0;
         let mut fragmented = 0;
         let mut previous_end = None;
         for &e in bat.iter().filter(|&&e| e != UNALLOCATED) {
             let start = u64::from(e) * 512;
-            if previous_end.is_some_and(|p| p != start) {
+            // Padding up to the next aligned place (see `block_start`) is no fragmentation.
+            if previous_end.is_some_and(|p| p != start && sparse.block_start(p) != start) {
                 fragmented += 1;
             }
             previous_end = Some(start + span);
@@ -128,7 +136,8 @@ impl Vhd {
         report.total_clusters = Some(self.shared.size.div_ceil(sparse.block_size));
         report.allocated_clusters = Some(allocated);
         report.fragmented_clusters = Some(fragmented);
-        report.image_end_offset = Some(next_block + FOOTER_SIZE);
+        let footer_end = len.clamp(next_block + FOOTER_SIZE, footer_place + FOOTER_SIZE);
+        report.image_end_offset = Some(footer_end);
         Ok(report)
     }
 }

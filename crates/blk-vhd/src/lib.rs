@@ -36,7 +36,8 @@
 //! | [`vhd`] | [`Vhd`]: opening and shared state |
 //! | `sector_bitmap` | sector bitmaps and the one classification of a block (unallocated, full, partial) |
 //! | `mapper` | the single translation: `impl Mapper for Vhd` (reads, in-place writes, write-zeroes) |
-//! | `slow_write` | what the mapper answers slow: block allocation, bitmap bits, partial-sector merges |
+//! | [`allocation`] | where the next block goes; blocks of dynamic disks reserved by writes in flight, linked after their data |
+//! | `slow_write` | what the mapper answers slow: differencing allocations, bitmap bits, partial-sector merges |
 //! | `block_status` | `map`: runs of equal status |
 //! | `image_admin`, `check` | `ImageAdmin for Vhd`: `image_info`, `check`, `has_zero_init` |
 //! | `create` | [`Vhd::create`] |
@@ -50,8 +51,11 @@
 //!   for creators `win `, `qem2`, `d2v `, `CTXS`, `tap\0` and for the maximum geometry (QEMU's rule).
 //! - **Reads** honour the per-block sector bitmaps: a clear bit reads as zeros (dynamic) or from the parent
 //!   (differencing). QEMU ignores the bitmaps; QEMU-made blocks have every bit set, so both read the same.
-//! - **Writes** allocate blocks at the end of the file (bitmap + data, then the footer after the block, sync,
-//!   then the BAT entry), set bitmap bits, and merge partial sectors with what lies below.
+//! - **Writes** allocate blocks at the end of the blocks (dynamic disks: the file grown ahead with the footer
+//!   at its end, one sync for many blocks, cut back on close; then the bitmap, the data, the BAT entry; see
+//!   [`allocation`]), set bitmap bits, and merge partial sectors with what lies below. Writes into
+//!   unallocated blocks of dynamic disks, and into full blocks, run on the backend like raw writes; partial
+//!   blocks and differencing allocations on the worker pool.
 //! - **write_zeroes**: dynamic disks zero allocated blocks in place and leave unallocated ones; differencing
 //!   disks write zeros. **discard** is a no-op, as in QEMU.
 //! - **Host ranges past the end of the file** (only possible when the file shrinks under an open image: every
@@ -66,6 +70,11 @@
 //! # Differences from QEMU
 //!
 //! - Sector bitmaps are honoured on read (QEMU ignores them; its own blocks have every bit set).
+//! - New blocks are placed so that their data starts on a 4 KiB boundary of the file
+//!   ([`allocation::DATA_ALIGNMENT`]; up to 3.5 KiB of zeros before a 2 MiB block's bitmap); QEMU packs blocks
+//!   end to end, which leaves every O_DIRECT data write of its blocks but the first 512 bytes off the file
+//!   system's blocks. Both read and extend each other's images (blocks are where the BAT says, the end footer
+//!   right after the last block once closed); `check` counts the padding as no fragmentation.
 //! - A damaged footer copy at 0 falls back to the end footer (QEMU fails the open); the dynamic header's
 //!   checksum and major version are verified (QEMU checks neither); BAT entries into the end footer, into
 //!   metadata or overlapping each other are refused like those past the end of the file (QEMU only checks the
@@ -86,18 +95,21 @@
 //!
 //! # Locking
 //!
-//! Handles share one `Arc`'d state. The BAT is behind an `RwLock` (read for lookups, write only to publish a
-//! new entry); block allocation is serialized by the `next_block` mutex, taken before the BAT's write lock and
-//! held while the new block's first data is written (its data must land before the BAT entry publishes it);
-//! sector-bitmap read-modify-writes take `bitmap_lock`; unaligned writes that merge partial sectors take
-//! `merge_lock` first. Order: `merge_lock` → `next_block` → `bat` (write) ; `bitmap_lock` is taken alone.
+//! Handles share one `Arc`'d state. The BAT is a table of atomics: a lookup is one load, an entry is stored
+//! (after the block's bitmap state, so a reader that sees it sees the block's state) only under the allocator
+//! mutex, which serializes block allocation: reserving a block (metadata writes, and a sync when the file grows ahead, in the mapping),
+//! linking or giving it back (`finish_allocation`), and the slow path's differencing allocations (held while
+//! the new block's first data is written: its data must land before the BAT entry publishes it). Sector-bitmap
+//! read-modify-writes take `bitmap_lock`; unaligned writes that merge partial sectors take `merge_lock` first.
+//! Order: `merge_lock` → allocator; `bitmap_lock` is taken alone.
 //!
-//! The mapping takes the BAT's read lock once per block to copy the entry, and reads the block's cached
-//! full/partial state (an atomic); the first time it meets an allocated block it reads the block's sector
-//! bitmap (metadata I/O, no lock held) and caches whether it is full. It maps in place only what needs no
-//! metadata change (reads, and writes into full blocks); everything else runs in `write_slow`, the only writer
-//! of metadata, so its crash-safe order and lock order are unchanged. No lock is held during data I/O.
+//! A mapping reads the block's BAT entry and its cached full/partial state (two atomic loads, no lock, no
+//! shared write); the first time it meets an allocated block it reads the block's sector bitmap (metadata I/O
+//! on the mapping thread, no lock held) and caches whether it is full. It maps in place what needs no metadata
+//! change (reads, writes into full blocks), as a fresh allocation writes into unallocated blocks of dynamic
+//! disks; everything else runs in `write_slow`. No lock is held during data I/O.
 
+pub mod allocation;
 pub mod bat;
 mod block_status;
 mod check;

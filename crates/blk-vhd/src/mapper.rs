@@ -4,18 +4,20 @@
 //! | request | fixed disk | dynamic disk | differencing disk |
 //! |---|---|---|---|
 //! | read | one host range | per block: unallocated zeros; full a host range; partial per run of sectors a host range or zeros | the same, with the parent (zeros past its end) instead of zeros |
-//! | write | one host range | per block: full a host range; else slow | the same, for sector-aligned pieces; unaligned ones slow |
+//! | write | one host range | per block: full a host range; unallocated a fresh allocation (`Allocated`); partial slow | full blocks a host range for sector-aligned pieces; else slow |
 //!
-//! A block's full/partial state comes from [`Vhd::classify`], which reads its sector bitmap once and caches the
-//! answer. Slow pieces (allocation, bitmap bits to set, merges of partial sectors) run through
-//! [`Mapper::write_slow`] (the `slow_write` module); nothing is ever [`WriteMapping::Allocated`], so
-//! `finish_allocation` keeps its refusing default.
+//! A block's full/partial state comes from [`Vhd::classify`], which reads its sector bitmap once (on the
+//! mapping thread, no lock held) and caches the answer; a lookup of a known block is two atomic loads. A write
+//! into an unallocated block of a dynamic disk reserves the block (or joins its reservation) and is linked in
+//! [`Mapper::finish_allocation`] (the `allocation` module). Slow pieces (differencing allocations, bitmap bits
+//! to set, merges of partial sectors) run through [`Mapper::write_slow`] (the `slow_write` module).
 
 use std::sync::Arc;
 
 use blk_core::{
-    check_range, push_disk_read, read_only_error, write_zeros_mapped, DiskFile, DiskTopology,
-    Extent, HostFile, IoBuf, Mapper, Operation, ReadMapping, Result, WriteMapping,
+    check_range, push_disk_read, read_only_error, write_zeros_mapped, AllocationLink, DiskFile,
+    DiskTopology, Error, ErrorKind, Extent, HostFile, IoBuf, Mapper, Operation, ReadMapping,
+    Result, WriteMapping,
 };
 
 use crate::bat::{SparseLayout, UNALLOCATED};
@@ -85,7 +87,9 @@ impl Vhd {
     }
 
     /// Maps a write of a sparse disk, block by block: in place into full blocks (sector-aligned pieces only
-    /// for differencing disks, whose partial sectors merge with the parent), slow everywhere else.
+    /// for differencing disks, whose partial sectors merge with the parent); into unallocated blocks of
+    /// dynamic disks as a fresh allocation (the block reserved, see the `allocation` module); slow everywhere
+    /// else.
     fn map_sparse_write(
         &self,
         sparse: &SparseLayout,
@@ -97,25 +101,48 @@ impl Vhd {
         let differencing = self.shared.disk_type == DiskType::Differencing;
         for piece in sparse.pieces(offset, len) {
             let aligned = piece.in_block % 512 == 0 && piece.len % 512 == 0;
-            let in_place = if differencing && !aligned {
-                None
-            } else {
+            let mapping = loop {
+                if differencing && !aligned {
+                    break WriteMapping::Slow { len: piece.len };
+                }
                 match self.classify(sparse, piece.block)? {
-                    Block::Full { data } => Some(data),
-                    Block::Partial { .. } | Block::Unallocated => None,
+                    Block::Full { data } => {
+                        break WriteMapping::Host {
+                            file: IMAGE_FILE,
+                            offset: data + piece.in_block,
+                            len: piece.len,
+                        }
+                    }
+                    Block::Unallocated if !differencing => {
+                        if let Some((link, data)) = self.reserve(sparse, piece.block)? {
+                            break WriteMapping::Allocated {
+                                file: IMAGE_FILE,
+                                offset: data + piece.in_block,
+                                len: piece.len,
+                                link,
+                            };
+                        }
+                        // Linked meanwhile: map it again.
+                    }
+                    Block::Partial { .. } | Block::Unallocated => {
+                        break WriteMapping::Slow { len: piece.len }
+                    }
                 }
             };
-            match in_place {
-                Some(data) => WriteMapping::Host {
-                    file: IMAGE_FILE,
-                    offset: data + piece.in_block,
-                    len: piece.len,
-                },
-                None => WriteMapping::Slow { len: piece.len },
-            }
-            .push_onto(out, start);
+            mapping.push_onto(out, start);
         }
         Ok(())
+    }
+
+    /// Gives back the reservations of the `Allocated` pieces of a mapping that failed half-way.
+    fn give_back(&self, sparse: &SparseLayout, pieces: &[WriteMapping]) {
+        for piece in pieces {
+            if let WriteMapping::Allocated { link, .. } = *piece {
+                let never = Error::new(ErrorKind::Io, "the write was never submitted");
+                // Returns `never` itself; the reservation is released all the same.
+                let _ = self.finish_reservation(sparse, link, Err(never));
+            }
+        }
     }
 }
 
@@ -179,9 +206,27 @@ impl Mapper for Vhd {
         let start = out.len();
         let mapped = self.map_sparse_write(sparse, offset, len, out, start);
         if mapped.is_err() {
+            self.give_back(sparse, out.get(start..).unwrap_or_default());
             out.truncate(start);
         }
         mapped
+    }
+
+    fn finish_allocation(&self, link: AllocationLink, written: Result<()>) -> Result<()> {
+        let Some(sparse) = &self.shared.sparse else {
+            written?;
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("a fixed disk allocates nothing, yet was asked to link {link:?}"),
+            ));
+        };
+        self.finish_reservation(sparse, link, written).map_err(|e| {
+            self.context(
+                e,
+                Operation::Write,
+                Some(link.guest.saturating_mul(sparse.block_size)),
+            )
+        })
     }
 
     fn write_slow(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {

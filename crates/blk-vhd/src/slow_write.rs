@@ -1,20 +1,22 @@
 //! The writes the mapper answers slow ([`Mapper::write_slow`](blk_core::Mapper::write_slow)): block allocation
 //! in crash-safe order, sector bitmap bits to set, and partial sectors merged with what lies below.
 //!
-//! Block allocation (VHD spec, "Block Allocation Table and Data Blocks"; QEMU's `alloc_block`): under the
-//! allocation lock, the footer is first written after the new block (QEMU moves the footer first too), then
-//! the block's sector bitmap and the first write's data go where the end footer was, the file is synced, and
-//! only then is the BAT entry written (and published in memory). So a process killed at any step leaves a
-//! file that ends with a valid footer: either the old image with a leaked block's worth of space before the
-//! footer (opens, checks clean, the next allocation reuses the place) or the new block fully in place.
+//! Block allocation: dynamic disks reserve and link blocks as the fast path does (the `allocation` module),
+//! the write running here instead of on the backend. Differencing disks allocate here only: under the
+//! allocator lock, the footer is first written after the new block (QEMU moves the footer first too), then
+//! the block's sector bitmap (the written sectors' bits) and the first write's data go where the end footer
+//! was, the file is synced, and only then is the BAT entry written (and published in memory). So a process
+//! killed at any step leaves a file that ends with a valid footer: either the old image with a leaked block's
+//! worth of space before the footer (opens, checks clean, the next allocation reuses the place) or the new
+//! block fully in place.
 
 use blk_core::buffer::{range, total_len};
 use blk_core::{read_mapped, Error, ErrorKind, IoBuf, IoBufMut, Result};
-use zerocopy::IntoBytes;
 
-use crate::bat::{SparseLayout, BITMAP_FULL, UNALLOCATED};
-use crate::footer::{DiskType, FOOTER_SIZE};
-use crate::sector_bitmap::{set_bit, Block};
+use crate::allocation::entry_for;
+use crate::bat::{SparseLayout, UNALLOCATED};
+use crate::footer::DiskType;
+use crate::sector_bitmap::Block;
 use crate::vhd::Vhd;
 
 impl Vhd {
@@ -93,17 +95,25 @@ impl Vhd {
                 }
                 Block::Unallocated => {}
             }
-            let mut next = sparse.next_block.lock().unwrap_or_else(|e| e.into_inner());
+            if self.shared.disk_type == DiskType::Dynamic {
+                // The fast path's reservation, written here (see the `allocation` module).
+                let Some((link, data)) = self.reserve(sparse, block)? else {
+                    continue;
+                };
+                let written = self.file.write_vectored_at(data + in_block, bufs);
+                return self.finish_reservation(sparse, link, written);
+            }
+            let mut alloc = sparse.lock_allocator();
             if sparse.entry(block) != UNALLOCATED {
                 continue;
             }
             let sectors = (first, last);
-            return self.allocate(sparse, &mut next, block, in_block, sectors, bufs);
+            return self.allocate(sparse, &mut alloc.next, block, in_block, sectors, bufs);
         }
     }
 
-    /// Allocates `block` at `*next` and writes the first data into it, at `in_block`, covering sectors
-    /// `first..=last` (see the module docs for the order).
+    /// Allocates `block` of a differencing disk at `*next` and writes the first data into it, at `in_block`,
+    /// covering sectors `first..=last`, whose bits alone are set (see the module docs for the order).
     fn allocate(
         &self,
         sparse: &SparseLayout,
@@ -113,56 +123,13 @@ impl Vhd {
         (first, last): (u64, u64),
         bufs: &[IoBuf<'_>],
     ) -> Result<()> {
-        let start = *next;
-        let sector = u32::try_from(start / 512)
-            .ok()
-            .filter(|&s| s != UNALLOCATED)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NoSpace,
-                    "the image file outgrew the BAT's 32-bit sector numbers",
-                )
-            })?;
+        entry_for(sparse.block_start(*next))?;
+        let start = self.prepare_block(sparse, *next, (first, last))?;
         let data = start + sparse.bitmap_size;
-        let end = data + sparse.block_size;
-        // Bounded by the bitmap size (512 KiB at most).
-        let mut bitmap = vec![0u8; sparse.bitmap_size as usize];
-        let old_len = self.file.len()?;
-        // The footer first, after the new block: from here on the file ends with a footer whatever happens
-        // next (the block's place is a hole, or leftovers of an allocation that never finished).
-        self.file.write_all_at(end, self.shared.footer.as_bytes())?;
-        if old_len > end + FOOTER_SIZE {
-            // Bytes past the new footer are no block's (the BAT points below `start`): a leftover from an
-            // interrupted allocation or a repair. The file must end with the footer.
-            self.file.set_len(end + FOOTER_SIZE)?;
-        }
-        if self.shared.disk_type == DiskType::Dynamic {
-            // As QEMU: every sector present; the rest of the block is zeros.
-            bitmap.fill(0xff);
-            if old_len > data {
-                self.file
-                    .zero_range(data, old_len.min(end) - data, true, false)?;
-            }
-        } else {
-            for s in first..=last {
-                set_bit(&mut bitmap, s);
-            }
-        }
-        self.file.write_all_at(start, &bitmap)?;
         self.file.write_vectored_at(data + in_block, bufs)?;
         self.file.sync_data()?;
-        let bat_at = sparse.bat_offset + 4 * block;
-        self.file.write_all_at(bat_at, &sector.to_be_bytes())?;
-        if self.shared.disk_type == DiskType::Dynamic {
-            sparse.set_bitmap_state(block, BITMAP_FULL);
-        }
-        {
-            let mut bat = sparse.bat.write().unwrap_or_else(|e| e.into_inner());
-            if let Some(slot) = usize::try_from(block).ok().and_then(|i| bat.get_mut(i)) {
-                *slot = sector;
-            }
-        }
-        *next = end;
+        self.link_block(sparse, block, start)?;
+        *next = data + sparse.block_size;
         Ok(())
     }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use blk_core::{DiskFile, Error, ErrorKind, HostFile, Operation, Result};
+use zerocopy::IntoBytes;
 
 use crate::bat::SparseLayout;
 use crate::dynamic_header::{DynamicHeader, HEADER_SIZE};
@@ -41,6 +42,17 @@ pub(crate) struct Shared {
     pub parent: Option<ParentInfo>,
     /// Serializes unaligned writes to differencing disks, which merge partial sectors with the parent's data.
     pub merge_lock: Mutex<()>,
+    /// Writable dynamic disks: a descriptor to cut the file grown ahead back to its blocks when the last
+    /// handle closes (see the `allocation` module).
+    pub tail_file: Option<HostFile>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let (Some(file), Some(sparse)) = (&self.tail_file, &self.sparse) {
+            Vhd::cut_grown_tail(file, sparse, self.footer.as_bytes());
+        }
+    }
 }
 
 fn invalid_format(message: impl Into<String>) -> Error {
@@ -114,13 +126,14 @@ impl Vhd {
             .with_offset(if has_copy { 48 } else { len - FOOTER_SIZE + 48 }));
         }
         let size = sectors * 512;
-        let shared = |sparse, parent| Shared {
+        let shared = |sparse, parent, tail_file| Shared {
             footer: footer.clone(),
             disk_type,
             size,
             sparse,
             parent,
             merge_lock: Mutex::new(()),
+            tail_file,
         };
 
         if disk_type == DiskType::Fixed {
@@ -135,7 +148,7 @@ impl Vhd {
             }
             return Ok(Vhd {
                 file,
-                shared: Arc::new(shared(None, None)),
+                shared: Arc::new(shared(None, None, None)),
                 parent: None,
             });
         }
@@ -185,9 +198,14 @@ impl Vhd {
         } else {
             (None, None)
         };
+        let tail_file = if disk_type == DiskType::Dynamic && !file.is_read_only() {
+            Some(file.try_clone()?)
+        } else {
+            None
+        };
         Ok(Vhd {
             file,
-            shared: Arc::new(shared(Some(sparse), parent_info)),
+            shared: Arc::new(shared(Some(sparse), parent_info, tail_file)),
             parent,
         })
     }
@@ -242,7 +260,7 @@ impl Vhd {
     /// The BAT as it is in memory (host byte order; 0xFFFFFFFF for unallocated blocks).
     pub fn bat(&self) -> Vec<u32> {
         match &self.shared.sparse {
-            Some(s) => s.bat.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            Some(s) => s.entries(),
             None => Vec::new(),
         }
     }

@@ -239,27 +239,55 @@ fn mapper_answers_from_the_bat() {
         "{writes:?}"
     );
     writes.clear();
-    // Into a hole: allocation, slow (the allocated block's part stays in place).
+    // Into a hole: a fresh block reserved at the end of the file (the allocated block's part stays in place).
+    let file_len = std::fs::metadata(&path).unwrap().len();
     mapper
         .map_write((6 << 20) - 512, 1024, &mut writes)
         .unwrap();
+    let [first, WriteMapping::Allocated {
+        file: 0,
+        offset,
+        len: 512,
+        link,
+    }] = writes[..]
+    else {
+        panic!("{writes:?}");
+    };
     assert_eq!(
-        writes,
-        [
-            WriteMapping::Host {
-                file: 0,
-                offset: data(2, (2 << 20) - 512),
-                len: 512
-            },
-            WriteMapping::Slow { len: 512 },
-        ]
+        first,
+        WriteMapping::Host {
+            file: 0,
+            offset: data(2, (2 << 20) - 512),
+            len: 512
+        }
     );
+    // QEMU's footer sits right after the last block: the new block's bitmap goes there or later, so that its
+    // data starts on a 4 KiB boundary.
+    assert_eq!(
+        offset,
+        file_len.next_multiple_of(4096),
+        "data after the bitmap, aligned"
+    );
+    // The file grew ahead (a hole, the footer at its end) so that the block lies inside it.
+    let grown = std::fs::metadata(&path).unwrap().len();
+    assert!(grown >= offset + (2 << 20) + 512, "{grown}");
+    // Given back (the write never ran): the block stays unallocated, the image clean.
+    let never = blk_core::Error::new(blk_core::ErrorKind::Io, "not run");
+    assert!(mapper.finish_allocation(link, Err(never)).is_err());
+    assert_eq!(disk.bat()[3], 0xffff_ffff);
+    let report = disk.check(RepairMode::None).unwrap();
+    assert_eq!((report.corruptions, report.leaks), (0, 0), "{report:?}");
     writes.clear();
     // Out of range.
     let size = disk.logical_size();
     let err = mapper.map_read(size - 512, 1024, &mut reads).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::OutOfBounds);
     assert!(mapper.map_write(size, 1, &mut writes).is_err());
+    // Closed: the grown part is cut off again; reopened, the image is clean.
+    drop(disk);
+    assert!(std::fs::metadata(&path).unwrap().len() < file_len + 4096);
+    let report = open_ro(&path).check(RepairMode::None).unwrap();
+    assert_eq!((report.corruptions, report.leaks), (0, 0), "{report:?}");
 
     // Fixed disks map to one range; a read-only disk refuses writes.
     let fixed = qemu_image(dir.path(), "fixed.vhd", "fixed");

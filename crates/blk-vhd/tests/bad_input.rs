@@ -211,7 +211,7 @@ fn footers_checksums_sizes_and_truncation() {
     // Truncated: inside the last block, inside the BAT, to nothing.
     expect_err(
         dir.path(),
-        &good[..good.len() - 4096],
+        &good[..good.len() - 8192],
         ErrorKind::CorruptImage,
         "past the end",
     );

@@ -150,7 +150,8 @@ fn child_structures_follow_the_spec() {
 }
 
 /// VHD spec "Block Allocation Table and Data Blocks": after writes, each layer's BAT entries point at blocks made
-/// of a sector bitmap (padded to 512 bytes) followed by the data, the footer moved after the last block. The
+/// of a sector bitmap (padded to 512 bytes) followed by the data, the footer moved after the last block (blk
+/// pads so that each block's data starts on a 4 KiB boundary). The
 /// dynamic base marks every sector present (as QEMU does); the differencing child only the sectors written,
 /// most significant bit first.
 #[test]
@@ -164,11 +165,13 @@ fn allocated_blocks_follow_the_spec_in_both_layers() {
     let bat: Vec<u32> = (0..entries)
         .map(|i| u32::from_be_bytes(bytes[1536 + 4 * i..1540 + 4 * i].try_into().unwrap()))
         .collect();
-    // chain() wrote 3 MiB at 0 (blocks 0 and 1) and 4 KiB at 7 MiB (block 3), in that order.
-    let span = 512 + (2 << 20);
-    assert_eq!(bat[0] as usize * 512, bat_end);
-    assert_eq!(bat[1] as usize * 512, bat_end + span);
-    assert_eq!(bat[3] as usize * 512, bat_end + 2 * span);
+    // chain() wrote 3 MiB at 0 (blocks 0 and 1) and 4 KiB at 7 MiB (block 3), in that order; blk starts each
+    // block's data on a 4 KiB boundary (the bitmap just before it), QEMU packs them.
+    let data0 = (bat_end + 512).next_multiple_of(4096);
+    let stride = (2 << 20) + 4096;
+    assert_eq!(bat[0] as usize * 512 + 512, data0);
+    assert_eq!(bat[1] as usize * 512 + 512, data0 + stride);
+    assert_eq!(bat[3] as usize * 512 + 512, data0 + 2 * stride);
     assert_eq!(bat[2], 0xffff_ffff);
     assert_eq!(bat[4], 0xffff_ffff);
     for &b in &[bat[0], bat[1], bat[3]] {
@@ -182,7 +185,8 @@ fn allocated_blocks_follow_the_spec_in_both_layers() {
         &bytes[bat[0] as usize * 512 + 512..][..4096],
         &pattern(1, 4096)[..]
     );
-    assert_eq!(bytes.len(), bat_end + 3 * span + 512);
+    // The footer right after the last block, where QEMU allocates next.
+    assert_eq!(bytes.len(), data0 + 2 * stride + (2 << 20) + 512);
     assert_eq!(
         &bytes[bytes.len() - 512..],
         &bytes[..512],
