@@ -99,7 +99,13 @@ impl PreparedQueue {
             (_, false) => slots,
         };
         let ring_depth = u32::try_from(slots + extra).unwrap_or(u32::MAX);
-        let queue = disk.create_async_io(ring_depth)?;
+        let mut queue = disk.create_async_io(ring_depth)?;
+        // Registered with the backend (io_uring's fixed buffers), as a VMM registers guest memory: the kernel
+        // then pins the pages once, not per request. A backend without registration just says no.
+        let regions: Vec<IoBufMut<'static>> = read_bufs.iter().map(|[b]| *b).collect();
+        // SAFETY: the buffers are leaked (`aligned_leaked_buffer`): they stay mapped for the rest of the
+        // process, beyond the queue's life.
+        unsafe { queue.register_memory(&regions) }?;
         Ok(PreparedQueue {
             queue,
             read_bufs,
