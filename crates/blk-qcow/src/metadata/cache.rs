@@ -1,9 +1,9 @@
 //! A write-back cache of metadata clusters (L2 tables, refcount blocks), keyed by host offset, evicted by the
 //! clock algorithm.
 //!
-//! Lookups hash the offset into an index (no allocation); each slot holds one table's bytes. A hit is a
-//! `&self` operation: it sets the slot's reference bit only when the bit is clear, so repeated hits on a table
-//! write no shared cache line and may run under the metadata lock's read side (see `metadata`). Eviction sweeps
+//! Lookups check the calling thread's last hit, then hash the offset into an index (no allocation); each slot
+//! holds one table's bytes. A hit is a `&self` operation: it sets the slot's reference bit only when the bit
+//! is clear, so repeated hits on a table write no shared cache line and may run under the metadata lock's read side (see `metadata`). Eviction sweeps
 //! a clock hand over the slots, clearing reference bits, and takes the first slot whose bit was clear; the slot
 //! most recently looked up or inserted with the exclusive lock is never the victim while another slot exists,
 //! so a caller may use two tables at once. The owner writes dirty slots back (in dependency order) before they
@@ -12,8 +12,17 @@
 //! Sizes: the L2 cache holds at most `Qcow2OpenOptions::l2_cache_size` bytes of tables (default 32 MiB, QEMU's
 //! maximum default; at least 2 tables), the refcount-block cache a quarter as many blocks (at least 4).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+thread_local! {
+    /// This thread's last hit: (the cache's address, the table's offset, its slot). Checked before hashing, as
+    /// consecutive requests mostly hit the same table; it is the thread's own, so keeping it writes nothing
+    /// shared. A stale hint (another cache at the same address, a slot since replaced) fails the check of the
+    /// slot's offset and costs one hash.
+    static LAST_HIT: Cell<(usize, u64, usize)> = const { Cell::new((0, 0, 0)) };
+}
 
 /// One cached table.
 #[derive(Debug)]
@@ -55,7 +64,18 @@ impl TableCache {
     /// The slot holding the table at `offset`, marking it referenced: the hit path, for shared access. The
     /// reference bit is written only when it is clear.
     pub(crate) fn lookup(&self, offset: u64) -> Option<usize> {
-        let slot = *self.index.get(&offset)?;
+        let me = self as *const TableCache as usize;
+        let (cache, last_offset, last_slot) = LAST_HIT.get();
+        let hinted = cache == me
+            && last_offset == offset
+            && self.slots.get(last_slot).is_some_and(|s| s.offset == offset);
+        let slot = if hinted {
+            last_slot
+        } else {
+            let slot = *self.index.get(&offset)?;
+            LAST_HIT.set((me, offset, slot));
+            slot
+        };
         if let Some(s) = self.slots.get(slot) {
             if !s.referenced.load(Ordering::Relaxed) {
                 s.referenced.store(true, Ordering::Relaxed);
