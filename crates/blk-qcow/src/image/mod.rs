@@ -32,7 +32,9 @@ pub(crate) mod options;
 mod vm_state;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 use blk_core::{Error, HostFile, ImageOpener, Operation, Result};
 
@@ -49,9 +51,10 @@ pub(crate) struct Shared {
     pub(crate) geometry: Geometry,
     /// The metadata file handle (metadata I/O and the final flush).
     pub(crate) file: HostFile,
-    /// The metadata lock: shared by the read path's cache hits, exclusive for everything else (see
-    /// `metadata`).
-    pub(crate) meta: RwLock<Metadata>,
+    /// The metadata lock: shared by the I/O path's cache hits, exclusive for everything else (see
+    /// `metadata`). Sharded: a reader takes the read side of its thread's shard only (its own cache line),
+    /// a writer every shard.
+    pub(crate) meta: ShardedLock<Metadata>,
     /// Signalled when an in-flight cluster is linked.
     pub(crate) linked: LinkSignal,
     pub(crate) backing: Option<Backing>,
@@ -75,7 +78,7 @@ pub(crate) struct Shared {
 }
 
 /// The exclusive metadata lock, as held by every path that may change metadata.
-pub(crate) type MetadataGuard<'a> = RwLockWriteGuard<'a, Metadata>;
+pub(crate) type MetadataGuard<'a> = ShardedLockWriteGuard<'a, Metadata>;
 
 /// The signal that in-flight clusters were linked (or given back): a counter under its own mutex, which a
 /// writer waiting for a cluster reads while it still holds the metadata lock, so that no link between its
@@ -168,7 +171,7 @@ impl Qcow2 {
     }
 
     /// Takes the metadata lock's shared side: for lookups that only hit the caches (see `metadata`).
-    pub(crate) fn read_metadata(&self) -> RwLockReadGuard<'_, Metadata> {
+    pub(crate) fn read_metadata(&self) -> ShardedLockReadGuard<'_, Metadata> {
         self.shared.meta.read().unwrap_or_else(|p| p.into_inner())
     }
 

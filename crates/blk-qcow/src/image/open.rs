@@ -11,7 +11,9 @@
 //! current disk only read-only (QEMU's `bdrv_snapshot_load_tmp`).
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
+
+use crossbeam_utils::sync::ShardedLock;
 
 use blk_core::{CheckReport, Error, ErrorKind, HostFile, Operation, RepairMode, Result};
 
@@ -187,7 +189,7 @@ impl Qcow2 {
             shared: Arc::new(Shared {
                 geometry: g,
                 file: meta_file,
-                meta: RwLock::new(meta),
+                meta: ShardedLock::new(meta),
                 linked: LinkSignal::default(),
                 backing,
                 data_file,

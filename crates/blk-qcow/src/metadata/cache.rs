@@ -68,7 +68,10 @@ impl TableCache {
         let (cache, last_offset, last_slot) = LAST_HIT.get();
         let hinted = cache == me
             && last_offset == offset
-            && self.slots.get(last_slot).is_some_and(|s| s.offset == offset);
+            && self
+                .slots
+                .get(last_slot)
+                .is_some_and(|s| s.offset == offset);
         let slot = if hinted {
             last_slot
         } else {

@@ -13,13 +13,14 @@
 //!
 //! # Locking
 //!
-//! Every handle of an open image shares one `RwLock<Metadata>`, the metadata lock. Its shared side
+//! Every handle of an open image shares one `ShardedLock<Metadata>` (crossbeam's: a read-write lock per
+//! shard; a reader takes its thread's shard, a writer all of them), the metadata lock. Its shared side
 //! (`Qcow2::read_metadata`) serves the cache hits of the I/O path: reads, and writes that overwrite
 //! allocated clusters in place (no persistent bitmap tracking writes, the overlap check decided in memory:
 //! `data_write_allowed`). Under it: the L1 table, a cached L2 table, the checks of an entry and the in-flight
 //! table are read; nothing is loaded, evicted, written or allocated, and no I/O happens. A hit writes no
-//! shared cache line but the lock word itself (the cache's reference bit is written only when clear, see
-//! `cache`). Everything else takes it exclusively (`Qcow2::lock_metadata`), and so does a request that finds
+//! shared cache line: only its shard's lock word, which other threads' hits do not touch (the cache's
+//! reference bit is written only when clear, its last-hit hint is per thread, see `cache`). Everything else takes it exclusively (`Qcow2::lock_metadata`), and so does a request that finds
 //! a table missing, a cluster to allocate or anything the shared side cannot decide: it starts over there.
 //! The rules:
 //!
