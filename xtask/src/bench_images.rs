@@ -167,8 +167,13 @@ impl ImageSet {
         )
     }
 
-    /// Reads `image` once so that its blocks are in the host page cache.
+    /// Drops `image` from the host page cache, then reads it once, sequentially, so that all of it is in the
+    /// cache, and cached alike whatever wrote it: the kernel's readahead then picks the page-cache folios'
+    /// sizes, where the writes (`qemu-img convert`'s, or this module's) left others. With large folios a 4 KiB
+    /// read looks up and copies from fewer of them, which made one image's page-cache reads up to 15% faster
+    /// than another's with the same data.
     pub fn warm_cache(&self, image: Image) -> Result<(), String> {
+        self.drop_cache(image)?;
         let path = self.path(image);
         let mut file =
             File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;

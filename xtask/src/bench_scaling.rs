@@ -5,8 +5,8 @@
 //! contention").
 //!
 //! The images are the comparison suite's (module [`bench_images`](crate::bench_images)): 1 GiB of distinct
-//! non-zero data converted by `qemu-img convert`, every cluster or block allocated. Reads run on an image read
-//! once first ([`Preparation::WarmCache`]); writes on an image dropped from the page cache and then written
+//! non-zero data converted by `qemu-img convert`, every cluster or block allocated. Reads run on an image
+//! dropped from the page cache and read once ([`Preparation::WarmCache`]); writes on an image dropped from the page cache and then written
 //! once in full, sequentially ([`Preparation::WriteOnce`]: 4 KiB writes into pages that reads brought in run
 //! slower in this VM's kernel). Every queue count runs the same total count, so the time ratio of
 //! two contenders is their throughput ratio; the contenders alternate run by run and the medians are

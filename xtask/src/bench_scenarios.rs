@@ -91,7 +91,8 @@ impl RatioCheck {
 pub enum Preparation {
     /// Nothing.
     None,
-    /// Each contender's image read once, so that it is in the host page cache (page-cache reads).
+    /// Each contender's image dropped from the host page cache and read once, so that all of it is cached, the
+    /// same way for every image (page-cache reads; see `ImageSet::warm_cache`).
     WarmCache,
     /// Each contender's image dropped from the page cache, then written once in full, sequentially, in 1 MiB
     /// writes by `blk bench -w -t writeback` (page-cache writes: on this VM's ext4, 4 KiB writes into pages
