@@ -17,8 +17,11 @@
 //!   for QCOW2, VHD, VHDX and raw, page-cache 4 KiB reads and writes; see [`bench_scaling`](crate::bench_scaling).
 //! - [`Suite::Tmpfs`] (run only when named: `--suite tmpfs`): blk bench vs qemu-img bench with O_DIRECT on
 //!   images in `/dev/shm`, and CPU per request on the disk; see [`bench_tmpfs`](crate::bench_tmpfs).
+//! - [`Suite::VhdVhdx`] (run only when named: `--suite vhd-vhdx`): dynamic VHD page-cache reads against the raw
+//!   file, and allocating O_DIRECT writes into empty VHD and VHDX images against qemu-img bench and against the
+//!   same writes into a raw file; see [`bench_vhd_vhdx`](crate::bench_vhd_vhdx).
 //!
-//! The scaling and tmpfs suites take the comparison suite's `--runs N`, `--quick` and `--scenario K`, and report
+//! The scaling, tmpfs and VHD/VHDX suites take the comparison suite's `--runs N`, `--quick` and `--scenario K`, and report
 //! IOPS and CPU time per request beside every median, as the comparison suite does.
 
 use std::path::{Path, PathBuf};
@@ -44,6 +47,8 @@ pub enum Suite {
     Scaling,
     /// blk bench vs qemu-img bench, O_DIRECT on a tmpfs (only when named).
     Tmpfs,
+    /// VHD and VHDX: page-cache reads vs raw, allocating writes vs qemu-img bench (only when named).
+    VhdVhdx,
 }
 
 impl Suite {
@@ -56,6 +61,7 @@ impl Suite {
         Suite::VhostUser,
         Suite::Scaling,
         Suite::Tmpfs,
+        Suite::VhdVhdx,
     ];
 
     /// The suite's name, as `--suite` takes it.
@@ -66,6 +72,7 @@ impl Suite {
             Suite::VhostUser => "vhost-user",
             Suite::Scaling => "scaling",
             Suite::Tmpfs => "tmpfs",
+            Suite::VhdVhdx => "vhd-vhdx",
         }
     }
 
@@ -120,6 +127,11 @@ impl Suite {
                 compare,
                 command_line,
                 Path::new(crate::bench_tmpfs::DEFAULT_TMPFS),
+            ),
+            Suite::VhdVhdx => crate::bench_vhd_vhdx::run_suite(
+                &bench_environment(root, compare)?,
+                compare,
+                command_line,
             ),
             Suite::Criterion => {
                 let mut command = cmd::cargo_command(root);
@@ -221,6 +233,7 @@ mod tests {
         assert_eq!(Suite::from_name("vhost-user"), Some(Suite::VhostUser));
         assert_eq!(Suite::from_name("scaling"), Some(Suite::Scaling));
         assert_eq!(Suite::from_name("tmpfs"), Some(Suite::Tmpfs));
+        assert_eq!(Suite::from_name("vhd-vhdx"), Some(Suite::VhdVhdx));
         assert_eq!(Suite::from_name("qemu"), None);
         assert!(run(Path::new("."), &["--suite".into(), "nope".into()]).is_err());
     }

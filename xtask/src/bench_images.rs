@@ -1,4 +1,4 @@
-//! The images of the `blk bench` suites (`cargo xtask bench --suite compare|scaling|tmpfs`): the ones a suite's
+//! The images of the `blk bench` suites (`cargo xtask bench --suite compare|scaling|tmpfs|vhd-vhdx`): the ones a suite's
 //! scenarios use, made once per run in `<target>/bench-images/` (on the target's file system, which supports
 //! O_DIRECT) or, for the tmpfs suite, in a directory on a tmpfs; deleted when the suite ends.
 //!
@@ -6,10 +6,10 @@
 //! |---|---|---|
 //! | `data.raw` | written here: non-zero, distinct 4 KiB blocks (always made: the others are converted from it) | reads and writes on raw |
 //! | `data.qcow2` | `qemu-img convert -O qcow2 -o cluster_size=64k data.raw` (every cluster allocated) | reads, overwrites |
-//! | `data.vhd` | `qemu-img convert -O vpc -o subformat=dynamic,force_size=on data.raw` (every block allocated, the exact size) | scaling |
+//! | `data.vhd` | `qemu-img convert -O vpc -o subformat=dynamic,force_size=on data.raw` (every block allocated, the exact size) | scaling, VHD reads |
 //! | `data.vhdx` | `qemu-img convert -O vhdx data.raw` (dynamic, 8 MiB blocks, every block allocated) | scaling |
 //! | `zstd.qcow2` | `qemu-img convert -c -O qcow2 -o compression_type=zstd` of compressible data | compressed reads |
-//! | `empty.qcow2`, `empty.raw` | `qemu-img create`, again before every run that writes them | allocating writes |
+//! | `empty.qcow2`, `empty.raw`, `empty.vhd`, `empty.vhdx` | `qemu-img create` (the VHD as `data.vhd`: dynamic, the exact size), again before every run that writes them | allocating writes |
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -35,6 +35,10 @@ pub enum Image {
     EmptyQcow2,
     /// A new, empty (sparse) raw file (made again before each run).
     EmptyRaw,
+    /// A new, empty dynamic VHD (made again before each run).
+    EmptyVhd,
+    /// A new, empty dynamic VHDX (made again before each run).
+    EmptyVhdx,
 }
 
 impl Image {
@@ -48,6 +52,8 @@ impl Image {
             Image::ZstdQcow2 => "zstd.qcow2",
             Image::EmptyQcow2 => "empty.qcow2",
             Image::EmptyRaw => "empty.raw",
+            Image::EmptyVhd => "empty.vhd",
+            Image::EmptyVhdx => "empty.vhdx",
         }
     }
 
@@ -56,14 +62,27 @@ impl Image {
         match self {
             Image::DataRaw | Image::EmptyRaw => "raw",
             Image::DataQcow2 | Image::ZstdQcow2 | Image::EmptyQcow2 => "qcow2",
-            Image::DataVhd => "vpc",
-            Image::DataVhdx => "vhdx",
+            Image::DataVhd | Image::EmptyVhd => "vpc",
+            Image::DataVhdx | Image::EmptyVhdx => "vhdx",
         }
     }
 
     /// Whether the image is made anew before each run (runs write into it).
     pub fn is_fresh_per_run(self) -> bool {
-        matches!(self, Image::EmptyQcow2 | Image::EmptyRaw)
+        matches!(
+            self,
+            Image::EmptyQcow2 | Image::EmptyRaw | Image::EmptyVhd | Image::EmptyVhdx
+        )
+    }
+
+    /// `qemu-img` `-o` options the image is made with (`convert` or `create`), if any.
+    fn options(self) -> &'static [&'static str] {
+        match self {
+            Image::DataQcow2 => &["-o", "cluster_size=64k"],
+            // Dynamic, and exactly the size asked for (not rounded to a CHS geometry).
+            Image::DataVhd | Image::EmptyVhd => &["-o", "subformat=dynamic,force_size=on"],
+            _ => &[],
+        }
     }
 }
 
@@ -96,9 +115,9 @@ impl ImageSet {
         let data = set.path(Image::DataRaw);
         write_data(&data, size, DataKind::Distinct)?;
         for &image in images {
-            let options: &[&str] = match image {
+            match image {
                 Image::DataRaw => continue,
-                Image::EmptyQcow2 | Image::EmptyRaw => {
+                _ if image.is_fresh_per_run() => {
                     set.make_fresh(image)?;
                     continue;
                 }
@@ -106,12 +125,10 @@ impl ImageSet {
                     set.make_zstd()?;
                     continue;
                 }
-                Image::DataQcow2 => &["-o", "cluster_size=64k"],
-                Image::DataVhd => &["-o", "subformat=dynamic,force_size=on"],
-                Image::DataVhdx => &[],
-            };
+                _ => {}
+            }
             let mut args = vec!["convert", "-f", "raw", "-O", image.format()];
-            args.extend_from_slice(options);
+            args.extend_from_slice(image.options());
             set.qemu_img(&args, &[&data, &set.path(image)])?;
         }
         Ok(set)
@@ -161,10 +178,9 @@ impl ImageSet {
         let path = self.path(image);
         let _ = fs::remove_file(&path);
         let size = self.size.to_string();
-        self.qemu_img(
-            &["create", "-q", "-f", image.format()],
-            &[&path, Path::new(&size)],
-        )
+        let mut args = vec!["create", "-q", "-f", image.format()];
+        args.extend_from_slice(image.options());
+        self.qemu_img(&args, &[&path, Path::new(&size)])
     }
 
     /// Drops `image` from the host page cache, then reads it once, sequentially, so that all of it is in the

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `cargo xtask ci` | [`ci`] | fmt, clippy, tests, docs, `blk-factory` feature builds, dependency check, parity suite |
 //! | `cargo xtask deps` | [`deps`] | the dependency-direction check alone |
-//! | `cargo xtask bench` | [`bench`](mod@bench), [`bench_compare`], [`bench_scenarios`], [`bench_images`], [`bench_report`], [`bench_vhost_user`], [`bench_scaling`], [`bench_tmpfs`] | the benchmark suites: criterion, blk bench vs qemu-img bench, queue scaling, O_DIRECT on a tmpfs |
+//! | `cargo xtask bench` | [`bench`](mod@bench), [`bench_compare`], [`bench_scenarios`], [`bench_images`], [`bench_report`], [`bench_vhost_user`], [`bench_scaling`], [`bench_tmpfs`], [`bench_vhd_vhdx`] | the benchmark suites: criterion, blk bench vs qemu-img bench, queue scaling, O_DIRECT on a tmpfs, VHD and VHDX |
 //! | `cargo xtask fuzz` | [`fuzz`] | every cargo-fuzz target under `fuzz/` for a bounded time |
 //! | `cargo xtask crash` | [`crash`], [`campaign`] | a writer killed at random points, then every image checked |
 //! | `cargo xtask mutate` | [`mutate`], [`campaign`] | seeded mutants of qemu-img-made images through blk's commands |
@@ -21,6 +21,7 @@ pub mod bench_report;
 pub mod bench_scaling;
 pub mod bench_scenarios;
 pub mod bench_tmpfs;
+pub mod bench_vhd_vhdx;
 pub mod bench_vhost_user;
 pub mod campaign;
 pub mod ci;

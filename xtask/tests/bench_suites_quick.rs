@@ -1,4 +1,4 @@
-//! The scaling and tmpfs suites end to end in `--quick` mode (64 MiB images, tiny counts, one run), with the
+//! The scaling, tmpfs and VHD/VHDX suites end to end in `--quick` mode (64 MiB images, tiny counts, one run), with the
 //! stand-in `blk` of `bench_stand_in` (qemu-img bench, `--queues` dropped): every scenario runs, the report has
 //! IOPS and CPU time per request beside every median, and the images are deleted.
 
@@ -84,6 +84,25 @@ fn quick_tmpfs_suite_runs_on_the_tmpfs_and_the_disk() {
         .flatten()
         .any(|e| e.file_name() == format!("blk-bench-{}", std::process::id()).as_str());
     assert!(!leftover, "tmpfs images deleted");
+}
+
+#[test]
+fn quick_vhd_vhdx_suite_runs_reads_and_allocating_writes() {
+    let dir = scratch();
+    if !qemu_img_has_io_uring(dir.path()) {
+        eprintln!("qemu-img cannot use io_uring here: the suite's runs would fail; skipped");
+        return;
+    }
+    let env = environment(dir.path(), stand_in_blk(dir.path()));
+    xtask::bench_vhd_vhdx::run_suite(&env, &quick(), "cargo xtask bench --suite vhd-vhdx --quick")
+        .unwrap();
+    let report = std::fs::read_to_string(dir.path().join("bench-vhd-vhdx.md")).unwrap();
+    assert_complete(&report, 3);
+    assert!(report.contains("blk vhd vs blk raw"), "{report}");
+    assert!(report.contains("blk vhdx vs qemu"), "{report}");
+    assert!(report.contains("the disk's floor"), "{report}");
+    assert!(report.contains("empty.vhdx"), "{report}");
+    assert!(!dir.path().join("bench-images").exists(), "images deleted");
 }
 
 #[test]
