@@ -34,7 +34,8 @@
 //! A new block inside the grown part writes only its bitmap (and padding) before its data, its BAT entry
 //! after, none of them synced: a power loss can leave a durable BAT entry whose bitmap is not, and the block
 //! then reads as zeros (blk) or as zeros or the data written (QEMU, which ignores bitmaps), as unflushed
-//! writes lost; never bytes of another block. Closing the image (the last handle) moves the footer back to
+//! writes lost; never bytes of another block. Growing again zeroes only the old end footer (a small write)
+//! when this session grew the file before: the rest up to it is the hole it grew by. Closing the image (the last handle) moves the footer back to
 //! its place after the last block and cuts the file there; a crash leaves the grown tail, which `check`
 //! reports as leaked blocks (`-r leaks` cuts it) and the next growth zeroes and reuses.
 //!
@@ -190,10 +191,22 @@ impl Vhd {
         if old_len > footer_at + FOOTER_SIZE {
             self.file.set_len(footer_at + FOOTER_SIZE)?;
         }
-        if old_len > from {
-            // The old end footer and whatever an interrupted allocation left: new blocks read as zeros.
-            self.file
-                .zero_range(from, old_len.min(footer_at) - from, false, false)?;
+        match alloc.grown {
+            // Grown before in this session: between the last block and the old footer lies the hole the file
+            // grew by (a reservation given back zeroes what its failed writes left, or stays below `next`),
+            // so only the old footer needs zeroing: a small write, where punching a hole would first wait for
+            // every direct write in flight.
+            Some(old_footer) if old_footer >= from && old_footer + FOOTER_SIZE == old_len => {
+                self.file
+                    .write_all_at(old_footer, &[0u8; FOOTER_SIZE as usize])?;
+            }
+            // The old end footer and whatever an interrupted allocation or a crash's grown tail left: new
+            // blocks read as zeros.
+            _ if old_len > from => {
+                self.file
+                    .zero_range(from, old_len.min(footer_at) - from, false, false)?;
+            }
+            _ => {}
         }
         self.file.sync_data()?;
         alloc.grown = Some(footer_at);
