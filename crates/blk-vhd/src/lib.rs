@@ -52,8 +52,8 @@
 //! - **Reads** honour the per-block sector bitmaps: a clear bit reads as zeros (dynamic) or from the parent
 //!   (differencing). QEMU ignores the bitmaps; QEMU-made blocks have every bit set, so both read the same.
 //! - **Writes** allocate blocks at the end of the blocks (dynamic disks: the file grown ahead with the footer
-//!   at its end, one sync for many blocks, cut back on close; then the bitmap, the data, the BAT entry; see
-//!   [`allocation`]), set bitmap bits, and merge partial sectors with what lies below. Writes into
+//!   at its end, one sync for many blocks, cut back on close; then the data, and the bitmap and the BAT
+//!   entry by the next flush or close; see [`allocation`]), set bitmap bits, and merge partial sectors with what lies below. Writes into
 //!   unallocated blocks of dynamic disks, and into full blocks, run on the backend like raw writes; partial
 //!   blocks and differencing allocations on the worker pool.
 //! - **write_zeroes**: dynamic disks zero allocated blocks in place and leave unallocated ones; differencing
@@ -98,7 +98,8 @@
 //! Handles share one `Arc`'d state. The BAT is a table of atomics: a lookup is one load, an entry is stored
 //! (after the block's bitmap state, so a reader that sees it sees the block's state) only under the allocator
 //! mutex, which serializes block allocation: reserving a block (metadata writes, and a sync when the file grows ahead, in the mapping),
-//! linking or giving it back (`finish_allocation`), and the slow path's differencing allocations (held while
+//! linking or giving it back (`finish_allocation`), writing the bitmaps and BAT entries of blocks linked
+//! since the last flush (`Mapper::flush`, close), and the slow path's differencing allocations (held while
 //! the new block's first data is written: its data must land before the BAT entry publishes it). Sector-bitmap
 //! read-modify-writes take `bitmap_lock`; unaligned writes that merge partial sectors take `merge_lock` first.
 //! Order: `merge_lock` → allocator; `bitmap_lock` is taken alone.

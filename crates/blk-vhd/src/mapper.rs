@@ -20,6 +20,7 @@ use blk_core::{
     Result, WriteMapping,
 };
 
+use crate::allocation::write_unwritten_entries;
 use crate::bat::{SparseLayout, UNALLOCATED};
 use crate::footer::DiskType;
 use crate::sector_bitmap::Block;
@@ -227,6 +228,21 @@ impl Mapper for Vhd {
                 Some(link.guest.saturating_mul(sparse.block_size)),
             )
         })
+    }
+
+    /// Writes the BAT entries of blocks linked since the last flush (see the `allocation` module), then syncs.
+    fn flush(&self) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        if let Some(sparse) = &self.shared.sparse {
+            let mut alloc = sparse.lock_allocator();
+            write_unwritten_entries(&self.file, sparse, &mut alloc)
+                .map_err(|e| self.context(e, Operation::Flush, None))?;
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| self.context(e, Operation::Flush, None))
     }
 
     fn write_slow(&self, offset: u64, bufs: &[IoBuf<'_>]) -> Result<()> {

@@ -121,6 +121,87 @@ fn many_64k_writes_into_an_empty_image_at_once() {
     }
 }
 
+/// The BAT entry of `block` as the file at `path` holds it (the BAT's place from the dynamic header at 512).
+fn file_bat_entry(path: &Path, block: u64) -> u32 {
+    let bytes = std::fs::read(path).unwrap();
+    let table = u64::from_be_bytes(bytes[512 + 16..512 + 24].try_into().unwrap());
+    let at = (table + 4 * block) as usize;
+    u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
+/// One write of `data` at `offset` through `queue`, completed, not flushed.
+fn write_one(queue: &mut dyn AsyncIo, offset: u64, data: &[u8]) {
+    let bytes: &'static [u8] = Box::leak(data.to_vec().into_boxed_slice());
+    let bufs = [IoBuf::from(bytes)];
+    let done = complete(queue, &[write_request(0, offset, &bufs)]);
+    assert_eq!(done[0].result.as_ref().unwrap(), &(data.len() as u64));
+}
+
+#[test]
+fn new_blocks_reach_the_file_at_the_next_flush_or_at_close() {
+    let dir = tempdir();
+    let path = dir.path().join("links.vhd");
+    if have_qemu() {
+        run("qemu-img", &["create", "-f", "vpc", path_str(&path), "16M"]);
+    } else {
+        create(&path, Some(16 << 20), &[]);
+    }
+    let mut model = vec![0u8; 16 << 20];
+    let first = (BLOCK, pattern(1, 65536));
+    let second = (5 * BLOCK + 4096, pattern(2, 8192));
+    apply(&mut model, &[first.clone(), second.clone()]);
+    {
+        let disk = open_rw(&path);
+        let mut queue = disk.create_async_io(DEPTH).unwrap();
+        write_one(queue.as_mut(), first.0, &first.1);
+        // Linked in memory (read back at once), in the file only once flushed.
+        assert_ne!(disk.bat()[1], u32::MAX);
+        assert_eq!(
+            file_bat_entry(&path, 1),
+            u32::MAX,
+            "in the file before a flush"
+        );
+        let flush = blk_core::Request::new(7, blk_core::RequestOp::Flush);
+        complete(queue.as_mut(), &[flush])[0]
+            .result
+            .as_ref()
+            .unwrap();
+        let entry = file_bat_entry(&path, 1);
+        assert_eq!(entry, disk.bat()[1]);
+        let bytes = std::fs::read(&path).unwrap();
+        let bitmap = u64::from(entry) as usize * 512;
+        assert!(
+            bytes[bitmap..bitmap + 512].iter().all(|&b| b == 0xff),
+            "bitmap full"
+        );
+        // Not flushed: written when the last handle closes.
+        write_one(queue.as_mut(), second.0, &second.1);
+        assert_eq!(file_bat_entry(&path, 5), u32::MAX);
+        let got = read_all(&disk);
+        let diff = got.iter().zip(&model).position(|(a, b)| a != b);
+        let last = got.iter().zip(&model).rposition(|(a, b)| a != b);
+        assert!(
+            diff.is_none(),
+            "first difference at {diff:?}, last {last:?}"
+        );
+    }
+    assert_ne!(file_bat_entry(&path, 5), u32::MAX, "written on close");
+    let disk = open_ro(&path);
+    let got = read_all(&disk);
+    let diff = got.iter().zip(&model).position(|(a, b)| a != b);
+    let last = got.iter().zip(&model).rposition(|(a, b)| a != b);
+    assert!(
+        diff.is_none(),
+        "reopened: first difference at {diff:?}, last {last:?}, bat {:?}",
+        disk.bat()
+    );
+    assert_clean(&disk);
+    drop(disk);
+    if have_qemu() {
+        qemu_compare_with_model(dir.path(), &path, &model);
+    }
+}
+
 #[test]
 fn partly_covered_new_blocks_read_zeros_elsewhere_and_match_qemu_io() {
     let dir = tempdir();
