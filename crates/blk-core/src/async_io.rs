@@ -155,8 +155,9 @@ pub trait AsyncIo: Send {
     /// Requests submitted whose completions have not been returned yet.
     fn in_flight(&self) -> usize;
 
-    /// Reaps every completion ready into `out` and, while fewer than `min` were reaped, sleeps on the
-    /// notifier until more come or `timeout` passes (`None`: no limit; `Some(Duration::ZERO)`: never sleeps).
+    /// Reaps every completion ready into `out` and, while fewer than `min` were reaped, sleeps (in the
+    /// backend's own wait where it can, see [`wait_in_backend`](AsyncIo::wait_in_backend), else on the
+    /// notifier) until more come or `timeout` passes (`None`: no limit; `Some(Duration::ZERO)`: never sleeps).
     /// Returns how many completions it appended (fewer than `min` only on timeout). Asking for more than are
     /// in flight fails with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) rather than sleeping
     /// forever. libblkio's `blkioq_do_io(q, out, min, max, timeout)`, with `max` unbounded.
@@ -167,6 +168,15 @@ pub trait AsyncIo: Send {
         out: &mut Vec<Completion>,
     ) -> Result<usize> {
         crate::completion_wait::wait_for(self, min, timeout, Duration::ZERO, out).map(|(n, _)| n)
+    }
+
+    /// Sleeps in the backend's own wait until a completion may be ready or `timeout` passes, instead of on the
+    /// [`notifier`](AsyncIo::notifier) (see [`HostQueue::wait_for_completion`](crate::HostQueue::wait_for_completion)):
+    /// [`wait`](AsyncIo::wait) uses it when it can. `Ok(false)`, having slept nothing, when the queue cannot
+    /// (work in flight that only the notifier reports, or a backend without such a wait: the default).
+    fn wait_in_backend(&mut self, timeout: Option<Duration>) -> Result<bool> {
+        let _ = timeout;
+        Ok(false)
     }
 
     /// Registers memory regions with the backend (io_uring: `IORING_REGISTER_BUFFERS`), so single-buffer

@@ -2,7 +2,8 @@
 //! busy polling of [`GuestQueue::wait`](crate::GuestQueue::wait).
 //!
 //! A wait reaps what is ready, then (when fewer than `min` came) optionally spins reaping for a short window,
-//! then sleeps in `poll(2)` on the queue's eventfd. The eventfd is reset (read, `EAGAIN` ignored) before the
+//! then sleeps: in the backend's own wait where the queue can (io_uring's `io_uring_enter`), else in `poll(2)`
+//! on the queue's eventfd. The eventfd is reset (read, `EAGAIN` ignored) before the
 //! last reap that precedes each sleep, so a completion signalled after that reap wakes the sleep: none is
 //! missed.
 
@@ -33,6 +34,8 @@ pub(crate) trait Reaper {
     fn reaper_notifier(&self) -> &EventFd;
     /// Requests submitted and not yet returned.
     fn reaper_in_flight(&self) -> usize;
+    /// Sleeps in the backend's own wait, if the queue can now (see [`AsyncIo::wait_in_backend`]).
+    fn sleep_in_backend(&mut self, timeout: Option<Duration>) -> Result<bool>;
 }
 
 impl<T: AsyncIo + ?Sized> Reaper for T {
@@ -46,6 +49,10 @@ impl<T: AsyncIo + ?Sized> Reaper for T {
 
     fn reaper_in_flight(&self) -> usize {
         self.in_flight()
+    }
+
+    fn sleep_in_backend(&mut self, timeout: Option<Duration>) -> Result<bool> {
+        self.wait_in_backend(timeout)
     }
 }
 
@@ -85,16 +92,21 @@ pub(crate) fn wait_for<Q: Reaper + ?Sized>(
             }
             continue;
         }
-        // About to sleep: reset the eventfd, then reap once more, so what is signalled after this reap wakes
-        // the poll below. EAGAIN (nothing written since the last read) is expected.
-        let _ = queue.reaper_notifier().read();
-        outcome.reaped += reap(queue, out);
-        if outcome.reaped >= min || expired {
+        if expired {
             return Ok((outcome.reaped, outcome));
         }
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let slept = Instant::now();
-        poll_readable(queue.reaper_notifier().as_raw_fd(), remaining)?;
+        if !queue.sleep_in_backend(remaining)? {
+            // About to sleep on the notifier: reset the eventfd, then reap once more, so what is signalled
+            // after this reap wakes the poll below. EAGAIN (nothing written since the last read) is expected.
+            let _ = queue.reaper_notifier().read();
+            outcome.reaped += reap(queue, out);
+            if outcome.reaped >= min {
+                return Ok((outcome.reaped, outcome));
+            }
+            poll_readable(queue.reaper_notifier().as_raw_fd(), remaining)?;
+        }
         *outcome.slept.get_or_insert(Duration::ZERO) += slept.elapsed();
     }
 }
@@ -201,6 +213,9 @@ mod tests {
         }
         fn reaper_in_flight(&self) -> usize {
             self.in_flight
+        }
+        fn sleep_in_backend(&mut self, _: Option<Duration>) -> Result<bool> {
+            Ok(false)
         }
     }
 

@@ -599,6 +599,10 @@ impl<M: GuestMemoryBackend + Send + Sync + 'static> Reaper for GuestQueue<M> {
     fn reaper_in_flight(&self) -> usize {
         self.in_flight()
     }
+
+    fn sleep_in_backend(&mut self, timeout: Option<std::time::Duration>) -> Result<bool> {
+        self.queue.wait_in_backend(timeout)
+    }
 }
 
 /// Calls `push(host pointer, length)` for each contiguous host piece of `iovecs` in `memory`, or fails when a

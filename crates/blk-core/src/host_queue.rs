@@ -169,6 +169,18 @@ pub trait HostQueue: Send {
     /// Operations pushed and not yet returned by [`next_completion`](HostQueue::next_completion), exactly.
     fn pending(&self) -> usize;
 
+    /// Sleeps in the backend's own wait until a completion is ready or `timeout` passes (`None`: no limit),
+    /// instead of on the [`notifier`](HostQueue::notifier): io_uring waits inside `io_uring_enter`, which posts
+    /// the completions on the way, with none of a sleep on the eventfd's system calls (read, poll, the
+    /// restarted poll, read). Returns `Ok(false)`, having slept nothing, when it cannot now (nothing of this
+    /// queue in the kernel, operations not submitted yet, a ring of another thread) or the backend has no such
+    /// wait (the default): the caller sleeps on the notifier then. A wake-up may come with nothing ready (a
+    /// signal, the timeout): callers reap and loop.
+    fn wait_for_completion(&mut self, timeout: Option<std::time::Duration>) -> Result<bool> {
+        let _ = timeout;
+        Ok(false)
+    }
+
     /// Registers memory regions with the kernel (io_uring: `IORING_REGISTER_BUFFERS`), so single-buffer reads
     /// and writes inside one of them use the registered form (`READ_FIXED`/`WRITE_FIXED`); others stay plain.
     /// Regions registered before are replaced, but only while no operation is in the kernel (otherwise this

@@ -959,6 +959,15 @@ impl AsyncIo for MappedQueue {
         None
     }
 
+    /// The host queue's own wait, when only its operations are outstanding: nothing ready to hand out, no
+    /// job on the worker pool (whose completions come through the notifier alone).
+    fn wait_in_backend(&mut self, timeout: Option<std::time::Duration>) -> Result<bool> {
+        if !self.immediate.is_empty() || self.pool.as_ref().is_some_and(|p| p.outstanding() > 0) {
+            return Ok(false);
+        }
+        self.host.wait_for_completion(timeout)
+    }
+
     fn ring_depth(&self) -> u32 {
         self.ring_depth
     }

@@ -50,6 +50,11 @@
 //! - The queue's eventfd is registered with the ring (`IORING_REGISTER_EVENTFD`): the kernel writes it for
 //!   every completion. Completions the queue makes itself (an operation naming a file index the queue does
 //!   not have: `EBADF`) are signalled by writing it in [`submit`](blk_core::HostQueue::submit).
+//! - [`wait_for_completion`](blk_core::HostQueue::wait_for_completion) sleeps in `io_uring_enter` (`GETEVENTS`,
+//!   one completion; a timeout through `IORING_ENTER_EXT_ARG`) when everything is submitted, something is
+//!   in the kernel and the calling thread owns the ring: the kernel runs the thread's task work and posts
+//!   completions inside that one call, where a sleep on the eventfd takes a read, a poll interrupted by the
+//!   task work and restarted, and a read again. [`MappedQueue`](blk_core::MappedQueue)'s `wait` uses it.
 //! - [`push`](blk_core::HostQueue::push) copies the operation and its iovec array into a slot (slot buffer
 //!   lists are reused) and never enters the kernel. [`submit`](blk_core::HostQueue::submit) fills the
 //!   submission queue from the backlog and calls `io_uring_enter` once (again only after `EINTR`, or when the

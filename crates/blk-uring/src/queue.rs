@@ -531,6 +531,43 @@ impl HostQueue for UringQueue {
         &self.notifier
     }
 
+    /// Waits in `io_uring_enter` (`GETEVENTS`, at least one completion; with a timeout through the
+    /// extended argument) when all is submitted, something is in the kernel and this thread may enter the
+    /// ring: there the kernel runs this thread's task work and posts the completions as they come, where a
+    /// sleep on the eventfd is woken for the task work, restarted, and then read.
+    fn wait_for_completion(&mut self, timeout: Option<Duration>) -> Result<bool> {
+        let idle = self.in_ring == 0 || !self.local.is_empty();
+        let unsubmitted = !self.in_sq.is_empty() || !self.ring.submission().is_empty();
+        if idle || unsubmitted || !self.is_owner() {
+            return Ok(false);
+        }
+        if !self.ring.completion().is_empty() {
+            return Ok(true);
+        }
+        let waited = match timeout {
+            None => self.ring.submitter().submit_and_wait(1),
+            Some(_) if !self.ring.params().is_feature_ext_arg() => return Ok(false),
+            Some(t) => {
+                let ts = io_uring::types::Timespec::from(t);
+                let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match waited {
+            Ok(_) => Ok(true),
+            // A signal, the timeout, or the kernel short of memory for the wait: the caller reaps and loops.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::ETIME | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(Error::io_while(e, "waiting for io_uring completions")),
+        }
+    }
+
     fn pending(&self) -> usize {
         self.pending
     }

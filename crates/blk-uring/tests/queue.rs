@@ -517,3 +517,53 @@ fn pending_is_exact_and_drop_discards_the_backlog() {
         assert_eq!(back, [0u8; 512], "a backlogged write ran");
     }
 }
+
+#[test]
+fn waiting_in_the_ring_returns_once_completions_are_ready() {
+    let Some(backend) = backend() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = temp_file(&dir, "w", 1 << 20);
+    let mut queue = backend.create_uring_queue(&[&file], 8).unwrap();
+    let single_issuer = queue.ring_setup().single_issuer;
+    assert!(
+        !queue.wait_for_completion(None).unwrap(),
+        "nothing in the kernel: nothing to wait for"
+    );
+    let mut storage = vec![0u8; 4 * 4096];
+    let bufs: Vec<[blk_core::IoBufMut<'static>; 1]> =
+        storage.chunks_mut(4096).map(|c| [buf_mut(c)]).collect();
+    for (i, b) in bufs.iter().enumerate() {
+        queue.push(i as u64, host_read(0, i as u64 * 8192, b));
+    }
+    queue.submit().unwrap();
+    let mut done = Vec::new();
+    while done.len() < bufs.len() {
+        // Returns with something ready, or says it cannot wait (the completions were posted already).
+        queue
+            .wait_for_completion(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        while let Some(c) = queue.next_completion() {
+            done.push(c);
+        }
+    }
+    assert!(by_user_data(done).values().all(|r| *r == Ok(4096)));
+    assert!(!queue.wait_for_completion(None).unwrap(), "idle again");
+    // A thread that does not own a single-issuer ring never sleeps in it: its completions are the owner's
+    // task work.
+    queue.push(9, host_read(0, 0, &bufs[0]));
+    queue.submit().unwrap();
+    let (waited, done) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let waited = queue.wait_for_completion(None).unwrap();
+            (waited, wait_for(&mut queue, 1))
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(done[0].result, Ok(4096));
+    if single_issuer {
+        assert!(!waited);
+    }
+    drop(queue);
+    drop(storage);
+}
