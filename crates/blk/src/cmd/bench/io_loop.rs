@@ -1,11 +1,11 @@
 //! One queue's share of a bench run: buffers allocated once, requests submitted in batches on an [`AsyncIo`]
-//! queue, completions reaped after waiting on its eventfd, and qemu-img bench's flush rule.
+//! queue, completions reaped by [`AsyncIo::wait`] (which sleeps in the backend's own wait where it can, else
+//! on the queue's eventfd), and qemu-img bench's flush rule.
 //!
 //! The loop mirrors qemu-img's `bench_cb`: each completion is handled in turn (counting what is left, maybe
 //! issuing a flush, then refilling the queue up to its depth), but everything those completions ask for goes
 //! to the queue as one batch, after every ready completion was reaped.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use blk_core::{
@@ -124,6 +124,7 @@ impl PreparedQueue {
             job,
         } = self;
         let mut driver = Driver::new(&read_bufs, &write_bufs, job);
+        let mut done = Vec::with_capacity(read_bufs.len() + 1);
         driver.fill();
         while driver.remaining > 0 || driver.flushes_in_flight > 0 {
             if stop.load(Ordering::Relaxed) {
@@ -133,13 +134,12 @@ impl PreparedQueue {
                 queue.submit(&driver.batch)?;
                 driver.batch.clear();
             }
-            let mut reaped = false;
-            while let Some(completion) = queue.next_completed_request() {
-                reaped = true;
+            // Everything ready, or (nothing being) a sleep until something is: in the backend's own wait
+            // where the queue can, else on its eventfd.
+            let min = usize::from(queue.in_flight() > 0);
+            queue.wait(min, None, &mut done)?;
+            for completion in done.drain(..) {
                 driver.complete(completion)?;
-            }
-            if !reaped && driver.batch.is_empty() {
-                wait_for_completions(queue.as_ref())?;
             }
         }
         Ok(())
@@ -263,33 +263,6 @@ impl<'a> Driver<'a> {
         }
         self.fill();
         Ok(())
-    }
-}
-
-/// Blocks until the queue's eventfd is signalled, and consumes the signal.
-fn wait_for_completions(queue: &dyn AsyncIo) -> Result<()> {
-    let notifier = queue.notifier();
-    loop {
-        match notifier.read() {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::from(e)),
-        }
-        let mut pollfd = libc::pollfd {
-            fd: notifier.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pollfd` is a valid, initialised `pollfd` that outlives the call, and 1 is the number of
-        // entries it points to; poll only writes its `revents` field.
-        let rc = unsafe { libc::poll(&mut pollfd, 1, -1) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::from(e));
-            }
-        }
     }
 }
 
