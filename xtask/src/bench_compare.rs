@@ -444,21 +444,35 @@ pub fn run_suite(
             None => s,
         })
         .collect();
+    run_on_disk(
+        env,
+        options,
+        command_line,
+        &selected,
+        scale.image_size,
+        (bench_report::COMPARE_HEADING, "bench-compare.md"),
+    )
+}
+
+/// Runs `scenarios` (`--runs` times each) on `size`-byte images made in `<target>/bench-images/`, then
+/// writes the report `(heading, file name under the target directory)`: what the comparison, scaling and
+/// VHD/VHDX suites share. Fails (after reporting everything) when a run failed.
+pub fn run_on_disk(
+    env: &Environment,
+    options: &CompareOptions,
+    command_line: &str,
+    scenarios: &[Scenario],
+    size: u64,
+    (heading, file): (&str, &str),
+) -> Result<(), String> {
     let results = run_scenarios(
         env,
         &env.target_dir.join("bench-images"),
-        scale.image_size,
-        &selected,
+        size,
+        scenarios,
         options.runs,
     )?;
-    report(
-        env,
-        bench_report::COMPARE_HEADING,
-        "bench-compare.md",
-        &results,
-        command_line,
-        options.runs,
-    )
+    report(env, heading, file, &results, command_line, options.runs)
 }
 
 #[cfg(test)]

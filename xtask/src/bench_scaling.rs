@@ -144,20 +144,16 @@ pub fn run_suite(
 ) -> Result<(), String> {
     let scale = ScalingScale::of(options);
     let selected = bench_compare::select(scenarios(&scale), options)?;
-    let results = bench_compare::run_scenarios(
+    bench_compare::run_on_disk(
         env,
-        &env.target_dir.join("bench-images"),
-        scale.image_size,
-        &selected,
-        options.runs,
-    )?;
-    bench_compare::report(
-        env,
-        "blk bench: 1, 2, 4 and 8 queues on one image, page cache",
-        REPORT,
-        &results,
+        options,
         command_line,
-        options.runs,
+        &selected,
+        scale.image_size,
+        (
+            "blk bench: 1, 2, 4 and 8 queues on one image, page cache",
+            REPORT,
+        ),
     )
 }
 

@@ -170,21 +170,17 @@ pub fn run_suite(
     command_line: &str,
 ) -> Result<(), String> {
     let scale = VhdScale::of(options);
-    let scenarios = bench_compare::select(scenarios(&scale), options)?;
-    let results = bench_compare::run_scenarios(
+    let selected = bench_compare::select(scenarios(&scale), options)?;
+    bench_compare::run_on_disk(
         env,
-        &env.target_dir.join("bench-images"),
-        scale.image_size,
-        &scenarios,
-        options.runs,
-    )?;
-    bench_compare::report(
-        env,
-        "blk bench vs qemu-img bench on VHD and VHDX, with the raw file as the disk's floor",
-        REPORT,
-        &results,
+        options,
         command_line,
-        options.runs,
+        &selected,
+        scale.image_size,
+        (
+            "blk bench vs qemu-img bench on VHD and VHDX, with the raw file as the disk's floor",
+            REPORT,
+        ),
     )
 }
 
