@@ -418,7 +418,8 @@ pub(crate) fn write_unwritten_entries(
         .clamp(4, MAX_BAT_UNIT);
     let bat_end = sparse.bat_offset + 4 * sparse.entry_count();
     let at = |block: u64| sparse.bat_offset + 4 * block;
-    // The blocks' padding and bitmaps first (every bit set): the BAT entries must not reach the disk first.
+    // The blocks' padding and bitmaps first (every bit set), then the entries: not synced in between, so a
+    // power loss in this flush may keep an entry without its bitmap (see the module docs, "Growing ahead").
     for (&block, &from) in &alloc.unwritten {
         let start = u64::from(sparse.entry(block)) * 512;
         let data = start + sparse.bitmap_size;
